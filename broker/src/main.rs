@@ -1,0 +1,69 @@
+//! `cashflow-broker`: a Kafka-protocol broker with durable SQLite storage.
+//!
+//! This is Tansu 0.6.0 built with its `libsql` engine only. It lives in its own binary because
+//! `libsql` and sqlx's bundled SQLite cannot be linked into one executable. `cashflow up` starts it
+//! as a child process, waits for its port, supervises it and stops it.
+
+use clap::Parser;
+use tansu_broker::{NODE_ID, broker::Broker, coordinator::group::administrator::Controller};
+use tansu_storage::StorageContainer;
+use tokio::time::Instant;
+use url::Url;
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on, e.g. tcp://127.0.0.1:9092
+    #[arg(long, default_value = "tcp://127.0.0.1:9092")]
+    listener_url: Url,
+
+    /// Address advertised to clients in metadata (use 127.0.0.1, not localhost)
+    #[arg(long, default_value = "tcp://127.0.0.1:9092")]
+    advertised_listener_url: Url,
+
+    /// Storage engine URL; `sqlite://<relative path>` resolves against the working directory
+    #[arg(long, default_value = "sqlite://broker.db")]
+    storage_engine: Url,
+
+    /// Cluster id; every member of one cluster uses the same
+    #[arg(long, default_value = "cashflow")]
+    cluster_id: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CASHFLOW_BROKER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let args = Args::parse();
+    let broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
+        .node_id(NODE_ID)
+        .cluster_id(args.cluster_id)
+        .incarnation_id(Uuid::now_v7())
+        .advertised_listener(args.advertised_listener_url)
+        .otlp_endpoint_url(None)
+        .schema_registry(None)
+        .storage(args.storage_engine)
+        .listener(args.listener_url)
+        .authentication(false)
+        .tls_server_config(None)
+        .silent(true);
+
+    let result = match broker.build().await {
+        Ok(broker) => broker.main(Instant::now()).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cashflow-broker: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! `pipeline.yaml`: topics, stages and sinks, shaped like Fluvio Stateful DataFlow's dataflow.yaml.
+//!
+//! Loading has two steps. [`PipelineConfig::parse`] reads the YAML, substitutes `${ENV}` and
+//! checks every reference without I/O; every problem names its YAML path. Building the stages
+//! (connecting to Kafka and the store) happens later, in the stages themselves.
+
+mod check;
+mod env;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// One problem in the file, with its YAML path (`services.consolidate.sources[1].id`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a pipeline file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} problem(s)", self.file, self.problems.len())?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole pipeline.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Must be `cashflow/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub meta: Meta,
+    pub kafka: KafkaConfig,
+    pub store: StoreConfig,
+    /// Every topic the pipeline uses, created at start with these partition counts.
+    pub topics: BTreeMap<String, TopicConfig>,
+    pub services: Services,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `embedded` runs the bundled broker under `--data-dir`; otherwise a `host:port,…` list.
+    pub brokers: String,
+    /// librdkafka properties passed through to every client, e.g. `security.protocol`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Settings of the embedded broker; used only when `brokers` is `embedded`.
+    #[serde(default)]
+    pub embedded: EmbeddedBroker,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBroker {
+    /// Address the embedded broker listens on and advertises.
+    #[serde(default = "EmbeddedBroker::default_listen")]
+    pub listen: String,
+}
+
+impl EmbeddedBroker {
+    fn default_listen() -> String {
+        "127.0.0.1:9092".into()
+    }
+}
+
+impl Default for EmbeddedBroker {
+    fn default() -> Self {
+        EmbeddedBroker { listen: Self::default_listen() }
+    }
+}
+
+impl KafkaConfig {
+    pub fn is_embedded(&self) -> bool {
+        self.brokers == "embedded"
+    }
+
+    /// The bootstrap list clients connect to.
+    pub fn bootstrap(&self) -> &str {
+        if self.is_embedded() { &self.embedded.listen } else { &self.brokers }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://<path>` (a relative path resolves against `--data-dir`) or `postgres://…`.
+    pub url: String,
+    /// Connections in the pool.
+    #[serde(default = "StoreConfig::default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl StoreConfig {
+    const fn default_max_connections() -> u32 {
+        8
+    }
+
+    /// The URL to connect to, with a relative SQLite path resolved against `data_dir`.
+    pub fn resolved_url(&self, data_dir: &Path) -> String {
+        match self.url.strip_prefix("sqlite://") {
+            Some(rest) if !rest.starts_with('/') && !rest.starts_with(':') => {
+                format!("sqlite://{}", data_dir.join(rest).display())
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    pub partitions: i32,
+    #[serde(default = "TopicConfig::default_replication")]
+    pub replication_factor: i16,
+}
+
+impl TopicConfig {
+    const fn default_replication() -> i16 {
+        1
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Services {
+    pub gateway: GatewayConfig,
+    pub auth: AuthConfig,
+    pub ingest: IngestConfig,
+    pub consolidate: ConsolidateConfig,
+    pub retry: RetryConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address the HTTP API listens on; `--listen` overrides it.
+    pub listen: String,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Largest request body accepted.
+    #[serde(default = "GatewayConfig::default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// A request that takes longer is answered 503.
+    #[serde(default = "GatewayConfig::default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+impl GatewayConfig {
+    const fn default_max_body_bytes() -> usize {
+        64 * 1024
+    }
+    const fn default_request_timeout_secs() -> u64 {
+        30
+    }
+
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub token_ttl_secs: u64,
+    /// Directory of signing keys; a relative path resolves against `--data-dir`.
+    #[serde(default = "AuthConfig::default_keys_dir")]
+    pub keys_dir: PathBuf,
+}
+
+impl AuthConfig {
+    fn default_keys_dir() -> PathBuf {
+        PathBuf::from("keys")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Where accepted entries go: exactly one topic.
+    pub sinks: Vec<TopicRef>,
+    /// How long to wait for the broker's acknowledgement before answering 503.
+    #[serde(default = "IngestConfig::default_ack_timeout_ms")]
+    pub ack_timeout_ms: u64,
+}
+
+impl IngestConfig {
+    const fn default_ack_timeout_ms() -> u64 {
+        5_000
+    }
+}
+
+/// A reference to a declared topic.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TopicRef {
+    Topic { id: String },
+}
+
+impl TopicRef {
+    pub fn id(&self) -> &str {
+        match self {
+            TopicRef::Topic { id } => id,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsolidateConfig {
+    pub sources: Vec<TopicRef>,
+    #[serde(default)]
+    pub states: BTreeMap<String, StateConfig>,
+    pub transforms: Vec<Transform>,
+    pub sinks: Vec<StoreSink>,
+    pub on_error: TopicRef,
+    /// Consumer group; progress is stored per group, topic and partition.
+    #[serde(default = "ConsolidateConfig::default_group")]
+    pub group: String,
+    /// Most records in one epoch.
+    #[serde(default = "ConsolidateConfig::default_max_epoch_records")]
+    pub max_epoch_records: usize,
+    /// Longest wait to fill an epoch once its first record arrived.
+    #[serde(default = "ConsolidateConfig::default_max_epoch_wait_ms")]
+    pub max_epoch_wait_ms: u64,
+}
+
+impl ConsolidateConfig {
+    fn default_group() -> String {
+        "cashflow-consolidate".into()
+    }
+    const fn default_max_epoch_records() -> usize {
+        5_000
+    }
+    const fn default_max_epoch_wait_ms() -> u64 {
+        50
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StateConfig {
+    KeyedState { key: Vec<String> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Operator {
+    /// Decode and check each record; bad ones go to `on_error`.
+    Validate,
+    /// Count each entry id once.
+    Dedupe,
+    /// Keep credits, debits and count per (merchant, day).
+    ConsolidateDaily,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transform {
+    pub operator: Operator,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StoreSink {
+    Store { tables: Vec<Table> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Table {
+    Lancamentos,
+    ConsolidadoDiario,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Delay before each retry; the last value repeats.
+    pub backoff_ms: Vec<u64>,
+    /// Attempts before a record is parked.
+    pub max_attempts: u32,
+    /// Where exhausted records are parked.
+    pub parked: TopicRef,
+}
+
+impl PipelineConfig {
+    /// Reads, substitutes `${ENV}` and checks a pipeline file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![Problem { path: String::new(), message: format!("cannot read: {e}") }],
+        })?;
+        Self::parse(&file, &text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses YAML text; `env` resolves `${NAME}`.
+    pub fn parse(
+        file: &str,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let fail = |problems| ConfigError { file: file.to_owned(), problems };
+        let mut value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
+            fail(vec![Problem { path: String::new(), message: format!("invalid YAML: {e}") }])
+        })?;
+        let problems = env::substitute(&mut value, &env);
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        let config: PipelineConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            fail(vec![Problem { path, message: e.into_inner().to_string() }])
+        })?;
+        let problems = check::check(&config);
+        if problems.is_empty() { Ok(config) } else { Err(fail(problems)) }
+    }
+
+    pub fn consolidate_sources(&self) -> Vec<String> {
+        self.services.consolidate.sources.iter().map(|s| s.id().to_owned()).collect()
+    }
+
+    /// The topic ingest produces to. `check` guarantees there is exactly one.
+    pub fn ingest_topic(&self) -> &str {
+        self.services.ingest.sinks.first().map(TopicRef::id).unwrap_or("lancamentos")
+    }
+}

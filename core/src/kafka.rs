@@ -1,0 +1,61 @@
+//! Kafka client settings and topic creation, from `pipeline.yaml`.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::PipelineConfig;
+
+/// A client config with the bootstrap list and the passthrough properties.
+pub fn client_config(config: &PipelineConfig) -> ClientConfig {
+    with_properties(config, |_| {})
+}
+
+/// Our defaults for one kind of client, then the passthrough properties, which win.
+pub fn with_properties(config: &PipelineConfig, defaults: impl FnOnce(&mut ClientConfig)) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", config.kafka.bootstrap());
+    // Brokers that advertise 127.0.0.1 must not be reached through IPv6 first.
+    c.set("broker.address.family", "v4");
+    defaults(&mut c);
+    for (k, v) in &config.kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Producer settings: idempotent, acknowledged by all in-sync replicas.
+pub fn producer_config(config: &PipelineConfig, delivery_timeout: Duration) -> ClientConfig {
+    with_properties(config, |c| {
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+    })
+}
+
+/// Creates every declared topic that is missing. Existing topics are left as they are.
+pub async fn ensure_topics(config: &PipelineConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config).create()?;
+    let topics: Vec<NewTopic<'_>> = config
+        .topics
+        .iter()
+        .map(|(name, t)| NewTopic::new(name, t.partitions, TopicReplication::Fixed(i32::from(t.replication_factor))))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&topics, &options).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "topic created"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %name, "topic exists"),
+            Err((name, code)) => {
+                tracing::error!(topic = %name, error = %code, "cannot create topic");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}

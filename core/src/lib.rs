@@ -1,0 +1,20 @@
+//! The cashflow domain model and the contracts every stage shares.
+//!
+//! Parse, don't validate: a constructed [`Money`], [`BusinessDate`] or [`MerchantId`] is already
+//! valid, so code that holds one never checks it again.
+
+pub mod config;
+pub mod http;
+pub mod kafka;
+mod lancamento;
+mod money;
+mod posicao;
+mod saldo;
+
+pub use lancamento::{
+    BusinessDate, DecodeError, EntryId, Lancamento, LancamentoRecord, MerchantId, Tipo,
+    WIRE_VERSION, check_text, MAX_CATEGORIA_CHARS, MAX_DESCRICAO_CHARS,
+};
+pub use money::{Money, MoneyError};
+pub use posicao::Posicao;
+pub use saldo::{DailyBalance, DayTotals, daily_series};
