@@ -1,1 +1,9 @@
+//! Consolidation: Kafka → timely + differential dataflow → store, in epochs.
+//!
+//! timely and differential types stay inside this crate.
+
+mod operator;
+mod stage;
+
+pub use operator::{Consolidator, DataflowError, DayChange};
 

@@ -1,1 +1,119 @@
+//! The retry stage's contract. A record that fails for a reason of its own (not an outage)
+//! travels to `lancamentos.retry` unchanged, with these headers (DESIGN §4); the retry stage
+//! replays it with backoff and parks it in `lancamentos.dlq` when attempts run out.
 
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+pub const ERROR_CODE: &str = "x-error-code";
+pub const ERROR_STAGE: &str = "x-error-stage";
+pub const ERROR_DETAIL: &str = "x-error-detail";
+pub const ATTEMPT: &str = "x-attempt";
+pub const ORIGIN_TOPIC: &str = "x-origin-topic";
+pub const ORIGIN_PARTITION: &str = "x-origin-partition";
+pub const ORIGIN_OFFSET: &str = "x-origin-offset";
+pub const FIRST_FAILED_AT: &str = "x-first-failed-at";
+pub const NOT_BEFORE: &str = "x-not-before";
+
+/// Longest `x-error-detail` kept; details are for people, not for parsing.
+const MAX_DETAIL_BYTES: usize = 512;
+
+/// Why a record failed and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Stable, low-cardinality code, e.g. `malformed`.
+    pub code: String,
+    pub stage: String,
+    pub detail: String,
+    /// 1 for the first failure.
+    pub attempt: u32,
+    pub origin_topic: String,
+    pub origin_partition: i32,
+    pub origin_offset: i64,
+    pub first_failed_at_ms: i64,
+    pub not_before_ms: i64,
+}
+
+impl Failure {
+    pub fn to_headers(&self) -> OwnedHeaders {
+        let mut detail = self.detail.clone();
+        if detail.len() > MAX_DETAIL_BYTES {
+            let mut cut = MAX_DETAIL_BYTES;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+        }
+        let fields = [
+            (ERROR_CODE, self.code.clone()),
+            (ERROR_STAGE, self.stage.clone()),
+            (ERROR_DETAIL, detail),
+            (ATTEMPT, self.attempt.to_string()),
+            (ORIGIN_TOPIC, self.origin_topic.clone()),
+            (ORIGIN_PARTITION, self.origin_partition.to_string()),
+            (ORIGIN_OFFSET, self.origin_offset.to_string()),
+            (FIRST_FAILED_AT, self.first_failed_at_ms.to_string()),
+            (NOT_BEFORE, self.not_before_ms.to_string()),
+        ];
+        fields.iter().fold(OwnedHeaders::new_with_capacity(fields.len()), |h, (key, value)| {
+            h.insert(Header { key, value: Some(value.as_bytes()) })
+        })
+    }
+
+    /// Reads the headers back; `None` when a required one is missing or malformed.
+    pub fn from_headers(headers: &impl Headers) -> Option<Failure> {
+        let get = |name: &str| -> Option<String> {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_owned)
+        };
+        Some(Failure {
+            code: get(ERROR_CODE)?,
+            stage: get(ERROR_STAGE)?,
+            detail: get(ERROR_DETAIL).unwrap_or_default(),
+            attempt: get(ATTEMPT)?.parse().ok()?,
+            origin_topic: get(ORIGIN_TOPIC)?,
+            origin_partition: get(ORIGIN_PARTITION)?.parse().ok()?,
+            origin_offset: get(ORIGIN_OFFSET)?.parse().ok()?,
+            first_failed_at_ms: get(FIRST_FAILED_AT)?.parse().ok()?,
+            not_before_ms: get(NOT_BEFORE)?.parse().ok()?,
+        })
+    }
+}
+
+/// The delay before attempt `attempt + 1`: the schedule's entry, the last one repeating.
+pub fn backoff_ms(schedule: &[u64], attempt: u32) -> u64 {
+    let i = (attempt.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
+    schedule.get(i).copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        let f = Failure {
+            code: "malformed".into(),
+            stage: "consolidate".into(),
+            detail: "é".repeat(400),
+            attempt: 1,
+            origin_topic: "lancamentos".into(),
+            origin_partition: 2,
+            origin_offset: 77,
+            first_failed_at_ms: 1_700_000_000_000,
+            not_before_ms: 1_700_000_001_000,
+        };
+        let back = Failure::from_headers(&f.to_headers()).unwrap();
+        assert_eq!(back.detail.len(), 512);
+        assert_eq!(Failure { detail: back.detail.clone(), ..f }, back);
+    }
+
+    #[test]
+    fn backoff_repeats_the_last_delay() {
+        let s = [1000, 10000, 60000];
+        assert_eq!([1, 2, 3, 4, 9].map(|a| backoff_ms(&s, a)), [1000, 10000, 60000, 60000, 60000]);
+    }
+}

@@ -1,1 +1,15 @@
+//! The store: PostgreSQL in production, SQLite embedded, one schema and one code path (sqlx
+//! `Any`, `$N` placeholders, ISO-8601 text dates). Migrations run at connect.
+//!
+//! The consolidator writes each epoch in one [`EpochTx`]: new entries, changed daily totals and
+//! the consumer progress that covers them, committed together or not at all.
 
+mod epoch;
+mod read;
+mod store;
+mod users;
+
+pub use epoch::{EpochTx, Origin, StoredEntry};
+pub use read::DailyRows;
+pub use store::{Backend, Store, StoreError};
+pub use users::User;

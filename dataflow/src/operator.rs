@@ -1,0 +1,149 @@
+//! The daily consolidation as a differential dataflow, run by one timely worker on its own thread.
+//!
+//! Entries enter as facts with diff `1`; `explode` moves each amount into the diff
+//! `(credits, debits, count)`, so the per-(merchant, day) sum is kept by differential's own
+//! accumulation rather than by a hand-written reduce. Each epoch is one timestamp: the input
+//! advances past it, the worker steps until the probe passes it, and the changed days come out
+//! with their new absolute totals.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::thread::JoinHandle;
+
+use cashflow_core::{BusinessDate, DayTotals, Lancamento, MerchantId};
+use differential_dataflow::input::Input;
+use tokio::sync::{mpsc, oneshot};
+
+/// (merchant, days since 1970-01-01).
+type Key = (String, i32);
+/// (credits, debits, count), in cents and entries.
+type Totals = (i64, i64, i64);
+/// One entry: key, credit cents, debit cents.
+type Fact = (Key, i64, i64);
+
+/// A day whose totals changed in an epoch, with its new absolute totals.
+pub type DayChange = (MerchantId, BusinessDate, DayTotals);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataflowError {
+    #[error("the dataflow worker stopped")]
+    WorkerGone,
+    #[error("the dataflow produced an invalid key: {0}")]
+    BadKey(String),
+}
+
+enum Command {
+    Apply(Vec<Fact>, oneshot::Sender<Vec<(Key, Totals)>>),
+}
+
+/// Handle to the worker thread. Dropping it stops the worker.
+pub struct Consolidator {
+    commands: Option<mpsc::Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Consolidator {
+    /// Starts a worker whose state is `snapshot`: the consolidated days already in the store.
+    pub fn start(snapshot: Vec<DayChange>) -> Result<Self, DataflowError> {
+        let (tx, rx) = mpsc::channel::<Command>(4);
+        let seed: Vec<(Key, Totals)> = snapshot
+            .into_iter()
+            .map(|(m, d, t)| ((m.to_string(), d.days()), (t.creditos_cents, t.debitos_cents, t.quantidade)))
+            .collect();
+        let thread = std::thread::Builder::new()
+            .name("consolidate-dataflow".into())
+            .spawn(move || timely::execute_directly(move |worker| run_worker(worker, seed, rx)))
+            .map_err(|_| DataflowError::WorkerGone)?;
+        Ok(Consolidator { commands: Some(tx), thread: Some(thread) })
+    }
+
+    /// Adds one epoch of new entries and returns the days whose totals changed.
+    pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Vec<DayChange>, DataflowError> {
+        let facts = entries
+            .iter()
+            .map(|e| {
+                let key = (e.merchant_id.to_string(), e.data.days());
+                let cents = e.signed_cents();
+                (key, cents.max(0), (-cents).max(0))
+            })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        let commands = self.commands.as_ref().ok_or(DataflowError::WorkerGone)?;
+        commands.send(Command::Apply(facts, reply)).await.map_err(|_| DataflowError::WorkerGone)?;
+        let changed = answer.await.map_err(|_| DataflowError::WorkerGone)?;
+        changed
+            .into_iter()
+            .map(|((merchant, days), (c, d, n))| {
+                let m = MerchantId::parse(&merchant).map_err(|_| DataflowError::BadKey(merchant.clone()))?;
+                let day = BusinessDate::from_days(days).ok_or_else(|| DataflowError::BadKey(days.to_string()))?;
+                Ok((m, day, DayTotals { creditos_cents: c, debitos_cents: d, quantidade: n }))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Consolidator {
+    fn drop(&mut self) {
+        // Closing the channel ends the worker loop.
+        self.commands.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Builds the dataflow (the one place that does) and serves commands until the channel closes.
+fn run_worker(worker: &mut timely::worker::Worker, seed: Vec<(Key, Totals)>, mut rx: mpsc::Receiver<Command>) {
+    let changes: Rc<RefCell<BTreeMap<Key, Option<Totals>>>> = Rc::default();
+    let sink = Rc::clone(&changes);
+    let (mut entries, mut snapshot, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (entries_in, entries) = scope.new_collection::<Fact, i64>();
+        let (snapshot_in, snapshot) = scope.new_collection::<Key, Totals>();
+        let (probe, _) = entries
+            .explode(|(key, credit, debit)| Some((key, (credit, debit, 1i64))))
+            .concat(snapshot)
+            .count()
+            .inspect(move |((key, totals), _time, diff)| {
+                let mut changes = sink.borrow_mut();
+                let slot = changes.entry(key.clone()).or_insert(None);
+                if *diff > 0 {
+                    *slot = Some(*totals);
+                }
+            })
+            .probe();
+        (entries_in, snapshot_in, probe)
+    });
+
+    for (key, totals) in seed {
+        snapshot.update(key, totals);
+    }
+    let mut epoch: u64 = 0;
+    let mut advance = |entries: &mut differential_dataflow::input::InputSession<u64, Fact, i64>,
+                       snapshot: &mut differential_dataflow::input::InputSession<u64, Key, Totals>| {
+        epoch += 1;
+        entries.advance_to(epoch);
+        snapshot.advance_to(epoch);
+        entries.flush();
+        snapshot.flush();
+        worker.step_while(|| probe.less_than(&epoch));
+    };
+    advance(&mut entries, &mut snapshot);
+    changes.borrow_mut().clear();
+
+    while let Some(Command::Apply(facts, reply)) = rx.blocking_recv() {
+        for fact in facts {
+            entries.update(fact, 1);
+        }
+        advance(&mut entries, &mut snapshot);
+        // A key retracted with no new value went back to zero.
+        let out = std::mem::take(&mut *changes.borrow_mut())
+            .into_iter()
+            .map(|(key, totals)| (key, totals.unwrap_or((0, 0, 0))))
+            .collect();
+        let _ = reply.send(out);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,158 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Store errors, classified for retry.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store is unreachable or timed out: retry in place with backoff.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A query failed for a reason that retrying will not fix.
+    #[error("store error: {0}")]
+    Query(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("bad store url: {0}")]
+    Url(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error::*;
+        let transient = match &e {
+            Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed | Protocol(_) => true,
+            // SQLite busy/locked, PostgreSQL serialization failures and admin shutdowns.
+            Database(db) => matches!(
+                db.code().as_deref(),
+                Some("5" | "6" | "517" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08006" | "08003" | "08001")
+            ),
+            _ => false,
+        };
+        if transient { StoreError::Unavailable(e) } else { StoreError::Query(e) }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A pool on the store, migrated.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects and runs migrations. `url` is `sqlite://<path>` or `postgres://…`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Url(format!("{url:?} is neither sqlite:// nor postgres://")));
+        };
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the one writer; NORMAL is durable across
+                        // process crashes, and a commit lost to power loss takes its offsets with it.
+                        for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"] {
+                            conn.execute(pragma).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        match backend {
+            Backend::Sqlite => SQLITE.run(&pool).await?,
+            Backend::Postgres => POSTGRES.run(&pool).await?,
+        }
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Cheap reachability check for readiness probes.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `sqlite://path` → a URL that creates the file (and its directory) if missing.
+fn sqlite_url(url: &str) -> Result<String, StoreError> {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Err(StoreError::Url("an in-memory SQLite store would lose every entry; give a file path".into()));
+    }
+    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Url(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    // Validate the options early so a typo fails at start, not at first query.
+    let full = format!("sqlite://{path}?mode=rwc");
+    sqlx::sqlite::SqliteConnectOptions::from_str(&full).map_err(|e| StoreError::Url(e.to_string()))?;
+    Ok(full)
+}
+
+/// `($1, $2, …), (…)` for `rows` rows of `cols` columns, numbered from `$1`. Only numbers go in.
+pub(crate) fn values_placeholders(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        s.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                s.push_str(", ");
+            }
+            s.push('$');
+            s.push_str(&(r * cols + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::values_placeholders;
+
+    #[test]
+    fn placeholders_are_numbered_row_major() {
+        assert_eq!(values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+    }
+}
