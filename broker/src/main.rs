@@ -29,6 +29,10 @@ struct Args {
     /// Cluster id; every member of one cluster uses the same
     #[arg(long, default_value = "cashflow")]
     cluster_id: String,
+
+    /// Exit when standard input closes: the supervising parent is gone, even if it was killed.
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 #[tokio::main]
@@ -42,6 +46,14 @@ async fn main() -> std::process::ExitCode {
         .init();
 
     let args = Args::parse();
+    if args.exit_with_parent {
+        tokio::spawn(async {
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+            eprintln!("cashflow-broker: parent gone, exiting");
+            std::process::exit(0);
+        });
+    }
     let broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
         .node_id(NODE_ID)
         .cluster_id(args.cluster_id)

@@ -1,1 +1,163 @@
-fn main(){}
+//! `cashflow`: the whole pipeline in one process (`up`), or one stage (`run <stage>`).
+
+mod app;
+mod broker;
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use cashflow_core::config::PipelineConfig;
+use cashflow_core::http::{SCOPE_READ, SCOPE_WRITE};
+use cashflow_core::MerchantId;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Merchant cash-flow entries in, daily consolidated balances out.
+#[derive(Debug, Parser)]
+#[command(name = "cashflow", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// The pipeline file.
+    #[arg(long, global = true, env = "CASHFLOW_CONFIG", default_value = "pipeline.yaml")]
+    pub config: PathBuf,
+    /// Where the embedded broker, the SQLite store and the signing keys live.
+    #[arg(long, global = true, env = "CASHFLOW_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// The gateway's address, overriding services.gateway.listen.
+    #[arg(long, global = true, env = "CASHFLOW_LISTEN")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole pipeline in one process: broker (if embedded), gateway, ingest, consolidation.
+    Up,
+    /// Run one stage against the configured broker and store.
+    Run {
+        #[arg(value_enum)]
+        stage: Stage,
+    },
+    /// Check a pipeline file and print every problem with its YAML path.
+    Validate {
+        /// The file to check (default: --config).
+        file: Option<PathBuf>,
+    },
+    /// Manage logins.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Stage {
+    /// The embedded Kafka-protocol broker alone.
+    Broker,
+    /// The HTTP API: auth, ingest and balance queries.
+    Gateway,
+    /// The consolidator: Kafka → differential dataflow → store.
+    Consolidate,
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Create or replace a login; the password is read from standard input.
+    Add {
+        #[arg(long)]
+        merchant: String,
+        #[arg(long)]
+        username: String,
+        /// Scopes granted (space-separated).
+        #[arg(long, default_value_t = format!("{SCOPE_WRITE} {SCOPE_READ}"))]
+        scopes: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cashflow_observability::init_tracing();
+    if let Command::Validate { file } = &cli.command {
+        return validate(file.as_ref().unwrap_or(&cli.common.config));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let config = load(&cli.common)?;
+        match cli.command {
+            Command::Up => app::up(config, &cli.common).await,
+            Command::Run { stage } => app::run(stage, config, &cli.common).await,
+            Command::Users { command: UsersCommand::Add { merchant, username, scopes } } => {
+                users_add(config, &cli.common, &merchant, &username, &scopes).await
+            }
+            Command::Validate { .. } => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(common: &Common) -> Result<PipelineConfig> {
+    PipelineConfig::load(&common.config).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn validate(file: &PathBuf) -> ExitCode {
+    match PipelineConfig::load(file) {
+        Ok(c) => {
+            println!("{}: ok ({} topics, broker {}, store {})", file.display(), c.topics.len(), c.kafka.brokers, scheme(&c.store.url));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for p in &e.problems {
+                eprintln!("{}: {p}", e.file);
+            }
+            eprintln!("{} problem(s) found", e.problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn scheme(url: &str) -> &str {
+    url.split(':').next().unwrap_or(url)
+}
+
+async fn users_add(config: PipelineConfig, common: &Common, merchant: &str, username: &str, scopes: &str) -> Result<()> {
+    let merchant = MerchantId::parse(merchant).map_err(|e| anyhow::anyhow!("--merchant {e}"))?;
+    if username.trim().is_empty() || username.len() > 128 {
+        bail!("--username must be 1 to 128 characters");
+    }
+    let mut password = String::new();
+    std::io::stdin().read_to_string(&mut password).context("cannot read the password from standard input")?;
+    let password = password.trim_end_matches(['\n', '\r']).to_owned();
+    if password.chars().count() < 8 {
+        bail!("the password (read from standard input) must have at least 8 characters");
+    }
+    let store = app::connect_store(&config, common).await?;
+    let hash = cashflow_auth::hash_password(password).await.map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    let user = cashflow_sinks::User {
+        username: username.to_owned(),
+        merchant_id: merchant.to_string(),
+        password_hash: hash,
+        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+    };
+    store.upsert_user(&user).await?;
+    println!("user {username:?} can now act for merchant {merchant} with scopes: {}", user.scopes.join(" "));
+    Ok(())
+}

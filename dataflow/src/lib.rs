@@ -6,4 +6,4 @@ mod operator;
 mod stage;
 
 pub use operator::{Consolidator, DataflowError, DayChange};
-
+pub use stage::{ConsolidateError, run};

@@ -8,7 +8,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
     exponential_buckets,
 };
 
@@ -24,7 +24,7 @@ pub struct Metrics {
     pub consolidate_duplicates: IntCounter,
     pub consolidate_failed: IntCounterVec,
     pub consolidate_epochs: IntCounter,
-    pub consolidate_epoch_duration: HistogramVec,
+    pub consolidate_epoch_duration: Histogram,
     pub consolidate_store_errors: IntCounter,
 }
 
@@ -62,7 +62,7 @@ impl Metrics {
             consolidate_duplicates: counter(&r, "cashflow_consolidate_records_duplicate_total", "Records whose entry id was already counted."),
             consolidate_failed: counter_vec(&r, "cashflow_consolidate_records_failed_total", "Records sent to the error topic, by error code.", &["code"]),
             consolidate_epochs: counter(&r, "cashflow_consolidate_epochs_total", "Epochs committed."),
-            consolidate_epoch_duration: histogram(&r, "cashflow_consolidate_epoch_duration_seconds", "Time to process and commit one epoch.", &[]),
+            consolidate_epoch_duration: histogram(&r, "cashflow_consolidate_epoch_duration_seconds", "Time to process and commit one epoch.", &[]).with_label_values::<&str>(&[]),
             consolidate_store_errors: counter(&r, "cashflow_consolidate_store_errors_total", "Transient store failures, retried in place."),
             registry: r,
         }

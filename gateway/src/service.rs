@@ -1,0 +1,82 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use cashflow_auth::{AuthState, Validator};
+use cashflow_core::http::Problem;
+use cashflow_ingest::Publisher;
+use cashflow_observability::{metrics_handler, track_http};
+use cashflow_sinks::Store;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+
+/// What the gateway serves. `publisher` is absent when this process does not ingest.
+#[derive(Clone)]
+pub struct GatewayState {
+    pub validator: Arc<Validator>,
+    pub auth: Arc<AuthState>,
+    pub publisher: Option<Arc<Publisher>>,
+    pub store: Store,
+    /// Consumer group whose commits mark how fresh balances are.
+    pub consolidate_group: String,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: GatewayState) -> Router {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let mut protected = crate::query::router(state.clone());
+    if let Some(publisher) = &state.publisher {
+        protected = protected.merge(cashflow_ingest::router(Arc::clone(publisher)));
+    }
+    let protected = protected.layer(middleware::from_fn_with_state(Arc::clone(&state.validator), authenticate));
+    Router::new()
+        .merge(cashflow_auth::router(Arc::clone(&state.auth)))
+        .merge(protected)
+        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/readyz", get(ready).with_state(state.clone()))
+        .route("/metrics", get(metrics_handler))
+        .fallback(|| async { Problem::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(track_http))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.request_timeout))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+}
+
+/// Validates the bearer token and attaches the principal; 401 otherwise.
+async fn authenticate(State(validator): State<Arc<Validator>>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let Some(token) = token else {
+        return Problem::unauthorized("a bearer token is required").into_response();
+    };
+    match validator.validate(token.trim()) {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "token rejected");
+            Problem::unauthorized("the token is invalid or expired").into_response()
+        }
+    }
+}
+
+async fn ready(State(state): State<GatewayState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: store unreachable");
+            Problem::unavailable("the store is unreachable", 5).into_response()
+        }
+    }
+}

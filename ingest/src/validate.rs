@@ -1,0 +1,110 @@
+//! The body of `POST /v1/lancamentos`, checked field by field so every problem is reported.
+
+use cashflow_core::http::FieldError;
+use cashflow_core::{BusinessDate, MAX_CATEGORIA_CHARS, MAX_DESCRICAO_CHARS, Money, Tipo, check_text};
+use serde_json::Value;
+
+/// The largest single amount accepted: 9,999,999,999.99.
+pub const MAX_VALOR_CENTS: i64 = 999_999_999_999;
+const FIELDS: [&str; 5] = ["tipo", "valor", "data", "descricao", "categoria"];
+
+/// A new entry as the merchant sent it, valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NovoLancamento {
+    pub tipo: Tipo,
+    pub valor: Money,
+    pub data: BusinessDate,
+    pub descricao: String,
+    pub categoria: Option<String>,
+}
+
+/// Parses a JSON body, reporting every invalid field at once.
+pub fn parse_novo(body: &Value) -> Result<NovoLancamento, Vec<FieldError>> {
+    let Some(obj) = body.as_object() else {
+        return Err(vec![FieldError::new("", "the body must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    for key in obj.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+        let why = if key == "merchant_id" { "the merchant comes from the token" } else { "is not a known field" };
+        errors.push(FieldError::new(key.as_str(), why));
+    }
+    let text = |name: &str, errors: &mut Vec<FieldError>| -> Option<String> {
+        match obj.get(name) {
+            None | Some(Value::Null) => {
+                errors.push(FieldError::new(name, "is required"));
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                errors.push(FieldError::new(name, "must be a string"));
+                None
+            }
+        }
+    };
+    let tipo = text("tipo", &mut errors).and_then(|s| s.parse::<Tipo>().map_err(|e| errors.push(FieldError::new("tipo", e))).ok());
+    let valor = text("valor", &mut errors).and_then(|s| match s.parse::<Money>() {
+        Ok(v) if v.cents() <= 0 => {
+            errors.push(FieldError::new("valor", "must be greater than zero"));
+            None
+        }
+        Ok(v) if v.cents() > MAX_VALOR_CENTS => {
+            errors.push(FieldError::new("valor", format!("must be at most {}", Money::from_cents(MAX_VALOR_CENTS))));
+            None
+        }
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(FieldError::new("valor", e.to_string()));
+            None
+        }
+    });
+    let data = text("data", &mut errors).and_then(|s| s.parse::<BusinessDate>().map_err(|e| errors.push(FieldError::new("data", e))).ok());
+    let descricao = text("descricao", &mut errors).filter(|s| {
+        check_text("descricao", s, MAX_DESCRICAO_CHARS, true).map_err(|e| errors.push(FieldError::new("descricao", e))).is_ok()
+    });
+    let categoria = match obj.get("categoria") {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => check_text("categoria", s, MAX_CATEGORIA_CHARS, true)
+            .map(|()| Some(s.clone()))
+            .map_err(|e| errors.push(FieldError::new("categoria", e)))
+            .ok(),
+        Some(_) => {
+            errors.push(FieldError::new("categoria", "must be a string"));
+            None
+        }
+    };
+    match (tipo, valor, data, descricao, categoria) {
+        (Some(tipo), Some(valor), Some(data), Some(descricao), Some(categoria)) if errors.is_empty() => {
+            Ok(NovoLancamento { tipo, valor, data, descricao, categoria })
+        }
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: Value) -> Vec<String> {
+        parse_novo(&v).unwrap_err().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn accepts_a_valid_entry() {
+        let n = parse_novo(&json!({"tipo":"credito","valor":"150.25","data":"2026-01-15","descricao":"venda"})).unwrap();
+        assert_eq!(n.valor.cents(), 15025);
+        assert_eq!(n.categoria, None);
+    }
+
+    #[test]
+    fn reports_every_bad_field() {
+        assert_eq!(fields(json!({})), ["tipo", "valor", "data", "descricao"]);
+        assert_eq!(
+            fields(json!({"tipo":"pix","valor":150.25,"data":"2026-13-01","descricao":"","categoria":7,"merchant_id":"x"})),
+            ["merchant_id", "tipo", "valor", "data", "descricao", "categoria"]
+        );
+        for bad in ["0", "0.00", "-1.00", "1.234", "abc", "10000000000.00"] {
+            assert_eq!(fields(json!({"tipo":"debito","valor":bad,"data":"2026-01-01","descricao":"x"})), ["valor"], "{bad}");
+        }
+    }
+}
