@@ -36,7 +36,7 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CASHFLOW_BROKER_LOG")
@@ -71,11 +71,12 @@ async fn main() -> std::process::ExitCode {
         Ok(broker) => broker.main(Instant::now()).await.map(|_| ()),
         Err(e) => Err(e),
     };
+    // Exit now: returning would wait for the blocking thread that watches stdin.
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => std::process::exit(0),
         Err(e) => {
             eprintln!("cashflow-broker: {e}");
-            std::process::ExitCode::FAILURE
+            std::process::exit(1)
         }
     }
 }

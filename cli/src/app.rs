@@ -34,13 +34,16 @@ pub async fn up(config: PipelineConfig, common: &Common) -> Result<()> {
         let consolidate = tokio::spawn(cashflow_dataflow::run(Arc::clone(&config), store.clone(), shutdown.clone()));
         let served = serve_gateway(&config, common, store.clone(), true, shutdown.clone()).await;
         shutdown.cancel();
+        tracing::info!("gateway stopped");
         let _ = consolidate.await;
+        tracing::info!("consolidation stopped");
         store.close().await;
         served
     }
     .await;
     if let Some(b) = broker {
         b.stop().await;
+        tracing::info!("embedded broker stopped");
     }
     result
 }

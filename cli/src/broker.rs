@@ -57,7 +57,8 @@ impl Supervisor {
         Ok(Supervisor { stop, task })
     }
 
-    /// Stops the broker: SIGTERM, then SIGKILL if it lingers.
+    /// Stops the broker: SIGINT (Tansu stops at once; every acknowledged write is already
+    /// durable in SQLite), then SIGKILL if it lingers.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
@@ -134,7 +135,7 @@ async fn supervise(mut broker: Broker, binary: PathBuf, listen: String, dir: Pat
 
 async fn terminate(child: &mut Child) {
     if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
         if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok() {
             return;
         }

@@ -1,1 +1,57 @@
+//! Test support: runs the real `cashflow` binary (which runs the real broker) against SQLite or a
+//! real PostgreSQL, talks to it over HTTP only, and checks balances against an oracle.
+//!
+//! Services are never optional: a test that needs PostgreSQL fails, loudly, when
+//! `CASHFLOW_TEST_DATABASE_URL` is not set. `scripts/test` starts a throwaway cluster and sets it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod oracle;
+mod pipeline;
+
+pub use oracle::{Oracle, Posted, random_entries};
+pub use pipeline::{Api, Pipeline, Store};
+
+use std::path::PathBuf;
+
+/// A path to one of the workspace's binaries, built beside this test (same target profile).
+pub fn binary(name: &str) -> PathBuf {
+    let env = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(&env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --release --workspace`, which scripts/test does) or set {env}",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The PostgreSQL server the suite uses. Panics when it is not configured: never a silent skip.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CASHFLOW_TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!("CASHFLOW_TEST_DATABASE_URL is not set: PostgreSQL tests need a server. Run ./scripts/test, which starts one.")
+    })
+}
+
+/// A fresh, empty database on the test server; returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection as _;
+    let admin = postgres_admin_url();
+    let name = format!("cashflow_test_{}", std::process::id()) + &format!("_{}", rand::random::<u32>());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at CASHFLOW_TEST_DATABASE_URL: {e}"));
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    let (base, _) = admin.rsplit_once('/').expect("database url with a path");
+    format!("{base}/{name}")
+}

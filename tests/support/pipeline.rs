@@ -1,0 +1,219 @@
+//! A running `cashflow up`, in its own temp data dir, on free ports.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::{Value, json};
+
+use crate::{binary, free_port};
+
+/// Which store the pipeline uses.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite,
+    Postgres(String),
+}
+
+pub struct Pipeline {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    child: Option<Child>,
+    pub kafka: String,
+    pub api: Api,
+}
+
+impl Pipeline {
+    /// Starts `cashflow up` with the shipped pipeline.yaml, changed only in ports and store.
+    pub async fn start(store: Store) -> Pipeline {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, kafka) = (free_port(), free_port());
+        let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.yaml")).unwrap();
+        let url = match &store {
+            Store::Sqlite => "sqlite://cashflow.db".to_owned(),
+            Store::Postgres(url) => url.clone(),
+        };
+        let yaml = shipped
+            .replace("listen: 127.0.0.1:8080", &format!("listen: 127.0.0.1:{http}"))
+            .replace("listen: 127.0.0.1:9092", &format!("listen: 127.0.0.1:{kafka}"))
+            .replace("url: sqlite://cashflow.db", &format!("url: \"{url}\""));
+        let config = dir.path().join("pipeline.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let mut p = Pipeline {
+            dir,
+            config,
+            child: None,
+            kafka: format!("127.0.0.1:{kafka}"),
+            api: Api { base: format!("http://127.0.0.1:{http}"), client: reqwest::Client::new() },
+        };
+        p.up().await;
+        p
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `cashflow` with this pipeline's --config and --data-dir.
+    pub fn cashflow(&self) -> Command {
+        let mut c = Command::new(binary("cashflow"));
+        c.arg("--config").arg(&self.config).arg("--data-dir").arg(self.dir.path().join("data"));
+        c.env("CASHFLOW_BROKER_BIN", binary("cashflow-broker"));
+        c
+    }
+
+    async fn up(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let child = self
+            .cashflow()
+            .arg("up")
+            .env("CASHFLOW_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("cashflow up exited at start ({status}):\n{}", self.log_tail());
+            }
+            if let Ok(r) = self.api.client.get(format!("{}/readyz", self.api.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "cashflow up not ready in 90 s:\n{}", self.log_tail());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Ctrl-C, then wait for a clean exit.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "cashflow up exited with {status} on Ctrl-C:\n{}", self.log_tail());
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cashflow up did not stop within 30 s of Ctrl-C:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.up().await;
+    }
+
+    /// Creates a login through the CLI, the password on stdin.
+    pub fn add_user(&self, merchant: &str, username: &str, password: &str) {
+        use std::io::Write as _;
+        let mut child = self
+            .cashflow()
+            .args(["users", "add", "--merchant", merchant, "--username", username])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "users add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Sum of the high watermarks of a topic's partitions: how many records it ever received.
+    pub fn records_in(&self, topic: &str) -> i64 {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.kafka)
+            .set("broker.address.family", "v4")
+            .set("group.id", "cashflow-tests")
+            .create()
+            .unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        assert!(!partitions.is_empty(), "topic {topic} has no partitions");
+        partitions
+            .iter()
+            .map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)).unwrap().1)
+            .sum()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("cashflow.log")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- cashflow log (last lines) ---\n{}", self.log_tail());
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The HTTP API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Api {
+    pub async fn token(&self, username: &str, password: &str) -> String {
+        let r = self
+            .client
+            .post(format!("{}/auth/token", self.base))
+            .json(&json!({"grant_type": "password", "username": username, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "token request failed");
+        r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn post_entry(&self, token: &str, body: &Value, idempotency_key: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.post(format!("{}/v1/lancamentos", self.base)).bearer_auth(token).json(body);
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn daily(&self, token: &str, de: &str, ate: &str) -> Value {
+        let r = self
+            .client
+            .get(format!("{}/v1/consolidado/diario?de={de}&ate={ate}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+}
