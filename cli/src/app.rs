@@ -31,8 +31,12 @@ pub async fn up(config: PipelineConfig, common: &Common) -> Result<()> {
         create_topics(&config).await?;
         let store = connect_store(&config, common).await?;
         let shutdown = shutdown_signal();
-        let consolidate = tokio::spawn(cashflow_dataflow::run(Arc::clone(&config), store.clone(), shutdown.clone()));
-        let served = serve_gateway(&config, common, store.clone(), true, shutdown.clone()).await;
+        let consolidate = tokio::spawn(cashflow_dataflow::run(
+            Arc::clone(&config),
+            store.clone(),
+            shutdown.clone(),
+        ));
+        let served = serve_gateway(&config, common, store.clone(), shutdown.clone()).await;
         shutdown.cancel();
         tracing::info!("gateway stopped");
         let _ = consolidate.await;
@@ -64,7 +68,7 @@ pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Resul
         Stage::Gateway => {
             create_topics(&config).await?;
             let store = connect_store(&config, common).await?;
-            serve_gateway(&config, common, store, true, shutdown_signal()).await
+            serve_gateway(&config, common, store, shutdown_signal()).await
         }
         Stage::Consolidate => {
             create_topics(&config).await?;
@@ -80,8 +84,11 @@ async fn start_broker(config: &PipelineConfig, common: &Common) -> Result<Option
     if !config.kafka.is_embedded() {
         return Ok(None);
     }
-    std::fs::create_dir_all(&common.data_dir).with_context(|| format!("cannot create {}", common.data_dir.display()))?;
-    Supervisor::start(&config.kafka.embedded.listen, &common.data_dir).await.map(Some)
+    std::fs::create_dir_all(&common.data_dir)
+        .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
+    Supervisor::start(&config.kafka.embedded.listen, &common.data_dir)
+        .await
+        .map(Some)
 }
 
 /// Creates the declared topics, waiting up to a minute for the broker.
@@ -94,37 +101,51 @@ async fn create_topics(config: &PipelineConfig) -> Result<()> {
                 tracing::warn!(error = %e, brokers = config.kafka.bootstrap(), "cannot create topics yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(e) => return Err(e).context(format!("cannot create topics on {}", config.kafka.bootstrap())),
+            Err(e) => {
+                return Err(e).context(format!(
+                    "cannot create topics on {}",
+                    config.kafka.bootstrap()
+                ));
+            }
         }
     }
 }
 
-async fn serve_gateway(config: &PipelineConfig, common: &Common, store: Store, ingest: bool, shutdown: CancellationToken) -> Result<()> {
+async fn serve_gateway(
+    config: &PipelineConfig,
+    common: &Common,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let auth = &config.services.auth;
     let keys_dir = common.data_dir.join(&auth.keys_dir);
     let keys = KeyRing::load_or_create(&keys_dir)?;
     let validator = Validator::new(&keys, &auth.issuer, &auth.audience);
     let issuer = Issuer::new(keys, &auth.issuer, &auth.audience, auth.token_ttl_secs);
-    let publisher = if ingest { Some(Arc::new(Publisher::new(config)?)) } else { None };
+    let publisher = Arc::new(Publisher::new(config)?);
     let gw = &config.services.gateway;
     let state = GatewayState {
         validator: Arc::new(validator),
-        auth: Arc::new(AuthState { issuer, store: store.clone() }),
-        publisher: publisher.clone(),
+        auth: Arc::new(AuthState {
+            issuer,
+            store: store.clone(),
+        }),
+        publisher: Some(Arc::clone(&publisher)),
         store,
         consolidate_group: config.services.consolidate.group.clone(),
         max_body_bytes: gw.max_body_bytes,
         request_timeout: Duration::from_secs(gw.request_timeout_secs),
+        rate_limit: gw.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
     };
     let listen = common.listen.clone().unwrap_or_else(|| gw.listen.clone());
-    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, cashflow_gateway::router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
-    if let Some(p) = publisher {
-        p.flush(Duration::from_secs(5));
-    }
+    publisher.flush(Duration::from_secs(5));
     Ok(())
 }
 
@@ -133,7 +154,8 @@ fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let terminated = async {
             match term.as_mut() {
                 Some(s) => {

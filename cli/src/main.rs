@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use cashflow_core::MerchantId;
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::http::{SCOPE_READ, SCOPE_WRITE};
-use cashflow_core::MerchantId;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Merchant cash-flow entries in, daily consolidated balances out.
@@ -26,7 +26,12 @@ struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// The pipeline file.
-    #[arg(long, global = true, env = "CASHFLOW_CONFIG", default_value = "pipeline.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CASHFLOW_CONFIG",
+        default_value = "pipeline.yaml"
+    )]
     pub config: PathBuf,
     /// Where the embedded broker, the SQLite store and the signing keys live.
     #[arg(long, global = true, env = "CASHFLOW_DATA_DIR", default_value = "data")]
@@ -87,7 +92,10 @@ fn main() -> ExitCode {
     if let Command::Validate { file } = &cli.command {
         return validate(file.as_ref().unwrap_or(&cli.common.config));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -99,9 +107,14 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up => app::up(config, &cli.common).await,
             Command::Run { stage } => app::run(stage, config, &cli.common).await,
-            Command::Users { command: UsersCommand::Add { merchant, username, scopes } } => {
-                users_add(config, &cli.common, &merchant, &username, &scopes).await
-            }
+            Command::Users {
+                command:
+                    UsersCommand::Add {
+                        merchant,
+                        username,
+                        scopes,
+                    },
+            } => users_add(config, &cli.common, &merchant, &username, &scopes).await,
             Command::Validate { .. } => Ok(()),
         }
     });
@@ -118,10 +131,16 @@ fn load(common: &Common) -> Result<PipelineConfig> {
     PipelineConfig::load(&common.config).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn validate(file: &PathBuf) -> ExitCode {
+fn validate(file: &std::path::Path) -> ExitCode {
     match PipelineConfig::load(file) {
         Ok(c) => {
-            println!("{}: ok ({} topics, broker {}, store {})", file.display(), c.topics.len(), c.kafka.brokers, scheme(&c.store.url));
+            println!(
+                "{}: ok ({} topics, broker {}, store {})",
+                file.display(),
+                c.topics.len(),
+                c.kafka.brokers,
+                scheme(&c.store.url)
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -138,19 +157,29 @@ fn scheme(url: &str) -> &str {
     url.split(':').next().unwrap_or(url)
 }
 
-async fn users_add(config: PipelineConfig, common: &Common, merchant: &str, username: &str, scopes: &str) -> Result<()> {
+async fn users_add(
+    config: PipelineConfig,
+    common: &Common,
+    merchant: &str,
+    username: &str,
+    scopes: &str,
+) -> Result<()> {
     let merchant = MerchantId::parse(merchant).map_err(|e| anyhow::anyhow!("--merchant {e}"))?;
     if username.trim().is_empty() || username.len() > 128 {
         bail!("--username must be 1 to 128 characters");
     }
     let mut password = String::new();
-    std::io::stdin().read_to_string(&mut password).context("cannot read the password from standard input")?;
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("cannot read the password from standard input")?;
     let password = password.trim_end_matches(['\n', '\r']).to_owned();
     if password.chars().count() < 8 {
         bail!("the password (read from standard input) must have at least 8 characters");
     }
     let store = app::connect_store(&config, common).await?;
-    let hash = cashflow_auth::hash_password(password).await.map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    let hash = cashflow_auth::hash_password(password)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
     let user = cashflow_sinks::User {
         username: username.to_owned(),
         merchant_id: merchant.to_string(),
@@ -158,6 +187,9 @@ async fn users_add(config: PipelineConfig, common: &Common, merchant: &str, user
         scopes: scopes.split_whitespace().map(str::to_owned).collect(),
     };
     store.upsert_user(&user).await?;
-    println!("user {username:?} can now act for merchant {merchant} with scopes: {}", user.scopes.join(" "));
+    println!(
+        "user {username:?} can now act for merchant {merchant} with scopes: {}",
+        user.scopes.join(" ")
+    );
     Ok(())
 }

@@ -27,7 +27,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -72,8 +75,12 @@ impl Problem {
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let mut p = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", "Invalid request")
-            .detail("one or more fields are invalid; see errors");
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "Invalid request",
+        )
+        .detail("one or more fields are invalid; see errors");
         p.errors = errors;
         p
     }
@@ -83,7 +90,8 @@ impl Problem {
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        let mut p = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail);
+        let mut p =
+            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail);
         p.www_authenticate = true;
         p
     }
@@ -97,14 +105,22 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
-        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
-            .detail(detail)
-            .retry_after(retry_after_secs)
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+        )
+        .detail(detail)
+        .retry_after(retry_after_secs)
     }
 
     pub fn internal() -> Self {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
-            .detail("the error was logged; try again later")
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        )
+        .detail("the error was logged; try again later")
     }
 }
 
@@ -114,7 +130,10 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -139,7 +158,9 @@ impl Principal {
         if self.scopes.iter().any(|s| s == scope) {
             Ok(())
         } else {
-            Err(Problem::forbidden(format!("the token lacks the scope {scope}")))
+            Err(Problem::forbidden(format!(
+                "the token lacks the scope {scope}"
+            )))
         }
     }
 }
@@ -179,7 +200,9 @@ fn json_problem(rejection: JsonRejection) -> Problem {
         _ => ("bad-request", "Bad request"),
     };
     let detail = match status {
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "the body must be JSON (Content-Type: application/json)".to_owned(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            "the body must be JSON (Content-Type: application/json)".to_owned()
+        }
         StatusCode::PAYLOAD_TOO_LARGE => "the body is larger than the limit".to_owned(),
         _ => rejection.body_text(),
     };

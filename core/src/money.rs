@@ -50,7 +50,10 @@ impl FromStr for Money {
             None => (body, ""),
         };
         let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || !digits(whole) || !digits(frac) || (body.contains('.') && frac.is_empty())
+        if whole.is_empty()
+            || !digits(whole)
+            || !digits(frac)
+            || (body.contains('.') && frac.is_empty())
         {
             return Err(MoneyError::NotADecimal);
         }
@@ -58,7 +61,9 @@ impl FromStr for Money {
             return Err(MoneyError::TooManyDecimals);
         }
         let whole: i64 = whole.parse().map_err(|_| MoneyError::TooLarge)?;
-        let frac: i64 = format!("{frac:0<2}").parse().map_err(|_| MoneyError::NotADecimal)?;
+        let frac: i64 = format!("{frac:0<2}")
+            .parse()
+            .map_err(|_| MoneyError::NotADecimal)?;
         let cents = whole
             .checked_mul(100)
             .and_then(|c| c.checked_add(frac))
@@ -105,11 +110,20 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_amount() {
-        for bad in ["", "abc", "1.", ".5", "1,00", "1e3", " 1", "+1", "--1", "1.2.3"] {
-            assert_eq!(bad.parse::<Money>(), Err(MoneyError::NotADecimal), "{bad:?}");
+        for bad in [
+            "", "abc", "1.", ".5", "1,00", "1e3", " 1", "+1", "--1", "1.2.3",
+        ] {
+            assert_eq!(
+                bad.parse::<Money>(),
+                Err(MoneyError::NotADecimal),
+                "{bad:?}"
+            );
         }
         assert_eq!("1.234".parse::<Money>(), Err(MoneyError::TooManyDecimals));
-        assert_eq!("99999999999999999999".parse::<Money>(), Err(MoneyError::TooLarge));
+        assert_eq!(
+            "99999999999999999999".parse::<Money>(),
+            Err(MoneyError::TooLarge)
+        );
     }
 
     #[test]

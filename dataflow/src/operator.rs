@@ -49,13 +49,21 @@ impl Consolidator {
         let (tx, rx) = mpsc::channel::<Command>(4);
         let seed: Vec<(Key, Totals)> = snapshot
             .into_iter()
-            .map(|(m, d, t)| ((m.to_string(), d.days()), (t.creditos_cents, t.debitos_cents, t.quantidade)))
+            .map(|(m, d, t)| {
+                (
+                    (m.to_string(), d.days()),
+                    (t.creditos_cents, t.debitos_cents, t.quantidade),
+                )
+            })
             .collect();
         let thread = std::thread::Builder::new()
             .name("consolidate-dataflow".into())
             .spawn(move || timely::execute_directly(move |worker| run_worker(worker, seed, rx)))
             .map_err(|_| DataflowError::WorkerGone)?;
-        Ok(Consolidator { commands: Some(tx), thread: Some(thread) })
+        Ok(Consolidator {
+            commands: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Adds one epoch of new entries and returns the days whose totals changed.
@@ -70,14 +78,27 @@ impl Consolidator {
             .collect();
         let (reply, answer) = oneshot::channel();
         let commands = self.commands.as_ref().ok_or(DataflowError::WorkerGone)?;
-        commands.send(Command::Apply(facts, reply)).await.map_err(|_| DataflowError::WorkerGone)?;
+        commands
+            .send(Command::Apply(facts, reply))
+            .await
+            .map_err(|_| DataflowError::WorkerGone)?;
         let changed = answer.await.map_err(|_| DataflowError::WorkerGone)?;
         changed
             .into_iter()
             .map(|((merchant, days), (c, d, n))| {
-                let m = MerchantId::parse(&merchant).map_err(|_| DataflowError::BadKey(merchant.clone()))?;
-                let day = BusinessDate::from_days(days).ok_or_else(|| DataflowError::BadKey(days.to_string()))?;
-                Ok((m, day, DayTotals { creditos_cents: c, debitos_cents: d, quantidade: n }))
+                let m = MerchantId::parse(&merchant)
+                    .map_err(|_| DataflowError::BadKey(merchant.clone()))?;
+                let day = BusinessDate::from_days(days)
+                    .ok_or_else(|| DataflowError::BadKey(days.to_string()))?;
+                Ok((
+                    m,
+                    day,
+                    DayTotals {
+                        creditos_cents: c,
+                        debitos_cents: d,
+                        quantidade: n,
+                    },
+                ))
             })
             .collect()
     }
@@ -94,7 +115,11 @@ impl Drop for Consolidator {
 }
 
 /// Builds the dataflow (the one place that does) and serves commands until the channel closes.
-fn run_worker(worker: &mut timely::worker::Worker, seed: Vec<(Key, Totals)>, mut rx: mpsc::Receiver<Command>) {
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    seed: Vec<(Key, Totals)>,
+    mut rx: mpsc::Receiver<Command>,
+) {
     let changes: Rc<RefCell<BTreeMap<Key, Option<Totals>>>> = Rc::default();
     let sink = Rc::clone(&changes);
     let (mut entries, mut snapshot, probe) = worker.dataflow::<u64, _, _>(|scope| {
@@ -119,15 +144,16 @@ fn run_worker(worker: &mut timely::worker::Worker, seed: Vec<(Key, Totals)>, mut
         snapshot.update(key, totals);
     }
     let mut epoch: u64 = 0;
-    let mut advance = |entries: &mut differential_dataflow::input::InputSession<u64, Fact, i64>,
-                       snapshot: &mut differential_dataflow::input::InputSession<u64, Key, Totals>| {
-        epoch += 1;
-        entries.advance_to(epoch);
-        snapshot.advance_to(epoch);
-        entries.flush();
-        snapshot.flush();
-        worker.step_while(|| probe.less_than(&epoch));
-    };
+    let mut advance =
+        |entries: &mut differential_dataflow::input::InputSession<u64, Fact, i64>,
+         snapshot: &mut differential_dataflow::input::InputSession<u64, Key, Totals>| {
+            epoch += 1;
+            entries.advance_to(epoch);
+            snapshot.advance_to(epoch);
+            entries.flush();
+            snapshot.flush();
+            worker.step_while(|| probe.less_than(&epoch));
+        };
     advance(&mut entries, &mut snapshot);
     changes.borrow_mut().clear();
 

@@ -70,9 +70,16 @@ pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: Cancellati
     }
 }
 
-async fn session(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) -> Result<(), ConsolidateError> {
+async fn session(
+    config: &PipelineConfig,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsolidateError> {
     let cons = &config.services.consolidate;
     let started = Instant::now();
+    // Fence first: from here on, any older session of this group can no longer commit.
+    let holder = format!("pid-{}", std::process::id());
+    let generation = store.acquire_fence(&cons.group, &holder).await?;
     let snapshot = store.load_daily_totals().await?;
     let days = snapshot.len();
     let dataflow = Consolidator::start(snapshot)?;
@@ -98,8 +105,15 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
         }
     }
     consumer.assign(&assignment)?;
-    let errors: FutureProducer = kafka::producer_config(config, Duration::from_secs(10)).create()?;
-    tracing::info!(days, partitions = assignment.count(), ready_ms = started.elapsed().as_millis() as u64, "consolidation ready");
+    let errors: FutureProducer =
+        kafka::producer_config(config, Duration::from_secs(10)).create()?;
+    tracing::info!(
+        generation,
+        days,
+        partitions = assignment.count(),
+        ready_ms = started.elapsed().as_millis() as u64,
+        "consolidation ready"
+    );
 
     let max_wait = Duration::from_millis(cons.max_epoch_wait_ms);
     loop {
@@ -108,24 +122,39 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             _ = shutdown.cancelled() => return Ok(()),
         };
         let timer = Instant::now();
-        commit_epoch(config, store, &dataflow, &errors, batch, &consumer).await?;
-        metrics().consolidate_epoch_duration.observe(timer.elapsed().as_secs_f64());
+        commit_epoch(
+            config, store, generation, &dataflow, &errors, batch, &consumer,
+        )
+        .await?;
+        metrics()
+            .consolidate_epoch_duration
+            .observe(timer.elapsed().as_secs_f64());
     }
 }
 
 async fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, ConsolidateError> {
-    let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
+    let metadata = tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
+    })?;
     let found: Vec<i32> = metadata
         .topics()
         .iter()
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    if found.is_empty() { Err(ConsolidateError::NoPartitions(topic.to_owned())) } else { Ok(found) }
+    if found.is_empty() {
+        Err(ConsolidateError::NoPartitions(topic.to_owned()))
+    } else {
+        Ok(found)
+    }
 }
 
 /// Waits for a first record, then gathers more until `max` records or `max_wait` has passed.
-async fn next_epoch(consumer: &StreamConsumer, max: usize, max_wait: Duration) -> Result<Vec<Record>, KafkaError> {
+async fn next_epoch(
+    consumer: &StreamConsumer,
+    max: usize,
+    max_wait: Duration,
+) -> Result<Vec<Record>, KafkaError> {
     let mut batch = vec![owned(&consumer.recv().await?)];
     let deadline = tokio::time::Instant::now() + max_wait;
     while batch.len() < max {
@@ -157,6 +186,7 @@ fn owned(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 async fn commit_epoch(
     config: &PipelineConfig,
     store: &Store,
+    generation: i64,
     dataflow: &Consolidator,
     errors: &FutureProducer,
     batch: Vec<Record>,
@@ -173,7 +203,11 @@ async fn commit_epoch(
         next.insert((record.topic.clone(), record.partition), record.offset + 1);
         match Lancamento::decode(&record.payload) {
             Ok(entry) if seen.insert(entry.id) => {
-                let origin = Origin { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
+                let origin = Origin {
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                };
                 valid.push(StoredEntry { entry, origin });
             }
             Ok(_) => duplicates += 1,
@@ -181,16 +215,22 @@ async fn commit_epoch(
         }
     }
 
+    let group = &config.services.consolidate.group;
     let mut tx = store.begin_epoch().await?;
+    tx.check_fence(group, generation).await?;
     let inserted = tx.insert_entries(&valid).await?;
-    let fresh: Vec<&Lancamento> = valid.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
+    let fresh: Vec<&Lancamento> = valid
+        .iter()
+        .map(|s| &s.entry)
+        .filter(|e| inserted.contains(&e.id))
+        .collect();
     duplicates += (valid.len() - fresh.len()) as u64;
     let changed = dataflow.apply(&fresh).await?;
     tx.upsert_daily(&changed).await?;
     // Failed records are durable on the error topic before their offsets are committed.
     send_failures(config, errors, &failed).await?;
     let next: Vec<(String, i32, i64)> = next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
-    tx.save_progress(&config.services.consolidate.group, &next).await?;
+    tx.save_progress(group, &next).await?;
     tx.commit().await?;
 
     m.consolidate_committed.inc_by(fresh.len() as u64);

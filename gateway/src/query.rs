@@ -1,9 +1,9 @@
 //! Daily balances: `GET /v1/consolidado/diario?de&ate` and `GET /v1/consolidado/diario/{data}`.
 
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use cashflow_core::http::{FieldError, Json, Principal, Problem, SCOPE_READ};
 use cashflow_core::{BusinessDate, DailyBalance, MerchantId, daily_series};
 use serde::{Deserialize, Serialize};
@@ -36,24 +36,40 @@ struct Consolidado {
     dias: Vec<DailyBalance>,
 }
 
-fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<BusinessDate> {
+fn date_param(
+    name: &str,
+    value: Option<&str>,
+    errors: &mut Vec<FieldError>,
+) -> Option<BusinessDate> {
     match value {
         None => {
             errors.push(FieldError::new(name, "is required (YYYY-MM-DD)"));
             None
         }
-        Some(v) => v.parse().map_err(|e: String| errors.push(FieldError::new(name, e))).ok(),
+        Some(v) => v
+            .parse()
+            .map_err(|e: String| errors.push(FieldError::new(name, e)))
+            .ok(),
     }
 }
 
-async fn range(State(state): State<GatewayState>, principal: Principal, Query(q): Query<RangeQuery>) -> Result<Response, Problem> {
+async fn range(
+    State(state): State<GatewayState>,
+    principal: Principal,
+    Query(q): Query<RangeQuery>,
+) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
     let mut errors = Vec::new();
     let de = date_param("de", q.de.as_deref(), &mut errors);
     let ate = date_param("ate", q.ate.as_deref(), &mut errors);
-    let (Some(de), Some(ate)) = (de, ate) else { return Err(Problem::validation(errors)) };
+    let (Some(de), Some(ate)) = (de, ate) else {
+        return Err(Problem::validation(errors));
+    };
     if ate < de {
-        return Err(Problem::validation(vec![FieldError::new("ate", "must not be before de")]));
+        return Err(Problem::validation(vec![FieldError::new(
+            "ate",
+            "must not be before de",
+        )]));
     }
     let days = (ate.date() - de.date()).num_days() + 1;
     if days > MAX_RANGE_DAYS {
@@ -66,9 +82,15 @@ async fn range(State(state): State<GatewayState>, principal: Principal, Query(q)
     Ok(Json(body).into_response())
 }
 
-async fn one_day(State(state): State<GatewayState>, principal: Principal, Path(data): Path<String>) -> Result<Response, Problem> {
+async fn one_day(
+    State(state): State<GatewayState>,
+    principal: Principal,
+    Path(data): Path<String>,
+) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
-    let day: BusinessDate = data.parse().map_err(|e: String| Problem::validation(vec![FieldError::new("data", e)]))?;
+    let day: BusinessDate = data
+        .parse()
+        .map_err(|e: String| Problem::validation(vec![FieldError::new("data", e)]))?;
     let body = consolidado(&state, principal.merchant_id, day, day).await?;
     let dia = body.dias.into_iter().next().ok_or_else(Problem::internal)?;
     Ok(Json(serde_json::json!({
@@ -79,13 +101,26 @@ async fn one_day(State(state): State<GatewayState>, principal: Principal, Path(d
     .into_response())
 }
 
-async fn consolidado(state: &GatewayState, merchant: MerchantId, de: BusinessDate, ate: BusinessDate) -> Result<Consolidado, Problem> {
+async fn consolidado(
+    state: &GatewayState,
+    merchant: MerchantId,
+    de: BusinessDate,
+    ate: BusinessDate,
+) -> Result<Consolidado, Problem> {
     let unavailable = |e: cashflow_sinks::StoreError| {
         tracing::error!(error = %e, "cannot read balances");
         Problem::unavailable("balances are unavailable; the store is unreachable", 5)
     };
-    let rows = state.store.daily(&merchant, de, ate).await.map_err(unavailable)?;
-    let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(unavailable)?;
+    let rows = state
+        .store
+        .daily(&merchant, de, ate)
+        .await
+        .map_err(unavailable)?;
+    let atualizado_ate = state
+        .store
+        .consolidated_at(&state.consolidate_group)
+        .await
+        .map_err(unavailable)?;
     Ok(Consolidado {
         comerciante: merchant,
         de,

@@ -1,3 +1,4 @@
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,9 @@ use cashflow_core::http::Problem;
 use cashflow_ingest::Publisher;
 use cashflow_observability::{metrics_handler, track_http};
 use cashflow_sinks::Store;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
@@ -26,6 +30,16 @@ pub struct GatewayState {
     pub consolidate_group: String,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Requests per second and burst allowed to each merchant; none means unlimited.
+    pub rate_limit: Option<(u32, u32)>,
+}
+
+type MerchantLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
+
+/// What the authentication middleware needs.
+struct Guard {
+    validator: Arc<Validator>,
+    limiter: Option<MerchantLimiter>,
 }
 
 pub fn router(state: GatewayState) -> Router {
@@ -34,33 +48,65 @@ pub fn router(state: GatewayState) -> Router {
     if let Some(publisher) = &state.publisher {
         protected = protected.merge(cashflow_ingest::router(Arc::clone(publisher)));
     }
-    let protected = protected.layer(middleware::from_fn_with_state(Arc::clone(&state.validator), authenticate));
+    let limiter = state.rate_limit.and_then(|(per_second, burst)| {
+        let quota =
+            Quota::per_second(NonZeroU32::new(per_second)?).allow_burst(NonZeroU32::new(burst)?);
+        Some(RateLimiter::keyed(quota))
+    });
+    let guard = Arc::new(Guard {
+        validator: Arc::clone(&state.validator),
+        limiter,
+    });
+    let protected = protected.layer(middleware::from_fn_with_state(guard, authenticate));
     Router::new()
         .merge(cashflow_auth::router(Arc::clone(&state.auth)))
         .merge(protected)
-        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(ready).with_state(state.clone()))
         .route("/metrics", get(metrics_handler))
         .fallback(|| async { Problem::not_found("no such route") })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn(track_http))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.request_timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.request_timeout,
+        ))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }
 
-/// Validates the bearer token and attaches the principal; 401 otherwise.
-async fn authenticate(State(validator): State<Arc<Validator>>, mut req: Request, next: Next) -> Response {
+/// Validates the bearer token and attaches the principal (401 otherwise), then applies the
+/// merchant's rate limit (429 with `Retry-After`).
+async fn authenticate(State(guard): State<Arc<Guard>>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     let Some(token) = token else {
         return Problem::unauthorized("a bearer token is required").into_response();
     };
-    match validator.validate(token.trim()) {
+    match guard.validator.validate(token.trim()) {
         Ok(principal) => {
+            if let Some(limiter) = &guard.limiter
+                && let Err(not_until) = limiter.check_key(&principal.merchant_id.to_string())
+            {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Too many requests",
+                )
+                .detail("the merchant's request rate is over its limit")
+                .retry_after(wait.as_secs().max(1))
+                .into_response();
+            }
             req.extensions_mut().insert(principal);
             next.run(req).await
         }

@@ -27,7 +27,11 @@ impl Publisher {
     pub fn new(config: &PipelineConfig) -> Result<Self, KafkaError> {
         let ack_timeout = Duration::from_millis(config.services.ingest.ack_timeout_ms);
         let producer = kafka::producer_config(config, ack_timeout).create()?;
-        Ok(Publisher { producer, topic: config.ingest_topic().to_owned(), ack_timeout })
+        Ok(Publisher {
+            producer,
+            topic: config.ingest_topic().to_owned(),
+            ack_timeout,
+        })
     }
 
     pub fn ack_timeout(&self) -> Duration {
@@ -40,13 +44,21 @@ impl Publisher {
         let key = entry.merchant_id.as_str();
         let record = FutureRecord::to(&self.topic).key(key).payload(&payload);
         let started = Instant::now();
-        let result = self.producer.send(record, Timeout::After(self.ack_timeout)).await;
+        let result = self
+            .producer
+            .send(record, Timeout::After(self.ack_timeout))
+            .await;
         let m = metrics();
         let outcome = if result.is_ok() { "acked" } else { "failed" };
         m.ingest_produced.with_label_values(&[outcome]).inc();
-        m.ingest_produce_duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+        m.ingest_produce_duration
+            .with_label_values(&[outcome])
+            .observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(delivery) => Ok(Posicao { partition: delivery.partition, offset: delivery.offset }),
+            Ok(delivery) => Ok(Posicao {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
             Err((e, _)) => Err(IngestError::Unavailable(e)),
         }
     }

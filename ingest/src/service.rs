@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
 use cashflow_core::http::{FieldError, Json, Principal, Problem, SCOPE_WRITE};
 use cashflow_core::{EntryId, Lancamento};
 use serde::Serialize;
@@ -19,7 +19,9 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const RETRY_AFTER_SECS: u64 = 5;
 
 pub fn router(publisher: Arc<Publisher>) -> Router {
-    Router::new().route("/v1/lancamentos", post(create)).with_state(publisher)
+    Router::new()
+        .route("/v1/lancamentos", post(create))
+        .with_state(publisher)
 }
 
 #[derive(Serialize)]
@@ -56,21 +58,32 @@ async fn create(
     };
     match publisher.publish(&entry).await {
         Ok(posicao) => {
-            let body = Aceito { id, status: "aceito", posicao: posicao.to_string() };
+            let body = Aceito {
+                id,
+                status: "aceito",
+                posicao: posicao.to_string(),
+            };
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
         Err(e) => {
             tracing::warn!(error = %e, "entry not accepted: broker unavailable");
-            Err(Problem::unavailable("the entry was not recorded; retry with the same Idempotency-Key", RETRY_AFTER_SECS))
+            Err(Problem::unavailable(
+                "the entry was not recorded; retry with the same Idempotency-Key",
+                RETRY_AFTER_SECS,
+            ))
         }
     }
 }
 
 /// 1 to 255 visible ASCII characters, if present.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
     match value.to_str() {
-        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(k.to_owned())),
+        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(k.to_owned()))
+        }
         _ => Err(Problem::validation(vec![FieldError::new(
             "Idempotency-Key",
             "must be 1 to 255 visible ASCII characters",

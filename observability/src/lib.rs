@@ -8,8 +8,8 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
 
 /// Every metric of every component.
@@ -30,13 +30,16 @@ pub struct Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     c
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     c
 }
 
@@ -45,7 +48,8 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
     let buckets = exponential_buckets(0.0005, 2.0, 16).unwrap_or_default();
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(h.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    r.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     h
 }
 
@@ -53,17 +57,68 @@ impl Metrics {
     fn new() -> Self {
         let r = Registry::new();
         Metrics {
-            http_requests: counter_vec(&r, "cashflow_http_requests_total", "HTTP requests by route, method and status.", &["route", "method", "status"]),
-            http_duration: histogram(&r, "cashflow_http_request_duration_seconds", "HTTP request duration.", &["route", "method"]),
-            ingest_produced: counter_vec(&r, "cashflow_ingest_records_produced_total", "Entries sent to the broker, by outcome (acked or failed).", &["outcome"]),
-            ingest_produce_duration: histogram(&r, "cashflow_ingest_produce_duration_seconds", "Time from send to the broker's delivery report.", &["outcome"]),
-            consolidate_consumed: counter(&r, "cashflow_consolidate_records_consumed_total", "Records read from the source topics."),
-            consolidate_committed: counter(&r, "cashflow_consolidate_records_committed_total", "New entries committed to the store with their offsets."),
-            consolidate_duplicates: counter(&r, "cashflow_consolidate_records_duplicate_total", "Records whose entry id was already counted."),
-            consolidate_failed: counter_vec(&r, "cashflow_consolidate_records_failed_total", "Records sent to the error topic, by error code.", &["code"]),
-            consolidate_epochs: counter(&r, "cashflow_consolidate_epochs_total", "Epochs committed."),
-            consolidate_epoch_duration: histogram(&r, "cashflow_consolidate_epoch_duration_seconds", "Time to process and commit one epoch.", &[]).with_label_values::<&str>(&[]),
-            consolidate_store_errors: counter(&r, "cashflow_consolidate_store_errors_total", "Transient store failures, retried in place."),
+            http_requests: counter_vec(
+                &r,
+                "cashflow_http_requests_total",
+                "HTTP requests by route, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                &r,
+                "cashflow_http_request_duration_seconds",
+                "HTTP request duration.",
+                &["route", "method"],
+            ),
+            ingest_produced: counter_vec(
+                &r,
+                "cashflow_ingest_records_produced_total",
+                "Entries sent to the broker, by outcome (acked or failed).",
+                &["outcome"],
+            ),
+            ingest_produce_duration: histogram(
+                &r,
+                "cashflow_ingest_produce_duration_seconds",
+                "Time from send to the broker's delivery report.",
+                &["outcome"],
+            ),
+            consolidate_consumed: counter(
+                &r,
+                "cashflow_consolidate_records_consumed_total",
+                "Records read from the source topics.",
+            ),
+            consolidate_committed: counter(
+                &r,
+                "cashflow_consolidate_records_committed_total",
+                "New entries committed to the store with their offsets.",
+            ),
+            consolidate_duplicates: counter(
+                &r,
+                "cashflow_consolidate_records_duplicate_total",
+                "Records whose entry id was already counted.",
+            ),
+            consolidate_failed: counter_vec(
+                &r,
+                "cashflow_consolidate_records_failed_total",
+                "Records sent to the error topic, by error code.",
+                &["code"],
+            ),
+            consolidate_epochs: counter(
+                &r,
+                "cashflow_consolidate_epochs_total",
+                "Epochs committed.",
+            ),
+            consolidate_epoch_duration: histogram(
+                &r,
+                "cashflow_consolidate_epoch_duration_seconds",
+                "Time to process and commit one epoch.",
+                &[],
+            )
+            .with_label_values::<&str>(&[]),
+            consolidate_store_errors: counter(
+                &r,
+                "cashflow_consolidate_store_errors_total",
+                "Transient store failures, retried in place.",
+            ),
             registry: r,
         }
     }
@@ -86,7 +141,14 @@ pub fn metrics() -> &'static Metrics {
 
 /// `GET /metrics`.
 pub async fn metrics_handler() -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics().render()).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        metrics().render(),
+    )
+        .into_response()
 }
 
 /// Middleware: counts and times every request by its route template (never the raw path).
@@ -100,8 +162,12 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(req).await;
     let m = metrics();
-    m.http_requests.with_label_values(&[&route, &method, response.status().as_str()]).inc();
-    m.http_duration.with_label_values(&[&route, &method]).observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[&route, &method, response.status().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -109,5 +175,8 @@ pub async fn track_http(req: Request, next: Next) -> Response {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CASHFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

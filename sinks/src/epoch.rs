@@ -38,7 +38,25 @@ pub struct EpochTx {
 
 impl Store {
     pub async fn begin_epoch(&self) -> Result<EpochTx, StoreError> {
-        Ok(EpochTx { tx: self.pool.begin().await?, now: now_text() })
+        Ok(EpochTx {
+            tx: self.pool.begin().await?,
+            now: now_text(),
+        })
+    }
+
+    /// Takes the next generation of `group`'s fence. Any older session's next epoch will fail.
+    pub async fn acquire_fence(&self, group: &str, holder: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO consumer_fence (consumer_group, generation, holder, acquired_at) VALUES ($1, 1, $2, $3) \
+             ON CONFLICT (consumer_group) DO UPDATE SET generation = consumer_fence.generation + 1, \
+             holder = excluded.holder, acquired_at = excluded.acquired_at RETURNING generation",
+        )
+        .bind(group.to_owned())
+        .bind(holder.to_owned())
+        .bind(now_text())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
     }
 }
 
@@ -49,7 +67,10 @@ pub(crate) fn now_text() -> String {
 impl EpochTx {
     /// Inserts the entries whose id is not stored yet and returns those ids. An id that is
     /// already stored is left untouched, so a redelivered entry is counted once.
-    pub async fn insert_entries(&mut self, entries: &[StoredEntry]) -> Result<HashSet<EntryId>, StoreError> {
+    pub async fn insert_entries(
+        &mut self,
+        entries: &[StoredEntry],
+    ) -> Result<HashSet<EntryId>, StoreError> {
         let mut inserted = HashSet::with_capacity(entries.len());
         for chunk in entries.chunks(ENTRY_CHUNK) {
             let sql = format!(
@@ -59,7 +80,11 @@ impl EpochTx {
                 values_placeholders(chunk.len(), ENTRY_COLUMNS)
             );
             let mut q = sqlx::query(&sql);
-            for StoredEntry { entry: e, origin: o } in chunk {
+            for StoredEntry {
+                entry: e,
+                origin: o,
+            } in chunk
+            {
                 let r = e.to_record();
                 q = q
                     .bind(r.id.to_string())
@@ -78,7 +103,9 @@ impl EpochTx {
             }
             for row in q.fetch_all(&mut *self.tx).await? {
                 let id: String = row.try_get(0)?;
-                let id = id.parse().map_err(|_| StoreError::Corrupt(format!("entry id {id:?}")))?;
+                let id = id
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("entry id {id:?}")))?;
                 inserted.insert(id);
             }
         }
@@ -86,7 +113,10 @@ impl EpochTx {
     }
 
     /// Writes the new absolute totals of the days that changed.
-    pub async fn upsert_daily(&mut self, days: &[(MerchantId, BusinessDate, DayTotals)]) -> Result<(), StoreError> {
+    pub async fn upsert_daily(
+        &mut self,
+        days: &[(MerchantId, BusinessDate, DayTotals)],
+    ) -> Result<(), StoreError> {
         for chunk in days.chunks(DAILY_CHUNK) {
             let sql = format!(
                 "INSERT INTO consolidado_diario (merchant_id, data, creditos_cents, debitos_cents, quantidade, atualizado_em) \
@@ -111,7 +141,11 @@ impl EpochTx {
     }
 
     /// Records where `group` resumes: the next offset per (topic, partition).
-    pub async fn save_progress(&mut self, group: &str, next: &[(String, i32, i64)]) -> Result<(), StoreError> {
+    pub async fn save_progress(
+        &mut self,
+        group: &str,
+        next: &[(String, i32, i64)],
+    ) -> Result<(), StoreError> {
         if next.is_empty() {
             return Ok(());
         }
@@ -123,10 +157,33 @@ impl EpochTx {
         );
         let mut q = sqlx::query(&sql);
         for (topic, partition, offset) in next {
-            q = q.bind(group.to_owned()).bind(topic.clone()).bind(*partition).bind(*offset).bind(self.now.clone());
+            q = q
+                .bind(group.to_owned())
+                .bind(topic.clone())
+                .bind(*partition)
+                .bind(*offset)
+                .bind(self.now.clone());
         }
         q.execute(&mut *self.tx).await?;
         Ok(())
+    }
+
+    /// Fails with [`StoreError::Fenced`] unless `generation` is still the group's current one.
+    /// Call it first: on PostgreSQL it also locks the row until commit, serializing writers.
+    pub async fn check_fence(&mut self, group: &str, generation: i64) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE consumer_fence SET generation = generation WHERE consumer_group = $1 AND generation = $2")
+            .bind(group.to_owned())
+            .bind(generation)
+            .execute(&mut *self.tx)
+            .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Fenced {
+                group: group.to_owned(),
+                generation,
+            })
+        }
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {

@@ -32,14 +32,22 @@ impl Pipeline {
     pub async fn start(store: Store) -> Pipeline {
         let dir = tempfile::tempdir().unwrap();
         let (http, kafka) = (free_port(), free_port());
-        let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.yaml")).unwrap();
+        let shipped =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.yaml"))
+                .unwrap();
         let url = match &store {
             Store::Sqlite => "sqlite://cashflow.db".to_owned(),
             Store::Postgres(url) => url.clone(),
         };
         let yaml = shipped
-            .replace("listen: 127.0.0.1:8080", &format!("listen: 127.0.0.1:{http}"))
-            .replace("listen: 127.0.0.1:9092", &format!("listen: 127.0.0.1:{kafka}"))
+            .replace(
+                "listen: 127.0.0.1:8080",
+                &format!("listen: 127.0.0.1:{http}"),
+            )
+            .replace(
+                "listen: 127.0.0.1:9092",
+                &format!("listen: 127.0.0.1:{kafka}"),
+            )
             .replace("url: sqlite://cashflow.db", &format!("url: \"{url}\""));
         let config = dir.path().join("pipeline.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -48,7 +56,10 @@ impl Pipeline {
             config,
             child: None,
             kafka: format!("127.0.0.1:{kafka}"),
-            api: Api { base: format!("http://127.0.0.1:{http}"), client: reqwest::Client::new() },
+            api: Api {
+                base: format!("http://127.0.0.1:{http}"),
+                client: reqwest::Client::new(),
+            },
         };
         p.up().await;
         p
@@ -61,13 +72,20 @@ impl Pipeline {
     /// `cashflow` with this pipeline's --config and --data-dir.
     pub fn cashflow(&self) -> Command {
         let mut c = Command::new(binary("cashflow"));
-        c.arg("--config").arg(&self.config).arg("--data-dir").arg(self.dir.path().join("data"));
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"));
         c.env("CASHFLOW_BROKER_BIN", binary("cashflow-broker"));
         c
     }
 
     async fn up(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = self
             .cashflow()
             .arg("up")
@@ -81,31 +99,52 @@ impl Pipeline {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("cashflow up exited at start ({status}):\n{}", self.log_tail());
+                panic!(
+                    "cashflow up exited at start ({status}):\n{}",
+                    self.log_tail()
+                );
             }
-            if let Ok(r) = self.api.client.get(format!("{}/readyz", self.api.base)).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+            if let Ok(r) = self
+                .api
+                .client
+                .get(format!("{}/readyz", self.api.base))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
             }
-            assert!(Instant::now() < deadline, "cashflow up not ready in 90 s:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "cashflow up not ready in 90 s:\n{}",
+                self.log_tail()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// Ctrl-C, then wait for a clean exit.
     pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "cashflow up exited with {status} on Ctrl-C:\n{}", self.log_tail());
+                assert!(
+                    status.success(),
+                    "cashflow up exited with {status} on Ctrl-C:\n{}",
+                    self.log_tail()
+                );
                 return;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("cashflow up did not stop within 30 s of Ctrl-C:\n{}", self.log_tail());
+                panic!(
+                    "cashflow up did not stop within 30 s of Ctrl-C:\n{}",
+                    self.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -121,15 +160,31 @@ impl Pipeline {
         use std::io::Write as _;
         let mut child = self
             .cashflow()
-            .args(["users", "add", "--merchant", merchant, "--username", username])
+            .args([
+                "users",
+                "add",
+                "--merchant",
+                merchant,
+                "--username",
+                username,
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{password}\n").as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "users add failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "users add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Sum of the high watermarks of a topic's partitions: how many records it ever received.
@@ -140,12 +195,19 @@ impl Pipeline {
             .set("group.id", "cashflow-tests")
             .create()
             .unwrap();
-        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
         let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
         assert!(!partitions.is_empty(), "topic {topic} has no partitions");
         partitions
             .iter()
-            .map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)).unwrap().1)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, *p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
             .sum()
     }
 
@@ -194,11 +256,23 @@ impl Api {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "token request failed");
-        r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
+        r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
-    pub async fn post_entry(&self, token: &str, body: &Value, idempotency_key: Option<&str>) -> reqwest::Response {
-        let mut req = self.client.post(format!("{}/v1/lancamentos", self.base)).bearer_auth(token).json(body);
+    pub async fn post_entry(
+        &self,
+        token: &str,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("{}/v1/lancamentos", self.base))
+            .bearer_auth(token)
+            .json(body);
         if let Some(k) = idempotency_key {
             req = req.header("Idempotency-Key", k);
         }
@@ -208,7 +282,10 @@ impl Api {
     pub async fn daily(&self, token: &str, de: &str, ate: &str) -> Value {
         let r = self
             .client
-            .get(format!("{}/v1/consolidado/diario?de={de}&ate={ate}", self.base))
+            .get(format!(
+                "{}/v1/consolidado/diario?de={de}&ate={ate}",
+                self.base
+            ))
             .bearer_auth(token)
             .send()
             .await

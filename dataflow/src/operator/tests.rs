@@ -38,7 +38,12 @@ fn oracle(entries: &[Lancamento]) -> BTreeMap<(MerchantId, BusinessDate), DayTot
 }
 
 fn arb_entry() -> impl Strategy<Value = Lancamento> {
-    (0u8..4, 0i32..40, any::<bool>(), prop_oneof![Just(1i64), Just(9_999_999_999i64), 1i64..1_000_000])
+    (
+        0u8..4,
+        0i32..40,
+        any::<bool>(),
+        prop_oneof![Just(1i64), Just(9_999_999_999i64), 1i64..1_000_000],
+    )
         .prop_map(|(m, d, c, v)| entry(m, d, c, v))
 }
 
@@ -79,15 +84,35 @@ proptest! {
 
 #[test]
 fn an_empty_epoch_changes_nothing() {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let c = Consolidator::start(vec![]).unwrap();
         assert!(c.apply(&[]).await.unwrap().is_empty());
         let e = entry(1, 3, true, 500);
         let changed = c.apply(&[&e]).await.unwrap();
-        assert_eq!(changed, vec![(e.merchant_id.clone(), e.data, DayTotals { creditos_cents: 500, debitos_cents: 0, quantidade: 1 })]);
+        assert_eq!(
+            changed,
+            vec![(
+                e.merchant_id.clone(),
+                e.data,
+                DayTotals {
+                    creditos_cents: 500,
+                    debitos_cents: 0,
+                    quantidade: 1
+                }
+            )]
+        );
         let d = entry(1, 3, false, 200);
         let changed = c.apply(&[&d]).await.unwrap();
-        assert_eq!(changed[0].2, DayTotals { creditos_cents: 500, debitos_cents: 200, quantidade: 2 });
+        assert_eq!(
+            changed[0].2,
+            DayTotals {
+                creditos_cents: 500,
+                debitos_cents: 200,
+                quantidade: 2
+            }
+        );
     });
 }
