@@ -280,6 +280,21 @@ impl Lancamento {
     }
 }
 
+impl LancamentoRecord {
+    /// The same business facts: every field but the version and `criado_em`, which a client
+    /// retry of the same entry (same `Idempotency-Key`) legitimately changes.
+    pub fn same_facts(&self, other: &LancamentoRecord) -> bool {
+        self.id == other.id
+            && self.merchant_id == other.merchant_id
+            && self.tipo == other.tipo
+            && self.valor_cents == other.valor_cents
+            && self.data == other.data
+            && self.descricao == other.descricao
+            && self.categoria == other.categoria
+            && self.estorno_de == other.estorno_de
+    }
+}
+
 impl TryFrom<LancamentoRecord> for Lancamento {
     type Error = DecodeError;
 
@@ -359,6 +374,21 @@ mod tests {
         let l = sample();
         assert_eq!(Lancamento::decode(&l.encode()), Ok(l.clone()));
         assert_eq!(l.signed_cents(), -1050);
+    }
+
+    #[test]
+    fn a_retry_has_the_same_facts_and_a_change_does_not() {
+        let a = sample().to_record();
+        let retry = LancamentoRecord {
+            criado_em: "2030-01-01T00:00:00.000Z".into(),
+            ..a.clone()
+        };
+        assert!(a.same_facts(&retry));
+        let changed = LancamentoRecord {
+            valor_cents: a.valor_cents + 1,
+            ..a.clone()
+        };
+        assert!(!a.same_facts(&changed));
     }
 
     #[test]

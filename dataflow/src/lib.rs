@@ -2,6 +2,7 @@
 //!
 //! timely and differential types stay inside this crate.
 
+mod epoch;
 mod operator;
 mod stage;
 

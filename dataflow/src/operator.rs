@@ -3,8 +3,8 @@
 //! Entries enter as facts with diff `1`; `explode` moves each amount into the diff
 //! `(credits, debits, count)`, so the per-(merchant, day) sum is kept by differential's own
 //! accumulation rather than by a hand-written reduce. Each epoch is one timestamp: the input
-//! advances past it, the worker steps until the probe passes it, and the changed days come out
-//! with their new absolute totals.
+//! advances past it, the worker steps until the probe passes it, and each changed day comes out
+//! as the difference between its new and old totals.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -22,7 +22,10 @@ type Totals = (i64, i64, i64);
 /// One entry: key, credit cents, debit cents.
 type Fact = (Key, i64, i64);
 
-/// A day whose totals changed in an epoch, with its new absolute totals.
+/// A day whose totals changed in an epoch, and by how much (new totals minus old).
+///
+/// The store adds these deltas, so writers of disjoint entry sets compose: each entry is counted
+/// by the one transaction that inserted its id, whichever consolidator ran it.
 pub type DayChange = (MerchantId, BusinessDate, DayTotals);
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +69,7 @@ impl Consolidator {
         })
     }
 
-    /// Adds one epoch of new entries and returns the days whose totals changed.
+    /// Adds one epoch of new entries and returns how each touched day's totals changed.
     pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Vec<DayChange>, DataflowError> {
         let facts = entries
             .iter()
@@ -120,7 +123,8 @@ fn run_worker(
     seed: Vec<(Key, Totals)>,
     mut rx: mpsc::Receiver<Command>,
 ) {
-    let changes: Rc<RefCell<BTreeMap<Key, Option<Totals>>>> = Rc::default();
+    // Per key, the new totals minus the old: differential's own output diffs, weighted.
+    let changes: Rc<RefCell<BTreeMap<Key, Totals>>> = Rc::default();
     let sink = Rc::clone(&changes);
     let (mut entries, mut snapshot, probe) = worker.dataflow::<u64, _, _>(|scope| {
         let (entries_in, entries) = scope.new_collection::<Fact, i64>();
@@ -131,10 +135,9 @@ fn run_worker(
             .count()
             .inspect(move |((key, totals), _time, diff)| {
                 let mut changes = sink.borrow_mut();
-                let slot = changes.entry(key.clone()).or_insert(None);
-                if *diff > 0 {
-                    *slot = Some(*totals);
-                }
+                let d = changes.entry(key.clone()).or_insert((0, 0, 0));
+                let w = *diff as i64;
+                *d = (d.0 + totals.0 * w, d.1 + totals.1 * w, d.2 + totals.2 * w);
             })
             .probe();
         (entries_in, snapshot_in, probe)
@@ -162,10 +165,9 @@ fn run_worker(
             entries.update(fact, 1);
         }
         advance(&mut entries, &mut snapshot);
-        // A key retracted with no new value went back to zero.
         let out = std::mem::take(&mut *changes.borrow_mut())
             .into_iter()
-            .map(|(key, totals)| (key, totals.unwrap_or((0, 0, 0))))
+            .filter(|(_, delta)| *delta != (0, 0, 0))
             .collect();
         let _ = reply.send(out);
     }

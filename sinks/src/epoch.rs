@@ -1,8 +1,10 @@
 //! One epoch's writes, in one transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use cashflow_core::{BusinessDate, DayTotals, EntryId, Lancamento, MerchantId};
+use cashflow_core::{
+    BusinessDate, DayTotals, EntryId, Lancamento, LancamentoRecord, MerchantId, WIRE_VERSION,
+};
 use chrono::{SecondsFormat, Utc};
 use sqlx::{Any, Row, Transaction};
 
@@ -42,21 +44,6 @@ impl Store {
             tx: self.pool.begin().await?,
             now: now_text(),
         })
-    }
-
-    /// Takes the next generation of `group`'s fence. Any older session's next epoch will fail.
-    pub async fn acquire_fence(&self, group: &str, holder: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO consumer_fence (consumer_group, generation, holder, acquired_at) VALUES ($1, 1, $2, $3) \
-             ON CONFLICT (consumer_group) DO UPDATE SET generation = consumer_fence.generation + 1, \
-             holder = excluded.holder, acquired_at = excluded.acquired_at RETURNING generation",
-        )
-        .bind(group.to_owned())
-        .bind(holder.to_owned())
-        .bind(now_text())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
     }
 }
 
@@ -112,8 +99,53 @@ impl EpochTx {
         Ok(inserted)
     }
 
-    /// Writes the new absolute totals of the days that changed.
-    pub async fn upsert_daily(
+    /// The stored records of these ids (`criado_em` as stored), to tell a redelivery from a
+    /// conflicting reuse of an id.
+    pub async fn stored_records(
+        &mut self,
+        ids: &[EntryId],
+    ) -> Result<HashMap<EntryId, LancamentoRecord>, StoreError> {
+        let mut out = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ENTRY_CHUNK) {
+            let sql = format!(
+                "SELECT id, merchant_id, tipo, valor_cents, data, descricao, categoria, criado_em, estorno_de \
+                 FROM lancamentos WHERE id IN {}",
+                values_placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("{what} {v:?}"));
+                let id: String = row.try_get(0)?;
+                let id: EntryId = id.parse().map_err(|_| corrupt("entry id", &id))?;
+                let tipo: String = row.try_get(2)?;
+                let estorno_de: Option<String> = row.try_get(8)?;
+                let record = LancamentoRecord {
+                    v: WIRE_VERSION,
+                    id,
+                    merchant_id: row.try_get(1)?,
+                    tipo: tipo.parse().map_err(|_| corrupt("tipo", &tipo))?,
+                    valor_cents: row.try_get(3)?,
+                    data: row.try_get(4)?,
+                    descricao: row.try_get(5)?,
+                    categoria: row.try_get(6)?,
+                    criado_em: row.try_get(7)?,
+                    estorno_de: estorno_de
+                        .map(|e| e.parse().map_err(|_| corrupt("estorno_de", &e)))
+                        .transpose()?,
+                };
+                out.insert(id, record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds each day's change to its stored totals. Adding (rather than overwriting) lets
+    /// consolidators of disjoint entries write side by side: each entry is counted once, by the
+    /// transaction whose insert of its id succeeded.
+    pub async fn add_daily(
         &mut self,
         days: &[(MerchantId, BusinessDate, DayTotals)],
     ) -> Result<(), StoreError> {
@@ -121,8 +153,10 @@ impl EpochTx {
             let sql = format!(
                 "INSERT INTO consolidado_diario (merchant_id, data, creditos_cents, debitos_cents, quantidade, atualizado_em) \
                  VALUES {} ON CONFLICT (merchant_id, data) DO UPDATE SET \
-                 creditos_cents = excluded.creditos_cents, debitos_cents = excluded.debitos_cents, \
-                 quantidade = excluded.quantidade, atualizado_em = excluded.atualizado_em",
+                 creditos_cents = consolidado_diario.creditos_cents + excluded.creditos_cents, \
+                 debitos_cents = consolidado_diario.debitos_cents + excluded.debitos_cents, \
+                 quantidade = consolidado_diario.quantidade + excluded.quantidade, \
+                 atualizado_em = excluded.atualizado_em",
                 values_placeholders(chunk.len(), DAILY_COLUMNS)
             );
             let mut q = sqlx::query(&sql);
@@ -140,7 +174,8 @@ impl EpochTx {
         Ok(())
     }
 
-    /// Records where `group` resumes: the next offset per (topic, partition).
+    /// Records where `group` resumes: the next offset per (topic, partition). It only moves
+    /// forward, so a consolidator that briefly overlapped another on a partition cannot rewind it.
     pub async fn save_progress(
         &mut self,
         group: &str,
@@ -152,7 +187,8 @@ impl EpochTx {
         let sql = format!(
             "INSERT INTO consumer_progress (consumer_group, topic, partition, next_offset, updated_at) \
              VALUES {} ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET \
-             next_offset = excluded.next_offset, updated_at = excluded.updated_at",
+             next_offset = CASE WHEN excluded.next_offset > consumer_progress.next_offset \
+             THEN excluded.next_offset ELSE consumer_progress.next_offset END, updated_at = excluded.updated_at",
             values_placeholders(next.len(), PROGRESS_COLUMNS)
         );
         let mut q = sqlx::query(&sql);
@@ -166,24 +202,6 @@ impl EpochTx {
         }
         q.execute(&mut *self.tx).await?;
         Ok(())
-    }
-
-    /// Fails with [`StoreError::Fenced`] unless `generation` is still the group's current one.
-    /// Call it first: on PostgreSQL it also locks the row until commit, serializing writers.
-    pub async fn check_fence(&mut self, group: &str, generation: i64) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE consumer_fence SET generation = generation WHERE consumer_group = $1 AND generation = $2")
-            .bind(group.to_owned())
-            .bind(generation)
-            .execute(&mut *self.tx)
-            .await?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Fenced {
-                group: group.to_owned(),
-                generation,
-            })
-        }
     }
 
     pub async fn commit(self) -> Result<(), StoreError> {

@@ -23,9 +23,6 @@ pub enum StoreError {
     Url(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// Another session of the same consumer group took over; this one must stop writing.
-    #[error("consumer group {group}: generation {generation} was fenced off by a newer session")]
-    Fenced { group: String, generation: i64 },
 }
 
 impl StoreError {

@@ -58,7 +58,7 @@ proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let emitted = rt.block_on(async {
-            // What a store would hold: the latest totals emitted per day.
+            // What a store would hold: the emitted deltas, added up per day.
             let mut store: BTreeMap<(MerchantId, BusinessDate), DayTotals> = BTreeMap::new();
             let mut c = Consolidator::start(vec![]).unwrap();
             let mut rest = &entries[..];
@@ -73,7 +73,10 @@ proptest! {
                 rest = later;
                 let refs: Vec<&Lancamento> = now.iter().collect();
                 for (m, d, t) in c.apply(&refs).await.unwrap() {
-                    store.insert((m, d), t);
+                    let day = store.entry((m, d)).or_default();
+                    day.creditos_cents += t.creditos_cents;
+                    day.debitos_cents += t.debitos_cents;
+                    day.quantidade += t.quantidade;
                 }
             }
             store
@@ -83,7 +86,7 @@ proptest! {
 }
 
 #[test]
-fn an_empty_epoch_changes_nothing() {
+fn each_epoch_yields_the_change_of_each_day() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -37,15 +37,6 @@ CREATE TABLE consumer_progress (
     PRIMARY KEY (consumer_group, topic, partition)
 );
 
--- Fencing: each consolidator session takes the next generation; an epoch commits only while its
--- generation is current, so two consolidators of one group can never both write.
-CREATE TABLE consumer_fence (
-    consumer_group TEXT    PRIMARY KEY,
-    generation     INTEGER  NOT NULL,
-    holder         TEXT    NOT NULL,
-    acquired_at    TEXT    NOT NULL
-);
-
 CREATE TABLE users (
     username      TEXT PRIMARY KEY,
     merchant_id   TEXT NOT NULL,
