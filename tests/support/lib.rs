@@ -6,11 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod flows;
+mod kafka;
 mod oracle;
 mod pipeline;
 
+pub use flows::{MERCHANTS, PASSWORD, assert_matches_oracle, d, login_all, post_all, post_entries};
+pub use kafka::Read;
 pub use oracle::{Oracle, Posted, random_entries};
-pub use pipeline::{Api, Pipeline, Store};
+pub use pipeline::{Api, Pipeline, Role, Store};
 
 use std::path::PathBuf;
 

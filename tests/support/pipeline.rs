@@ -1,5 +1,6 @@
 //! A running `cashflow up`, in its own temp data dir, on free ports.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,10 +20,34 @@ pub enum Store {
     Postgres(String),
 }
 
+/// One process running a part of the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// `cashflow up`: everything.
+    Up,
+    /// `cashflow run broker`.
+    Broker,
+    /// `cashflow run gateway`.
+    Gateway,
+    /// `cashflow run consolidate`.
+    Consolidate,
+}
+
+impl Role {
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Role::Up => &["up"],
+            Role::Broker => &["run", "broker"],
+            Role::Gateway => &["run", "gateway"],
+            Role::Consolidate => &["run", "consolidate"],
+        }
+    }
+}
+
 pub struct Pipeline {
     dir: tempfile::TempDir,
     config: PathBuf,
-    child: Option<Child>,
+    children: BTreeMap<Role, Child>,
     pub kafka: String,
     pub api: Api,
 }
@@ -30,6 +55,22 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts `cashflow up` with the shipped pipeline.yaml, changed only in ports and store.
     pub async fn start(store: Store) -> Pipeline {
+        let mut p = Self::configure(store, &[]);
+        p.launch(Role::Up).await;
+        p
+    }
+
+    /// Starts broker, gateway and consolidator as separate processes, as in production.
+    /// `edits` are extra (from, to) replacements in pipeline.yaml.
+    pub async fn start_stages(store: Store, edits: &[(&str, &str)]) -> Pipeline {
+        let mut p = Self::configure(store, edits);
+        for role in [Role::Broker, Role::Gateway, Role::Consolidate] {
+            p.launch(role).await;
+        }
+        p
+    }
+
+    fn configure(store: Store, edits: &[(&str, &str)]) -> Pipeline {
         let dir = tempfile::tempdir().unwrap();
         let (http, kafka) = (free_port(), free_port());
         let shipped =
@@ -39,7 +80,7 @@ impl Pipeline {
             Store::Sqlite => "sqlite://cashflow.db".to_owned(),
             Store::Postgres(url) => url.clone(),
         };
-        let yaml = shipped
+        let mut yaml = shipped
             .replace(
                 "listen: 127.0.0.1:8080",
                 &format!("listen: 127.0.0.1:{http}"),
@@ -49,20 +90,22 @@ impl Pipeline {
                 &format!("listen: 127.0.0.1:{kafka}"),
             )
             .replace("url: sqlite://cashflow.db", &format!("url: \"{url}\""));
+        for (from, to) in edits {
+            assert!(yaml.contains(from), "pipeline.yaml lacks {from:?}");
+            yaml = yaml.replace(from, to);
+        }
         let config = dir.path().join("pipeline.yaml");
         std::fs::write(&config, yaml).unwrap();
-        let mut p = Pipeline {
+        Pipeline {
             dir,
             config,
-            child: None,
+            children: BTreeMap::new(),
             kafka: format!("127.0.0.1:{kafka}"),
             api: Api {
                 base: format!("http://127.0.0.1:{http}"),
                 client: reqwest::Client::new(),
             },
-        };
-        p.up().await;
-        p
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -80,7 +123,9 @@ impl Pipeline {
         c
     }
 
-    async fn up(&mut self) {
+    /// Starts one process and waits until it serves: the HTTP API for `up` and `gateway`, the
+    /// Kafka port for `broker`. A consolidator needs no wait: it retries until it can work.
+    pub async fn launch(&mut self, role: Role) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -88,44 +133,55 @@ impl Pipeline {
             .unwrap();
         let child = self
             .cashflow()
-            .arg("up")
+            .args(role.args())
             .env("CASHFLOW_LOG", "info,librdkafka=warn,rdkafka=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        self.children.insert(role, child);
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "cashflow up exited at start ({status}):\n{}",
-                    self.log_tail()
-                );
+            if let Some(status) = self.children.get_mut(&role).unwrap().try_wait().unwrap() {
+                panic!("{role:?} exited at start ({status}):\n{}", self.log_tail());
             }
-            if let Ok(r) = self
-                .api
-                .client
-                .get(format!("{}/readyz", self.api.base))
-                .send()
-                .await
-                && r.status().is_success()
-            {
+            let ready = match role {
+                Role::Up | Role::Gateway => {
+                    let r = self
+                        .api
+                        .client
+                        .get(format!("{}/readyz", self.api.base))
+                        .send()
+                        .await;
+                    r.is_ok_and(|r| r.status().is_success())
+                }
+                Role::Broker => std::net::TcpStream::connect(&self.kafka).is_ok(),
+                Role::Consolidate => true,
+            };
+            if ready {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "cashflow up not ready in 90 s:\n{}",
+                "{role:?} not ready in 90 s:\n{}",
                 self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    /// Ctrl-C, then wait for a clean exit.
-    pub async fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+    /// `kill -9`: no cleanup, no last commit.
+    pub fn kill(&mut self, role: Role) {
+        if let Some(mut child) = self.children.remove(&role) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Ctrl-C to one process, then wait for it to exit cleanly.
+    pub async fn interrupt(&mut self, role: Role) {
+        let Some(mut child) = self.children.remove(&role) else {
             return;
         };
         kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
@@ -134,7 +190,7 @@ impl Pipeline {
             if let Some(status) = child.try_wait().unwrap() {
                 assert!(
                     status.success(),
-                    "cashflow up exited with {status} on Ctrl-C:\n{}",
+                    "{role:?} exited with {status} on Ctrl-C:\n{}",
                     self.log_tail()
                 );
                 return;
@@ -142,7 +198,7 @@ impl Pipeline {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!(
-                    "cashflow up did not stop within 30 s of Ctrl-C:\n{}",
+                    "{role:?} did not stop within 30 s of Ctrl-C:\n{}",
                     self.log_tail()
                 );
             }
@@ -150,9 +206,20 @@ impl Pipeline {
         }
     }
 
+    /// Ctrl-C to every process, consumers first.
+    pub async fn stop(&mut self) {
+        for role in [Role::Consolidate, Role::Gateway, Role::Up, Role::Broker] {
+            self.interrupt(role).await;
+        }
+    }
+
+    /// Stops and starts every process that was running.
     pub async fn restart(&mut self) {
+        let roles: Vec<Role> = self.children.keys().copied().collect();
         self.stop().await;
-        self.up().await;
+        for role in roles {
+            self.launch(role).await;
+        }
     }
 
     /// Creates a login through the CLI, the password on stdin.
@@ -227,7 +294,7 @@ impl Drop for Pipeline {
         if std::thread::panicking() {
             eprintln!("--- cashflow log (last lines) ---\n{}", self.log_tail());
         }
-        if let Some(mut child) = self.child.take() {
+        for (_, mut child) in std::mem::take(&mut self.children) {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(20);
             while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {

@@ -2,92 +2,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cashflow_core::BusinessDate;
-use cashflow_tests::{Oracle, Pipeline, Posted, Store, fresh_postgres_database, random_entries};
-use futures::StreamExt as _;
-
-const MERCHANTS: [&str; 3] = ["loja-a", "loja-b", "loja-c"];
-const PASSWORD: &str = "correct horse battery";
-
-fn d(s: &str) -> BusinessDate {
-    s.parse().unwrap()
-}
-
-async fn login_all(p: &Pipeline) -> HashMap<&'static str, String> {
-    let mut tokens = HashMap::new();
-    for m in MERCHANTS {
-        p.add_user(m, &format!("user-{m}"), PASSWORD);
-        tokens.insert(m, p.api.token(&format!("user-{m}"), PASSWORD).await);
-    }
-    tokens
-}
-
-/// Posts every entry (16 at a time); each must be accepted with 202.
-async fn post_all(
-    p: &Pipeline,
-    tokens: &HashMap<&str, String>,
-    entries: Vec<Posted>,
-    oracle: &mut Oracle,
-) {
-    let results: Vec<(Posted, u16)> = futures::stream::iter(entries)
-        .map(|e| async {
-            let r = p
-                .api
-                .post_entry(&tokens[e.merchant.as_str()], &e.body("venda"), None)
-                .await;
-            (e, r.status().as_u16())
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    for (e, status) in results {
-        assert_eq!(status, 202, "entry {e:?} not accepted");
-        oracle.add(e);
-    }
-}
-
-/// Waits until every merchant's day count matches what was accepted, then compares every day.
-async fn assert_matches_oracle(
-    p: &Pipeline,
-    tokens: &HashMap<&str, String>,
-    oracle: &Oracle,
-    de: BusinessDate,
-    ate: BusinessDate,
-) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for m in MERCHANTS {
-        let answer = loop {
-            let answer = p
-                .api
-                .daily(&tokens[m], &de.to_string(), &ate.to_string())
-                .await;
-            let counted: u64 = answer["dias"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d["lancamentos"].as_u64().unwrap())
-                .sum();
-            if counted as usize >= oracle.count(m) || Instant::now() > deadline {
-                break answer;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
-        let mismatches = oracle.mismatches(m, de, ate, &answer);
-        assert!(
-            mismatches.is_empty(),
-            "{} mismatches, first: {:#?}",
-            mismatches.len(),
-            &mismatches[..mismatches.len().min(5)]
-        );
-        assert!(
-            answer["atualizado_ate"].is_string(),
-            "atualizado_ate missing: {answer}"
-        );
-    }
-}
+use cashflow_tests::{
+    MERCHANTS, Oracle, Pipeline, Posted, Store, assert_matches_oracle, d, fresh_postgres_database,
+    login_all, post_all, random_entries,
+};
 
 async fn pipeline_matches_the_oracle(store: Store) {
     let mut p = Pipeline::start(store).await;
@@ -182,4 +102,76 @@ async fn an_idempotency_key_counts_an_entry_once() {
     oracle.add(e);
     oracle.add(other);
     assert_matches_oracle(&p, &tokens, &oracle, d("2026-05-04"), d("2026-05-06")).await;
+}
+
+/// Records produced straight to Kafka: each twice (the second time on another partition), a
+/// conflicting reuse of an id, and a malformed record. Each entry counts once; the conflict is
+/// parked; the malformed record goes to the retry topic with its headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_and_conflicting_records_count_once() {
+    use cashflow_core::{EntryId, Lancamento, MerchantId, Money, Tipo};
+    let p = Pipeline::start(Store::Sqlite).await;
+    let tokens = login_all(&p).await;
+    let mut oracle = Oracle::default();
+    let entries = random_entries(&MERCHANTS, 150, d("2026-06-01"), 10);
+    let as_wire = |e: &Posted| Lancamento {
+        id: EntryId::random(),
+        merchant_id: MerchantId::parse(&e.merchant).unwrap(),
+        tipo: if e.credit {
+            Tipo::Credito
+        } else {
+            Tipo::Debito
+        },
+        valor: Money::from_cents(e.cents),
+        data: e.date,
+        descricao: "direct".into(),
+        categoria: None,
+        criado_em: chrono::Utc::now(),
+        estorno_de: None,
+    };
+    let wire: Vec<Lancamento> = entries.iter().map(as_wire).collect();
+    let mut records: Vec<(Option<i32>, &str, Vec<u8>)> = Vec::new();
+    for (i, l) in wire.iter().enumerate() {
+        records.push((None, l.merchant_id.as_str(), l.encode()));
+        // The same record again, on a partition of its own choosing.
+        records.push((Some((i % 6) as i32), l.merchant_id.as_str(), l.encode()));
+    }
+    for e in entries {
+        oracle.add(e);
+    }
+    // The same id with another amount, after the original on the original's partition.
+    let mut conflicting = wire[0].clone();
+    conflicting.valor = Money::from_cents(conflicting.valor.cents() + 1);
+    records.push((None, conflicting.merchant_id.as_str(), conflicting.encode()));
+    records.push((Some(2), "loja-a", b"{\"v\":1,\"id\":".to_vec()));
+    p.produce("lancamentos", &records).await;
+
+    assert_matches_oracle(&p, &tokens, &oracle, d("2026-05-31"), d("2026-06-11")).await;
+
+    let parked = p.read_topic("lancamentos.dlq", 1, Duration::from_secs(30));
+    assert_eq!(parked.len(), 1, "the conflict must be parked");
+    assert_eq!(
+        parked[0].header("x-error-code"),
+        Some("conflicting_duplicate")
+    );
+    assert_eq!(
+        parked[0].payload,
+        conflicting.encode(),
+        "the parked value is the original, unchanged"
+    );
+
+    let retried = p.read_topic("lancamentos.retry", 1, Duration::from_secs(30));
+    assert_eq!(retried.len(), 1);
+    let r = &retried[0];
+    assert_eq!(r.header("x-error-code"), Some("malformed"));
+    assert_eq!(r.header("x-attempt"), Some("1"));
+    assert_eq!(r.header("x-origin-topic"), Some("lancamentos"));
+    assert_eq!(r.header("x-origin-partition"), Some("2"));
+    let first: i64 = r.header("x-first-failed-at").unwrap().parse().unwrap();
+    let not_before: i64 = r.header("x-not-before").unwrap().parse().unwrap();
+    assert_eq!(
+        not_before - first,
+        1000,
+        "the first backoff step of pipeline.yaml"
+    );
 }

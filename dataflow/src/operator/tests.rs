@@ -112,9 +112,9 @@ fn each_epoch_yields_the_change_of_each_day() {
         assert_eq!(
             changed[0].2,
             DayTotals {
-                creditos_cents: 500,
+                creditos_cents: 0,
                 debitos_cents: 200,
-                quantidade: 2
+                quantidade: 1
             }
         );
     });
