@@ -13,10 +13,7 @@ use serde::Serialize;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("key directory {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("key file {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
 }
@@ -44,10 +41,7 @@ pub struct KeyRing {
 impl KeyRing {
     /// Loads every `*.pem` in `dir`; creates the directory and a first key when there is none.
     pub fn load_or_create(dir: &Path) -> Result<KeyRing, KeyError> {
-        let io = |source| KeyError::Io {
-            path: dir.to_owned(),
-            source,
-        };
+        let io = |source| KeyError::Io { path: dir.to_owned(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(io)?
@@ -63,21 +57,13 @@ impl KeyRing {
             keys.push(read_key(path)?);
         }
         let Some((kid, newest)) = keys.last().cloned() else {
-            return Err(KeyError::Invalid {
-                path: dir.to_owned(),
-                reason: "no keys".into(),
-            });
+            return Err(KeyError::Invalid { path: dir.to_owned(), reason: "no keys".into() });
         };
         let pem = newest
             .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| KeyError::Invalid {
-                path: dir.to_owned(),
-                reason: e.to_string(),
-            })?;
-        let encoding = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| KeyError::Invalid {
-            path: dir.to_owned(),
-            reason: e.to_string(),
-        })?;
+            .map_err(|e| KeyError::Invalid { path: dir.to_owned(), reason: e.to_string() })?;
+        let encoding = EncodingKey::from_ed_pem(pem.as_bytes())
+            .map_err(|e| KeyError::Invalid { path: dir.to_owned(), reason: e.to_string() })?;
         let public = keys
             .iter()
             .map(|(kid, k)| Jwk {
@@ -89,27 +75,18 @@ impl KeyRing {
                 x: URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes()),
             })
             .collect();
-        Ok(KeyRing {
-            signing: (kid, encoding),
-            public,
-        })
+        Ok(KeyRing { signing: (kid, encoding), public })
     }
 
     /// Writes a new key; it becomes the signing key on the next load. Returns its path.
     pub fn create_key(dir: &Path) -> Result<PathBuf, KeyError> {
-        let io = |source| KeyError::Io {
-            path: dir.to_owned(),
-            source,
-        };
+        let io = |source| KeyError::Io { path: dir.to_owned(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let kid = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
         let pem = key
             .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| KeyError::Invalid {
-                path: dir.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| KeyError::Invalid { path: dir.to_owned(), reason: e.to_string() })?;
         let path = dir.join(format!("{kid}.pem"));
         write_private(&path, pem.as_bytes()).map_err(io)?;
         tracing::info!(kid = %kid, "signing key created");
@@ -128,30 +105,17 @@ impl KeyRing {
     pub fn decoding_keys(&self) -> Vec<(String, DecodingKey)> {
         self.public
             .iter()
-            .filter_map(|j| {
-                DecodingKey::from_ed_components(&j.x)
-                    .ok()
-                    .map(|k| (j.kid.clone(), k))
-            })
+            .filter_map(|j| DecodingKey::from_ed_components(&j.x).ok().map(|k| (j.kid.clone(), k)))
             .collect()
     }
 }
 
 fn read_key(path: &Path) -> Result<(String, SigningKey), KeyError> {
-    let invalid = |reason: String| KeyError::Invalid {
-        path: path.to_owned(),
-        reason,
-    };
-    let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let invalid = |reason: String| KeyError::Invalid { path: path.to_owned(), reason };
+    let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
     let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| invalid(e.to_string()))?;
-    let kid = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .ok_or_else(|| invalid("file name is not a kid".into()))?
-        .to_owned();
+    let kid =
+        path.file_stem().and_then(|s| s.to_str()).ok_or_else(|| invalid("file name is not a kid".into()))?.to_owned();
     Ok((kid, key))
 }
 

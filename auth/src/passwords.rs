@@ -10,10 +10,7 @@ use rand::rngs::OsRng;
 pub async fn hash_password(password: String) -> Result<String, String> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| e.to_string())
+        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?
@@ -28,10 +25,7 @@ pub async fn verify_password(password: String, stored: Option<String>) -> bool {
         let Ok(parsed) = PasswordHash::new(&hash) else {
             return false;
         };
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-            && known
+        Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && known
     })
     .await
     .unwrap_or(false)
@@ -41,10 +35,7 @@ fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(b"no such user", &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default()
+        Argon2::default().hash_password(b"no such user", &salt).map(|h| h.to_string()).unwrap_or_default()
     })
 }
 

@@ -52,12 +52,7 @@ pub struct Issuer {
 
 impl Issuer {
     pub fn new(keys: KeyRing, issuer: &str, audience: &str, ttl_secs: u64) -> Self {
-        Issuer {
-            keys,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
-            ttl_secs,
-        }
+        Issuer { keys, issuer: issuer.to_owned(), audience: audience.to_owned(), ttl_secs }
     }
 
     pub fn ttl_secs(&self) -> u64 {
@@ -69,12 +64,7 @@ impl Issuer {
     }
 
     /// A signed token for `subject` acting for `merchant` with `scopes`.
-    pub fn issue(
-        &self,
-        subject: &str,
-        merchant: &str,
-        scopes: &[String],
-    ) -> Result<String, AuthError> {
+    pub fn issue(&self, subject: &str, merchant: &str, scopes: &[String]) -> Result<String, AuthError> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: subject.to_owned(),
@@ -110,10 +100,7 @@ impl Validator {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        Validator {
-            keys: keys.decoding_keys().into_iter().collect(),
-            validation,
-        }
+        Validator { keys: keys.decoding_keys().into_iter().collect(), validation }
     }
 
     pub fn validate(&self, token: &str) -> Result<Principal, AuthError> {
@@ -121,21 +108,12 @@ impl Validator {
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::Algorithm);
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.keys.get(kid))
-            .ok_or(AuthError::UnknownKey)?;
-        let data = decode::<Claims>(token, key, &self.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let key = header.kid.as_deref().and_then(|kid| self.keys.get(kid)).ok_or(AuthError::UnknownKey)?;
+        let data = decode::<Claims>(token, key, &self.validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
-        let merchant_id = MerchantId::parse(&c.merchant_id)
-            .map_err(|e| AuthError::Invalid(format!("merchant_id {e}")))?;
-        Ok(Principal {
-            subject: c.sub,
-            merchant_id,
-            scopes: c.scope.split_whitespace().map(str::to_owned).collect(),
-        })
+        let merchant_id =
+            MerchantId::parse(&c.merchant_id).map_err(|e| AuthError::Invalid(format!("merchant_id {e}")))?;
+        Ok(Principal { subject: c.sub, merchant_id, scopes: c.scope.split_whitespace().map(str::to_owned).collect() })
     }
 }
 
@@ -154,9 +132,7 @@ mod tests {
     #[test]
     fn a_fresh_token_validates_and_carries_the_merchant() {
         let (_d, issuer, validator) = setup();
-        let token = issuer
-            .issue("ana", "loja-1", &["lancamentos:write".into()])
-            .unwrap();
+        let token = issuer.issue("ana", "loja-1", &["lancamentos:write".into()]).unwrap();
         let p = validator.validate(&token).unwrap();
         assert_eq!(p.merchant_id.as_str(), "loja-1");
         assert_eq!(p.scopes, vec!["lancamentos:write"]);
@@ -169,32 +145,17 @@ mod tests {
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         use base64::Engine as _;
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let payload = String::from_utf8(e.decode(&parts[1]).unwrap())
-            .unwrap()
-            .replace("loja-1", "loja-2");
+        let payload = String::from_utf8(e.decode(&parts[1]).unwrap()).unwrap().replace("loja-1", "loja-2");
         parts[1] = e.encode(payload);
-        assert!(matches!(
-            validator.validate(&parts.join(".")),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(validator.validate(&parts.join(".")), Err(AuthError::Invalid(_))));
 
         let (_d2, other_issuer, _) = setup();
         let foreign = other_issuer.issue("ana", "loja-1", &[]).unwrap();
         assert!(validator.validate(&foreign).is_err());
 
-        let none = format!(
-            "{}.{}.",
-            e.encode(r#"{"alg":"none","typ":"JWT"}"#),
-            parts[1]
-        );
-        assert!(matches!(
-            validator.validate(&none),
-            Err(AuthError::Malformed | AuthError::Algorithm)
-        ));
-        assert!(matches!(
-            validator.validate("garbage"),
-            Err(AuthError::Malformed)
-        ));
+        let none = format!("{}.{}.", e.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
+        assert!(matches!(validator.validate(&none), Err(AuthError::Malformed | AuthError::Algorithm)));
+        assert!(matches!(validator.validate("garbage"), Err(AuthError::Malformed)));
     }
 
     #[test]
@@ -203,9 +164,6 @@ mod tests {
         let ring = KeyRing::load_or_create(d.path()).unwrap();
         let strict = Validator::new(&ring, "cashflow", "another-api");
         let token = issuer.issue("ana", "loja-1", &[]).unwrap();
-        assert!(matches!(
-            strict.validate(&token),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(strict.validate(&token), Err(AuthError::Invalid(_))));
     }
 }

@@ -31,11 +31,7 @@ pub async fn up(config: PipelineConfig, common: &Common) -> Result<()> {
         create_topics(&config).await?;
         let store = connect_store(&config, common).await?;
         let shutdown = shutdown_signal();
-        let consolidate = tokio::spawn(cashflow_dataflow::run(
-            Arc::clone(&config),
-            store.clone(),
-            shutdown.clone(),
-        ));
+        let consolidate = tokio::spawn(cashflow_dataflow::run(Arc::clone(&config), store.clone(), shutdown.clone()));
         let served = serve_gateway(&config, common, store.clone(), shutdown.clone()).await;
         shutdown.cancel();
         tracing::info!("gateway stopped");
@@ -86,9 +82,7 @@ async fn start_broker(config: &PipelineConfig, common: &Common) -> Result<Option
     }
     std::fs::create_dir_all(&common.data_dir)
         .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
-    Supervisor::start(&config.kafka.embedded.listen, &common.data_dir)
-        .await
-        .map(Some)
+    Supervisor::start(&config.kafka.embedded.listen, &common.data_dir).await.map(Some)
 }
 
 /// Creates the declared topics, waiting up to a minute for the broker.
@@ -102,10 +96,7 @@ async fn create_topics(config: &PipelineConfig) -> Result<()> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => {
-                return Err(e).context(format!(
-                    "cannot create topics on {}",
-                    config.kafka.bootstrap()
-                ));
+                return Err(e).context(format!("cannot create topics on {}", config.kafka.bootstrap()));
             }
         }
     }
@@ -126,10 +117,7 @@ async fn serve_gateway(
     let gw = &config.services.gateway;
     let state = GatewayState {
         validator: Arc::new(validator),
-        auth: Arc::new(AuthState {
-            issuer,
-            store: store.clone(),
-        }),
+        auth: Arc::new(AuthState { issuer, store: store.clone() }),
         publisher: Some(Arc::clone(&publisher)),
         store,
         consolidate_group: config.services.consolidate.group.clone(),
@@ -138,9 +126,7 @@ async fn serve_gateway(
         rate_limit: gw.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
     };
     let listen = common.listen.clone().unwrap_or_else(|| gw.listen.clone());
-    let listener = TcpListener::bind(&listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, cashflow_gateway::router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -154,8 +140,7 @@ fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let terminated = async {
             match term.as_mut() {
                 Some(s) => {

@@ -45,24 +45,15 @@ impl Supervisor {
     pub async fn start(listen: &str, data_dir: &Path) -> Result<Supervisor> {
         let binary = binary()?;
         let dir = data_dir.join("broker");
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         if TcpStream::connect(listen).await.is_ok() {
-            bail!(
-                "{listen} is already in use; is another cashflow or broker running? (kafka.embedded.listen)"
-            );
+            bail!("{listen} is already in use; is another cashflow or broker running? (kafka.embedded.listen)");
         }
         let mut broker = spawn(&binary, listen, &dir)?;
         wait_ready(&mut broker.child, listen).await?;
         tracing::info!(listen, storage = %dir.display(), "embedded broker ready");
         let stop = CancellationToken::new();
-        let task = tokio::spawn(supervise(
-            broker,
-            binary,
-            listen.to_owned(),
-            dir,
-            stop.clone(),
-        ));
+        let task = tokio::spawn(supervise(broker, binary, listen.to_owned(), dir, stop.clone()));
         Ok(Supervisor { stop, task })
     }
 
@@ -85,11 +76,7 @@ fn spawn(binary: &Path, listen: &str, dir: &Path) -> Result<Broker> {
     let url = format!("tcp://{listen}");
     let mut child = Command::new(binary)
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .args([
-            "--storage-engine",
-            "sqlite://broker.db",
-            "--exit-with-parent",
-        ])
+        .args(["--storage-engine", "sqlite://broker.db", "--exit-with-parent"])
         .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -97,10 +84,7 @@ fn spawn(binary: &Path, listen: &str, dir: &Path) -> Result<Broker> {
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
     let lifeline = child.stdin.take();
-    Ok(Broker {
-        child,
-        _lifeline: lifeline,
-    })
+    Ok(Broker { child, _lifeline: lifeline })
 }
 
 async fn wait_ready(child: &mut Child, listen: &str) -> Result<()> {
@@ -119,13 +103,7 @@ async fn wait_ready(child: &mut Child, listen: &str) -> Result<()> {
     }
 }
 
-async fn supervise(
-    mut broker: Broker,
-    binary: PathBuf,
-    listen: String,
-    dir: PathBuf,
-    stop: CancellationToken,
-) {
+async fn supervise(mut broker: Broker, binary: PathBuf, listen: String, dir: PathBuf, stop: CancellationToken) {
     loop {
         tokio::select! {
             status = broker.child.wait() => {
@@ -158,10 +136,7 @@ async fn supervise(
 async fn terminate(child: &mut Child) {
     if let Some(pid) = child.id() {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_ok()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_ok() {
             return;
         }
     }

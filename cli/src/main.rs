@@ -26,12 +26,7 @@ struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// The pipeline file.
-    #[arg(
-        long,
-        global = true,
-        env = "CASHFLOW_CONFIG",
-        default_value = "pipeline.yaml"
-    )]
+    #[arg(long, global = true, env = "CASHFLOW_CONFIG", default_value = "pipeline.yaml")]
     pub config: PathBuf,
     /// Where the embedded broker, the SQLite store and the signing keys live.
     #[arg(long, global = true, env = "CASHFLOW_DATA_DIR", default_value = "data")]
@@ -92,10 +87,7 @@ fn main() -> ExitCode {
     if let Command::Validate { file } = &cli.command {
         return validate(file.as_ref().unwrap_or(&cli.common.config));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -107,14 +99,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up => app::up(config, &cli.common).await,
             Command::Run { stage } => app::run(stage, config, &cli.common).await,
-            Command::Users {
-                command:
-                    UsersCommand::Add {
-                        merchant,
-                        username,
-                        scopes,
-                    },
-            } => users_add(config, &cli.common, &merchant, &username, &scopes).await,
+            Command::Users { command: UsersCommand::Add { merchant, username, scopes } } => {
+                users_add(config, &cli.common, &merchant, &username, &scopes).await
+            }
             Command::Validate { .. } => Ok(()),
         }
     });
@@ -169,17 +156,14 @@ async fn users_add(
         bail!("--username must be 1 to 128 characters");
     }
     let mut password = String::new();
-    std::io::stdin()
-        .read_to_string(&mut password)
-        .context("cannot read the password from standard input")?;
+    std::io::stdin().read_to_string(&mut password).context("cannot read the password from standard input")?;
     let password = password.trim_end_matches(['\n', '\r']).to_owned();
     if password.chars().count() < 8 {
         bail!("the password (read from standard input) must have at least 8 characters");
     }
     let store = app::connect_store(&config, common).await?;
-    let hash = cashflow_auth::hash_password(password)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    let hash =
+        cashflow_auth::hash_password(password).await.map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
     let user = cashflow_sinks::User {
         username: username.to_owned(),
         merchant_id: merchant.to_string(),
@@ -187,9 +171,6 @@ async fn users_add(
         scopes: scopes.split_whitespace().map(str::to_owned).collect(),
     };
     store.upsert_user(&user).await?;
-    println!(
-        "user {username:?} can now act for merchant {merchant} with scopes: {}",
-        user.scopes.join(" ")
-    );
+    println!("user {username:?} can now act for merchant {merchant} with scopes: {}", user.scopes.join(" "));
     Ok(())
 }

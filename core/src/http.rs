@@ -27,10 +27,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
+        FieldError { field: field.into(), message: message.into() }
     }
 }
 
@@ -75,12 +72,8 @@ impl Problem {
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let mut p = Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation",
-            "Invalid request",
-        )
-        .detail("one or more fields are invalid; see errors");
+        let mut p = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", "Invalid request")
+            .detail("one or more fields are invalid; see errors");
         p.errors = errors;
         p
     }
@@ -90,8 +83,7 @@ impl Problem {
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        let mut p =
-            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail);
+        let mut p = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized").detail(detail);
         p.www_authenticate = true;
         p
     }
@@ -105,22 +97,14 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Service unavailable",
-        )
-        .detail(detail)
-        .retry_after(retry_after_secs)
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable")
+            .detail(detail)
+            .retry_after(retry_after_secs)
     }
 
     pub fn internal() -> Self {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
-        )
-        .detail("the error was logged; try again later")
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+            .detail("the error was logged; try again later")
     }
 }
 
@@ -130,10 +114,7 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -158,9 +139,7 @@ impl Principal {
         if self.scopes.iter().any(|s| s == scope) {
             Ok(())
         } else {
-            Err(Problem::forbidden(format!(
-                "the token lacks the scope {scope}"
-            )))
+            Err(Problem::forbidden(format!("the token lacks the scope {scope}")))
         }
     }
 }
@@ -169,11 +148,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or_else(|| Problem::unauthorized("a bearer token is required"))
+        parts.extensions.get::<Principal>().cloned().ok_or_else(|| Problem::unauthorized("a bearer token is required"))
     }
 }
 
@@ -200,9 +175,7 @@ fn json_problem(rejection: JsonRejection) -> Problem {
         _ => ("bad-request", "Bad request"),
     };
     let detail = match status {
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            "the body must be JSON (Content-Type: application/json)".to_owned()
-        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "the body must be JSON (Content-Type: application/json)".to_owned(),
         StatusCode::PAYLOAD_TOO_LARGE => "the body is larger than the limit".to_owned(),
         _ => rejection.body_text(),
     };

@@ -16,10 +16,7 @@ pub fn client_config(config: &PipelineConfig) -> ClientConfig {
 }
 
 /// Our defaults for one kind of client, then the passthrough properties, which win.
-pub fn with_properties(
-    config: &PipelineConfig,
-    defaults: impl FnOnce(&mut ClientConfig),
-) -> ClientConfig {
+pub fn with_properties(config: &PipelineConfig, defaults: impl FnOnce(&mut ClientConfig)) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", config.kafka.bootstrap());
     // Brokers that advertise 127.0.0.1 must not be reached through IPv6 first.
@@ -37,10 +34,7 @@ pub fn producer_config(config: &PipelineConfig, delivery_timeout: Duration) -> C
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "2")
-            .set(
-                "message.timeout.ms",
-                delivery_timeout.as_millis().to_string(),
-            );
+            .set("message.timeout.ms", delivery_timeout.as_millis().to_string());
     })
 }
 
@@ -50,13 +44,7 @@ pub async fn ensure_topics(config: &PipelineConfig) -> Result<(), KafkaError> {
     let topics: Vec<NewTopic<'_>> = config
         .topics
         .iter()
-        .map(|(name, t)| {
-            NewTopic::new(
-                name,
-                t.partitions,
-                TopicReplication::Fixed(i32::from(t.replication_factor)),
-            )
-        })
+        .map(|(name, t)| NewTopic::new(name, t.partitions, TopicReplication::Fixed(i32::from(t.replication_factor))))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&topics, &options).await? {

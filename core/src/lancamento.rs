@@ -23,8 +23,7 @@ pub struct MerchantId(String);
 impl MerchantId {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = (1..=64).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         if ok {
             Ok(MerchantId(s.to_owned()))
         } else {
@@ -169,9 +168,7 @@ impl Serialize for BusinessDate {
 
 impl<'de> Deserialize<'de> for BusinessDate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -267,8 +264,7 @@ impl Lancamento {
         struct Version {
             v: Option<u64>,
         }
-        let version: Version =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let version: Version = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         match version.v {
             Some(v) if v == u64::from(WIRE_VERSION) => {}
             Some(v) => return Err(DecodeError::UnknownVersion(v)),
@@ -300,17 +296,14 @@ impl TryFrom<LancamentoRecord> for Lancamento {
 
     fn try_from(r: LancamentoRecord) -> Result<Self, Self::Error> {
         let invalid = |field, reason: String| DecodeError::InvalidField { field, reason };
-        let merchant_id =
-            MerchantId::parse(&r.merchant_id).map_err(|e| invalid("merchant_id", e))?;
+        let merchant_id = MerchantId::parse(&r.merchant_id).map_err(|e| invalid("merchant_id", e))?;
         if r.valor_cents <= 0 {
             return Err(invalid("valor_cents", "must be positive".into()));
         }
         let data = r.data.parse().map_err(|e| invalid("data", e))?;
-        check_text("descricao", &r.descricao, MAX_DESCRICAO_CHARS, true)
-            .map_err(|e| invalid("descricao", e))?;
+        check_text("descricao", &r.descricao, MAX_DESCRICAO_CHARS, true).map_err(|e| invalid("descricao", e))?;
         if let Some(c) = &r.categoria {
-            check_text("categoria", c, MAX_CATEGORIA_CHARS, true)
-                .map_err(|e| invalid("categoria", e))?;
+            check_text("categoria", c, MAX_CATEGORIA_CHARS, true).map_err(|e| invalid("categoria", e))?;
         }
         let criado_em = DateTime::parse_from_rfc3339(&r.criado_em)
             .map_err(|e| invalid("criado_em", e.to_string()))?
@@ -330,12 +323,7 @@ impl TryFrom<LancamentoRecord> for Lancamento {
 }
 
 /// Checks a free-text field: length in characters and no control characters.
-pub fn check_text(
-    _field: &str,
-    value: &str,
-    max_chars: usize,
-    required: bool,
-) -> Result<(), String> {
+pub fn check_text(_field: &str, value: &str, max_chars: usize, required: bool) -> Result<(), String> {
     let n = value.chars().count();
     if required && value.trim().is_empty() {
         return Err("must not be empty".into());
@@ -362,9 +350,7 @@ mod tests {
             data: "2026-01-31".parse().unwrap(),
             descricao: "aluguel".into(),
             categoria: Some("fixo".into()),
-            criado_em: DateTime::parse_from_rfc3339("2026-01-31T10:00:00.125Z")
-                .unwrap()
-                .with_timezone(&Utc),
+            criado_em: DateTime::parse_from_rfc3339("2026-01-31T10:00:00.125Z").unwrap().with_timezone(&Utc),
             estorno_de: None,
         }
     }
@@ -379,24 +365,15 @@ mod tests {
     #[test]
     fn a_retry_has_the_same_facts_and_a_change_does_not() {
         let a = sample().to_record();
-        let retry = LancamentoRecord {
-            criado_em: "2030-01-01T00:00:00.000Z".into(),
-            ..a.clone()
-        };
+        let retry = LancamentoRecord { criado_em: "2030-01-01T00:00:00.000Z".into(), ..a.clone() };
         assert!(a.same_facts(&retry));
-        let changed = LancamentoRecord {
-            valor_cents: a.valor_cents + 1,
-            ..a.clone()
-        };
+        let changed = LancamentoRecord { valor_cents: a.valor_cents + 1, ..a.clone() };
         assert!(!a.same_facts(&changed));
     }
 
     #[test]
     fn decode_classifies_bad_records() {
-        assert_eq!(
-            Lancamento::decode(b"{not json").unwrap_err().code(),
-            "malformed"
-        );
+        assert_eq!(Lancamento::decode(b"{not json").unwrap_err().code(), "malformed");
         let mut v = serde_json::to_value(sample().to_record()).unwrap();
         v["v"] = 2.into();
         let e = Lancamento::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
@@ -412,32 +389,16 @@ mod tests {
     fn idempotency_key_gives_a_stable_id_per_merchant() {
         let a = MerchantId::parse("a").unwrap();
         let b = MerchantId::parse("b").unwrap();
-        assert_eq!(
-            EntryId::from_idempotency_key(&a, "k1"),
-            EntryId::from_idempotency_key(&a, "k1")
-        );
-        assert_ne!(
-            EntryId::from_idempotency_key(&a, "k1"),
-            EntryId::from_idempotency_key(&b, "k1")
-        );
-        assert_ne!(
-            EntryId::from_idempotency_key(&a, "k1"),
-            EntryId::from_idempotency_key(&a, "k2")
-        );
+        assert_eq!(EntryId::from_idempotency_key(&a, "k1"), EntryId::from_idempotency_key(&a, "k1"));
+        assert_ne!(EntryId::from_idempotency_key(&a, "k1"), EntryId::from_idempotency_key(&b, "k1"));
+        assert_ne!(EntryId::from_idempotency_key(&a, "k1"), EntryId::from_idempotency_key(&a, "k2"));
     }
 
     #[test]
     fn dates_are_strict_and_map_to_days() {
         let d: BusinessDate = "2026-02-28".parse().unwrap();
         assert_eq!(BusinessDate::from_days(d.days()), Some(d));
-        for bad in [
-            "2026-02-30",
-            "2026-2-1",
-            "26-02-01",
-            "2026/02/01",
-            "0999-01-01",
-            "",
-        ] {
+        for bad in ["2026-02-30", "2026-2-1", "26-02-01", "2026/02/01", "0999-01-01", ""] {
             assert!(bad.parse::<BusinessDate>().is_err(), "{bad}");
         }
     }

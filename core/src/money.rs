@@ -50,24 +50,15 @@ impl FromStr for Money {
             None => (body, ""),
         };
         let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty()
-            || !digits(whole)
-            || !digits(frac)
-            || (body.contains('.') && frac.is_empty())
-        {
+        if whole.is_empty() || !digits(whole) || !digits(frac) || (body.contains('.') && frac.is_empty()) {
             return Err(MoneyError::NotADecimal);
         }
         if frac.len() > 2 {
             return Err(MoneyError::TooManyDecimals);
         }
         let whole: i64 = whole.parse().map_err(|_| MoneyError::TooLarge)?;
-        let frac: i64 = format!("{frac:0<2}")
-            .parse()
-            .map_err(|_| MoneyError::NotADecimal)?;
-        let cents = whole
-            .checked_mul(100)
-            .and_then(|c| c.checked_add(frac))
-            .ok_or(MoneyError::TooLarge)?;
+        let frac: i64 = format!("{frac:0<2}").parse().map_err(|_| MoneyError::NotADecimal)?;
+        let cents = whole.checked_mul(100).and_then(|c| c.checked_add(frac)).ok_or(MoneyError::TooLarge)?;
         Ok(Money(if negative { -cents } else { cents }))
     }
 }
@@ -110,20 +101,11 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_an_amount() {
-        for bad in [
-            "", "abc", "1.", ".5", "1,00", "1e3", " 1", "+1", "--1", "1.2.3",
-        ] {
-            assert_eq!(
-                bad.parse::<Money>(),
-                Err(MoneyError::NotADecimal),
-                "{bad:?}"
-            );
+        for bad in ["", "abc", "1.", ".5", "1,00", "1e3", " 1", "+1", "--1", "1.2.3"] {
+            assert_eq!(bad.parse::<Money>(), Err(MoneyError::NotADecimal), "{bad:?}");
         }
         assert_eq!("1.234".parse::<Money>(), Err(MoneyError::TooManyDecimals));
-        assert_eq!(
-            "99999999999999999999".parse::<Money>(),
-            Err(MoneyError::TooLarge)
-        );
+        assert_eq!("99999999999999999999".parse::<Money>(), Err(MoneyError::TooLarge));
     }
 
     #[test]

@@ -41,10 +41,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        let p = Posicao {
-            partition: 3,
-            offset: 12345,
-        };
+        let p = Posicao { partition: 3, offset: 12345 };
         assert_eq!(p.to_string().parse(), Ok(p));
         assert!("not-a-position".parse::<Posicao>().is_err());
     }

@@ -73,22 +73,8 @@ mod tests {
     #[test]
     fn carries_the_balance_across_empty_days() {
         let totals = BTreeMap::from([
-            (
-                d("2026-01-01"),
-                DayTotals {
-                    creditos_cents: 1000,
-                    debitos_cents: 0,
-                    quantidade: 1,
-                },
-            ),
-            (
-                d("2026-01-03"),
-                DayTotals {
-                    creditos_cents: 0,
-                    debitos_cents: 250,
-                    quantidade: 2,
-                },
-            ),
+            (d("2026-01-01"), DayTotals { creditos_cents: 1000, debitos_cents: 0, quantidade: 1 }),
+            (d("2026-01-03"), DayTotals { creditos_cents: 0, debitos_cents: 250, quantidade: 2 }),
         ]);
         let s = daily_series(d("2026-01-01"), d("2026-01-04"), 50, &totals);
         let finals: Vec<String> = s.iter().map(|b| b.saldo_final.to_string()).collect();

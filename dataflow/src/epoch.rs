@@ -81,10 +81,7 @@ pub(crate) struct Epoch<'a> {
 impl Epoch<'_> {
     /// Commits one batch; returns the next offsets it committed. Any error leaves the store as it
     /// was, and the caller restarts from the store.
-    pub(crate) async fn commit(
-        &self,
-        batch: Vec<Record>,
-    ) -> Result<TopicPartitionList, ConsolidateError> {
+    pub(crate) async fn commit(&self, batch: Vec<Record>) -> Result<TopicPartitionList, ConsolidateError> {
         let m = metrics();
         m.consolidate_consumed.inc_by(batch.len() as u64);
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -101,54 +98,32 @@ impl Epoch<'_> {
                 Ok(entry) => match first.get(&entry.id) {
                     None => {
                         first.insert(entry.id, valid.len());
-                        let origin = Origin {
-                            topic: record.topic.clone(),
-                            partition: record.partition,
-                            offset: record.offset,
-                        };
+                        let origin =
+                            Origin { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
                         valid.push(StoredEntry { entry, origin });
                         sources.push(record);
                     }
-                    Some(&i) if valid[i].entry.to_record().same_facts(&entry.to_record()) => {
-                        duplicates += 1
-                    }
+                    Some(&i) if valid[i].entry.to_record().same_facts(&entry.to_record()) => duplicates += 1,
                     Some(_) => rejected.push(Rejected::conflict(record, entry.id)),
                 },
-                Err(e) => rejected.push(Rejected {
-                    code: e.code(),
-                    detail: e.to_string(),
-                    park: false,
-                    record,
-                }),
+                Err(e) => rejected.push(Rejected { code: e.code(), detail: e.to_string(), park: false, record }),
             }
         }
 
         // dedupe against the store: the primary key decides what is new
         let mut tx = self.store.begin_epoch().await?;
         let inserted = tx.insert_entries(&valid).await?;
-        let seen_before: Vec<EntryId> = valid
-            .iter()
-            .map(|s| s.entry.id)
-            .filter(|id| !inserted.contains(id))
-            .collect();
+        let seen_before: Vec<EntryId> = valid.iter().map(|s| s.entry.id).filter(|id| !inserted.contains(id)).collect();
         if !seen_before.is_empty() {
             let stored = tx.stored_records(&seen_before).await?;
-            for (s, record) in valid
-                .iter()
-                .zip(&sources)
-                .filter(|(s, _)| !inserted.contains(&s.entry.id))
-            {
+            for (s, record) in valid.iter().zip(&sources).filter(|(s, _)| !inserted.contains(&s.entry.id)) {
                 match stored.get(&s.entry.id) {
                     Some(old) if old.same_facts(&s.entry.to_record()) => duplicates += 1,
                     _ => rejected.push(Rejected::conflict(record.clone(), s.entry.id)),
                 }
             }
         }
-        let fresh: Vec<&Lancamento> = valid
-            .iter()
-            .map(|s| &s.entry)
-            .filter(|e| inserted.contains(&e.id))
-            .collect();
+        let fresh: Vec<&Lancamento> = valid.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
 
         // consolidate
         let changed = self.dataflow.apply(&fresh).await?;
@@ -207,8 +182,5 @@ impl Epoch<'_> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

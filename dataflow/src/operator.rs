@@ -52,21 +52,13 @@ impl Consolidator {
         let (tx, rx) = mpsc::channel::<Command>(4);
         let seed: Vec<(Key, Totals)> = snapshot
             .into_iter()
-            .map(|(m, d, t)| {
-                (
-                    (m.to_string(), d.days()),
-                    (t.creditos_cents, t.debitos_cents, t.quantidade),
-                )
-            })
+            .map(|(m, d, t)| ((m.to_string(), d.days()), (t.creditos_cents, t.debitos_cents, t.quantidade)))
             .collect();
         let thread = std::thread::Builder::new()
             .name("consolidate-dataflow".into())
             .spawn(move || timely::execute_directly(move |worker| run_worker(worker, seed, rx)))
             .map_err(|_| DataflowError::WorkerGone)?;
-        Ok(Consolidator {
-            commands: Some(tx),
-            thread: Some(thread),
-        })
+        Ok(Consolidator { commands: Some(tx), thread: Some(thread) })
     }
 
     /// Adds one epoch of new entries and returns how each touched day's totals changed.
@@ -81,27 +73,14 @@ impl Consolidator {
             .collect();
         let (reply, answer) = oneshot::channel();
         let commands = self.commands.as_ref().ok_or(DataflowError::WorkerGone)?;
-        commands
-            .send(Command::Apply(facts, reply))
-            .await
-            .map_err(|_| DataflowError::WorkerGone)?;
+        commands.send(Command::Apply(facts, reply)).await.map_err(|_| DataflowError::WorkerGone)?;
         let changed = answer.await.map_err(|_| DataflowError::WorkerGone)?;
         changed
             .into_iter()
             .map(|((merchant, days), (c, d, n))| {
-                let m = MerchantId::parse(&merchant)
-                    .map_err(|_| DataflowError::BadKey(merchant.clone()))?;
-                let day = BusinessDate::from_days(days)
-                    .ok_or_else(|| DataflowError::BadKey(days.to_string()))?;
-                Ok((
-                    m,
-                    day,
-                    DayTotals {
-                        creditos_cents: c,
-                        debitos_cents: d,
-                        quantidade: n,
-                    },
-                ))
+                let m = MerchantId::parse(&merchant).map_err(|_| DataflowError::BadKey(merchant.clone()))?;
+                let day = BusinessDate::from_days(days).ok_or_else(|| DataflowError::BadKey(days.to_string()))?;
+                Ok((m, day, DayTotals { creditos_cents: c, debitos_cents: d, quantidade: n }))
             })
             .collect()
     }
@@ -118,11 +97,7 @@ impl Drop for Consolidator {
 }
 
 /// Builds the dataflow (the one place that does) and serves commands until the channel closes.
-fn run_worker(
-    worker: &mut timely::worker::Worker,
-    seed: Vec<(Key, Totals)>,
-    mut rx: mpsc::Receiver<Command>,
-) {
+fn run_worker(worker: &mut timely::worker::Worker, seed: Vec<(Key, Totals)>, mut rx: mpsc::Receiver<Command>) {
     // Per key, the new totals minus the old: differential's own output diffs, weighted.
     let changes: Rc<RefCell<BTreeMap<Key, Totals>>> = Rc::default();
     let sink = Rc::clone(&changes);
@@ -165,10 +140,8 @@ fn run_worker(
             entries.update(fact, 1);
         }
         advance(&mut entries, &mut snapshot);
-        let out = std::mem::take(&mut *changes.borrow_mut())
-            .into_iter()
-            .filter(|(_, delta)| *delta != (0, 0, 0))
-            .collect();
+        let out =
+            std::mem::take(&mut *changes.borrow_mut()).into_iter().filter(|(_, delta)| *delta != (0, 0, 0)).collect();
         let _ = reply.send(out);
     }
 }

@@ -57,11 +57,7 @@ pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: Cancellati
     }
 }
 
-async fn session(
-    config: &PipelineConfig,
-    store: &Store,
-    shutdown: &CancellationToken,
-) -> Result<(), ConsolidateError> {
+async fn session(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) -> Result<(), ConsolidateError> {
     let cons = &config.services.consolidate;
     let started = Instant::now();
     let snapshot = store.load_daily_totals().await?;
@@ -89,8 +85,7 @@ async fn session(
         }
     }
     consumer.assign(&assignment)?;
-    let errors: FutureProducer =
-        kafka::producer_config(config, Duration::from_secs(10)).create()?;
+    let errors: FutureProducer = kafka::producer_config(config, Duration::from_secs(10)).create()?;
     tracing::info!(
         days,
         partitions = assignment.count(),
@@ -105,46 +100,29 @@ async fn session(
             _ = shutdown.cancelled() => return Ok(()),
         };
         let timer = Instant::now();
-        let epoch = Epoch {
-            config,
-            store,
-            dataflow: &dataflow,
-            producer: &errors,
-        };
+        let epoch = Epoch { config, store, dataflow: &dataflow, producer: &errors };
         let next = epoch.commit(batch).await?;
         // Kafka's committed offsets are only a hint for lag metrics; the store is the truth.
         if let Err(e) = consumer.commit(&next, CommitMode::Async) {
             tracing::debug!(error = %e, "offset hint not committed");
         }
-        metrics()
-            .consolidate_epoch_duration
-            .observe(timer.elapsed().as_secs_f64());
+        metrics().consolidate_epoch_duration.observe(timer.elapsed().as_secs_f64());
     }
 }
 
 async fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, ConsolidateError> {
-    let metadata = tokio::task::block_in_place(|| {
-        consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
-    })?;
+    let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
     let found: Vec<i32> = metadata
         .topics()
         .iter()
         .filter(|t| t.name() == topic && t.error().is_none())
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
-    if found.is_empty() {
-        Err(ConsolidateError::NoPartitions(topic.to_owned()))
-    } else {
-        Ok(found)
-    }
+    if found.is_empty() { Err(ConsolidateError::NoPartitions(topic.to_owned())) } else { Ok(found) }
 }
 
 /// Waits for a first record, then gathers more until `max` records or `max_wait` has passed.
-async fn next_epoch(
-    consumer: &StreamConsumer,
-    max: usize,
-    max_wait: Duration,
-) -> Result<Vec<Record>, KafkaError> {
+async fn next_epoch(consumer: &StreamConsumer, max: usize, max_wait: Duration) -> Result<Vec<Record>, KafkaError> {
     let mut batch = vec![Record::from_message(&consumer.recv().await?)];
     let deadline = tokio::time::Instant::now() + max_wait;
     while batch.len() < max {

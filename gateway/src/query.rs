@@ -36,20 +36,13 @@ struct Consolidado {
     dias: Vec<DailyBalance>,
 }
 
-fn date_param(
-    name: &str,
-    value: Option<&str>,
-    errors: &mut Vec<FieldError>,
-) -> Option<BusinessDate> {
+fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<BusinessDate> {
     match value {
         None => {
             errors.push(FieldError::new(name, "is required (YYYY-MM-DD)"));
             None
         }
-        Some(v) => v
-            .parse()
-            .map_err(|e: String| errors.push(FieldError::new(name, e)))
-            .ok(),
+        Some(v) => v.parse().map_err(|e: String| errors.push(FieldError::new(name, e))).ok(),
     }
 }
 
@@ -66,10 +59,7 @@ async fn range(
         return Err(Problem::validation(errors));
     };
     if ate < de {
-        return Err(Problem::validation(vec![FieldError::new(
-            "ate",
-            "must not be before de",
-        )]));
+        return Err(Problem::validation(vec![FieldError::new("ate", "must not be before de")]));
     }
     let days = (ate.date() - de.date()).num_days() + 1;
     if days > MAX_RANGE_DAYS {
@@ -88,9 +78,7 @@ async fn one_day(
     Path(data): Path<String>,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
-    let day: BusinessDate = data
-        .parse()
-        .map_err(|e: String| Problem::validation(vec![FieldError::new("data", e)]))?;
+    let day: BusinessDate = data.parse().map_err(|e: String| Problem::validation(vec![FieldError::new("data", e)]))?;
     let body = consolidado(&state, principal.merchant_id, day, day).await?;
     let dia = body.dias.into_iter().next().ok_or_else(Problem::internal)?;
     Ok(Json(serde_json::json!({
@@ -111,16 +99,8 @@ async fn consolidado(
         tracing::error!(error = %e, "cannot read balances");
         Problem::unavailable("balances are unavailable; the store is unreachable", 5)
     };
-    let rows = state
-        .store
-        .daily(&merchant, de, ate)
-        .await
-        .map_err(unavailable)?;
-    let atualizado_ate = state
-        .store
-        .consolidated_at(&state.consolidate_group)
-        .await
-        .map_err(unavailable)?;
+    let rows = state.store.daily(&merchant, de, ate).await.map_err(unavailable)?;
+    let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(unavailable)?;
     Ok(Consolidado {
         comerciante: merchant,
         de,

@@ -49,31 +49,21 @@ pub fn router(state: GatewayState) -> Router {
         protected = protected.merge(cashflow_ingest::router(Arc::clone(publisher)));
     }
     let limiter = state.rate_limit.and_then(|(per_second, burst)| {
-        let quota =
-            Quota::per_second(NonZeroU32::new(per_second)?).allow_burst(NonZeroU32::new(burst)?);
+        let quota = Quota::per_second(NonZeroU32::new(per_second)?).allow_burst(NonZeroU32::new(burst)?);
         Some(RateLimiter::keyed(quota))
     });
-    let guard = Arc::new(Guard {
-        validator: Arc::clone(&state.validator),
-        limiter,
-    });
+    let guard = Arc::new(Guard { validator: Arc::clone(&state.validator), limiter });
     let protected = protected.layer(middleware::from_fn_with_state(guard, authenticate));
     Router::new()
         .merge(cashflow_auth::router(Arc::clone(&state.auth)))
         .merge(protected)
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(ready).with_state(state.clone()))
         .route("/metrics", get(metrics_handler))
         .fallback(|| async { Problem::not_found("no such route") })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn(track_http))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            state.request_timeout,
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.request_timeout))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
 }
@@ -85,10 +75,7 @@ async fn authenticate(State(guard): State<Arc<Guard>>, mut req: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let Some(token) = token else {
         return Problem::unauthorized("a bearer token is required").into_response();
     };
@@ -98,14 +85,10 @@ async fn authenticate(State(guard): State<Arc<Guard>>, mut req: Request, next: N
                 && let Err(not_until) = limiter.check_key(&principal.merchant_id.to_string())
             {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate-limited",
-                    "Too many requests",
-                )
-                .detail("the merchant's request rate is over its limit")
-                .retry_after(wait.as_secs().max(1))
-                .into_response();
+                return Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
+                    .detail("the merchant's request rate is over its limit")
+                    .retry_after(wait.as_secs().max(1))
+                    .into_response();
             }
             req.extensions_mut().insert(principal);
             next.run(req).await

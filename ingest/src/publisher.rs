@@ -1,10 +1,12 @@
 //! The producer side: one idempotent producer per process, `acks=all`.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::{Lancamento, Posicao, kafka};
 use cashflow_observability::metrics;
+use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -18,7 +20,10 @@ pub enum IngestError {
 
 /// Publishes entries and waits for their delivery reports.
 pub struct Publisher {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error, which leaves an idempotent producer
+    /// unusable: ingest recovers without a restart.
+    producer: RwLock<Arc<FutureProducer>>,
+    client: ClientConfig,
     topic: String,
     ack_timeout: Duration,
 }
@@ -26,12 +31,10 @@ pub struct Publisher {
 impl Publisher {
     pub fn new(config: &PipelineConfig) -> Result<Self, KafkaError> {
         let ack_timeout = Duration::from_millis(config.services.ingest.ack_timeout_ms);
-        let producer = kafka::producer_config(config, ack_timeout).create()?;
-        Ok(Publisher {
-            producer,
-            topic: config.ingest_topic().to_owned(),
-            ack_timeout,
-        })
+        let client = kafka::producer_config(config, ack_timeout);
+        let producer = RwLock::new(Arc::new(client.create()?));
+        let topic = config.ingest_topic().to_owned();
+        Ok(Publisher { producer, client, topic, ack_timeout })
     }
 
     pub fn ack_timeout(&self) -> Duration {
@@ -44,28 +47,50 @@ impl Publisher {
         let key = entry.merchant_id.as_str();
         let record = FutureRecord::to(&self.topic).key(key).payload(&payload);
         let started = Instant::now();
-        let result = self
-            .producer
-            .send(record, Timeout::After(self.ack_timeout))
-            .await;
+        let producer = self.current();
+        let result = producer.send(record, Timeout::After(self.ack_timeout)).await;
         let m = metrics();
         let outcome = if result.is_ok() { "acked" } else { "failed" };
         m.ingest_produced.with_label_values(&[outcome]).inc();
-        m.ingest_produce_duration
-            .with_label_values(&[outcome])
-            .observe(started.elapsed().as_secs_f64());
+        m.ingest_produce_duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(delivery) => Ok(Posicao {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
-            Err((e, _)) => Err(IngestError::Unavailable(e)),
+            Ok(delivery) => Ok(Posicao { partition: delivery.partition, offset: delivery.offset }),
+            Err((e, _)) => {
+                self.replace_if_fatal(&producer);
+                Err(IngestError::Unavailable(e))
+            }
+        }
+    }
+
+    fn current(&self) -> Arc<FutureProducer> {
+        match self.producer.read() {
+            Ok(p) => Arc::clone(&p),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Swaps in a new producer when `failed` hit a fatal error (once, however many callers saw it).
+    fn replace_if_fatal(&self, failed: &Arc<FutureProducer>) {
+        let Some((code, reason)) = failed.client().fatal_error() else { return };
+        let mut slot = match self.producer.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !Arc::ptr_eq(&slot, failed) {
+            return;
+        }
+        match self.client.create() {
+            Ok(fresh) => {
+                tracing::error!(error = ?code, %reason, "producer hit a fatal error; replaced it");
+                *slot = Arc::new(fresh);
+            }
+            Err(e) => tracing::error!(error = %e, "producer hit a fatal error and cannot be replaced yet"),
         }
     }
 
     /// Waits for in-flight deliveries, for a clean shutdown.
     pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(Timeout::After(timeout)) {
+        if let Err(e) = self.current().flush(Timeout::After(timeout)) {
             tracing::warn!(error = %e, "producer not flushed at shutdown");
         }
     }

@@ -19,9 +19,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const RETRY_AFTER_SECS: u64 = 5;
 
 pub fn router(publisher: Arc<Publisher>) -> Router {
-    Router::new()
-        .route("/v1/lancamentos", post(create))
-        .with_state(publisher)
+    Router::new().route("/v1/lancamentos", post(create)).with_state(publisher)
 }
 
 #[derive(Serialize)]
@@ -58,11 +56,7 @@ async fn create(
     };
     match publisher.publish(&entry).await {
         Ok(posicao) => {
-            let body = Aceito {
-                id,
-                status: "aceito",
-                posicao: posicao.to_string(),
-            };
+            let body = Aceito { id, status: "aceito", posicao: posicao.to_string() };
             Ok((StatusCode::ACCEPTED, Json(body)).into_response())
         }
         Err(e) => {
@@ -81,9 +75,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         return Ok(None);
     };
     match value.to_str() {
-        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => {
-            Ok(Some(k.to_owned()))
-        }
+        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(k.to_owned())),
         _ => Err(Problem::validation(vec![FieldError::new(
             "Idempotency-Key",
             "must be 1 to 255 visible ASCII characters",

@@ -1,9 +1,7 @@
 //! The body of `POST /v1/lancamentos`, checked field by field so every problem is reported.
 
 use cashflow_core::http::FieldError;
-use cashflow_core::{
-    BusinessDate, MAX_CATEGORIA_CHARS, MAX_DESCRICAO_CHARS, Money, Tipo, check_text,
-};
+use cashflow_core::{BusinessDate, MAX_CATEGORIA_CHARS, MAX_DESCRICAO_CHARS, Money, Tipo, check_text};
 use serde_json::Value;
 
 /// The largest single amount accepted: 9,999,999,999.99.
@@ -27,11 +25,7 @@ pub fn parse_novo(body: &Value) -> Result<NovoLancamento, Vec<FieldError>> {
     };
     let mut errors = Vec::new();
     for key in obj.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
-        let why = if key == "merchant_id" {
-            "the merchant comes from the token"
-        } else {
-            "is not a known field"
-        };
+        let why = if key == "merchant_id" { "the merchant comes from the token" } else { "is not a known field" };
         errors.push(FieldError::new(key.as_str(), why));
     }
     let text = |name: &str, errors: &mut Vec<FieldError>| -> Option<String> {
@@ -47,21 +41,15 @@ pub fn parse_novo(body: &Value) -> Result<NovoLancamento, Vec<FieldError>> {
             }
         }
     };
-    let tipo = text("tipo", &mut errors).and_then(|s| {
-        s.parse::<Tipo>()
-            .map_err(|e| errors.push(FieldError::new("tipo", e)))
-            .ok()
-    });
+    let tipo = text("tipo", &mut errors)
+        .and_then(|s| s.parse::<Tipo>().map_err(|e| errors.push(FieldError::new("tipo", e))).ok());
     let valor = text("valor", &mut errors).and_then(|s| match s.parse::<Money>() {
         Ok(v) if v.cents() <= 0 => {
             errors.push(FieldError::new("valor", "must be greater than zero"));
             None
         }
         Ok(v) if v.cents() > MAX_VALOR_CENTS => {
-            errors.push(FieldError::new(
-                "valor",
-                format!("must be at most {}", Money::from_cents(MAX_VALOR_CENTS)),
-            ));
+            errors.push(FieldError::new("valor", format!("must be at most {}", Money::from_cents(MAX_VALOR_CENTS))));
             None
         }
         Ok(v) => Some(v),
@@ -70,11 +58,8 @@ pub fn parse_novo(body: &Value) -> Result<NovoLancamento, Vec<FieldError>> {
             None
         }
     });
-    let data = text("data", &mut errors).and_then(|s| {
-        s.parse::<BusinessDate>()
-            .map_err(|e| errors.push(FieldError::new("data", e)))
-            .ok()
-    });
+    let data = text("data", &mut errors)
+        .and_then(|s| s.parse::<BusinessDate>().map_err(|e| errors.push(FieldError::new("data", e))).ok());
     let descricao = text("descricao", &mut errors).filter(|s| {
         check_text("descricao", s, MAX_DESCRICAO_CHARS, true)
             .map_err(|e| errors.push(FieldError::new("descricao", e)))
@@ -92,16 +77,8 @@ pub fn parse_novo(body: &Value) -> Result<NovoLancamento, Vec<FieldError>> {
         }
     };
     match (tipo, valor, data, descricao, categoria) {
-        (Some(tipo), Some(valor), Some(data), Some(descricao), Some(categoria))
-            if errors.is_empty() =>
-        {
-            Ok(NovoLancamento {
-                tipo,
-                valor,
-                data,
-                descricao,
-                categoria,
-            })
+        (Some(tipo), Some(valor), Some(data), Some(descricao), Some(categoria)) if errors.is_empty() => {
+            Ok(NovoLancamento { tipo, valor, data, descricao, categoria })
         }
         _ => Err(errors),
     }
@@ -113,19 +90,13 @@ mod tests {
     use serde_json::json;
 
     fn fields(v: Value) -> Vec<String> {
-        parse_novo(&v)
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.field)
-            .collect()
+        parse_novo(&v).unwrap_err().into_iter().map(|e| e.field).collect()
     }
 
     #[test]
     fn accepts_a_valid_entry() {
-        let n = parse_novo(
-            &json!({"tipo":"credito","valor":"150.25","data":"2026-01-15","descricao":"venda"}),
-        )
-        .unwrap();
+        let n =
+            parse_novo(&json!({"tipo":"credito","valor":"150.25","data":"2026-01-15","descricao":"venda"})).unwrap();
         assert_eq!(n.valor.cents(), 15025);
         assert_eq!(n.categoria, None);
     }
@@ -137,14 +108,7 @@ mod tests {
             fields(
                 json!({"tipo":"pix","valor":150.25,"data":"2026-13-01","descricao":"","categoria":7,"merchant_id":"x"})
             ),
-            [
-                "merchant_id",
-                "tipo",
-                "valor",
-                "data",
-                "descricao",
-                "categoria"
-            ]
+            ["merchant_id", "tipo", "valor", "data", "descricao", "categoria"]
         );
         for bad in ["0", "0.00", "-1.00", "1.234", "abc", "10000000000.00"] {
             assert_eq!(

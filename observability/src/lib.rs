@@ -8,8 +8,8 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
-    TextEncoder, exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    exponential_buckets,
 };
 
 /// Every metric of every component.
@@ -30,16 +30,13 @@ pub struct Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(c.clone()))
-        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     c
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(c.clone()))
-        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     c
 }
 
@@ -48,8 +45,7 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
     let buckets = exponential_buckets(0.0005, 2.0, 16).unwrap_or_default();
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(h.clone()))
-        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    r.register(Box::new(h.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     h
 }
 
@@ -102,11 +98,7 @@ impl Metrics {
                 "Records sent to the error topic, by error code.",
                 &["code"],
             ),
-            consolidate_epochs: counter(
-                &r,
-                "cashflow_consolidate_epochs_total",
-                "Epochs committed.",
-            ),
+            consolidate_epochs: counter(&r, "cashflow_consolidate_epochs_total", "Epochs committed."),
             consolidate_epoch_duration: histogram(
                 &r,
                 "cashflow_consolidate_epoch_duration_seconds",
@@ -141,33 +133,19 @@ pub fn metrics() -> &'static Metrics {
 
 /// `GET /metrics`.
 pub async fn metrics_handler() -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        metrics().render(),
-    )
-        .into_response()
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics().render()).into_response()
 }
 
 /// Middleware: counts and times every request by its route template (never the raw path).
 pub async fn track_http(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().as_str().to_owned();
     let started = Instant::now();
     let response = next.run(req).await;
     let m = metrics();
-    m.http_requests
-        .with_label_values(&[&route, &method, response.status().as_str()])
-        .inc();
-    m.http_duration
-        .with_label_values(&[&route, &method])
-        .observe(started.elapsed().as_secs_f64());
+    m.http_requests.with_label_values(&[&route, &method, response.status().as_str()]).inc();
+    m.http_duration.with_label_values(&[&route, &method]).observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -175,8 +153,5 @@ pub async fn track_http(req: Request, next: Next) -> Response {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CASHFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

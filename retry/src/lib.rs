@@ -54,15 +54,9 @@ impl Failure {
             (FIRST_FAILED_AT, self.first_failed_at_ms.to_string()),
             (NOT_BEFORE, self.not_before_ms.to_string()),
         ];
-        fields.iter().fold(
-            OwnedHeaders::new_with_capacity(fields.len()),
-            |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                })
-            },
-        )
+        fields.iter().fold(OwnedHeaders::new_with_capacity(fields.len()), |h, (key, value)| {
+            h.insert(Header { key, value: Some(value.as_bytes()) })
+        })
     }
 
     /// Reads the headers back; `None` when a required one is missing or malformed.
@@ -114,21 +108,12 @@ mod tests {
         };
         let back = Failure::from_headers(&f.to_headers()).unwrap();
         assert_eq!(back.detail.len(), 512);
-        assert_eq!(
-            Failure {
-                detail: back.detail.clone(),
-                ..f
-            },
-            back
-        );
+        assert_eq!(Failure { detail: back.detail.clone(), ..f }, back);
     }
 
     #[test]
     fn backoff_repeats_the_last_delay() {
         let s = [1000, 10000, 60000];
-        assert_eq!(
-            [1, 2, 3, 4, 9].map(|a| backoff_ms(&s, a)),
-            [1000, 10000, 60000, 60000, 60000]
-        );
+        assert_eq!([1, 2, 3, 4, 9].map(|a| backoff_ms(&s, a)), [1000, 10000, 60000, 60000, 60000]);
     }
 }

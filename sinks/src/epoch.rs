@@ -2,9 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use cashflow_core::{
-    BusinessDate, DayTotals, EntryId, Lancamento, LancamentoRecord, MerchantId, WIRE_VERSION,
-};
+use cashflow_core::{BusinessDate, DayTotals, EntryId, Lancamento, LancamentoRecord, MerchantId, WIRE_VERSION};
 use chrono::{SecondsFormat, Utc};
 use sqlx::{Any, Row, Transaction};
 
@@ -40,10 +38,7 @@ pub struct EpochTx {
 
 impl Store {
     pub async fn begin_epoch(&self) -> Result<EpochTx, StoreError> {
-        Ok(EpochTx {
-            tx: self.pool.begin().await?,
-            now: now_text(),
-        })
+        Ok(EpochTx { tx: self.pool.begin().await?, now: now_text() })
     }
 }
 
@@ -54,10 +49,7 @@ pub(crate) fn now_text() -> String {
 impl EpochTx {
     /// Inserts the entries whose id is not stored yet and returns those ids. An id that is
     /// already stored is left untouched, so a redelivered entry is counted once.
-    pub async fn insert_entries(
-        &mut self,
-        entries: &[StoredEntry],
-    ) -> Result<HashSet<EntryId>, StoreError> {
+    pub async fn insert_entries(&mut self, entries: &[StoredEntry]) -> Result<HashSet<EntryId>, StoreError> {
         let mut inserted = HashSet::with_capacity(entries.len());
         for chunk in entries.chunks(ENTRY_CHUNK) {
             let sql = format!(
@@ -67,11 +59,7 @@ impl EpochTx {
                 values_placeholders(chunk.len(), ENTRY_COLUMNS)
             );
             let mut q = sqlx::query(&sql);
-            for StoredEntry {
-                entry: e,
-                origin: o,
-            } in chunk
-            {
+            for StoredEntry { entry: e, origin: o } in chunk {
                 let r = e.to_record();
                 q = q
                     .bind(r.id.to_string())
@@ -90,9 +78,7 @@ impl EpochTx {
             }
             for row in q.fetch_all(&mut *self.tx).await? {
                 let id: String = row.try_get(0)?;
-                let id = id
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("entry id {id:?}")))?;
+                let id = id.parse().map_err(|_| StoreError::Corrupt(format!("entry id {id:?}")))?;
                 inserted.insert(id);
             }
         }
@@ -101,10 +87,7 @@ impl EpochTx {
 
     /// The stored records of these ids (`criado_em` as stored), to tell a redelivery from a
     /// conflicting reuse of an id.
-    pub async fn stored_records(
-        &mut self,
-        ids: &[EntryId],
-    ) -> Result<HashMap<EntryId, LancamentoRecord>, StoreError> {
+    pub async fn stored_records(&mut self, ids: &[EntryId]) -> Result<HashMap<EntryId, LancamentoRecord>, StoreError> {
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(ENTRY_CHUNK) {
             let sql = format!(
@@ -132,9 +115,7 @@ impl EpochTx {
                     descricao: row.try_get(5)?,
                     categoria: row.try_get(6)?,
                     criado_em: row.try_get(7)?,
-                    estorno_de: estorno_de
-                        .map(|e| e.parse().map_err(|_| corrupt("estorno_de", &e)))
-                        .transpose()?,
+                    estorno_de: estorno_de.map(|e| e.parse().map_err(|_| corrupt("estorno_de", &e))).transpose()?,
                 };
                 out.insert(id, record);
             }
@@ -145,10 +126,7 @@ impl EpochTx {
     /// Adds each day's change to its stored totals. Adding (rather than overwriting) lets
     /// consolidators of disjoint entries write side by side: each entry is counted once, by the
     /// transaction whose insert of its id succeeded.
-    pub async fn add_daily(
-        &mut self,
-        days: &[(MerchantId, BusinessDate, DayTotals)],
-    ) -> Result<(), StoreError> {
+    pub async fn add_daily(&mut self, days: &[(MerchantId, BusinessDate, DayTotals)]) -> Result<(), StoreError> {
         for chunk in days.chunks(DAILY_CHUNK) {
             let sql = format!(
                 "INSERT INTO consolidado_diario (merchant_id, data, creditos_cents, debitos_cents, quantidade, atualizado_em) \
@@ -176,11 +154,7 @@ impl EpochTx {
 
     /// Records where `group` resumes: the next offset per (topic, partition). It only moves
     /// forward, so a consolidator that briefly overlapped another on a partition cannot rewind it.
-    pub async fn save_progress(
-        &mut self,
-        group: &str,
-        next: &[(String, i32, i64)],
-    ) -> Result<(), StoreError> {
+    pub async fn save_progress(&mut self, group: &str, next: &[(String, i32, i64)]) -> Result<(), StoreError> {
         if next.is_empty() {
             return Ok(());
         }
@@ -193,12 +167,7 @@ impl EpochTx {
         );
         let mut q = sqlx::query(&sql);
         for (topic, partition, offset) in next {
-            q = q
-                .bind(group.to_owned())
-                .bind(topic.clone())
-                .bind(*partition)
-                .bind(*offset)
-                .bind(self.now.clone());
+            q = q.bind(group.to_owned()).bind(topic.clone()).bind(*partition).bind(*offset).bind(self.now.clone());
         }
         q.execute(&mut *self.tx).await?;
         Ok(())

@@ -26,42 +26,30 @@ fn totals(row: &AnyRow, from: usize) -> Result<DayTotals, StoreError> {
 
 fn date(row: &AnyRow, i: usize) -> Result<BusinessDate, StoreError> {
     let s: String = row.try_get(i)?;
-    s.parse()
-        .map_err(|e| StoreError::Corrupt(format!("date {s:?}: {e}")))
+    s.parse().map_err(|e| StoreError::Corrupt(format!("date {s:?}: {e}")))
 }
 
 impl Store {
     /// Next offset per (topic, partition) stored for `group`.
-    pub async fn load_progress(
-        &self,
-        group: &str,
-    ) -> Result<HashMap<(String, i32), i64>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT topic, partition, next_offset FROM consumer_progress WHERE consumer_group = $1",
-        )
-        .bind(group.to_owned())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?)))
-            .collect()
+    pub async fn load_progress(&self, group: &str) -> Result<HashMap<(String, i32), i64>, StoreError> {
+        let rows = sqlx::query("SELECT topic, partition, next_offset FROM consumer_progress WHERE consumer_group = $1")
+            .bind(group.to_owned())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
     }
 
     /// The whole consolidated state, to rebuild the dataflow on start. One row per merchant-day,
     /// so this stays small next to the entry history.
-    pub async fn load_daily_totals(
-        &self,
-    ) -> Result<Vec<(MerchantId, BusinessDate, DayTotals)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT merchant_id, data, creditos_cents, debitos_cents, quantidade FROM consolidado_diario",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+    pub async fn load_daily_totals(&self) -> Result<Vec<(MerchantId, BusinessDate, DayTotals)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT merchant_id, data, creditos_cents, debitos_cents, quantidade FROM consolidado_diario")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 let m: String = r.try_get(0)?;
-                let m = MerchantId::parse(&m)
-                    .map_err(|e| StoreError::Corrupt(format!("merchant {m:?}: {e}")))?;
+                let m = MerchantId::parse(&m).map_err(|e| StoreError::Corrupt(format!("merchant {m:?}: {e}")))?;
                 Ok((m, date(r, 1)?, totals(r, 2)?))
             })
             .collect()
@@ -91,31 +79,22 @@ impl Store {
         .bind(ate.to_string())
         .fetch_all(&self.pool)
         .await?;
-        let days = rows
-            .iter()
-            .map(|r| Ok((date(r, 0)?, totals(r, 1)?)))
-            .collect::<Result<_, StoreError>>()?;
-        Ok(DailyRows {
-            opening_cents: opening.try_get(0)?,
-            days,
-        })
+        let days = rows.iter().map(|r| Ok((date(r, 0)?, totals(r, 1)?))).collect::<Result<_, StoreError>>()?;
+        Ok(DailyRows { opening_cents: opening.try_get(0)?, days })
     }
 
     /// When `group` last committed, if ever (RFC 3339).
     pub async fn consolidated_at(&self, group: &str) -> Result<Option<String>, StoreError> {
-        let row =
-            sqlx::query("SELECT MAX(updated_at) FROM consumer_progress WHERE consumer_group = $1")
-                .bind(group.to_owned())
-                .fetch_one(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT MAX(updated_at) FROM consumer_progress WHERE consumer_group = $1")
+            .bind(group.to_owned())
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get(0)?)
     }
 
     /// How many entries are stored; for tests and operators.
     pub async fn count_entries(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) FROM lancamentos")
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM lancamentos").fetch_one(&self.pool).await?;
         Ok(row.try_get(0)?)
     }
 }

@@ -39,26 +39,11 @@ impl From<sqlx::Error> for StoreError {
             // SQLite busy/locked, PostgreSQL serialization failures and admin shutdowns.
             Database(db) => matches!(
                 db.code().as_deref(),
-                Some(
-                    "5" | "6"
-                        | "517"
-                        | "40001"
-                        | "40P01"
-                        | "57P01"
-                        | "57P02"
-                        | "57P03"
-                        | "08006"
-                        | "08003"
-                        | "08001"
-                )
+                Some("5" | "6" | "517" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08006" | "08003" | "08001")
             ),
             _ => false,
         };
-        if transient {
-            StoreError::Unavailable(e)
-        } else {
-            StoreError::Query(e)
-        }
+        if transient { StoreError::Unavailable(e) } else { StoreError::Query(e) }
     }
 }
 
@@ -84,9 +69,7 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres
         } else {
-            return Err(StoreError::Url(format!(
-                "{url:?} is neither sqlite:// nor postgres://"
-            )));
+            return Err(StoreError::Url(format!("{url:?} is neither sqlite:// nor postgres://")));
         };
         let url = match backend {
             Backend::Sqlite => sqlite_url(url)?,
@@ -100,11 +83,9 @@ impl Store {
                     if backend == Backend::Sqlite {
                         // WAL lets readers run beside the one writer; NORMAL is durable across
                         // process crashes, and a commit lost to power loss takes its offsets with it.
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA synchronous = NORMAL",
-                            "PRAGMA busy_timeout = 10000",
-                        ] {
+                        for pragma in
+                            ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"]
+                        {
                             conn.execute(pragma).await?;
                         }
                     }
@@ -137,26 +118,17 @@ impl Store {
 
 /// `sqlite://path` → a URL that creates the file (and its directory) if missing.
 fn sqlite_url(url: &str) -> Result<String, StoreError> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
     if path.is_empty() || path == ":memory:" {
-        return Err(StoreError::Url(
-            "an in-memory SQLite store would lose every entry; give a file path".into(),
-        ));
+        return Err(StoreError::Url("an in-memory SQLite store would lose every entry; give a file path".into()));
     }
-    if let Some(dir) = std::path::Path::new(path)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Url(format!("cannot create {}: {e}", dir.display())))?;
+    if let Some(dir) = std::path::Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Url(format!("cannot create {}: {e}", dir.display())))?;
     }
     // Validate the options early so a typo fails at start, not at first query.
     let full = format!("sqlite://{path}?mode=rwc");
-    sqlx::sqlite::SqliteConnectOptions::from_str(&full)
-        .map_err(|e| StoreError::Url(e.to_string()))?;
+    sqlx::sqlite::SqliteConnectOptions::from_str(&full).map_err(|e| StoreError::Url(e.to_string()))?;
     Ok(full)
 }
 

@@ -32,12 +32,10 @@ impl Store {
     }
 
     pub async fn find_user(&self, username: &str) -> Result<Option<User>, StoreError> {
-        let row = sqlx::query(
-            "SELECT username, merchant_id, password_hash, scopes FROM users WHERE username = $1",
-        )
-        .bind(username.to_owned())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT username, merchant_id, password_hash, scopes FROM users WHERE username = $1")
+            .bind(username.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| {
             let scopes: String = r.try_get(3)?;
             Ok(User {

@@ -45,12 +45,7 @@ pub async fn post_entries(
 }
 
 /// Posts every entry (16 at a time); each must be accepted with 202.
-pub async fn post_all(
-    p: &Pipeline,
-    tokens: &HashMap<&'static str, String>,
-    entries: Vec<Posted>,
-    oracle: &mut Oracle,
-) {
+pub async fn post_all(p: &Pipeline, tokens: &HashMap<&'static str, String>, entries: Vec<Posted>, oracle: &mut Oracle) {
     for (e, status) in post_entries(p.api.clone(), tokens.clone(), entries, 16).await {
         assert_eq!(status, 202, "entry {e:?} not accepted");
         oracle.add(e);
@@ -68,16 +63,9 @@ pub async fn assert_matches_oracle(
     let deadline = Instant::now() + Duration::from_secs(120);
     for m in MERCHANTS {
         let answer = loop {
-            let answer = p
-                .api
-                .daily(&tokens[m], &de.to_string(), &ate.to_string())
-                .await;
-            let counted: u64 = answer["dias"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d["lancamentos"].as_u64().unwrap())
-                .sum();
+            let answer = p.api.daily(&tokens[m], &de.to_string(), &ate.to_string()).await;
+            let counted: u64 =
+                answer["dias"].as_array().unwrap().iter().map(|d| d["lancamentos"].as_u64().unwrap()).sum();
             if counted as usize >= oracle.count(m) || Instant::now() > deadline {
                 break answer;
             }
@@ -90,9 +78,6 @@ pub async fn assert_matches_oracle(
             mismatches.len(),
             &mismatches[..mismatches.len().min(5)]
         );
-        assert!(
-            answer["atualizado_ate"].is_string(),
-            "atualizado_ate missing: {answer}"
-        );
+        assert!(answer["atualizado_ate"].is_string(), "atualizado_ate missing: {answer}");
     }
 }

@@ -20,30 +20,21 @@ pub struct Read {
 
 impl Read {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
 impl Pipeline {
     fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.kafka)
-            .set("broker.address.family", "v4");
+        c.set("bootstrap.servers", &self.kafka).set("broker.address.family", "v4");
         c
     }
 
     /// Produces every `(partition, key, payload)` to `topic` (by key where no partition is
     /// given) through one producer, in order, and waits for every ack.
     pub async fn produce(&self, topic: &str, records: &[(Option<i32>, &str, Vec<u8>)]) {
-        let producer: FutureProducer = self
-            .client()
-            .set("acks", "all")
-            .set("max.in.flight", "1")
-            .create()
-            .unwrap();
+        let producer: FutureProducer = self.client().set("acks", "all").set("max.in.flight", "1").create().unwrap();
         let sends = records.iter().map(|(partition, key, payload)| {
             let mut record = FutureRecord::to(topic).key(*key).payload(payload);
             if let Some(p) = partition {
@@ -58,19 +49,12 @@ impl Pipeline {
 
     /// Reads `topic` from the beginning until `want` records arrived or `timeout` passed.
     pub fn read_topic(&self, topic: &str, want: usize, timeout: Duration) -> Vec<Read> {
-        let consumer: BaseConsumer = self
-            .client()
-            .set("group.id", "cashflow-tests-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
+        let consumer: BaseConsumer =
+            self.client().set("group.id", "cashflow-tests-reader").set("enable.auto.commit", "false").create().unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
         let mut tpl = TopicPartitionList::new();
         for p in md.topics()[0].partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .unwrap();
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
         }
         consumer.assign(&tpl).unwrap();
         let deadline = Instant::now() + timeout;
@@ -82,20 +66,12 @@ impl Pipeline {
                     .map(|h| {
                         h.iter()
                             .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
+                                (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
                             })
                             .collect()
                     })
                     .unwrap_or_default();
-                out.push(Read {
-                    partition: m.partition(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                });
+                out.push(Read { partition: m.partition(), payload: m.payload().unwrap_or_default().to_vec(), headers });
             }
         }
         out

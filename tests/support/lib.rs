@@ -25,10 +25,7 @@ pub fn binary(name: &str) -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile dir");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
@@ -40,11 +37,7 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The PostgreSQL server the suite uses. Panics when it is not configured: never a silent skip.
@@ -58,16 +51,11 @@ pub fn postgres_admin_url() -> String {
 pub async fn fresh_postgres_database() -> String {
     use sqlx::Connection as _;
     let admin = postgres_admin_url();
-    let name =
-        format!("cashflow_test_{}", std::process::id()) + &format!("_{}", rand::random::<u32>());
+    let name = format!("cashflow_test_{}", std::process::id()) + &format!("_{}", rand::random::<u32>());
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
-        .unwrap_or_else(|e| {
-            panic!("cannot connect to PostgreSQL at CASHFLOW_TEST_DATABASE_URL: {e}")
-        });
-    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at CASHFLOW_TEST_DATABASE_URL: {e}"));
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str()).await.unwrap();
     let (base, _) = admin.rsplit_once('/').expect("database url with a path");
     format!("{base}/{name}")
 }

@@ -65,25 +65,12 @@ impl Oracle {
     }
 
     pub fn count(&self, merchant: &str) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| e.merchant == merchant)
-            .count()
+        self.entries.iter().filter(|e| e.merchant == merchant).count()
     }
 
     /// Every difference between an API answer for `[de, ate]` and the plain recomputation.
-    pub fn mismatches(
-        &self,
-        merchant: &str,
-        de: BusinessDate,
-        ate: BusinessDate,
-        answer: &Value,
-    ) -> Vec<String> {
-        let mine: Vec<&Posted> = self
-            .entries
-            .iter()
-            .filter(|e| e.merchant == merchant)
-            .collect();
+    pub fn mismatches(&self, merchant: &str, de: BusinessDate, ate: BusinessDate, answer: &Value) -> Vec<String> {
+        let mine: Vec<&Posted> = self.entries.iter().filter(|e| e.merchant == merchant).collect();
         let mut expected = BTreeMap::new();
         for d in de.days()..=ate.days() {
             let day = BusinessDate::from_days(d).unwrap();
@@ -107,18 +94,11 @@ impl Oracle {
         }
         let got: BTreeMap<String, Value> = answer["dias"]
             .as_array()
-            .map(|days| {
-                days.iter()
-                    .map(|d| (d["data"].as_str().unwrap_or("?").to_owned(), d.clone()))
-                    .collect()
-            })
+            .map(|days| days.iter().map(|d| (d["data"].as_str().unwrap_or("?").to_owned(), d.clone())).collect())
             .unwrap_or_default();
         let mut out = Vec::new();
         if answer["comerciante"] != merchant {
-            out.push(format!(
-                "comerciante is {} not {merchant}",
-                answer["comerciante"]
-            ));
+            out.push(format!("comerciante is {} not {merchant}", answer["comerciante"]));
         }
         for (day, want) in &expected {
             match got.get(day) {
@@ -128,11 +108,7 @@ impl Oracle {
             }
         }
         if got.len() != expected.len() {
-            out.push(format!(
-                "{merchant}: {} days answered, {} expected",
-                got.len(),
-                expected.len()
-            ));
+            out.push(format!("{merchant}: {} days answered, {} expected", got.len(), expected.len()));
         }
         out
     }

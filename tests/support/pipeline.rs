@@ -73,22 +73,14 @@ impl Pipeline {
     fn configure(store: Store, edits: &[(&str, &str)]) -> Pipeline {
         let dir = tempfile::tempdir().unwrap();
         let (http, kafka) = (free_port(), free_port());
-        let shipped =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.yaml"))
-                .unwrap();
+        let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.yaml")).unwrap();
         let url = match &store {
             Store::Sqlite => "sqlite://cashflow.db".to_owned(),
             Store::Postgres(url) => url.clone(),
         };
         let mut yaml = shipped
-            .replace(
-                "listen: 127.0.0.1:8080",
-                &format!("listen: 127.0.0.1:{http}"),
-            )
-            .replace(
-                "listen: 127.0.0.1:9092",
-                &format!("listen: 127.0.0.1:{kafka}"),
-            )
+            .replace("listen: 127.0.0.1:8080", &format!("listen: 127.0.0.1:{http}"))
+            .replace("listen: 127.0.0.1:9092", &format!("listen: 127.0.0.1:{kafka}"))
             .replace("url: sqlite://cashflow.db", &format!("url: \"{url}\""));
         for (from, to) in edits {
             assert!(yaml.contains(from), "pipeline.yaml lacks {from:?}");
@@ -101,10 +93,7 @@ impl Pipeline {
             config,
             children: BTreeMap::new(),
             kafka: format!("127.0.0.1:{kafka}"),
-            api: Api {
-                base: format!("http://127.0.0.1:{http}"),
-                client: reqwest::Client::new(),
-            },
+            api: Api { base: format!("http://127.0.0.1:{http}"), client: reqwest::Client::new() },
         }
     }
 
@@ -115,10 +104,7 @@ impl Pipeline {
     /// `cashflow` with this pipeline's --config and --data-dir.
     pub fn cashflow(&self) -> Command {
         let mut c = Command::new(binary("cashflow"));
-        c.arg("--config")
-            .arg(&self.config)
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"));
+        c.arg("--config").arg(&self.config).arg("--data-dir").arg(self.dir.path().join("data"));
         c.env("CASHFLOW_BROKER_BIN", binary("cashflow-broker"));
         c
     }
@@ -126,11 +112,7 @@ impl Pipeline {
     /// Starts one process and waits until it serves: the HTTP API for `up` and `gateway`, the
     /// Kafka port for `broker`. A consolidator needs no wait: it retries until it can work.
     pub async fn launch(&mut self, role: Role) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let child = self
             .cashflow()
             .args(role.args())
@@ -148,12 +130,7 @@ impl Pipeline {
             }
             let ready = match role {
                 Role::Up | Role::Gateway => {
-                    let r = self
-                        .api
-                        .client
-                        .get(format!("{}/readyz", self.api.base))
-                        .send()
-                        .await;
+                    let r = self.api.client.get(format!("{}/readyz", self.api.base)).send().await;
                     r.is_ok_and(|r| r.status().is_success())
                 }
                 Role::Broker => std::net::TcpStream::connect(&self.kafka).is_ok(),
@@ -162,11 +139,7 @@ impl Pipeline {
             if ready {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{role:?} not ready in 90 s:\n{}",
-                self.log_tail()
-            );
+            assert!(Instant::now() < deadline, "{role:?} not ready in 90 s:\n{}", self.log_tail());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -188,19 +161,12 @@ impl Pipeline {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "{role:?} exited with {status} on Ctrl-C:\n{}",
-                    self.log_tail()
-                );
+                assert!(status.success(), "{role:?} exited with {status} on Ctrl-C:\n{}", self.log_tail());
                 return;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "{role:?} did not stop within 30 s of Ctrl-C:\n{}",
-                    self.log_tail()
-                );
+                panic!("{role:?} did not stop within 30 s of Ctrl-C:\n{}", self.log_tail());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -227,31 +193,15 @@ impl Pipeline {
         use std::io::Write as _;
         let mut child = self
             .cashflow()
-            .args([
-                "users",
-                "add",
-                "--merchant",
-                merchant,
-                "--username",
-                username,
-            ])
+            .args(["users", "add", "--merchant", merchant, "--username", username])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{password}\n").as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "users add failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "users add failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Sum of the high watermarks of a topic's partitions: how many records it ever received.
@@ -262,20 +212,10 @@ impl Pipeline {
             .set("group.id", "cashflow-tests")
             .create()
             .unwrap();
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
         let partitions: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
         assert!(!partitions.is_empty(), "topic {topic} has no partitions");
-        partitions
-            .iter()
-            .map(|p| {
-                consumer
-                    .fetch_watermarks(topic, *p, Duration::from_secs(10))
-                    .unwrap()
-                    .1
-            })
-            .sum()
+        partitions.iter().map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)).unwrap().1).sum()
     }
 
     fn log_path(&self) -> PathBuf {
@@ -323,23 +263,11 @@ impl Api {
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "token request failed");
-        r.json::<Value>().await.unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
     }
 
-    pub async fn post_entry(
-        &self,
-        token: &str,
-        body: &Value,
-        idempotency_key: Option<&str>,
-    ) -> reqwest::Response {
-        let mut req = self
-            .client
-            .post(format!("{}/v1/lancamentos", self.base))
-            .bearer_auth(token)
-            .json(body);
+    pub async fn post_entry(&self, token: &str, body: &Value, idempotency_key: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.post(format!("{}/v1/lancamentos", self.base)).bearer_auth(token).json(body);
         if let Some(k) = idempotency_key {
             req = req.header("Idempotency-Key", k);
         }
@@ -349,10 +277,7 @@ impl Api {
     pub async fn daily(&self, token: &str, de: &str, ate: &str) -> Value {
         let r = self
             .client
-            .get(format!(
-                "{}/v1/consolidado/diario?de={de}&ate={ate}",
-                self.base
-            ))
+            .get(format!("{}/v1/consolidado/diario?de={de}&ate={ate}", self.base))
             .bearer_auth(token)
             .send()
             .await

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use cashflow_tests::{
-    MERCHANTS, Oracle, Pipeline, Posted, Store, assert_matches_oracle, d, fresh_postgres_database,
-    login_all, post_all, random_entries,
+    MERCHANTS, Oracle, Pipeline, Posted, Store, assert_matches_oracle, d, fresh_postgres_database, login_all, post_all,
+    random_entries,
 };
 
 async fn pipeline_matches_the_oracle(store: Store) {
@@ -15,26 +15,14 @@ async fn pipeline_matches_the_oracle(store: Store) {
     let mut oracle = Oracle::default();
     let (first, de, ate) = (d("2026-03-01"), d("2026-02-27"), d("2026-04-02"));
 
-    post_all(
-        &p,
-        &tokens,
-        random_entries(&MERCHANTS, 1000, first, 30),
-        &mut oracle,
-    )
-    .await;
+    post_all(&p, &tokens, random_entries(&MERCHANTS, 1000, first, 30), &mut oracle).await;
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
 
     // A restart keeps every balance, and new (backdated) entries still consolidate.
     p.restart().await;
     let tokens = login_all(&p).await;
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
-    post_all(
-        &p,
-        &tokens,
-        random_entries(&MERCHANTS, 90, first, 5),
-        &mut oracle,
-    )
-    .await;
+    post_all(&p, &tokens, random_entries(&MERCHANTS, 90, first, 5), &mut oracle).await;
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
 
     // One day, by path.
@@ -48,10 +36,7 @@ async fn pipeline_matches_the_oracle(store: Store) {
         .unwrap();
     assert_eq!(r.status(), 200);
     let one: serde_json::Value = r.json().await.unwrap();
-    let range = p
-        .api
-        .daily(&tokens["loja-a"], "2026-03-03", "2026-03-03")
-        .await;
+    let range = p.api.daily(&tokens["loja-a"], "2026-03-03", "2026-03-03").await;
     assert_eq!(one["dia"], range["dias"][0]);
 }
 
@@ -70,31 +55,17 @@ async fn postgres_pipeline_matches_the_oracle() {
 async fn an_idempotency_key_counts_an_entry_once() {
     let p = Pipeline::start(Store::Sqlite).await;
     let tokens = login_all(&p).await;
-    let e = Posted {
-        merchant: "loja-a".into(),
-        credit: true,
-        cents: 12_345,
-        date: d("2026-05-05"),
-    };
+    let e = Posted { merchant: "loja-a".into(), credit: true, cents: 12_345, date: d("2026-05-05") };
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let r = p
-            .api
-            .post_entry(&tokens["loja-a"], &e.body("retry"), Some("pedido-42"))
-            .await;
+        let r = p.api.post_entry(&tokens["loja-a"], &e.body("retry"), Some("pedido-42")).await;
         assert_eq!(r.status(), 202);
         ids.push(r.json::<serde_json::Value>().await.unwrap()["id"].clone());
     }
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "ids differ: {ids:?}");
     // The same key from another merchant is another entry.
-    let other = Posted {
-        merchant: "loja-b".into(),
-        ..e.clone()
-    };
-    let r = p
-        .api
-        .post_entry(&tokens["loja-b"], &other.body("retry"), Some("pedido-42"))
-        .await;
+    let other = Posted { merchant: "loja-b".into(), ..e.clone() };
+    let r = p.api.post_entry(&tokens["loja-b"], &other.body("retry"), Some("pedido-42")).await;
     assert_eq!(r.status(), 202);
     assert_ne!(r.json::<serde_json::Value>().await.unwrap()["id"], ids[0]);
 
@@ -117,11 +88,7 @@ async fn redelivered_and_conflicting_records_count_once() {
     let as_wire = |e: &Posted| Lancamento {
         id: EntryId::random(),
         merchant_id: MerchantId::parse(&e.merchant).unwrap(),
-        tipo: if e.credit {
-            Tipo::Credito
-        } else {
-            Tipo::Debito
-        },
+        tipo: if e.credit { Tipo::Credito } else { Tipo::Debito },
         valor: Money::from_cents(e.cents),
         data: e.date,
         descricao: "direct".into(),
@@ -150,15 +117,8 @@ async fn redelivered_and_conflicting_records_count_once() {
 
     let parked = p.read_topic("lancamentos.dlq", 1, Duration::from_secs(30));
     assert_eq!(parked.len(), 1, "the conflict must be parked");
-    assert_eq!(
-        parked[0].header("x-error-code"),
-        Some("conflicting_duplicate")
-    );
-    assert_eq!(
-        parked[0].payload,
-        conflicting.encode(),
-        "the parked value is the original, unchanged"
-    );
+    assert_eq!(parked[0].header("x-error-code"), Some("conflicting_duplicate"));
+    assert_eq!(parked[0].payload, conflicting.encode(), "the parked value is the original, unchanged");
 
     let retried = p.read_topic("lancamentos.retry", 1, Duration::from_secs(30));
     assert_eq!(retried.len(), 1);
@@ -169,9 +129,5 @@ async fn redelivered_and_conflicting_records_count_once() {
     assert_eq!(r.header("x-origin-partition"), Some("2"));
     let first: i64 = r.header("x-first-failed-at").unwrap().parse().unwrap();
     let not_before: i64 = r.header("x-not-before").unwrap().parse().unwrap();
-    assert_eq!(
-        not_before - first,
-        1000,
-        "the first backoff step of pipeline.yaml"
-    );
+    assert_eq!(not_before - first, 1000, "the first backoff step of pipeline.yaml");
 }

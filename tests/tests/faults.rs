@@ -6,28 +6,21 @@
 use std::time::{Duration, Instant};
 
 use cashflow_tests::{
-    MERCHANTS, Oracle, Pipeline, Role, Store, assert_matches_oracle, d, login_all, post_entries,
-    random_entries,
+    MERCHANTS, Oracle, Pipeline, Role, Store, assert_matches_oracle, d, login_all, post_entries, random_entries,
 };
 use rand::Rng;
 
 /// Load tests post far above the shipped per-merchant rate limit.
-const UNLIMITED: (&str, &str) = (
-    "rate_limit: { per_second: 200, burst: 400 }",
-    "rate_limit: { per_second: 1000000, burst: 1000000 }",
-);
+const UNLIMITED: (&str, &str) =
+    ("rate_limit: { per_second: 200, burst: 400 }", "rate_limit: { per_second: 1000000, burst: 1000000 }");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consolidator_killed_five_times_mid_load_loses_and_doubles_nothing() {
     let mut p = Pipeline::start_stages(Store::Sqlite, &[UNLIMITED]).await;
     let tokens = login_all(&p).await;
     let (first, de, ate) = (d("2026-07-01"), d("2026-06-30"), d("2026-07-31"));
-    let load = tokio::spawn(post_entries(
-        p.api.clone(),
-        tokens.clone(),
-        random_entries(&MERCHANTS, 20_000, first, 30),
-        32,
-    ));
+    let load =
+        tokio::spawn(post_entries(p.api.clone(), tokens.clone(), random_entries(&MERCHANTS, 20_000, first, 30), 32));
 
     let mut kills = 0;
     while kills < 5 {
@@ -56,19 +49,10 @@ async fn ingest_stays_up_while_consolidation_is_down() {
     p.interrupt(Role::Consolidate).await;
 
     let (first, de, ate) = (d("2026-08-01"), d("2026-07-31"), d("2026-08-31"));
-    let posted = post_entries(
-        p.api.clone(),
-        tokens.clone(),
-        random_entries(&MERCHANTS, 5_000, first, 30),
-        32,
-    )
-    .await;
+    let posted = post_entries(p.api.clone(), tokens.clone(), random_entries(&MERCHANTS, 5_000, first, 30), 32).await;
     let mut oracle = Oracle::default();
     let accepted = posted.iter().filter(|(_, s)| *s == 202).count();
-    assert_eq!(
-        accepted, 5_000,
-        "every entry must be accepted while consolidation is down"
-    );
+    assert_eq!(accepted, 5_000, "every entry must be accepted while consolidation is down");
     for (e, _) in posted {
         oracle.add(e);
     }
@@ -76,8 +60,58 @@ async fn ingest_stays_up_while_consolidation_is_down() {
     let started = Instant::now();
     p.launch(Role::Consolidate).await;
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
-    eprintln!(
-        "caught up with 5000 waiting entries in {:?}",
-        started.elapsed()
-    );
+    eprintln!("caught up with 5000 waiting entries in {:?}", started.elapsed());
+}
+
+/// Posts one entry until it is accepted, as a well-behaved client does: a 503 is retried with
+/// the same `Idempotency-Key`, so an entry whose first attempt did land is still counted once.
+async fn post_until_accepted(api: &cashflow_tests::Api, token: &str, e: &cashflow_tests::Posted, key: &str) -> u32 {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let status = api.post_entry(token, &e.body("venda"), Some(key)).await.status().as_u16();
+        match status {
+            202 => return attempts,
+            503 => tokio::time::sleep(Duration::from_millis(300)).await,
+            other => panic!("unexpected status {other} for {e:?}"),
+        }
+        assert!(attempts < 200, "entry never accepted: {e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_and_restarted_mid_load_loses_and_doubles_nothing() {
+    use futures::StreamExt as _;
+    let mut p = Pipeline::start_stages(Store::Sqlite, &[UNLIMITED]).await;
+    let tokens = login_all(&p).await;
+    let (first, de, ate) = (d("2026-09-01"), d("2026-08-31"), d("2026-09-30"));
+    let entries = random_entries(&MERCHANTS, 6_000, first, 30);
+    let (api, toks) = (p.api.clone(), tokens.clone());
+    let load = tokio::spawn(async move {
+        futures::stream::iter(entries.into_iter().enumerate())
+            .map(|(i, e)| {
+                let (api, token) = (api.clone(), toks[e.merchant.as_str()].clone());
+                async move {
+                    let attempts = post_until_accepted(&api, &token, &e, &format!("chaos-{i}")).await;
+                    (e, attempts)
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+    });
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.kill(Role::Broker);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.launch(Role::Broker).await;
+
+    let posted = load.await.unwrap();
+    let retried = posted.iter().filter(|(_, a)| *a > 1).count();
+    let mut oracle = Oracle::default();
+    for (e, _) in posted {
+        oracle.add(e);
+    }
+    eprintln!("broker down ~3 s mid-load: {retried} of 6000 entries needed a client retry");
+    assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
 }

@@ -13,8 +13,7 @@ async fn bad_requests_get_problems_and_produce_nothing() {
     let url = format!("{}/v1/lancamentos", p.api.base);
     let before = p.records_in("lancamentos");
 
-    let valid =
-        json!({"tipo": "credito", "valor": "10.00", "data": "2026-01-10", "descricao": "ok"});
+    let valid = json!({"tipo": "credito", "valor": "10.00", "data": "2026-01-10", "descricao": "ok"});
     let with = |field: &str, value: Value| {
         let mut v = valid.clone();
         v[field] = value;
@@ -27,71 +26,18 @@ async fn bad_requests_get_problems_and_produce_nothing() {
     // (case, body, expected status, fields named in errors[])
     let json_cases: Vec<(&str, Value, u16, Vec<&str>)> = vec![
         ("missing fields", missing, 422, vec!["valor", "data"]),
-        (
-            "valor zero",
-            with("valor", json!("0.00")),
-            422,
-            vec!["valor"],
-        ),
-        (
-            "valor negative",
-            with("valor", json!("-5.00")),
-            422,
-            vec!["valor"],
-        ),
-        (
-            "valor three decimals",
-            with("valor", json!("1.234")),
-            422,
-            vec!["valor"],
-        ),
-        (
-            "valor not a number",
-            with("valor", json!("dez")),
-            422,
-            vec!["valor"],
-        ),
-        (
-            "valor as a float",
-            with("valor", json!(10.5)),
-            422,
-            vec!["valor"],
-        ),
-        (
-            "bad date",
-            with("data", json!("2026-02-30")),
-            422,
-            vec!["data"],
-        ),
-        (
-            "unknown tipo",
-            with("tipo", json!("pix")),
-            422,
-            vec!["tipo"],
-        ),
-        (
-            "merchant in body",
-            with("merchant_id", json!("loja-y")),
-            422,
-            vec!["merchant_id"],
-        ),
-        (
-            "over the size limit",
-            with("descricao", json!("x".repeat(70_000))),
-            413,
-            vec![],
-        ),
+        ("valor zero", with("valor", json!("0.00")), 422, vec!["valor"]),
+        ("valor negative", with("valor", json!("-5.00")), 422, vec!["valor"]),
+        ("valor three decimals", with("valor", json!("1.234")), 422, vec!["valor"]),
+        ("valor not a number", with("valor", json!("dez")), 422, vec!["valor"]),
+        ("valor as a float", with("valor", json!(10.5)), 422, vec!["valor"]),
+        ("bad date", with("data", json!("2026-02-30")), 422, vec!["data"]),
+        ("unknown tipo", with("tipo", json!("pix")), 422, vec!["tipo"]),
+        ("merchant in body", with("merchant_id", json!("loja-y")), 422, vec!["merchant_id"]),
+        ("over the size limit", with("descricao", json!("x".repeat(70_000))), 413, vec![]),
     ];
     for (case, body, status, fields) in json_cases {
-        let r = p
-            .api
-            .client
-            .post(&url)
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = p.api.client.post(&url).bearer_auth(&token).json(&body).send().await.unwrap();
         let problem = expect_problem(r, status, case).await;
         let named: Vec<&str> = problem["errors"]
             .as_array()
@@ -126,33 +72,13 @@ async fn bad_requests_get_problems_and_produce_nothing() {
     expect_problem(r, 400, "malformed JSON").await;
     let r = p.api.client.post(&url).json(&valid).send().await.unwrap();
     expect_problem(r, 401, "no token").await;
-    let r = p
-        .api
-        .client
-        .post(&url)
-        .bearer_auth("not.a.token")
-        .json(&valid)
-        .send()
-        .await
-        .unwrap();
+    let r = p.api.client.post(&url).bearer_auth("not.a.token").json(&valid).send().await.unwrap();
     expect_problem(r, 401, "garbage token").await;
-    let r = p
-        .api
-        .client
-        .post(&url)
-        .bearer_auth(&token)
-        .header("Idempotency-Key", "")
-        .json(&valid)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        p.api.client.post(&url).bearer_auth(&token).header("Idempotency-Key", "").json(&valid).send().await.unwrap();
     expect_problem(r, 422, "empty idempotency key").await;
 
-    assert_eq!(
-        p.records_in("lancamentos"),
-        before,
-        "a rejected request reached Kafka"
-    );
+    assert_eq!(p.records_in("lancamentos"), before, "a rejected request reached Kafka");
 
     // The measurement can see a record: one valid post adds exactly one.
     let r = p.api.post_entry(&token, &valid, None).await;
@@ -162,11 +88,7 @@ async fn bad_requests_get_problems_and_produce_nothing() {
 
 async fn expect_problem(r: reqwest::Response, status: u16, case: &str) -> Value {
     assert_eq!(r.status().as_u16(), status, "{case}");
-    let ct = r
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
     assert_eq!(ct, "application/problem+json", "{case}");
     let body: Value = r.json().await.unwrap();
     for key in ["type", "title", "status", "detail"] {
@@ -179,40 +101,22 @@ async fn expect_problem(r: reqwest::Response, status: u16, case: &str) -> Value 
 #[test]
 fn validate_names_the_yaml_path_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let shipped =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../pipeline.yaml")).unwrap();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../pipeline.yaml")).unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        shipped.replace(
-            "on_error: { type: topic, id: lancamentos.retry }",
-            "on_error: { type: topic, id: x }",
-        ),
+        shipped.replace("on_error: { type: topic, id: lancamentos.retry }", "on_error: { type: topic, id: x }"),
     )
     .unwrap();
-    let out = std::process::Command::new(cashflow_tests::binary("cashflow"))
-        .arg("validate")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(cashflow_tests::binary("cashflow")).arg("validate").arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(r#"services.consolidate.on_error.id: unknown topic "x""#),
-        "{stderr}"
-    );
+    assert!(stderr.contains(r#"services.consolidate.on_error.id: unknown topic "x""#), "{stderr}");
 
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, shipped).unwrap();
-    let out = std::process::Command::new(cashflow_tests::binary("cashflow"))
-        .arg("validate")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        std::process::Command::new(cashflow_tests::binary("cashflow")).arg("validate").arg(&good).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }

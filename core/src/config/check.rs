@@ -10,26 +10,12 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     let mut out = Vec::new();
 
     if c.api_version != API_VERSION {
-        problem_at(
-            &mut out,
-            "apiVersion",
-            format!("must be {API_VERSION:?}, found {:?}", c.api_version),
-        );
+        problem_at(&mut out, "apiVersion", format!("must be {API_VERSION:?}, found {:?}", c.api_version));
     }
     if c.kafka.brokers.trim().is_empty() {
-        problem_at(
-            &mut out,
-            "kafka.brokers",
-            "must be \"embedded\" or a host:port list",
-        );
+        problem_at(&mut out, "kafka.brokers", "must be \"embedded\" or a host:port list");
     }
-    if c.kafka.is_embedded()
-        && c.kafka
-            .embedded
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-    {
+    if c.kafka.is_embedded() && c.kafka.embedded.listen.parse::<std::net::SocketAddr>().is_err() {
         problem_at(
             &mut out,
             "kafka.embedded.listen",
@@ -37,15 +23,8 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
         );
     }
     let url = &c.store.url;
-    if !(url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://"))
-    {
-        problem_at(
-            &mut out,
-            "store.url",
-            format!("{url:?} must start with sqlite:// or postgres://"),
-        );
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        problem_at(&mut out, "store.url", format!("{url:?} must start with sqlite:// or postgres://"));
     }
     if c.store.max_connections == 0 {
         problem_at(&mut out, "store.max_connections", "must be at least 1");
@@ -62,96 +41,47 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
             );
         }
         if t.replication_factor < 1 {
-            problem_at(
-                &mut out,
-                &format!("topics.{name}.replication_factor"),
-                "must be at least 1",
-            );
+            problem_at(&mut out, &format!("topics.{name}.replication_factor"), "must be at least 1");
         }
         let legal = !name.is_empty()
             && name.len() <= 249
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !legal {
-            problem_at(
-                &mut out,
-                &format!("topics.{name}"),
-                "a topic name has 1 to 249 characters of [A-Za-z0-9._-]",
-            );
+            problem_at(&mut out, &format!("topics.{name}"), "a topic name has 1 to 249 characters of [A-Za-z0-9._-]");
         }
     }
 
     let s = &c.services;
     if s.gateway.listen_addr().is_none() {
-        problem_at(
-            &mut out,
-            "services.gateway.listen",
-            format!("{:?} is not an ip:port address", s.gateway.listen),
-        );
+        problem_at(&mut out, "services.gateway.listen", format!("{:?} is not an ip:port address", s.gateway.listen));
     }
     if let Some(rl) = &s.gateway.rate_limit
         && (rl.per_second == 0 || rl.burst == 0)
     {
-        problem_at(
-            &mut out,
-            "services.gateway.rate_limit",
-            "per_second and burst must be at least 1",
-        );
+        problem_at(&mut out, "services.gateway.rate_limit", "per_second and burst must be at least 1");
     }
     if s.gateway.max_body_bytes < 1024 {
-        problem_at(
-            &mut out,
-            "services.gateway.max_body_bytes",
-            "must be at least 1024",
-        );
+        problem_at(&mut out, "services.gateway.max_body_bytes", "must be at least 1024");
     }
     if s.auth.token_ttl_secs == 0 || s.auth.token_ttl_secs > 86_400 {
-        problem_at(
-            &mut out,
-            "services.auth.token_ttl_secs",
-            "must be between 1 and 86400",
-        );
+        problem_at(&mut out, "services.auth.token_ttl_secs", "must be between 1 and 86400");
     }
     for (field, value) in [("issuer", &s.auth.issuer), ("audience", &s.auth.audience)] {
         if value.trim().is_empty() {
-            problem_at(
-                &mut out,
-                &format!("services.auth.{field}"),
-                "must not be empty",
-            );
+            problem_at(&mut out, &format!("services.auth.{field}"), "must not be empty");
         }
     }
 
     let mut refs: Vec<(String, &TopicRef)> = Vec::new();
     if s.ingest.sinks.len() != 1 {
-        problem_at(
-            &mut out,
-            "services.ingest.sinks",
-            "must list exactly one topic",
-        );
+        problem_at(&mut out, "services.ingest.sinks", "must list exactly one topic");
     }
-    refs.extend(
-        s.ingest
-            .sinks
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (format!("services.ingest.sinks[{i}].id"), r)),
-    );
+    refs.extend(s.ingest.sinks.iter().enumerate().map(|(i, r)| (format!("services.ingest.sinks[{i}].id"), r)));
     let cons = &s.consolidate;
     if cons.sources.is_empty() {
-        problem_at(
-            &mut out,
-            "services.consolidate.sources",
-            "must list at least one topic",
-        );
+        problem_at(&mut out, "services.consolidate.sources", "must list at least one topic");
     }
-    refs.extend(
-        cons.sources
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (format!("services.consolidate.sources[{i}].id"), r)),
-    );
+    refs.extend(cons.sources.iter().enumerate().map(|(i, r)| (format!("services.consolidate.sources[{i}].id"), r)));
     refs.push(("services.consolidate.on_error.id".into(), &cons.on_error));
     refs.push(("services.retry.parked.id".into(), &s.retry.parked));
     for (i, src) in cons.sources.iter().enumerate() {
@@ -159,10 +89,7 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
             problem_at(
                 &mut out,
                 &format!("services.consolidate.sources[{i}].id"),
-                format!(
-                    "{:?} is also on_error: failed records would loop without backoff",
-                    src.id()
-                ),
+                format!("{:?} is also on_error: failed records would loop without backoff", src.id()),
             );
         }
     }
@@ -175,11 +102,7 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     for (name, state) in &cons.states {
         let StateConfig::KeyedState { key } = state;
         if key.is_empty() {
-            problem_at(
-                &mut out,
-                &format!("services.consolidate.states.{name}.key"),
-                "must name at least one field",
-            );
+            problem_at(&mut out, &format!("services.consolidate.states.{name}.key"), "must name at least one field");
         }
         for (i, field) in key.iter().enumerate() {
             if !KEY_FIELDS.contains(&field.as_str()) {
@@ -192,11 +115,7 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
         }
     }
     let ops: Vec<Operator> = cons.transforms.iter().map(|t| t.operator).collect();
-    let required = [
-        Operator::Validate,
-        Operator::Dedupe,
-        Operator::ConsolidateDaily,
-    ];
+    let required = [Operator::Validate, Operator::Dedupe, Operator::ConsolidateDaily];
     if ops != required {
         problem_at(
             &mut out,
@@ -205,50 +124,27 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
         );
     }
     if cons.sinks.is_empty() {
-        problem_at(
-            &mut out,
-            "services.consolidate.sinks",
-            "must list the store",
-        );
+        problem_at(&mut out, "services.consolidate.sinks", "must list the store");
     }
     for (i, StoreSink::Store { tables }) in cons.sinks.iter().enumerate() {
         if tables.is_empty() {
-            problem_at(
-                &mut out,
-                &format!("services.consolidate.sinks[{i}].tables"),
-                "must list at least one table",
-            );
+            problem_at(&mut out, &format!("services.consolidate.sinks[{i}].tables"), "must list at least one table");
         }
     }
     if !(1..=100_000).contains(&cons.max_epoch_records) {
-        problem_at(
-            &mut out,
-            "services.consolidate.max_epoch_records",
-            "must be between 1 and 100000",
-        );
+        problem_at(&mut out, "services.consolidate.max_epoch_records", "must be between 1 and 100000");
     }
 
     let retry = &s.retry;
     if retry.backoff_ms.is_empty() {
-        problem_at(
-            &mut out,
-            "services.retry.backoff_ms",
-            "must list at least one delay",
-        );
+        problem_at(&mut out, "services.retry.backoff_ms", "must list at least one delay");
     }
     if retry.max_attempts == 0 {
-        problem_at(
-            &mut out,
-            "services.retry.max_attempts",
-            "must be at least 1",
-        );
+        problem_at(&mut out, "services.retry.max_attempts", "must be at least 1");
     }
     out
 }
 
 fn problem_at(out: &mut Vec<Problem>, path: &str, message: impl Into<String>) {
-    out.push(Problem {
-        path: path.to_owned(),
-        message: message.into(),
-    });
+    out.push(Problem { path: path.to_owned(), message: message.into() });
 }

@@ -11,12 +11,7 @@ pub(super) fn substitute(value: &mut Value, env: &dyn Fn(&str) -> Option<String>
     problems
 }
 
-fn walk(
-    value: &mut Value,
-    path: String,
-    env: &dyn Fn(&str) -> Option<String>,
-    out: &mut Vec<Problem>,
-) {
+fn walk(value: &mut Value, path: String, env: &dyn Fn(&str) -> Option<String>, out: &mut Vec<Problem>) {
     match value {
         Value::String(s) => match expand(s, env) {
             Ok(expanded) => *s = expanded,
@@ -29,15 +24,8 @@ fn walk(
         }
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
-                let key = k
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("{k:?}"));
-                let child = if path.is_empty() {
-                    key
-                } else {
-                    format!("{path}.{key}")
-                };
+                let key = k.as_str().map(str::to_owned).unwrap_or_else(|| format!("{k:?}"));
+                let child = if path.is_empty() { key } else { format!("{path}.{key}") };
                 walk(v, child, env, out);
             }
         }
@@ -56,17 +44,13 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
             out.push_str("${");
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unclosed \"${{\" in {s:?}"))?;
+            let end = after.find('}').ok_or_else(|| format!("unclosed \"${{\" in {s:?}"))?;
             let name = &after[..end];
-            let valid =
-                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid {
                 return Err(format!("invalid environment variable name {name:?}"));
             }
-            let value =
-                env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            let value = env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {

@@ -25,11 +25,7 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
     }
 }
 
@@ -101,9 +97,7 @@ impl EmbeddedBroker {
 
 impl Default for EmbeddedBroker {
     fn default() -> Self {
-        EmbeddedBroker {
-            listen: Self::default_listen(),
-        }
+        EmbeddedBroker { listen: Self::default_listen() }
     }
 }
 
@@ -114,11 +108,7 @@ impl KafkaConfig {
 
     /// The bootstrap list clients connect to.
     pub fn bootstrap(&self) -> &str {
-        if self.is_embedded() {
-            &self.embedded.listen
-        } else {
-            &self.brokers
-        }
+        if self.is_embedded() { &self.embedded.listen } else { &self.brokers }
     }
 }
 
@@ -340,30 +330,16 @@ impl PipelineConfig {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
-            problems: vec![Problem {
-                path: String::new(),
-                message: format!("cannot read: {e}"),
-            }],
+            problems: vec![Problem { path: String::new(), message: format!("cannot read: {e}") }],
         })?;
         Self::parse(&file, &text, |name| std::env::var(name).ok())
     }
 
     /// Parses YAML text; `env` resolves `${NAME}`.
-    pub fn parse(
-        file: &str,
-        text: &str,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let fail = |problems| ConfigError {
-            file: file.to_owned(),
-            problems,
-        };
-        let mut value: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
-            fail(vec![Problem {
-                path: String::new(),
-                message: format!("invalid YAML: {e}"),
-            }])
-        })?;
+    pub fn parse(file: &str, text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let fail = |problems| ConfigError { file: file.to_owned(), problems };
+        let mut value: serde_norway::Value = serde_norway::from_str(text)
+            .map_err(|e| fail(vec![Problem { path: String::new(), message: format!("invalid YAML: {e}") }]))?;
         let problems = env::substitute(&mut value, &env);
         if !problems.is_empty() {
             return Err(fail(problems));
@@ -371,35 +347,18 @@ impl PipelineConfig {
         let config: PipelineConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            fail(vec![Problem {
-                path,
-                message: e.into_inner().to_string(),
-            }])
+            fail(vec![Problem { path, message: e.into_inner().to_string() }])
         })?;
         let problems = check::check(&config);
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(fail(problems))
-        }
+        if problems.is_empty() { Ok(config) } else { Err(fail(problems)) }
     }
 
     pub fn consolidate_sources(&self) -> Vec<String> {
-        self.services
-            .consolidate
-            .sources
-            .iter()
-            .map(|s| s.id().to_owned())
-            .collect()
+        self.services.consolidate.sources.iter().map(|s| s.id().to_owned()).collect()
     }
 
     /// The topic ingest produces to. `check` guarantees there is exactly one.
     pub fn ingest_topic(&self) -> &str {
-        self.services
-            .ingest
-            .sinks
-            .first()
-            .map(TopicRef::id)
-            .unwrap_or("lancamentos")
+        self.services.ingest.sinks.first().map(TopicRef::id).unwrap_or("lancamentos")
     }
 }

@@ -8,19 +8,14 @@ fn no_env(_: &str) -> Option<String> {
 
 /// Every problem of `yaml`, one `path: message` line each.
 fn problems(yaml: &str) -> Vec<String> {
-    match PipelineConfig::parse("test.yaml", yaml, |n| {
-        (n == "DATABASE_URL").then(|| "postgres://db/x".into())
-    }) {
+    match PipelineConfig::parse("test.yaml", yaml, |n| (n == "DATABASE_URL").then(|| "postgres://db/x".into())) {
         Ok(_) => vec![],
         Err(e) => e.problems.iter().map(ToString::to_string).collect(),
     }
 }
 
 fn edit(from: &str, to: &str) -> String {
-    assert!(
-        DEFAULT.contains(from),
-        "default pipeline.yaml lacks {from:?}"
-    );
+    assert!(DEFAULT.contains(from), "default pipeline.yaml lacks {from:?}");
     DEFAULT.replacen(from, to, 1)
 }
 
@@ -32,23 +27,14 @@ fn the_shipped_file_is_valid() {
     assert_eq!(c.topics["lancamentos"].partitions, 6);
     assert_eq!(c.ingest_topic(), "lancamentos");
     assert_eq!(c.services.retry.backoff_ms, vec![1000, 10000, 60000]);
-    assert_eq!(
-        c.store.resolved_url(Path::new("/d")),
-        "sqlite:///d/cashflow.db"
-    );
+    assert_eq!(c.store.resolved_url(Path::new("/d")), "sqlite:///d/cashflow.db");
 }
 
 #[test]
 fn unknown_key_names_its_path() {
-    let p = problems(&edit(
-        "    max_body_bytes: 65536",
-        "    max_body_bytez: 65536",
-    ));
+    let p = problems(&edit("    max_body_bytes: 65536", "    max_body_bytez: 65536"));
     assert_eq!(p.len(), 1);
-    assert!(
-        p[0].starts_with("services.gateway.max_body_bytez: unknown field `max_body_bytez`"),
-        "{p:?}"
-    );
+    assert!(p[0].starts_with("services.gateway.max_body_bytez: unknown field `max_body_bytez`"), "{p:?}");
 }
 
 #[test]
@@ -57,22 +43,13 @@ fn unknown_topic_reference_names_its_path() {
         "sources: [ { type: topic, id: lancamentos } ]",
         "sources: [ { type: topic, id: lancamentos }, { type: topic, id: x } ]",
     ));
-    assert_eq!(
-        p,
-        vec![r#"services.consolidate.sources[1].id: unknown topic "x""#]
-    );
+    assert_eq!(p, vec![r#"services.consolidate.sources[1].id: unknown topic "x""#]);
 }
 
 #[test]
 fn every_bad_reference_is_reported_at_once() {
-    let yaml = edit(
-        "on_error: { type: topic, id: lancamentos.retry }",
-        "on_error: { type: topic, id: nope }",
-    )
-    .replace(
-        "parked: { type: topic, id: lancamentos.dlq }",
-        "parked: { type: topic, id: gone }",
-    );
+    let yaml = edit("on_error: { type: topic, id: lancamentos.retry }", "on_error: { type: topic, id: nope }")
+        .replace("parked: { type: topic, id: lancamentos.dlq }", "parked: { type: topic, id: gone }");
     let p = problems(&yaml);
     assert_eq!(
         p,
@@ -87,50 +64,32 @@ fn every_bad_reference_is_reported_at_once() {
 fn unknown_operator_is_rejected() {
     let p = problems(&edit("- operator: dedupe ", "- operator: explode "));
     assert_eq!(p.len(), 1);
-    assert!(
-        p[0].starts_with("services.consolidate.transforms[1].operator: unknown variant `explode`"),
-        "{p:?}"
-    );
+    assert!(p[0].starts_with("services.consolidate.transforms[1].operator: unknown variant `explode`"), "{p:?}");
 }
 
 #[test]
 fn operators_out_of_order_are_rejected() {
     let yaml = edit("      - operator: validate ", "      - operator: dedupeX ")
-        .replacen(
-            "      - operator: dedupe ",
-            "      - operator: validate ",
-            1,
-        )
+        .replacen("      - operator: dedupe ", "      - operator: validate ", 1)
         .replacen("      - operator: dedupeX ", "      - operator: dedupe ", 1);
     let p = problems(&yaml);
     assert_eq!(p.len(), 1, "{p:?}");
     assert!(
-        p[0].starts_with(
-            "services.consolidate.transforms: must be [validate, dedupe, consolidate-daily]"
-        ),
+        p[0].starts_with("services.consolidate.transforms: must be [validate, dedupe, consolidate-daily]"),
         "{p:?}"
     );
 }
 
 #[test]
 fn unset_environment_variable_is_named() {
-    let p = problems(&edit(
-        "url: sqlite://cashflow.db",
-        "url: \"${NOT_SET_ANYWHERE}\"",
-    ));
-    assert_eq!(
-        p,
-        vec!["store.url: environment variable NOT_SET_ANYWHERE is not set"]
-    );
+    let p = problems(&edit("url: sqlite://cashflow.db", "url: \"${NOT_SET_ANYWHERE}\""));
+    assert_eq!(p, vec!["store.url: environment variable NOT_SET_ANYWHERE is not set"]);
 }
 
 #[test]
 fn environment_variables_are_substituted() {
     let yaml = edit("url: sqlite://cashflow.db", "url: \"${DATABASE_URL}\"");
-    let c = PipelineConfig::parse("t", &yaml, |n| {
-        (n == "DATABASE_URL").then(|| "postgres://db/x".into())
-    })
-    .unwrap();
+    let c = PipelineConfig::parse("t", &yaml, |n| (n == "DATABASE_URL").then(|| "postgres://db/x".into())).unwrap();
     assert_eq!(c.store.url, "postgres://db/x");
     let literal = edit("issuer: cashflow", "issuer: \"a$${b}\"");
     let c = PipelineConfig::parse("t", &literal, no_env).unwrap();
@@ -139,24 +98,12 @@ fn environment_variables_are_substituted() {
 
 #[test]
 fn wrong_types_and_ranges_are_reported() {
-    let p = problems(&edit(
-        "lancamentos:       { partitions: 6 }",
-        "lancamentos:       { partitions: six }",
-    ));
+    let p = problems(&edit("lancamentos:       { partitions: 6 }", "lancamentos:       { partitions: six }"));
     assert_eq!(p.len(), 1);
-    assert!(
-        p[0].starts_with("topics.lancamentos.partitions: invalid type"),
-        "{p:?}"
-    );
+    assert!(p[0].starts_with("topics.lancamentos.partitions: invalid type"), "{p:?}");
 
-    let p = problems(&edit(
-        "lancamentos:       { partitions: 6 }",
-        "lancamentos:       { partitions: 0 }",
-    ));
-    assert_eq!(
-        p,
-        vec!["topics.lancamentos.partitions: must be between 1 and 1000, found 0"]
-    );
+    let p = problems(&edit("lancamentos:       { partitions: 6 }", "lancamentos:       { partitions: 0 }"));
+    assert_eq!(p, vec!["topics.lancamentos.partitions: must be between 1 and 1000, found 0"]);
 }
 
 #[test]
@@ -182,12 +129,7 @@ fn a_source_that_is_also_on_error_is_rejected() {
         "sources: [ { type: topic, id: lancamentos }, { type: topic, id: lancamentos.retry } ]",
     ));
     assert_eq!(p.len(), 1);
-    assert!(
-        p[0].starts_with(
-            "services.consolidate.sources[1].id: \"lancamentos.retry\" is also on_error"
-        ),
-        "{p:?}"
-    );
+    assert!(p[0].starts_with("services.consolidate.sources[1].id: \"lancamentos.retry\" is also on_error"), "{p:?}");
 }
 
 #[test]

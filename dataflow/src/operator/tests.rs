@@ -38,12 +38,7 @@ fn oracle(entries: &[Lancamento]) -> BTreeMap<(MerchantId, BusinessDate), DayTot
 }
 
 fn arb_entry() -> impl Strategy<Value = Lancamento> {
-    (
-        0u8..4,
-        0i32..40,
-        any::<bool>(),
-        prop_oneof![Just(1i64), Just(9_999_999_999i64), 1i64..1_000_000],
-    )
+    (0u8..4, 0i32..40, any::<bool>(), prop_oneof![Just(1i64), Just(9_999_999_999i64), 1i64..1_000_000])
         .prop_map(|(m, d, c, v)| entry(m, d, c, v))
 }
 
@@ -87,9 +82,7 @@ proptest! {
 
 #[test]
 fn each_epoch_yields_the_change_of_each_day() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
         let c = Consolidator::start(vec![]).unwrap();
         assert!(c.apply(&[]).await.unwrap().is_empty());
@@ -97,25 +90,10 @@ fn each_epoch_yields_the_change_of_each_day() {
         let changed = c.apply(&[&e]).await.unwrap();
         assert_eq!(
             changed,
-            vec![(
-                e.merchant_id.clone(),
-                e.data,
-                DayTotals {
-                    creditos_cents: 500,
-                    debitos_cents: 0,
-                    quantidade: 1
-                }
-            )]
+            vec![(e.merchant_id.clone(), e.data, DayTotals { creditos_cents: 500, debitos_cents: 0, quantidade: 1 })]
         );
         let d = entry(1, 3, false, 200);
         let changed = c.apply(&[&d]).await.unwrap();
-        assert_eq!(
-            changed[0].2,
-            DayTotals {
-                creditos_cents: 0,
-                debitos_cents: 200,
-                quantidade: 1
-            }
-        );
+        assert_eq!(changed[0].2, DayTotals { creditos_cents: 0, debitos_cents: 200, quantidade: 1 });
     });
 }
