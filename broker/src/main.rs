@@ -44,6 +44,14 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
 
+    // A panic in any task (Tansu's storage task panics on some states after a crash) would leave
+    // a broker that accepts connections but fails every request. Exit instead, so the
+    // supervisor restarts a whole broker.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("cashflow-broker: {info}; exiting so that the supervisor restarts the broker");
+        std::process::exit(70);
+    }));
+
     let args = Args::parse();
     if args.exit_with_parent {
         tokio::spawn(async {

@@ -28,10 +28,17 @@ pub fn with_properties(config: &PipelineConfig, defaults: impl FnOnce(&mut Clien
     c
 }
 
-/// Producer settings: idempotent, acknowledged by all in-sync replicas.
+/// Producer settings: acknowledged by all in-sync replicas, and idempotent on a real cluster.
+///
+/// The embedded broker (Tansu 0.6.0) keeps idempotent-producer state that a crash can leave
+/// inconsistent; its storage task then panics on every produce from that producer, so the broker
+/// never recovers. Entries are counted once by their id in the store, not by the broker's
+/// sequence numbers, so the embedded default produces without broker-side idempotence. Set
+/// `enable.idempotence` in `kafka.properties` to override.
 pub fn producer_config(config: &PipelineConfig, delivery_timeout: Duration) -> ClientConfig {
+    let idempotent = !config.kafka.is_embedded();
     with_properties(config, |c| {
-        c.set("enable.idempotence", "true")
+        c.set("enable.idempotence", idempotent.to_string())
             .set("acks", "all")
             .set("linger.ms", "2")
             .set("message.timeout.ms", delivery_timeout.as_millis().to_string());

@@ -10,11 +10,13 @@ mod flows;
 mod kafka;
 mod oracle;
 mod pipeline;
+mod postgres;
 
 pub use flows::{MERCHANTS, PASSWORD, assert_matches_oracle, d, login_all, post_all, post_entries};
 pub use kafka::Read;
 pub use oracle::{Oracle, Posted, random_entries};
 pub use pipeline::{Api, Pipeline, Role, Store};
+pub use postgres::PgCluster;
 
 use std::path::PathBuf;
 

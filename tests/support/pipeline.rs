@@ -222,10 +222,18 @@ impl Pipeline {
         self.dir.path().join("cashflow.log")
     }
 
+    /// The first errors and panics of the whole log, then its last lines.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        let errors: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| (l.contains("ERROR") && !l.contains("rdkafka")) || l.contains("panicked"))
+            .take(20)
+            .collect();
+        let tail = &lines[lines.len().saturating_sub(60)..];
+        format!("first errors:\n{}\n...\nlast lines:\n{}", errors.join("\n"), tail.join("\n"))
     }
 }
 
