@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Merchant cash-flow entries in, daily consolidated balances out.
 #[derive(Debug, Parser)]
-#[command(name = "cashflow", version, about, long_about = None)]
+#[command(name = "cashflow", version)]
 struct Cli {
     #[command(flatten)]
     common: Common,

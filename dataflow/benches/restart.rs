@@ -1,0 +1,97 @@
+//! Restart-to-ready against history size.
+//!
+//! Builds histories of 10k, 100k and 1M entries through the real epoch path (store insert with
+//! dedupe, dataflow, daily deltas, progress; no Kafka), then times what a consolidator does before
+//! it can take its first record: open the store, load the daily totals and the offsets, and
+//! rebuild the dataflow from them. Prints the figures; asserts nothing about time.
+//!
+//! `cargo bench -p cashflow-dataflow --bench restart [-- 10000 100000]`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Instant;
+
+use cashflow_core::{BusinessDate, EntryId, Lancamento, MerchantId, Money, Tipo};
+use cashflow_dataflow::Consolidator;
+use cashflow_sinks::{Origin, Store, StoredEntry};
+
+const MERCHANTS: u64 = 200;
+const DAYS: u64 = 365;
+const EPOCH: usize = 5_000;
+
+fn entry(i: u64) -> StoredEntry {
+    // A cheap deterministic spread over merchants, days and amounts.
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let first = "2026-01-01".parse::<BusinessDate>().unwrap();
+    let entry = Lancamento {
+        id: EntryId(uuid::Uuid::from_u64_pair(h, i)),
+        merchant_id: MerchantId::parse(&format!("m{}", h % MERCHANTS)).unwrap(),
+        tipo: if (h >> 8).is_multiple_of(3) { Tipo::Debito } else { Tipo::Credito },
+        valor: Money::from_cents(1 + ((h >> 16) % 1_000_000) as i64),
+        data: BusinessDate::from_days(first.days() + ((h >> 32) % DAYS) as i32).unwrap(),
+        descricao: "venda".into(),
+        categoria: None,
+        criado_em: chrono::Utc::now(),
+        estorno_de: None,
+    };
+    StoredEntry {
+        entry,
+        origin: Origin { topic: "lancamentos".into(), partition: (i % 6) as i32, offset: (i / 6) as i64 },
+    }
+}
+
+async fn build_history(store: &Store, n: u64) -> f64 {
+    let dataflow = Consolidator::start(vec![]).unwrap();
+    let started = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<StoredEntry> = (i..(i + EPOCH as u64).min(n)).map(entry).collect();
+        i += batch.len() as u64;
+        let mut tx = store.begin_epoch().await.unwrap();
+        let inserted = tx.insert_entries(&batch).await.unwrap();
+        let fresh: Vec<&Lancamento> = batch.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
+        let changed = dataflow.apply(&fresh).await.unwrap();
+        tx.add_daily(&changed).await.unwrap();
+        let next: Vec<(String, i32, i64)> = (0..6).map(|p| ("lancamentos".to_owned(), p, (i / 6) as i64)).collect();
+        tx.save_progress("bench", &next).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let sizes: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![10_000, 100_000, 1_000_000] } else { sizes };
+    println!(
+        "{:>10} {:>10} {:>14} {:>12} {:>12} {:>14}",
+        "entries", "days", "history/s", "restart ms", "db MiB", "bytes/entry"
+    );
+    for n in sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bench.db");
+        let url = format!("sqlite://{}", path.display());
+        let store = Store::connect(&url, 4).await.unwrap();
+        let rate = build_history(&store, n).await;
+        store.close().await;
+
+        let started = Instant::now();
+        let store = Store::connect(&url, 4).await.unwrap();
+        let snapshot = store.load_daily_totals().await.unwrap();
+        let days = snapshot.len();
+        let _progress = store.load_progress("bench").await.unwrap();
+        let dataflow = Consolidator::start(snapshot).unwrap();
+        dataflow.apply(&[]).await.unwrap();
+        let restart_ms = started.elapsed().as_secs_f64() * 1000.0;
+        assert_eq!(store.count_entries().await.unwrap() as u64, n);
+        store.close().await;
+
+        let bytes: u64 =
+            std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
+        println!(
+            "{n:>10} {days:>10} {rate:>14.0} {restart_ms:>12.1} {:>12.1} {:>14.0}",
+            bytes as f64 / (1024.0 * 1024.0),
+            bytes as f64 / n as f64
+        );
+    }
+}
