@@ -81,3 +81,19 @@ pub async fn assert_matches_oracle(
         assert!(answer["atualizado_ate"].is_string(), "atualizado_ate missing: {answer}");
     }
 }
+
+/// Posts one entry until it is accepted, as a well-behaved client does: a 503 is retried with
+/// the same `Idempotency-Key`, so an entry whose first attempt did land is still counted once.
+pub async fn post_until_accepted(api: &Api, token: &str, e: &Posted, key: &str) -> u32 {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match api.try_post_entry(token, &e.body("venda"), Some(key)).await {
+            Some(202) => return attempts,
+            // 503, or the gateway itself is down: wait and retry with the same key.
+            Some(503) | None => tokio::time::sleep(Duration::from_millis(300)).await,
+            Some(other) => panic!("unexpected status {other} for {e:?}"),
+        }
+        assert!(attempts < 40, "entry never accepted: {e:?}");
+    }
+}

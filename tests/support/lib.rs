@@ -12,7 +12,9 @@ mod oracle;
 mod pipeline;
 mod postgres;
 
-pub use flows::{MERCHANTS, PASSWORD, assert_matches_oracle, d, login_all, post_all, post_entries};
+pub use flows::{
+    MERCHANTS, PASSWORD, assert_matches_oracle, d, login_all, post_all, post_entries, post_until_accepted,
+};
 pub use kafka::Read;
 pub use oracle::{Oracle, Posted, random_entries};
 pub use pipeline::{Api, Pipeline, Role, Store};
@@ -26,15 +28,17 @@ pub fn binary(name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(&env) {
         return PathBuf::from(p);
     }
+    // Beside this executable (a binary in target/<profile>), or one level up (a test in deps/).
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
-    let path = profile_dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (`cargo build --release --workspace`, which scripts/test does) or set {env}",
-        path.display()
-    );
-    path
+    let dir = exe.parent().expect("executable dir");
+    let candidates = [dir.join(name), dir.parent().map(|p| p.join(name)).unwrap_or_default()];
+    let found = candidates.iter().find(|p| p.exists());
+    found.cloned().unwrap_or_else(|| {
+        panic!(
+            "{name} is missing beside {}: build the binaries first (`cargo build --release --workspace`, which scripts/test does) or set {env}",
+            dir.display()
+        )
+    })
 }
 
 /// A free TCP port on 127.0.0.1.

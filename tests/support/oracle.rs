@@ -68,6 +68,22 @@ impl Oracle {
         self.entries.iter().filter(|e| e.merchant == merchant).count()
     }
 
+    /// Entries accepted but not counted, and entries counted more than once, in an API answer
+    /// for `[de, ate]`, judged by each day's count.
+    pub fn lost_and_duplicated(&self, merchant: &str, answer: &Value) -> (i64, i64) {
+        let mut lost = 0;
+        let mut duplicated = 0;
+        for day in answer["dias"].as_array().into_iter().flatten() {
+            let date = day["data"].as_str().unwrap_or_default();
+            let want =
+                self.entries.iter().filter(|e| e.merchant == merchant && e.date.to_string() == date).count() as i64;
+            let got = day["lancamentos"].as_i64().unwrap_or(0);
+            lost += (want - got).max(0);
+            duplicated += (got - want).max(0);
+        }
+        (lost, duplicated)
+    }
+
     /// Every difference between an API answer for `[de, ate]` and the plain recomputation.
     pub fn mismatches(&self, merchant: &str, de: BusinessDate, ate: BusinessDate, answer: &Value) -> Vec<String> {
         let mine: Vec<&Posted> = self.entries.iter().filter(|e| e.merchant == merchant).collect();

@@ -282,6 +282,15 @@ impl Api {
         req.send().await.unwrap()
     }
 
+    /// Like [`Api::post_entry`], but `None` when the gateway cannot be reached at all.
+    pub async fn try_post_entry(&self, token: &str, body: &Value, idempotency_key: Option<&str>) -> Option<u16> {
+        let mut req = self.client.post(format!("{}/v1/lancamentos", self.base)).bearer_auth(token).json(body);
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        req.send().await.ok().map(|r| r.status().as_u16())
+    }
+
     pub async fn daily(&self, token: &str, de: &str, ate: &str) -> Value {
         let r = self
             .client

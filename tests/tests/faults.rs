@@ -63,22 +63,6 @@ async fn ingest_stays_up_while_consolidation_is_down() {
     eprintln!("caught up with 5000 waiting entries in {:?}", started.elapsed());
 }
 
-/// Posts one entry until it is accepted, as a well-behaved client does: a 503 is retried with
-/// the same `Idempotency-Key`, so an entry whose first attempt did land is still counted once.
-async fn post_until_accepted(api: &cashflow_tests::Api, token: &str, e: &cashflow_tests::Posted, key: &str) -> u32 {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let status = api.post_entry(token, &e.body("venda"), Some(key)).await.status().as_u16();
-        match status {
-            202 => return attempts,
-            503 => tokio::time::sleep(Duration::from_millis(300)).await,
-            other => panic!("unexpected status {other} for {e:?}"),
-        }
-        assert!(attempts < 40, "entry never accepted: {e:?}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_and_restarted_mid_load_loses_and_doubles_nothing() {
     use futures::StreamExt as _;
@@ -92,7 +76,7 @@ async fn broker_killed_and_restarted_mid_load_loses_and_doubles_nothing() {
             .map(|(i, e)| {
                 let (api, token) = (api.clone(), toks[e.merchant.as_str()].clone());
                 async move {
-                    let attempts = post_until_accepted(&api, &token, &e, &format!("chaos-{i}")).await;
+                    let attempts = cashflow_tests::post_until_accepted(&api, &token, &e, &format!("chaos-{i}")).await;
                     (e, attempts)
                 }
             })
