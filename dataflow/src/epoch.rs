@@ -33,6 +33,10 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    pub(crate) fn position(&self) -> (&str, i32, i64) {
+        (&self.topic, self.partition, self.offset)
+    }
+
     pub(crate) fn from_message(m: &BorrowedMessage<'_>) -> Record {
         let attempt = m
             .headers()

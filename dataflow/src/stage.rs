@@ -1,9 +1,11 @@
 //! The consolidate stage: read an epoch of records, validate, dedupe against the store, update
 //! the dataflow, and commit entries, changed days and offsets in one transaction.
 //!
-//! Progress lives only in the store. On start, and after any failure, a session rebuilds the
-//! dataflow from the stored daily totals and re-reads every partition from its stored offset;
-//! nothing in memory outlives a failed commit. Kafka offset commits are hints for lag metrics.
+//! Progress lives only in the store. The consumer joins the group; on start, after any failure,
+//! and after every rebalance, a session takes its positions from the store and skips whatever the
+//! store already holds (Kafka's committed offsets are hints for lag metrics, never ahead of the
+//! store). A session rebuilds the dataflow from the stored daily totals; nothing in memory outlives
+//! a failed commit. Consolidators of one group split the partitions between them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,10 +14,13 @@ use cashflow_core::config::PipelineConfig;
 use cashflow_core::kafka;
 use cashflow_observability::metrics;
 use cashflow_sinks::{Store, StoreError};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rdkafka::ClientContext;
+use rdkafka::Offset;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::epoch::{Epoch, Record};
@@ -63,9 +68,9 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     let snapshot = store.load_daily_totals().await?;
     let days = snapshot.len();
     let dataflow = Consolidator::start(snapshot)?;
-    let progress = store.load_progress(&cons.group).await?;
+    let mut resume = store.load_progress(&cons.group).await?;
 
-    let consumer: StreamConsumer = kafka::with_properties(config, |c| {
+    let consumer: GroupConsumer = kafka::with_properties(config, |c| {
         c.set("group.id", &cons.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -73,35 +78,46 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", "50");
     })
-    .create()?;
-    let mut assignment = TopicPartitionList::new();
-    for topic in config.consolidate_sources() {
-        for partition in partitions(&consumer, &topic).await? {
-            let offset = match progress.get(&(topic.clone(), partition)) {
-                Some(next) => Offset::Offset(*next),
-                None => Offset::Beginning,
-            };
-            assignment.add_partition_offset(&topic, partition, offset)?;
-        }
+    .create_with_context(RebalanceWatch::default())?;
+    let sources = config.consolidate_sources();
+    for topic in &sources {
+        partitions(&consumer, topic).await?;
     }
-    consumer.assign(&assignment)?;
+    let topics: Vec<&str> = sources.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
     let errors: FutureProducer = kafka::producer_config(config, Duration::from_secs(10)).create()?;
-    tracing::info!(
-        days,
-        partitions = assignment.count(),
-        ready_ms = started.elapsed().as_millis() as u64,
-        "consolidation ready"
-    );
+    tracing::info!(days, ready_ms = started.elapsed().as_millis() as u64, "consolidation ready");
 
     let max_wait = Duration::from_millis(cons.max_epoch_wait_ms);
     loop {
-        let batch = tokio::select! {
+        let mut batch = tokio::select! {
             batch = next_epoch(&consumer, cons.max_epoch_records, max_wait) => batch?,
             _ = shutdown.cancelled() => return Ok(()),
         };
+        // After a rebalance, positions come from Kafka's committed offsets, which are only hints
+        // and may lag: re-read the store's, and skip what it already holds.
+        if consumer.context().changed.swap(false, Ordering::SeqCst) {
+            resume = store.load_progress(&cons.group).await?;
+            tracing::info!(
+                partitions = consumer.assignment().map(|a| a.count()).unwrap_or(0),
+                "partitions reassigned; resuming from the store"
+            );
+        }
+        batch.retain(|r| {
+            let (topic, partition, offset) = r.position();
+            offset >= resume.get(&(topic.to_owned(), partition)).copied().unwrap_or(0)
+        });
+        if batch.is_empty() {
+            continue;
+        }
         let timer = Instant::now();
         let epoch = Epoch { config, store, dataflow: &dataflow, producer: &errors };
         let next = epoch.commit(batch).await?;
+        for e in next.elements() {
+            if let Offset::Offset(o) = e.offset() {
+                resume.insert((e.topic().to_owned(), e.partition()), o);
+            }
+        }
         // Kafka's committed offsets are only a hint for lag metrics; the store is the truth.
         if let Err(e) = consumer.commit(&next, CommitMode::Async) {
             tracing::debug!(error = %e, "offset hint not committed");
@@ -110,7 +126,25 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     }
 }
 
-async fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, ConsolidateError> {
+/// Notes every assignment or revocation, so the epoch loop re-reads positions from the store.
+#[derive(Default)]
+struct RebalanceWatch {
+    changed: AtomicBool,
+}
+
+impl ClientContext for RebalanceWatch {}
+
+impl ConsumerContext for RebalanceWatch {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
+            self.changed.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+type GroupConsumer = StreamConsumer<RebalanceWatch>;
+
+async fn partitions(consumer: &GroupConsumer, topic: &str) -> Result<Vec<i32>, ConsolidateError> {
     let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))?;
     let found: Vec<i32> = metadata
         .topics()
@@ -122,7 +156,7 @@ async fn partitions(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, 
 }
 
 /// Waits for a first record, then gathers more until `max` records or `max_wait` has passed.
-async fn next_epoch(consumer: &StreamConsumer, max: usize, max_wait: Duration) -> Result<Vec<Record>, KafkaError> {
+async fn next_epoch(consumer: &GroupConsumer, max: usize, max_wait: Duration) -> Result<Vec<Record>, KafkaError> {
     let mut batch = vec![Record::from_message(&consumer.recv().await?)];
     let deadline = tokio::time::Instant::now() + max_wait;
     while batch.len() < max {

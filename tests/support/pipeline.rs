@@ -31,6 +31,8 @@ pub enum Role {
     Gateway,
     /// `cashflow run consolidate`.
     Consolidate,
+    /// A second `cashflow run consolidate` in the same consumer group.
+    SecondConsolidator,
 }
 
 impl Role {
@@ -39,7 +41,7 @@ impl Role {
             Role::Up => &["up"],
             Role::Broker => &["run", "broker"],
             Role::Gateway => &["run", "gateway"],
-            Role::Consolidate => &["run", "consolidate"],
+            Role::Consolidate | Role::SecondConsolidator => &["run", "consolidate"],
         }
     }
 }
@@ -134,7 +136,7 @@ impl Pipeline {
                     r.is_ok_and(|r| r.status().is_success())
                 }
                 Role::Broker => std::net::TcpStream::connect(&self.kafka).is_ok(),
-                Role::Consolidate => true,
+                Role::Consolidate | Role::SecondConsolidator => true,
             };
             if ready {
                 return;
@@ -174,7 +176,7 @@ impl Pipeline {
 
     /// Ctrl-C to every process, consumers first.
     pub async fn stop(&mut self) {
-        for role in [Role::Consolidate, Role::Gateway, Role::Up, Role::Broker] {
+        for role in [Role::SecondConsolidator, Role::Consolidate, Role::Gateway, Role::Up, Role::Broker] {
             self.interrupt(role).await;
         }
     }
@@ -220,6 +222,12 @@ impl Pipeline {
 
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("cashflow.log")
+    }
+
+    /// Every log line (of every process) that contains `needle`.
+    pub fn log_matching(&self, needle: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        log.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
     }
 
     /// The first errors and panics of the whole log, then its last lines.

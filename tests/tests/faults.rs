@@ -128,3 +128,27 @@ async fn store_outage_mid_load_pauses_and_resumes_without_loss() {
     assert_eq!(p.records_in("lancamentos.dlq"), 0, "an outage must not park records");
     p.stop().await;
 }
+
+/// Two consolidators in one consumer group; the one consuming is killed mid-load and the other
+/// takes its partitions over, from the store's positions. Every entry counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consolidator_in_the_group_takes_over_after_a_kill() {
+    let mut p = Pipeline::start_stages(Store::Sqlite, &[UNLIMITED]).await;
+    p.launch(Role::SecondConsolidator).await;
+    let tokens = login_all(&p).await;
+    let (first, de, ate) = (d("2026-11-01"), d("2026-10-31"), d("2026-11-30"));
+    let load =
+        tokio::spawn(post_entries(p.api.clone(), tokens.clone(), random_entries(&MERCHANTS, 10_000, first, 30), 32));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    p.kill(Role::Consolidate);
+
+    let mut oracle = Oracle::default();
+    for (e, status) in load.await.unwrap() {
+        assert_eq!(status, 202, "{e:?}");
+        oracle.add(e);
+    }
+    assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
+    let assignments = p.log_matching("partitions reassigned");
+    eprintln!("{}", assignments.join("\n"));
+    assert!(assignments.len() >= 2, "partitions were not taken over after the kill: {assignments:?}");
+}
