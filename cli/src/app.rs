@@ -118,7 +118,7 @@ async fn serve_gateway(
     let state = GatewayState {
         validator: Arc::new(validator),
         auth: Arc::new(AuthState { issuer, store: store.clone() }),
-        publisher: Some(Arc::clone(&publisher)),
+        publisher: Arc::clone(&publisher),
         store,
         consolidate_group: config.services.consolidate.group.clone(),
         max_body_bytes: gw.max_body_bytes,

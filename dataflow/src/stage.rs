@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::epoch::{Epoch, Record};
 use crate::operator::{Consolidator, DataflowError};
 
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsolidateError {
@@ -43,15 +45,28 @@ pub enum ConsolidateError {
 /// Runs until `shutdown`. Failures restart the session with backoff; they never lose or
 /// double-count an entry, because a session only trusts what the store committed.
 pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = MIN_BACKOFF;
     while !shutdown.is_cancelled() {
+        let started = Instant::now();
         match session(&config, &store, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
-                if matches!(e, ConsolidateError::Store(_)) {
-                    metrics().consolidate_store_errors.inc();
+                // A session that ran a while was healthy: start the schedule over.
+                if started.elapsed() > HEALTHY_SESSION {
+                    backoff = MIN_BACKOFF;
                 }
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "consolidation paused; resuming from the store");
+                let retry_in_ms = backoff.as_millis() as u64;
+                match &e {
+                    ConsolidateError::Store(s) if !s.is_transient() => {
+                        metrics().consolidate_store_errors.inc();
+                        tracing::error!(error = %e, retry_in_ms, "store rejected an epoch; retrying from the store");
+                    }
+                    ConsolidateError::Store(_) => {
+                        metrics().consolidate_store_errors.inc();
+                        tracing::warn!(error = %e, retry_in_ms, "store unavailable; consolidation paused");
+                    }
+                    _ => tracing::warn!(error = %e, retry_in_ms, "consolidation paused; resuming from the store"),
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => return,

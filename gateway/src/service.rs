@@ -19,12 +19,12 @@ use governor::{Quota, RateLimiter};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
-/// What the gateway serves. `publisher` is absent when this process does not ingest.
+/// What the gateway serves.
 #[derive(Clone)]
 pub struct GatewayState {
     pub validator: Arc<Validator>,
     pub auth: Arc<AuthState>,
-    pub publisher: Option<Arc<Publisher>>,
+    pub publisher: Arc<Publisher>,
     pub store: Store,
     /// Consumer group whose commits mark how fresh balances are.
     pub consolidate_group: String,
@@ -44,10 +44,7 @@ struct Guard {
 
 pub fn router(state: GatewayState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
-    let mut protected = crate::query::router(state.clone());
-    if let Some(publisher) = &state.publisher {
-        protected = protected.merge(cashflow_ingest::router(Arc::clone(publisher)));
-    }
+    let protected = crate::query::router(state.clone()).merge(cashflow_ingest::router(Arc::clone(&state.publisher)));
     let limiter = state.rate_limit.and_then(|(per_second, burst)| {
         let quota = Quota::per_second(NonZeroU32::new(per_second)?).allow_burst(NonZeroU32::new(burst)?);
         Some(RateLimiter::keyed(quota))

@@ -37,10 +37,6 @@ impl Publisher {
         Ok(Publisher { producer, client, topic, ack_timeout })
     }
 
-    pub fn ack_timeout(&self) -> Duration {
-        self.ack_timeout
-    }
-
     /// Sends the entry and resolves once the broker acknowledged it, with its log position.
     pub async fn publish(&self, entry: &Lancamento) -> Result<Posicao, IngestError> {
         let payload = entry.encode();

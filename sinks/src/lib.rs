@@ -11,5 +11,5 @@ mod users;
 
 pub use epoch::{EpochTx, Origin, StoredEntry};
 pub use read::DailyRows;
-pub use store::{Backend, Store, StoreError};
+pub use store::{Store, StoreError};
 pub use users::User;

@@ -99,10 +99,6 @@ impl Pipeline {
         }
     }
 
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// `cashflow` with this pipeline's --config and --data-dir.
     pub fn cashflow(&self) -> Command {
         let mut c = Command::new(binary("cashflow"));

@@ -1,6 +1,6 @@
 //! A PostgreSQL cluster of a test's own, to stop and start under load (an outage).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::free_port;
@@ -71,10 +71,6 @@ impl PgCluster {
 
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
     }
 }
 
