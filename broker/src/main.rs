@@ -61,6 +61,10 @@ async fn main() {
             std::process::exit(0);
         });
     }
+    if let Err(e) = index_headers(&args.storage_engine).await {
+        eprintln!("cashflow-broker: cannot prepare {}: {e}", args.storage_engine);
+        std::process::exit(1);
+    }
     let broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
         .node_id(NODE_ID)
         .cluster_id(args.cluster_id)
@@ -86,4 +90,36 @@ async fn main() {
             std::process::exit(1)
         }
     }
+}
+
+/// Tansu 0.6.0's SQLite schema has no index on record headers, so fetching a record that carries
+/// headers scans every header stored: fetch time grows with the square of the log (8,000 records
+/// with retry headers took minutes). The header table is created here as Tansu's DDL declares it
+/// (Tansu's own `create table if not exists` then leaves it), with the index its lookup needs.
+async fn index_headers(storage: &Url) -> Result<(), libsql::Error> {
+    if storage.scheme() != "sqlite" {
+        return Ok(());
+    }
+    let mut path = std::env::current_dir().map_err(|e| libsql::Error::Misuse(e.to_string()))?;
+    if let Some(domain) = storage.domain() {
+        path.push(domain);
+    }
+    path.push(storage.path().trim_start_matches('/'));
+    let db = libsql::Builder::new_local(path).build().await?;
+    let connection = db.connect()?;
+    connection
+        .execute_batch(
+            "create table if not exists header (
+                topition integer,
+                offset_id integer,
+                k blob,
+                v blob,
+                last_updated datetime default current_timestamp not null,
+                created_at datetime default current_timestamp not null,
+                foreign key (topition, offset_id) references record (topition, offset_id) on delete cascade
+            );
+            create index if not exists header_by_record on header (topition, offset_id);",
+        )
+        .await?;
+    Ok(())
 }

@@ -9,6 +9,7 @@ use cashflow_core::config::PipelineConfig;
 use cashflow_core::kafka;
 use cashflow_gateway::GatewayState;
 use cashflow_ingest::Publisher;
+use cashflow_retry::Dlq;
 use cashflow_sinks::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,11 +33,14 @@ pub async fn up(config: PipelineConfig, common: &Common) -> Result<()> {
         let store = connect_store(&config, common).await?;
         let shutdown = shutdown_signal();
         let consolidate = tokio::spawn(cashflow_dataflow::run(Arc::clone(&config), store.clone(), shutdown.clone()));
+        let retry = tokio::spawn(cashflow_retry::run(Arc::clone(&config), store.clone(), shutdown.clone()));
         let served = serve_gateway(&config, common, store.clone(), shutdown.clone()).await;
         shutdown.cancel();
         tracing::info!("gateway stopped");
         let _ = consolidate.await;
         tracing::info!("consolidation stopped");
+        let _ = retry.await;
+        tracing::info!("retry stage stopped");
         store.close().await;
         served
     }
@@ -66,10 +70,15 @@ pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Resul
             let store = connect_store(&config, common).await?;
             serve_gateway(&config, common, store, shutdown_signal()).await
         }
-        Stage::Consolidate => {
+        Stage::Consolidate | Stage::Retry => {
             create_topics(&config).await?;
             let store = connect_store(&config, common).await?;
-            cashflow_dataflow::run(config, store.clone(), shutdown_signal()).await;
+            let shutdown = shutdown_signal();
+            if matches!(stage, Stage::Consolidate) {
+                cashflow_dataflow::run(config, store.clone(), shutdown).await;
+            } else {
+                cashflow_retry::run(config, store.clone(), shutdown).await;
+            }
             store.close().await;
             Ok(())
         }
@@ -103,7 +112,7 @@ async fn create_topics(config: &PipelineConfig) -> Result<()> {
 }
 
 async fn serve_gateway(
-    config: &PipelineConfig,
+    config: &Arc<PipelineConfig>,
     common: &Common,
     store: Store,
     shutdown: CancellationToken,
@@ -119,6 +128,8 @@ async fn serve_gateway(
         validator: Arc::new(validator),
         auth: Arc::new(AuthState { issuer, store: store.clone() }),
         publisher: Arc::clone(&publisher),
+        dlq: Dlq::new(Arc::clone(config), store.clone()),
+        date_window: config.services.consolidate.date_window,
         store,
         consolidate_group: config.services.consolidate.group.clone(),
         max_body_bytes: gw.max_body_bytes,

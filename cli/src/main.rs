@@ -2,6 +2,7 @@
 
 mod app;
 mod broker;
+mod dlq;
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -38,7 +39,8 @@ pub struct Common {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the whole pipeline in one process: broker (if embedded), gateway, ingest, consolidation.
+    /// Run the whole pipeline in one process: broker (if embedded), gateway, ingest, consolidation,
+    /// retries.
     Up,
     /// Run one stage against the configured broker and store.
     Run {
@@ -55,6 +57,11 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Records parked in the dead-letter topic: list, replay, purge.
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -65,6 +72,8 @@ pub enum Stage {
     Gateway,
     /// The consolidator: Kafka → differential dataflow → store.
     Consolidate,
+    /// The retry stage: failed records back to consolidation after their backoff, or parked.
+    Retry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +111,7 @@ fn main() -> ExitCode {
             Command::Users { command: UsersCommand::Add { merchant, username, scopes } } => {
                 users_add(config, &cli.common, &merchant, &username, &scopes).await
             }
+            Command::Dlq { command } => dlq::run(command, config, &cli.common).await,
             Command::Validate { .. } => Ok(()),
         }
     });

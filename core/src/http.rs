@@ -17,6 +17,8 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 pub const SCOPE_WRITE: &str = "lancamentos:write";
 /// Scope to read balances.
 pub const SCOPE_READ: &str = "consolidado:read";
+/// Operators: the dead-letter topic.
+pub const SCOPE_ADMIN: &str = "admin";
 
 /// One field's problem in a validation error.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::PipelineConfig;
 
@@ -67,4 +70,28 @@ pub async fn ensure_topics(config: &PipelineConfig) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+/// A consumer context that notes every assignment or revocation, so a loop that keeps state per
+/// partition knows to drop it and start again from the positions it trusts.
+#[derive(Default)]
+pub struct RebalanceWatch {
+    changed: AtomicBool,
+}
+
+impl RebalanceWatch {
+    /// Whether the assignment changed since the last call.
+    pub fn take_changed(&self) -> bool {
+        self.changed.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl ClientContext for RebalanceWatch {}
+
+impl ConsumerContext for RebalanceWatch {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
+            self.changed.store(true, Ordering::SeqCst);
+        }
+    }
 }

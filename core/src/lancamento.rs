@@ -14,6 +14,8 @@ pub const WIRE_VERSION: u32 = 1;
 
 /// Namespace for entry ids derived from an `Idempotency-Key`.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_2f0e_9b1d_4c55_8d3e_1f5a_c0ff_ee01);
+/// Namespace for the ids of reversals, derived from (merchant, original id).
+const REVERSAL_NAMESPACE: Uuid = Uuid::from_u128(0x3e57_0a90_5c1b_4f7e_a2d4_7b0e_5e57_0a90);
 
 /// A merchant (*comerciante*) id: 1 to 64 characters of `[A-Za-z0-9_.-]`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -63,6 +65,12 @@ impl EntryId {
         let name = format!("{}\n{}", merchant.as_str(), key);
         EntryId(Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()))
     }
+
+    /// The id of the reversal of `original`: one per entry, so reversing twice cannot count twice.
+    pub fn reversal_of(merchant: &MerchantId, original: EntryId) -> Self {
+        let name = format!("{}\n{}", merchant.as_str(), original);
+        EntryId(Uuid::new_v5(&REVERSAL_NAMESPACE, name.as_bytes()))
+    }
 }
 
 impl fmt::Display for EntryId {
@@ -87,6 +95,14 @@ pub enum Tipo {
 }
 
 impl Tipo {
+    /// Credit for debit and debit for credit.
+    pub fn inverse(self) -> Tipo {
+        match self {
+            Tipo::Credito => Tipo::Debito,
+            Tipo::Debito => Tipo::Credito,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Tipo::Credito => "credito",
@@ -258,8 +274,113 @@ impl Lancamento {
         serde_json::to_vec(&self.to_record()).unwrap_or_default()
     }
 
-    /// Decodes and validates a record from the topic.
+    /// Decodes and validates a record from the topic that is a plain entry (not a reversal).
     pub fn decode(bytes: &[u8]) -> Result<Lancamento, DecodeError> {
+        match Incoming::decode(bytes)? {
+            Incoming::Entry(e) => Ok(e),
+            Incoming::Reversal(_) => Err(DecodeError::Malformed("a reversal, not an entry".into())),
+        }
+    }
+}
+
+/// What a record on the topic asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A new entry.
+    Entry(Lancamento),
+    /// Reverse an earlier entry: its type is inverted and its amount repeated.
+    Reversal(Reversal),
+}
+
+/// A reversal (*estorno*) as sent: what it needs from the original comes from the original.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reversal {
+    pub id: EntryId,
+    pub merchant_id: MerchantId,
+    /// The entry reversed.
+    pub of: EntryId,
+    pub data: BusinessDate,
+    pub descricao: String,
+    pub criado_em: DateTime<Utc>,
+    /// Type and amount, when the producer stated them: they must match the original's inverse.
+    pub stated: Option<(Tipo, i64)>,
+}
+
+/// Why a reversal cannot apply to the entry it names. Permanent: retrying cannot change it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReversalError {
+    #[error("entry {0} is itself a reversal and cannot be reversed")]
+    OfReversal(EntryId),
+    #[error("the reversal states {stated} but the inverse of entry {of} is {inverse}")]
+    Mismatch { of: EntryId, stated: String, inverse: String },
+}
+
+impl Reversal {
+    /// The correcting entry: the original's category, inverse type and same amount.
+    pub fn apply_to(&self, original: &LancamentoRecord) -> Result<Lancamento, ReversalError> {
+        if original.estorno_de.is_some() {
+            return Err(ReversalError::OfReversal(self.of));
+        }
+        let inverse = (original.tipo.inverse(), original.valor_cents);
+        if let Some(stated) = self.stated
+            && stated != inverse
+        {
+            let show = |(t, c): (Tipo, i64)| format!("{} {}", t.as_str(), Money::from_cents(c));
+            return Err(ReversalError::Mismatch { of: self.of, stated: show(stated), inverse: show(inverse) });
+        }
+        Ok(Lancamento {
+            id: self.id,
+            merchant_id: self.merchant_id.clone(),
+            tipo: inverse.0,
+            valor: Money::from_cents(inverse.1),
+            data: self.data,
+            descricao: self.descricao.clone(),
+            categoria: original.categoria.clone(),
+            criado_em: self.criado_em,
+            estorno_de: Some(self.of),
+        })
+    }
+
+    /// The wire record: type and amount left to the original.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = Wire {
+            v: Some(u64::from(WIRE_VERSION)),
+            id: self.id,
+            merchant_id: self.merchant_id.to_string(),
+            tipo: self.stated.map(|s| s.0),
+            valor_cents: self.stated.map(|s| s.1),
+            data: self.data.to_string(),
+            descricao: self.descricao.clone(),
+            categoria: None,
+            criado_em: self.criado_em.to_rfc3339_opts(SecondsFormat::Millis, true),
+            estorno_de: Some(self.of),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+}
+
+/// The wire record as read: type and amount are optional for a reversal.
+#[derive(Deserialize, Serialize)]
+struct Wire {
+    v: Option<u64>,
+    id: EntryId,
+    merchant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tipo: Option<Tipo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    valor_cents: Option<i64>,
+    data: String,
+    descricao: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    categoria: Option<String>,
+    criado_em: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    estorno_de: Option<EntryId>,
+}
+
+impl Incoming {
+    /// Decodes and validates a record from the topic.
+    pub fn decode(bytes: &[u8]) -> Result<Incoming, DecodeError> {
         #[derive(Deserialize)]
         struct Version {
             v: Option<u64>,
@@ -270,10 +391,74 @@ impl Lancamento {
             Some(v) => return Err(DecodeError::UnknownVersion(v)),
             None => return Err(DecodeError::Malformed("missing field `v`".into())),
         }
-        let record: LancamentoRecord =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        Lancamento::try_from(record)
+        let w: Wire = serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        match (w.estorno_de, w.tipo, w.valor_cents) {
+            (None, Some(tipo), Some(valor_cents)) => Lancamento::try_from(LancamentoRecord {
+                v: WIRE_VERSION,
+                id: w.id,
+                merchant_id: w.merchant_id,
+                tipo,
+                valor_cents,
+                data: w.data,
+                descricao: w.descricao,
+                categoria: w.categoria,
+                criado_em: w.criado_em,
+                estorno_de: None,
+            })
+            .map(Incoming::Entry),
+            (None, None, _) => Err(DecodeError::Malformed("missing field `tipo`".into())),
+            (None, _, None) => Err(DecodeError::Malformed("missing field `valor_cents`".into())),
+            (Some(of), tipo, valor_cents) => {
+                let invalid = |field, reason: String| DecodeError::InvalidField { field, reason };
+                let stated = match (tipo, valor_cents) {
+                    (None, None) => None,
+                    (Some(t), Some(c)) if c > 0 => Some((t, c)),
+                    (Some(_), Some(_)) => return Err(invalid("valor_cents", "must be positive".into())),
+                    _ => {
+                        return Err(invalid(
+                            "valor_cents",
+                            "a reversal states both tipo and valor_cents or neither".into(),
+                        ));
+                    }
+                };
+                if of == w.id {
+                    return Err(invalid("estorno_de", "an entry cannot reverse itself".into()));
+                }
+                let merchant_id = MerchantId::parse(&w.merchant_id).map_err(|e| invalid("merchant_id", e))?;
+                let data = w.data.parse().map_err(|e| invalid("data", e))?;
+                check_text("descricao", &w.descricao, MAX_DESCRICAO_CHARS, true)
+                    .map_err(|e| invalid("descricao", e))?;
+                let criado_em = parse_instant(&w.criado_em).map_err(|e| invalid("criado_em", e))?;
+                Ok(Incoming::Reversal(Reversal {
+                    id: w.id,
+                    merchant_id,
+                    of,
+                    data,
+                    descricao: w.descricao,
+                    criado_em,
+                    stated,
+                }))
+            }
+        }
     }
+
+    pub fn id(&self) -> EntryId {
+        match self {
+            Incoming::Entry(e) => e.id,
+            Incoming::Reversal(r) => r.id,
+        }
+    }
+
+    pub fn data(&self) -> BusinessDate {
+        match self {
+            Incoming::Entry(e) => e.data,
+            Incoming::Reversal(r) => r.data,
+        }
+    }
+}
+
+fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc)).map_err(|e| e.to_string())
 }
 
 impl LancamentoRecord {
@@ -305,9 +490,7 @@ impl TryFrom<LancamentoRecord> for Lancamento {
         if let Some(c) = &r.categoria {
             check_text("categoria", c, MAX_CATEGORIA_CHARS, true).map_err(|e| invalid("categoria", e))?;
         }
-        let criado_em = DateTime::parse_from_rfc3339(&r.criado_em)
-            .map_err(|e| invalid("criado_em", e.to_string()))?
-            .with_timezone(&Utc);
+        let criado_em = parse_instant(&r.criado_em).map_err(|e| invalid("criado_em", e))?;
         Ok(Lancamento {
             id: r.id,
             merchant_id,
@@ -383,6 +566,47 @@ mod tests {
         let e = Lancamento::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert_eq!(e.code(), "invalid_field");
         assert!(e.to_string().contains("valor_cents"), "{e}");
+    }
+
+    #[test]
+    fn a_reversal_decodes_then_applies_as_the_inverse_of_its_original() {
+        let original = sample();
+        let reversal = Reversal {
+            id: EntryId::reversal_of(&original.merchant_id, original.id),
+            merchant_id: original.merchant_id.clone(),
+            of: original.id,
+            data: "2026-02-03".parse().unwrap(),
+            descricao: "devolução".into(),
+            criado_em: original.criado_em,
+            stated: None,
+        };
+        let Ok(Incoming::Reversal(decoded)) = Incoming::decode(&reversal.encode()) else {
+            panic!("not decoded as a reversal")
+        };
+        assert_eq!(decoded, reversal);
+        let entry = reversal.apply_to(&original.to_record()).unwrap();
+        assert_eq!(
+            (entry.tipo, entry.valor, entry.categoria.as_deref()),
+            (Tipo::Credito, original.valor, Some("fixo"))
+        );
+        assert_eq!(entry.signed_cents(), -original.signed_cents());
+        // The correcting entry, encoded, decodes as the same reversal with its amount stated.
+        let Ok(Incoming::Reversal(again)) = Incoming::decode(&entry.encode()) else { panic!("not a reversal") };
+        assert_eq!(again.apply_to(&original.to_record()), Ok(entry.clone()));
+        // A reversal cannot be reversed, nor state another amount.
+        assert!(matches!(reversal.apply_to(&entry.to_record()), Err(ReversalError::OfReversal(_))));
+        let wrong = Reversal { stated: Some((Tipo::Credito, 1)), ..reversal };
+        assert!(matches!(wrong.apply_to(&original.to_record()), Err(ReversalError::Mismatch { .. })));
+    }
+
+    #[test]
+    fn an_entry_without_type_or_amount_is_malformed_unless_it_reverses_one() {
+        let mut v = serde_json::to_value(sample().to_record()).unwrap();
+        v.as_object_mut().unwrap().remove("tipo");
+        assert_eq!(Incoming::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err().code(), "malformed");
+        v["estorno_de"] = serde_json::to_value(EntryId::random()).unwrap();
+        let e = Incoming::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("both tipo and valor_cents or neither"), "{e}");
     }
 
     #[test]

@@ -12,8 +12,8 @@ mod posicao;
 mod saldo;
 
 pub use lancamento::{
-    BusinessDate, DecodeError, EntryId, Lancamento, LancamentoRecord, MAX_CATEGORIA_CHARS, MAX_DESCRICAO_CHARS,
-    MerchantId, Tipo, WIRE_VERSION, check_text,
+    BusinessDate, DecodeError, EntryId, Incoming, Lancamento, LancamentoRecord, MAX_CATEGORIA_CHARS,
+    MAX_DESCRICAO_CHARS, MerchantId, Reversal, ReversalError, Tipo, WIRE_VERSION, check_text,
 };
 pub use money::{Money, MoneyError};
 pub use posicao::Posicao;

@@ -1,15 +1,15 @@
 //! One epoch: validate, dedupe, consolidate, and commit entries, changed days and offsets in one
 //! store transaction. Records that will never count go to the error topics first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::{EntryId, Lancamento};
+use cashflow_core::{BusinessDate, EntryId, Incoming, Lancamento, LancamentoRecord};
 use cashflow_observability::metrics;
-use cashflow_retry::{ATTEMPT, Failure};
-use cashflow_sinks::{Origin, Store, StoredEntry};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use cashflow_retry::Failure;
+use cashflow_sinks::{Delivery, EpochTx, Origin, Store, StoredEntry};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -19,6 +19,12 @@ use crate::operator::Consolidator;
 const STAGE: &str = "consolidate";
 /// The id was used before for different facts: parked at once, retrying cannot fix it.
 const CONFLICT: &str = "conflicting_duplicate";
+/// A reversal whose original is not consolidated yet: retried, the original may arrive later.
+const ORIGINAL_NOT_FOUND: &str = "original_not_found";
+/// A second, different reversal of one entry: parked.
+const ALREADY_REVERSED: &str = "already_reversed";
+/// A reversal that cannot apply to its original (a reversal itself, or a mismatched amount): parked.
+const INVALID_REVERSAL: &str = "invalid_reversal";
 
 /// A record read from a source topic, owned.
 #[derive(Clone)]
@@ -28,8 +34,8 @@ pub(crate) struct Record {
     offset: i64,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
-    /// Attempts so far, from `x-attempt` when the record was replayed.
-    attempt: u32,
+    /// Set when this is a retry: where the record first failed, and how often.
+    failure: Option<Failure>,
 }
 
 impl Record {
@@ -38,19 +44,28 @@ impl Record {
     }
 
     pub(crate) fn from_message(m: &BorrowedMessage<'_>) -> Record {
-        let attempt = m
-            .headers()
-            .and_then(|h| h.iter().find(|h| h.key == ATTEMPT).and_then(|h| h.value))
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-            .unwrap_or(0);
         Record {
             topic: m.topic().to_owned(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            attempt,
+            failure: m.headers().and_then(Failure::from_headers),
         }
+    }
+
+    /// The retried delivery this record is, if it is one.
+    fn delivery(&self) -> Option<Delivery> {
+        self.failure.as_ref().map(|f| Delivery {
+            topic: f.origin_topic.clone(),
+            partition: f.origin_partition,
+            offset: f.origin_offset,
+            attempt: f.attempt,
+        })
+    }
+
+    fn origin(&self) -> Origin {
+        Origin { topic: self.topic.clone(), partition: self.partition, offset: self.offset }
     }
 }
 
@@ -64,13 +79,16 @@ struct Rejected {
 }
 
 impl Rejected {
+    fn retry(record: Record, code: &'static str, detail: String) -> Rejected {
+        Rejected { record, code, detail, park: false }
+    }
+
+    fn park(record: Record, code: &'static str, detail: String) -> Rejected {
+        Rejected { record, code, detail, park: true }
+    }
+
     fn conflict(record: Record, id: EntryId) -> Rejected {
-        Rejected {
-            record,
-            code: CONFLICT,
-            detail: format!("entry id {id} was already used for different facts"),
-            park: true,
-        }
+        Rejected::park(record, CONFLICT, format!("entry id {id} was already used for different facts"))
     }
 }
 
@@ -89,42 +107,69 @@ impl Epoch<'_> {
         let m = metrics();
         m.consolidate_consumed.inc_by(batch.len() as u64);
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut valid: Vec<StoredEntry> = Vec::with_capacity(batch.len());
-        let mut sources: Vec<Record> = Vec::with_capacity(batch.len());
-        let mut first: HashMap<EntryId, usize> = HashMap::with_capacity(batch.len());
-        let mut rejected: Vec<Rejected> = Vec::new();
+        for r in &batch {
+            next.insert((r.topic.clone(), r.partition), r.offset + 1);
+        }
+        let mut tx = self.store.begin_epoch().await?;
         let mut duplicates = 0u64;
+        let mut rejected: Vec<Rejected> = Vec::new();
 
-        // validate, and dedupe within the batch
+        // a retried delivery counts once, however often the retry stage sent it
+        let deliveries: Vec<Delivery> = batch.iter().filter_map(Record::delivery).collect();
+        let claimed = if deliveries.is_empty() { HashSet::new() } else { tx.claim_deliveries(&deliveries).await? };
+        let before = batch.len();
+        let batch: Vec<Record> =
+            batch.into_iter().filter(|r| r.delivery().is_none_or(|d| claimed.contains(&d))).collect();
+        duplicates += (before - batch.len()) as u64;
+
+        // validate, then resolve reversals against their originals
+        let window = &self.config.services.consolidate.date_window;
+        let today = BusinessDate::today();
+        let mut incoming = Vec::with_capacity(batch.len());
         for record in batch {
-            next.insert((record.topic.clone(), record.partition), record.offset + 1);
-            match Lancamento::decode(&record.payload) {
-                Ok(entry) => match first.get(&entry.id) {
-                    None => {
-                        first.insert(entry.id, valid.len());
-                        let origin =
-                            Origin { topic: record.topic.clone(), partition: record.partition, offset: record.offset };
-                        valid.push(StoredEntry { entry, origin });
-                        sources.push(record);
+            match Incoming::decode(&record.payload) {
+                Ok(i) => match window.reject(i.data(), today) {
+                    None => incoming.push((i, record)),
+                    Some(why) => {
+                        rejected.push(Rejected::retry(record, "invalid_field", format!("invalid field data: {why}")))
                     }
-                    Some(&i) if valid[i].entry.to_record().same_facts(&entry.to_record()) => duplicates += 1,
-                    Some(_) => rejected.push(Rejected::conflict(record, entry.id)),
                 },
-                Err(e) => rejected.push(Rejected { code: e.code(), detail: e.to_string(), park: false, record }),
+                Err(e) => rejected.push(Rejected::retry(record, e.code(), e.to_string())),
             }
         }
+        let entries = resolve(&mut tx, incoming, &mut rejected).await?;
 
-        // dedupe against the store: the primary key decides what is new
-        let mut tx = self.store.begin_epoch().await?;
+        // The first record of each id is a candidate; the store's primary key decides which are
+        // new. Every other record of an id is judged against what counts for it: the stored
+        // record, or else the candidate.
+        let mut valid: Vec<StoredEntry> = Vec::with_capacity(entries.len());
+        let mut sources: Vec<Record> = Vec::with_capacity(entries.len());
+        let mut later: Vec<(Lancamento, Record)> = Vec::new();
+        let mut first: HashSet<EntryId> = HashSet::with_capacity(entries.len());
+        for (entry, record) in entries {
+            if first.insert(entry.id) {
+                valid.push(StoredEntry { entry, origin: record.origin() });
+                sources.push(record);
+            } else {
+                later.push((entry, record));
+            }
+        }
         let inserted = tx.insert_entries(&valid).await?;
         let seen_before: Vec<EntryId> = valid.iter().map(|s| s.entry.id).filter(|id| !inserted.contains(id)).collect();
-        if !seen_before.is_empty() {
-            let stored = tx.stored_records(&seen_before).await?;
-            for (s, record) in valid.iter().zip(&sources).filter(|(s, _)| !inserted.contains(&s.entry.id)) {
-                match stored.get(&s.entry.id) {
-                    Some(old) if old.same_facts(&s.entry.to_record()) => duplicates += 1,
-                    _ => rejected.push(Rejected::conflict(record.clone(), s.entry.id)),
-                }
+        let mut counted: HashMap<EntryId, LancamentoRecord> =
+            if seen_before.is_empty() { HashMap::new() } else { tx.stored_records(&seen_before).await? };
+        let mut repeats: Vec<(Lancamento, Record)> = Vec::new();
+        for (s, record) in valid.iter().zip(sources) {
+            if inserted.contains(&s.entry.id) {
+                counted.insert(s.entry.id, s.entry.to_record());
+            } else {
+                repeats.push((s.entry.clone(), record));
+            }
+        }
+        for (entry, record) in repeats.into_iter().chain(later) {
+            match counted.get(&entry.id) {
+                Some(c) if c.same_facts(&entry.to_record()) => duplicates += 1,
+                _ => rejected.push(Rejected::conflict(record, entry.id)),
             }
         }
         let fresh: Vec<&Lancamento> = valid.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
@@ -157,22 +202,35 @@ impl Epoch<'_> {
         let services = &self.config.services;
         let now = now_ms();
         let sends = rejected.iter().map(|r| {
-            let attempt = r.record.attempt + 1;
             let topic = if r.park { services.retry.parked.id() } else { services.consolidate.on_error.id() };
-            metrics().consolidate_failed.with_label_values(&[r.code]).inc();
-            tracing::warn!(code = r.code, topic = %r.record.topic, partition = r.record.partition, offset = r.record.offset, to = topic, "record rejected");
-            let failure = Failure {
-                code: r.code.to_owned(),
-                stage: STAGE.to_owned(),
-                detail: r.detail.clone(),
-                attempt,
-                origin_topic: r.record.topic.clone(),
-                origin_partition: r.record.partition,
-                origin_offset: r.record.offset,
-                first_failed_at_ms: now,
-                not_before_ms: now + cashflow_retry::backoff_ms(&services.retry.backoff_ms, attempt) as i64,
+            let m = metrics();
+            m.consolidate_failed.with_label_values(&[r.code]).inc();
+            if r.park {
+                m.retry_parked.with_label_values(&[r.code]).inc();
+            }
+            let (topic_in, partition, offset) = r.record.position();
+            tracing::warn!(code = r.code, topic = %topic_in, partition, offset, to = topic, "record rejected");
+            // A retry keeps where and when the record first failed, and its count of retries.
+            let failure = match &r.record.failure {
+                Some(f) => {
+                    Failure { code: r.code.to_owned(), stage: STAGE.to_owned(), detail: r.detail.clone(), ..f.clone() }
+                }
+                None => Failure {
+                    code: r.code.to_owned(),
+                    stage: STAGE.to_owned(),
+                    detail: r.detail.clone(),
+                    attempt: 0,
+                    origin_topic: topic_in.to_owned(),
+                    origin_partition: partition,
+                    origin_offset: offset,
+                    first_failed_at_ms: now,
+                    not_before_ms: 0,
+                },
             };
-            let mut out = FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).payload(&r.record.payload).headers(failure.to_headers());
+            let delay = cashflow_retry::backoff_ms(&services.retry.backoff_ms, failure.attempt) as i64;
+            let failure = Failure { not_before_ms: now + delay, ..failure };
+            let mut out =
+                FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).payload(&r.record.payload).headers(failure.to_headers());
             if let Some(key) = &r.record.key {
                 out = out.key(key);
             }
@@ -183,6 +241,62 @@ impl Epoch<'_> {
         }
         Ok(())
     }
+}
+
+/// Turns each reversal into its correcting entry, using the original from the store or from this
+/// batch. A reversal whose original is unknown is retried; one that cannot apply is parked.
+async fn resolve(
+    tx: &mut EpochTx,
+    incoming: Vec<(Incoming, Record)>,
+    rejected: &mut Vec<Rejected>,
+) -> Result<Vec<(Lancamento, Record)>, ConsolidateError> {
+    let mut of: Vec<EntryId> =
+        incoming.iter().filter_map(|(i, _)| if let Incoming::Reversal(r) = i { Some(r.of) } else { None }).collect();
+    if of.is_empty() {
+        return Ok(incoming
+            .into_iter()
+            .filter_map(|(i, r)| if let Incoming::Entry(e) = i { Some((e, r)) } else { None })
+            .collect());
+    }
+    of.sort_unstable();
+    of.dedup();
+    let stored = tx.stored_records(&of).await?;
+    let mut reversed_by = tx.reversals_of(&of).await?;
+    let mut in_batch: HashMap<EntryId, LancamentoRecord> = HashMap::new();
+    for (i, _) in &incoming {
+        if let Incoming::Entry(e) = i {
+            in_batch.entry(e.id).or_insert_with(|| e.to_record());
+        }
+    }
+    let mut out = Vec::with_capacity(incoming.len());
+    for (i, record) in incoming {
+        let r = match i {
+            Incoming::Entry(e) => {
+                out.push((e, record));
+                continue;
+            }
+            Incoming::Reversal(r) => r,
+        };
+        let original =
+            stored.get(&r.of).or_else(|| in_batch.get(&r.of)).filter(|o| o.merchant_id == r.merchant_id.as_str());
+        let Some(original) = original else {
+            let detail = format!("entry {} is not consolidated (yet) for merchant {}", r.of, r.merchant_id);
+            rejected.push(Rejected::retry(record, ORIGINAL_NOT_FOUND, detail));
+            continue;
+        };
+        match (r.apply_to(original), reversed_by.get(&r.of)) {
+            (Err(e), _) => rejected.push(Rejected::park(record, INVALID_REVERSAL, e.to_string())),
+            (Ok(_), Some(&other)) if other != r.id => {
+                let detail = format!("entry {} was already reversed by {other}", r.of);
+                rejected.push(Rejected::park(record, ALREADY_REVERSED, detail));
+            }
+            (Ok(entry), _) => {
+                reversed_by.insert(r.of, r.id);
+                out.push((entry, record));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn now_ms() -> i64 {

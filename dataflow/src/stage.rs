@@ -11,14 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::kafka;
+use cashflow_core::kafka::{self, RebalanceWatch};
 use cashflow_observability::metrics;
 use cashflow_sinks::{Store, StoreError};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use rdkafka::ClientContext;
 use rdkafka::Offset;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +109,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
         };
         // After a rebalance, positions come from Kafka's committed offsets, which are only hints
         // and may lag: re-read the store's, and skip what it already holds.
-        if consumer.context().changed.swap(false, Ordering::SeqCst) {
+        if consumer.context().take_changed() {
             resume = store.load_progress(&cons.group).await?;
             tracing::info!(
                 partitions = consumer.assignment().map(|a| a.count()).unwrap_or(0),
@@ -138,22 +136,6 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             tracing::debug!(error = %e, "offset hint not committed");
         }
         metrics().consolidate_epoch_duration.observe(timer.elapsed().as_secs_f64());
-    }
-}
-
-/// Notes every assignment or revocation, so the epoch loop re-reads positions from the store.
-#[derive(Default)]
-struct RebalanceWatch {
-    changed: AtomicBool,
-}
-
-impl ClientContext for RebalanceWatch {}
-
-impl ConsumerContext for RebalanceWatch {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
-            self.changed.store(true, Ordering::SeqCst);
-        }
     }
 }
 

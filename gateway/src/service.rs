@@ -9,9 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use cashflow_auth::{AuthState, Validator};
+use cashflow_core::config::DateWindow;
 use cashflow_core::http::Problem;
-use cashflow_ingest::Publisher;
+use cashflow_ingest::{IngestState, Publisher};
 use cashflow_observability::{metrics_handler, track_http};
+use cashflow_retry::Dlq;
 use cashflow_sinks::Store;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -26,6 +28,10 @@ pub struct GatewayState {
     pub auth: Arc<AuthState>,
     pub publisher: Arc<Publisher>,
     pub store: Store,
+    /// The dead-letter topic, for the admin routes.
+    pub dlq: Dlq,
+    /// Business dates ingest accepts.
+    pub date_window: DateWindow,
     /// Consumer group whose commits mark how fresh balances are.
     pub consolidate_group: String,
     pub max_body_bytes: usize,
@@ -44,7 +50,14 @@ struct Guard {
 
 pub fn router(state: GatewayState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
-    let protected = crate::query::router(state.clone()).merge(cashflow_ingest::router(Arc::clone(&state.publisher)));
+    let ingest = IngestState {
+        publisher: Arc::clone(&state.publisher),
+        store: state.store.clone(),
+        date_window: state.date_window,
+    };
+    let protected = crate::query::router(state.clone())
+        .merge(cashflow_ingest::router(ingest))
+        .merge(crate::admin::router(state.dlq.clone()));
     let limiter = state.rate_limit.and_then(|(per_second, burst)| {
         let quota = Quota::per_second(NonZeroU32::new(per_second)?).allow_burst(NonZeroU32::new(burst)?);
         Some(RateLimiter::keyed(quota))

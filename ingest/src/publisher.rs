@@ -4,7 +4,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::{Lancamento, Posicao, kafka};
+use cashflow_core::{Lancamento, MerchantId, Posicao, Reversal, kafka};
 use cashflow_observability::metrics;
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -39,9 +39,16 @@ impl Publisher {
 
     /// Sends the entry and resolves once the broker acknowledged it, with its log position.
     pub async fn publish(&self, entry: &Lancamento) -> Result<Posicao, IngestError> {
-        let payload = entry.encode();
-        let key = entry.merchant_id.as_str();
-        let record = FutureRecord::to(&self.topic).key(key).payload(&payload);
+        self.send(&entry.merchant_id, &entry.encode()).await
+    }
+
+    /// Sends a reversal, like [`Publisher::publish`].
+    pub async fn publish_reversal(&self, reversal: &Reversal) -> Result<Posicao, IngestError> {
+        self.send(&reversal.merchant_id, &reversal.encode()).await
+    }
+
+    async fn send(&self, merchant: &MerchantId, payload: &[u8]) -> Result<Posicao, IngestError> {
+        let record = FutureRecord::to(&self.topic).key(merchant.as_str()).payload(payload);
         let started = Instant::now();
         let producer = self.current();
         let result = producer.send(record, Timeout::After(self.ack_timeout)).await;

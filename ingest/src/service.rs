@@ -1,25 +1,40 @@
-//! `POST /v1/lancamentos`.
+//! `POST /v1/lancamentos` and `POST /v1/lancamentos/{id}/estorno`.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use cashflow_core::config::DateWindow;
 use cashflow_core::http::{FieldError, Json, Principal, Problem, SCOPE_WRITE};
-use cashflow_core::{EntryId, Lancamento};
+use cashflow_core::{BusinessDate, EntryId, Lancamento, Reversal};
+use cashflow_sinks::{Store, StoreError};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{Publisher, parse_novo};
+use crate::{IngestError, Publisher, parse_estorno, parse_novo};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Seconds a client should wait before retrying when the broker is unreachable.
 const RETRY_AFTER_SECS: u64 = 5;
 
-pub fn router(publisher: Arc<Publisher>) -> Router {
-    Router::new().route("/v1/lancamentos", post(create)).with_state(publisher)
+/// What ingest needs: the producer, the store (to refuse a reversal it knows is wrong) and the
+/// accepted dates.
+#[derive(Clone)]
+pub struct IngestState {
+    pub publisher: Arc<Publisher>,
+    pub store: Store,
+    pub date_window: DateWindow,
+}
+
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route("/v1/lancamentos", post(create))
+        .route("/v1/lancamentos/{id}/estorno", post(reverse))
+        .with_state(state)
 }
 
 #[derive(Serialize)]
@@ -27,10 +42,24 @@ struct Aceito {
     id: EntryId,
     status: &'static str,
     posicao: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estorno_de: Option<EntryId>,
+}
+
+fn check_window(window: &DateWindow, data: BusinessDate) -> Result<(), Problem> {
+    match window.reject(data, BusinessDate::today()) {
+        None => Ok(()),
+        Some(why) => Err(Problem::validation(vec![FieldError::new("data", why)])),
+    }
+}
+
+fn not_recorded(e: &IngestError) -> Problem {
+    tracing::warn!(error = %e, "entry not accepted: broker unavailable");
+    Problem::unavailable("the entry was not recorded; retry with the same Idempotency-Key", RETRY_AFTER_SECS)
 }
 
 async fn create(
-    State(publisher): State<Arc<Publisher>>,
+    State(state): State<IngestState>,
     principal: Principal,
     headers: HeaderMap,
     Json(body): Json<Value>,
@@ -38,6 +67,7 @@ async fn create(
     principal.require(SCOPE_WRITE)?;
     let key = idempotency_key(&headers)?;
     let novo = parse_novo(&body).map_err(Problem::validation)?;
+    check_window(&state.date_window, novo.data)?;
     let merchant = principal.merchant_id;
     let id = match &key {
         Some(k) => EntryId::from_idempotency_key(&merchant, k),
@@ -54,19 +84,60 @@ async fn create(
         criado_em: chrono::Utc::now(),
         estorno_de: None,
     };
-    match publisher.publish(&entry).await {
-        Ok(posicao) => {
-            let body = Aceito { id, status: "aceito", posicao: posicao.to_string() };
-            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "entry not accepted: broker unavailable");
-            Err(Problem::unavailable(
-                "the entry was not recorded; retry with the same Idempotency-Key",
-                RETRY_AFTER_SECS,
-            ))
-        }
+    let posicao = state.publisher.publish(&entry).await.map_err(|e| not_recorded(&e))?;
+    let body = Aceito { id, status: "aceito", posicao: posicao.to_string(), estorno_de: None };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Reverses an entry. The reversal's id is derived from the original, so repeating the call is
+/// safe. What the store already knows is checked here (already reversed: 409; a reversal: 422);
+/// an original not consolidated yet is accepted, and consolidation retries the reversal until
+/// the original arrives.
+async fn reverse(
+    State(state): State<IngestState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    principal.require(SCOPE_WRITE)?;
+    let of: EntryId = id.parse().map_err(|_| Problem::not_found("no entry with that id"))?;
+    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?
+    };
+    let novo = parse_estorno(&body).map_err(Problem::validation)?;
+    let data = novo.data.unwrap_or_else(BusinessDate::today);
+    check_window(&state.date_window, data)?;
+    let merchant = principal.merchant_id;
+    let reversal_id = EntryId::reversal_of(&merchant, of);
+    let original = state.store.find_entry(&merchant, of).await.map_err(|e| store_problem(&e))?;
+    if original.as_ref().is_some_and(|o| o.estorno_de.is_some()) {
+        return Err(Problem::validation(vec![FieldError::new("id", "is itself a reversal and cannot be reversed")]));
     }
+    if original.is_some()
+        && let Some(by) = state.store.reversal_of(of).await.map_err(|e| store_problem(&e))?
+    {
+        return Err(Problem::new(StatusCode::CONFLICT, "already-reversed", "Entry already reversed")
+            .detail(format!("entry {of} was already reversed by {by}")));
+    }
+    let reversal = Reversal {
+        id: reversal_id,
+        merchant_id: merchant,
+        of,
+        data,
+        descricao: novo.descricao.unwrap_or_else(|| format!("estorno de {of}")),
+        criado_em: chrono::Utc::now(),
+        stated: original.map(|o| (o.tipo.inverse(), o.valor_cents)),
+    };
+    let posicao = state.publisher.publish_reversal(&reversal).await.map_err(|e| not_recorded(&e))?;
+    let body = Aceito { id: reversal_id, status: "aceito", posicao: posicao.to_string(), estorno_de: Some(of) };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+fn store_problem(e: &StoreError) -> Problem {
+    tracing::warn!(error = %e, "reversal not checked: store unavailable");
+    Problem::unavailable("the entry store is unavailable; retry shortly", RETRY_AFTER_SECS)
 }
 
 /// 1 to 255 visible ASCII characters, if present.

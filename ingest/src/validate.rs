@@ -84,6 +84,46 @@ pub fn parse_novo(body: &Value) -> Result<NovoLancamento, Vec<FieldError>> {
     }
 }
 
+/// The optional body of `POST /v1/lancamentos/{id}/estorno`: when and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NovoEstorno {
+    pub data: Option<BusinessDate>,
+    pub descricao: Option<String>,
+}
+
+/// Parses the reversal body (`{}` or absent is fine), reporting every invalid field at once.
+pub fn parse_estorno(body: &Value) -> Result<NovoEstorno, Vec<FieldError>> {
+    let Some(obj) = body.as_object() else {
+        return Err(vec![FieldError::new("", "the body must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    for key in obj.keys().filter(|k| !["data", "descricao"].contains(&k.as_str())) {
+        let why = match key.as_str() {
+            "tipo" | "valor" | "categoria" => "comes from the entry reversed",
+            _ => "is not a known field",
+        };
+        errors.push(FieldError::new(key.as_str(), why));
+    }
+    let mut out = NovoEstorno::default();
+    match obj.get("data") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => match s.parse() {
+            Ok(d) => out.data = Some(d),
+            Err(e) => errors.push(FieldError::new("data", e)),
+        },
+        Some(_) => errors.push(FieldError::new("data", "must be a string")),
+    }
+    match obj.get("descricao") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => match check_text("descricao", s, MAX_DESCRICAO_CHARS, true) {
+            Ok(()) => out.descricao = Some(s.clone()),
+            Err(e) => errors.push(FieldError::new("descricao", e)),
+        },
+        Some(_) => errors.push(FieldError::new("descricao", "must be a string")),
+    }
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +139,15 @@ mod tests {
             parse_novo(&json!({"tipo":"credito","valor":"150.25","data":"2026-01-15","descricao":"venda"})).unwrap();
         assert_eq!(n.valor.cents(), 15025);
         assert_eq!(n.categoria, None);
+    }
+
+    #[test]
+    fn a_reversal_body_is_optional_and_cannot_restate_the_amount() {
+        assert_eq!(parse_estorno(&json!({})), Ok(NovoEstorno::default()));
+        let e = parse_estorno(&json!({"data":"2026-01-02","descricao":"devolução"})).unwrap();
+        assert_eq!(e.data.map(|d| d.to_string()).as_deref(), Some("2026-01-02"));
+        let bad = parse_estorno(&json!({"valor":"1.00","data":"ontem","descricao":""})).unwrap_err();
+        assert_eq!(bad.into_iter().map(|e| e.field).collect::<Vec<_>>(), ["valor", "data", "descricao"]);
     }
 
     #[test]

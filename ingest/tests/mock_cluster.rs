@@ -13,7 +13,7 @@ use axum::http::{Request, StatusCode};
 use cashflow_core::MerchantId;
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::http::{Principal, SCOPE_WRITE};
-use cashflow_ingest::Publisher;
+use cashflow_ingest::{IngestState, Publisher};
 use http_body_util::BodyExt as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -26,7 +26,7 @@ use tower::ServiceExt as _;
 
 const SHIPPED: &str = include_str!("../../pipeline.yaml");
 
-fn app(bootstrap: &str) -> Router {
+async fn app(bootstrap: &str, dir: &tempfile::TempDir) -> Router {
     let yaml = SHIPPED
         .replace("brokers: embedded", &format!("brokers: \"{bootstrap}\""))
         .replace("ack_timeout_ms: 5000", "ack_timeout_ms: 1500");
@@ -37,7 +37,10 @@ fn app(bootstrap: &str) -> Router {
         merchant_id: MerchantId::parse("loja-1").unwrap(),
         scopes: vec![SCOPE_WRITE.into()],
     };
-    cashflow_ingest::router(publisher).layer(axum::Extension(principal))
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = cashflow_sinks::Store::connect(&url, 2).await.unwrap();
+    let state = IngestState { publisher, store, date_window: config.services.consolidate.date_window };
+    cashflow_ingest::router(state).layer(axum::Extension(principal))
 }
 
 /// Posts one entry; returns the status, the Retry-After header and the body.
@@ -83,7 +86,8 @@ async fn broker_down_gets_503_never_202_and_recovers_without_restart() {
     let cluster = MockCluster::<DefaultProducerContext>::new(1).unwrap();
     cluster.create_topic("lancamentos", 6, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
-    let app = app(&bootstrap);
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&bootstrap, &dir).await;
     let mut accepted = HashSet::new();
 
     let (status, _, body) = post(&app).await;
@@ -118,7 +122,8 @@ async fn produce_request_errors_get_503() {
     let cluster = MockCluster::<DefaultProducerContext>::new(1).unwrap();
     cluster.create_topic("lancamentos", 6, 1).unwrap();
     let bootstrap = cluster.bootstrap_servers();
-    let app = app(&bootstrap);
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(&bootstrap, &dir).await;
 
     // Retriable errors until the ack deadline passes, then a permanent one.
     cluster.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 500]);

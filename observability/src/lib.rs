@@ -8,7 +8,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
     exponential_buckets,
 };
 
@@ -26,6 +26,12 @@ pub struct Metrics {
     pub consolidate_epochs: IntCounter,
     pub consolidate_epoch_duration: Histogram,
     pub consolidate_store_errors: IntCounter,
+    pub retry_retried: IntCounterVec,
+    pub retry_parked: IntCounterVec,
+    pub retry_expired: IntCounterVec,
+    pub retry_replayed: IntCounterVec,
+    pub retry_held: IntGauge,
+    pub retry_dlq_depth: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -38,6 +44,12 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    r.register(Box::new(g.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    g
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -110,6 +122,36 @@ impl Metrics {
                 &r,
                 "cashflow_consolidate_store_errors_total",
                 "Transient store failures, retried in place.",
+            ),
+            retry_retried: counter_vec(
+                &r,
+                "cashflow_retry_records_retried_total",
+                "Failed records sent back to consolidation after their backoff, by error code.",
+                &["code"],
+            ),
+            retry_parked: counter_vec(
+                &r,
+                "cashflow_retry_records_parked_total",
+                "Records parked in the dead-letter topic, by error code.",
+                &["code"],
+            ),
+            retry_expired: counter_vec(
+                &r,
+                "cashflow_retry_records_expired_total",
+                "Records parked because their retries ran out, by error code.",
+                &["code"],
+            ),
+            retry_replayed: counter_vec(
+                &r,
+                "cashflow_retry_records_replayed_total",
+                "Parked records replayed to consolidation by an operator, by error code.",
+                &["code"],
+            ),
+            retry_held: gauge(&r, "cashflow_retry_records_held", "Failed records waiting for their retry time."),
+            retry_dlq_depth: gauge(
+                &r,
+                "cashflow_retry_dlq_depth",
+                "Records in the dead-letter topic, not purged and not replayed.",
             ),
             registry: r,
         }

@@ -1,6 +1,16 @@
-//! The retry stage's contract. A record that fails for a reason of its own (not an outage)
-//! travels to `lancamentos.retry` unchanged, with these headers (DESIGN §4); the retry stage
-//! replays it with backoff and parks it in `lancamentos.dlq` when attempts run out.
+//! Retries and the dead-letter topic. A record that fails for a reason of its own (not an
+//! outage) travels to `lancamentos.retry` unchanged, with the headers below (DESIGN §4); the
+//! retry stage ([`run`]) sends it back to consolidation after its backoff and parks it in
+//! `lancamentos.dlq` when its retries run out; [`Dlq`] lists, replays and purges what is parked.
+//!
+//! `x-attempt` counts the retries a record has had: absent (0) on its first delivery, 1 on its
+//! first retry, and `max_attempts` when it is parked for running out.
+
+mod dlq;
+mod stage;
+
+pub use dlq::{Dlq, DlqError, Listing, Parked, Selection};
+pub use stage::run;
 
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
@@ -13,18 +23,23 @@ pub const ORIGIN_PARTITION: &str = "x-origin-partition";
 pub const ORIGIN_OFFSET: &str = "x-origin-offset";
 pub const FIRST_FAILED_AT: &str = "x-first-failed-at";
 pub const NOT_BEFORE: &str = "x-not-before";
+/// On a replayed record: the dead-letter position it came from (`topic/partition/offset`).
+pub const REPLAYED_FROM: &str = "x-replayed-from";
+
+/// A record on the retry topic without readable `x-*` headers: parked, it cannot be routed.
+pub const INVALID_HEADERS: &str = "invalid_headers";
 
 /// Longest `x-error-detail` kept; details are for people, not for parsing.
 const MAX_DETAIL_BYTES: usize = 512;
 
 /// Why a record failed and where it came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Failure {
     /// Stable, low-cardinality code, e.g. `malformed`.
     pub code: String,
     pub stage: String,
     pub detail: String,
-    /// 1 for the first failure.
+    /// Retries so far: 0 when the first delivery failed.
     pub attempt: u32,
     pub origin_topic: String,
     pub origin_partition: i32,
@@ -61,14 +76,7 @@ impl Failure {
 
     /// Reads the headers back; `None` when a required one is missing or malformed.
     pub fn from_headers(headers: &impl Headers) -> Option<Failure> {
-        let get = |name: &str| -> Option<String> {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .map(str::to_owned)
-        };
+        let get = |name: &str| header(headers, name);
         Some(Failure {
             code: get(ERROR_CODE)?,
             stage: get(ERROR_STAGE)?,
@@ -83,9 +91,32 @@ impl Failure {
     }
 }
 
-/// The delay before attempt `attempt + 1`: the schedule's entry, the last one repeating.
-pub fn backoff_ms(schedule: &[u64], attempt: u32) -> u64 {
-    let i = (attempt.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
+/// Parses `partition:offset`.
+pub fn parse_position(s: &str) -> Result<(i32, i64), String> {
+    let parsed = s.split_once(':').and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?)));
+    match parsed {
+        Some((p, o)) if p >= 0 && o >= 0 => Ok((p, o)),
+        _ => Err(format!("{s:?} is not PARTITION:OFFSET, e.g. 0:12")),
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A header's value as text.
+pub fn header(headers: &impl Headers, name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
+}
+
+/// The delay before retry number `retries + 1`: the schedule's entry, the last one repeating.
+pub fn backoff_ms(schedule: &[u64], retries: u32) -> u64 {
+    let i = (retries as usize).min(schedule.len().saturating_sub(1));
     schedule.get(i).copied().unwrap_or(0)
 }
 
@@ -112,8 +143,16 @@ mod tests {
     }
 
     #[test]
+    fn positions_parse_strictly() {
+        assert_eq!(parse_position("0:12"), Ok((0, 12)));
+        for bad in ["", "0", "0:", ":1", "a:1", "-1:2", "1:-2", "1:2:3"] {
+            assert!(parse_position(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn backoff_repeats_the_last_delay() {
         let s = [1000, 10000, 60000];
-        assert_eq!([1, 2, 3, 4, 9].map(|a| backoff_ms(&s, a)), [1000, 10000, 60000, 60000, 60000]);
+        assert_eq!([0, 1, 2, 3, 9].map(|a| backoff_ms(&s, a)), [1000, 10000, 60000, 60000, 60000]);
     }
 }

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use cashflow_core::{BusinessDate, DayTotals, EntryId, Lancamento, LancamentoRecord, MerchantId, WIRE_VERSION};
 use chrono::{SecondsFormat, Utc};
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use crate::store::values_placeholders;
@@ -15,6 +16,15 @@ pub struct Origin {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+}
+
+/// One delivery of a retried record: where it first failed, and which retry this is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Delivery {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub attempt: u32,
 }
 
 /// An entry and the log position it came from.
@@ -41,6 +51,34 @@ impl Store {
         Ok(EpochTx { tx: self.pool.begin().await?, now: now_text() })
     }
 }
+
+fn entry_id(row: &AnyRow, i: usize) -> Result<EntryId, StoreError> {
+    let id: String = row.try_get(i)?;
+    id.parse().map_err(|_| StoreError::Corrupt(format!("entry id {id:?}")))
+}
+
+/// The columns of [`ENTRY_SELECT`], as the wire record.
+pub(crate) fn record_from_row(row: &AnyRow) -> Result<LancamentoRecord, StoreError> {
+    let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("{what} {v:?}"));
+    let tipo: String = row.try_get(2)?;
+    let estorno_de: Option<String> = row.try_get(8)?;
+    Ok(LancamentoRecord {
+        v: WIRE_VERSION,
+        id: entry_id(row, 0)?,
+        merchant_id: row.try_get(1)?,
+        tipo: tipo.parse().map_err(|_| corrupt("tipo", &tipo))?,
+        valor_cents: row.try_get(3)?,
+        data: row.try_get(4)?,
+        descricao: row.try_get(5)?,
+        categoria: row.try_get(6)?,
+        criado_em: row.try_get(7)?,
+        estorno_de: estorno_de.map(|e| e.parse().map_err(|_| corrupt("estorno_de", &e))).transpose()?,
+    })
+}
+
+/// The columns [`record_from_row`] reads.
+pub(crate) const ENTRY_SELECT: &str =
+    "SELECT id, merchant_id, tipo, valor_cents, data, descricao, categoria, criado_em, estorno_de FROM lancamentos";
 
 pub(crate) fn now_text() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -77,9 +115,7 @@ impl EpochTx {
                     .bind(self.now.clone());
             }
             for row in q.fetch_all(&mut *self.tx).await? {
-                let id: String = row.try_get(0)?;
-                let id = id.parse().map_err(|_| StoreError::Corrupt(format!("entry id {id:?}")))?;
-                inserted.insert(id);
+                inserted.insert(entry_id(&row, 0)?);
             }
         }
         Ok(inserted)
@@ -90,9 +126,25 @@ impl EpochTx {
     pub async fn stored_records(&mut self, ids: &[EntryId]) -> Result<HashMap<EntryId, LancamentoRecord>, StoreError> {
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(ENTRY_CHUNK) {
+            let sql = format!("{ENTRY_SELECT} WHERE id IN {}", values_placeholders(1, chunk.len()));
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let record = record_from_row(&row)?;
+                out.insert(record.id, record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// For each of `originals` that is already reversed, the id of its reversal.
+    pub async fn reversals_of(&mut self, originals: &[EntryId]) -> Result<HashMap<EntryId, EntryId>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in originals.chunks(ENTRY_CHUNK) {
             let sql = format!(
-                "SELECT id, merchant_id, tipo, valor_cents, data, descricao, categoria, criado_em, estorno_de \
-                 FROM lancamentos WHERE id IN {}",
+                "SELECT estorno_de, id FROM lancamentos WHERE estorno_de IN {}",
                 values_placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(&sql);
@@ -100,27 +152,42 @@ impl EpochTx {
                 q = q.bind(id.to_string());
             }
             for row in q.fetch_all(&mut *self.tx).await? {
-                let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("{what} {v:?}"));
-                let id: String = row.try_get(0)?;
-                let id: EntryId = id.parse().map_err(|_| corrupt("entry id", &id))?;
-                let tipo: String = row.try_get(2)?;
-                let estorno_de: Option<String> = row.try_get(8)?;
-                let record = LancamentoRecord {
-                    v: WIRE_VERSION,
-                    id,
-                    merchant_id: row.try_get(1)?,
-                    tipo: tipo.parse().map_err(|_| corrupt("tipo", &tipo))?,
-                    valor_cents: row.try_get(3)?,
-                    data: row.try_get(4)?,
-                    descricao: row.try_get(5)?,
-                    categoria: row.try_get(6)?,
-                    criado_em: row.try_get(7)?,
-                    estorno_de: estorno_de.map(|e| e.parse().map_err(|_| corrupt("estorno_de", &e))).transpose()?,
-                };
-                out.insert(id, record);
+                out.insert(entry_id(&row, 0)?, entry_id(&row, 1)?);
             }
         }
         Ok(out)
+    }
+
+    /// Claims retried deliveries, each (origin topic, partition, offset, attempt); returns those
+    /// not claimed before. A delivery seen again (its claim committed earlier) is skipped.
+    pub async fn claim_deliveries(&mut self, deliveries: &[Delivery]) -> Result<HashSet<Delivery>, StoreError> {
+        let mut claimed = HashSet::with_capacity(deliveries.len());
+        for chunk in deliveries.chunks(ENTRY_CHUNK) {
+            let sql = format!(
+                "INSERT INTO redeliveries (origin_topic, origin_partition, origin_offset, attempt, claimed_at) \
+                 VALUES {} ON CONFLICT DO NOTHING RETURNING origin_topic, origin_partition, origin_offset, attempt",
+                values_placeholders(chunk.len(), 5)
+            );
+            let mut q = sqlx::query(&sql);
+            for d in chunk {
+                q = q
+                    .bind(d.topic.clone())
+                    .bind(d.partition)
+                    .bind(d.offset)
+                    .bind(d.attempt as i32)
+                    .bind(self.now.clone());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let attempt: i32 = row.try_get(3)?;
+                claimed.insert(Delivery {
+                    topic: row.try_get(0)?,
+                    partition: row.try_get(1)?,
+                    offset: row.try_get(2)?,
+                    attempt: attempt as u32,
+                });
+            }
+        }
+        Ok(claimed)
     }
 
     /// Adds each day's change to its stored totals. Adding (rather than overwriting) lets

@@ -5,11 +5,12 @@
 //! the consumer progress that covers them, committed together or not at all.
 
 mod epoch;
+mod parked;
 mod read;
 mod store;
 mod users;
 
-pub use epoch::{EpochTx, Origin, StoredEntry};
+pub use epoch::{Delivery, EpochTx, Origin, StoredEntry};
 pub use read::DailyRows;
 pub use store::{Store, StoreError};
 pub use users::User;

@@ -2,10 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use cashflow_core::{BusinessDate, DayTotals, MerchantId};
+use cashflow_core::{BusinessDate, DayTotals, EntryId, LancamentoRecord, MerchantId};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use crate::epoch::{ENTRY_SELECT, record_from_row};
 use crate::{Store, StoreError};
 
 /// A merchant's days in a range, plus the balance carried into it.
@@ -96,5 +97,25 @@ impl Store {
     pub async fn count_entries(&self) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) FROM lancamentos").fetch_one(&self.pool).await?;
         Ok(row.try_get(0)?)
+    }
+}
+
+impl Store {
+    /// A merchant's consolidated entry, as stored.
+    pub async fn find_entry(&self, merchant: &MerchantId, id: EntryId) -> Result<Option<LancamentoRecord>, StoreError> {
+        let sql = format!("{ENTRY_SELECT} WHERE id = $1 AND merchant_id = $2");
+        let row = sqlx::query(&sql).bind(id.to_string()).bind(merchant.to_string()).fetch_optional(&self.pool).await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    /// The consolidated reversal of `original`, if any.
+    pub async fn reversal_of(&self, original: EntryId) -> Result<Option<EntryId>, StoreError> {
+        let row = sqlx::query("SELECT id FROM lancamentos WHERE estorno_de = $1")
+            .bind(original.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: String = row.try_get(0)?;
+        id.parse().map(Some).map_err(|_| StoreError::Corrupt(format!("entry id {id:?}")))
     }
 }

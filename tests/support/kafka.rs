@@ -14,6 +14,9 @@ use crate::Pipeline;
 #[derive(Clone, Debug)]
 pub struct Read {
     pub partition: i32,
+    pub offset: i64,
+    /// The producer's timestamp, in ms since the epoch.
+    pub timestamp_ms: i64,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, String)>,
 }
@@ -32,8 +35,9 @@ impl Pipeline {
     }
 
     /// Produces every `(partition, key, payload)` to `topic` (by key where no partition is
-    /// given) through one producer, in order, and waits for every ack.
-    pub async fn produce(&self, topic: &str, records: &[(Option<i32>, &str, Vec<u8>)]) {
+    /// given) through one producer, in order, and waits for every ack; returns each record's
+    /// (partition, offset).
+    pub async fn produce(&self, topic: &str, records: &[(Option<i32>, &str, Vec<u8>)]) -> Vec<(i32, i64)> {
         let producer: FutureProducer = self.client().set("acks", "all").set("max.in.flight", "1").create().unwrap();
         let sends = records.iter().map(|(partition, key, payload)| {
             let mut record = FutureRecord::to(topic).key(*key).payload(payload);
@@ -42,9 +46,8 @@ impl Pipeline {
             }
             producer.send(record, Duration::from_secs(10))
         });
-        for result in futures::future::join_all(sends).await {
-            result.map_err(|(e, _)| e).unwrap();
-        }
+        let acks = futures::future::join_all(sends).await;
+        acks.into_iter().map(|r| r.map(|d| (d.partition, d.offset)).map_err(|(e, _)| e).unwrap()).collect()
     }
 
     /// Reads `topic` from the beginning until `want` records arrived or `timeout` passed.
@@ -71,7 +74,13 @@ impl Pipeline {
                             .collect()
                     })
                     .unwrap_or_default();
-                out.push(Read { partition: m.partition(), payload: m.payload().unwrap_or_default().to_vec(), headers });
+                out.push(Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
             }
         }
         out

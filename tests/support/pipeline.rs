@@ -33,6 +33,8 @@ pub enum Role {
     Consolidate,
     /// A second `cashflow run consolidate` in the same consumer group.
     SecondConsolidator,
+    /// `cashflow run retry`.
+    Retry,
 }
 
 impl Role {
@@ -42,6 +44,7 @@ impl Role {
             Role::Broker => &["run", "broker"],
             Role::Gateway => &["run", "gateway"],
             Role::Consolidate | Role::SecondConsolidator => &["run", "consolidate"],
+            Role::Retry => &["run", "retry"],
         }
     }
 }
@@ -62,11 +65,11 @@ impl Pipeline {
         p
     }
 
-    /// Starts broker, gateway and consolidator as separate processes, as in production.
-    /// `edits` are extra (from, to) replacements in pipeline.yaml.
+    /// Starts broker, gateway, consolidator and retry stage as separate processes, as in
+    /// production. `edits` are extra (from, to) replacements in pipeline.yaml.
     pub async fn start_stages(store: Store, edits: &[(&str, &str)]) -> Pipeline {
         let mut p = Self::configure(store, edits);
-        for role in [Role::Broker, Role::Gateway, Role::Consolidate] {
+        for role in [Role::Broker, Role::Gateway, Role::Consolidate, Role::Retry] {
             p.launch(role).await;
         }
         p
@@ -132,7 +135,7 @@ impl Pipeline {
                     r.is_ok_and(|r| r.status().is_success())
                 }
                 Role::Broker => std::net::TcpStream::connect(&self.kafka).is_ok(),
-                Role::Consolidate | Role::SecondConsolidator => true,
+                Role::Consolidate | Role::SecondConsolidator | Role::Retry => true,
             };
             if ready {
                 return;
@@ -172,7 +175,7 @@ impl Pipeline {
 
     /// Ctrl-C to every process, consumers first.
     pub async fn stop(&mut self) {
-        for role in [Role::SecondConsolidator, Role::Consolidate, Role::Gateway, Role::Up, Role::Broker] {
+        for role in [Role::Retry, Role::SecondConsolidator, Role::Consolidate, Role::Gateway, Role::Up, Role::Broker] {
             self.interrupt(role).await;
         }
     }
@@ -188,18 +191,59 @@ impl Pipeline {
 
     /// Creates a login through the CLI, the password on stdin.
     pub fn add_user(&self, merchant: &str, username: &str, password: &str) {
+        let out = self.cli(&["users", "add", "--merchant", merchant, "--username", username], &format!("{password}\n"));
+        assert!(out.status.success(), "users add failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs a `cashflow` command with this pipeline's config, `stdin` as its input.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> std::process::Output {
         use std::io::Write as _;
         let mut child = self
             .cashflow()
-            .args(["users", "add", "--merchant", merchant, "--username", username])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "users add failed: {}", String::from_utf8_lossy(&out.stderr));
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// `cashflow dlq list --json`: the parked records.
+    pub fn dlq_list(&self) -> Vec<Value> {
+        self.try_dlq_list().unwrap_or_else(|e| panic!("dlq list failed: {e}"))
+    }
+
+    fn try_dlq_list(&self) -> Result<Vec<Value>, String> {
+        let out = self.cli(&["dlq", "list", "--json"], "");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+        Ok(listed["parked"].as_array().unwrap().clone())
+    }
+
+    /// Polls `dlq list` until it shows `want` records (up to `timeout`), and returns them. A
+    /// broker too busy to answer in time is asked again.
+    pub async fn await_parked(&self, want: usize, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.try_dlq_list() {
+                Ok(parked) if parked.len() >= want || Instant::now() > deadline => return parked,
+                Err(e) if Instant::now() > deadline => panic!("dlq list failed: {e}"),
+                Err(e) => eprintln!("dlq list failed, asking again: {}", e.lines().next().unwrap_or_default()),
+                Ok(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    }
+
+    /// Replaces text in this pipeline's config file; takes effect for processes launched next.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let yaml = std::fs::read_to_string(&self.config).unwrap();
+        assert!(yaml.contains(from), "pipeline.yaml lacks {from:?}");
+        std::fs::write(&self.config, yaml.replace(from, to)).unwrap();
     }
 
     /// Sum of the high watermarks of a topic's partitions: how many records it ever received.
@@ -233,7 +277,10 @@ impl Pipeline {
         let errors: Vec<&str> = lines
             .iter()
             .copied()
-            .filter(|l| (l.contains("ERROR") && !l.contains("rdkafka")) || l.contains("panicked"))
+            .filter(|l| {
+                let noise = l.contains("rdkafka") || l.contains("TopicAlreadyExists");
+                (l.contains("ERROR") && !noise) || l.contains("panicked")
+            })
             .take(20)
             .collect();
         let tail = &lines[lines.len().saturating_sub(60)..];
@@ -293,6 +340,12 @@ impl Api {
             req = req.header("Idempotency-Key", k);
         }
         req.send().await.ok().map(|r| r.status().as_u16())
+    }
+
+    /// `POST /v1/lancamentos/{id}/estorno`.
+    pub async fn reverse(&self, token: &str, id: &str, body: &Value) -> reqwest::Response {
+        let url = format!("{}/v1/lancamentos/{id}/estorno", self.base);
+        self.client.post(url).bearer_auth(token).json(body).send().await.unwrap()
     }
 
     pub async fn daily(&self, token: &str, de: &str, ate: &str) -> Value {

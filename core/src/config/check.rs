@@ -142,6 +142,19 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     if retry.max_attempts == 0 {
         problem_at(&mut out, "services.retry.max_attempts", "must be at least 1");
     }
+    if retry.max_held == 0 {
+        problem_at(&mut out, "services.retry.max_held", "must be at least 1");
+    }
+    let window = &cons.date_window;
+    for (name, days) in [("past_days", window.past_days), ("future_days", window.future_days)] {
+        if days > 36_600 {
+            problem_at(
+                &mut out,
+                &format!("services.consolidate.date_window.{name}"),
+                "must be at most 36600 (100 years)",
+            );
+        }
+    }
     out
 }
 

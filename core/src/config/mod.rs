@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::BusinessDate;
+
 /// One problem in the file, with its YAML path (`services.consolidate.sources[1].id`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -263,6 +265,34 @@ pub struct ConsolidateConfig {
     /// Longest wait to fill an epoch once its first record arrived.
     #[serde(default = "ConsolidateConfig::default_max_epoch_wait_ms")]
     pub max_epoch_wait_ms: u64,
+    /// Business dates accepted, relative to today (UTC). Ingest answers 422 outside it; a record
+    /// outside it on the topic is rejected as `invalid_field`.
+    #[serde(default)]
+    pub date_window: DateWindow,
+}
+
+/// The accepted range of business dates: from `past_days` ago to `future_days` ahead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DateWindow {
+    pub past_days: u32,
+    pub future_days: u32,
+}
+
+impl Default for DateWindow {
+    fn default() -> Self {
+        DateWindow { past_days: 3_660, future_days: 366 }
+    }
+}
+
+impl DateWindow {
+    /// `None` when `date` is inside the window as of `today`; otherwise why not.
+    pub fn reject(&self, date: BusinessDate, today: BusinessDate) -> Option<String> {
+        let (from, to) = (today.days() - self.past_days as i32, today.days() + self.future_days as i32);
+        let show = |d| BusinessDate::from_days(d).map(|d| d.to_string()).unwrap_or_default();
+        (!(from..=to).contains(&date.days()))
+            .then(|| format!("must be between {} and {} (services.consolidate.date_window)", show(from), show(to)))
+    }
 }
 
 impl ConsolidateConfig {
@@ -318,10 +348,25 @@ pub enum Table {
 pub struct RetryConfig {
     /// Delay before each retry; the last value repeats.
     pub backoff_ms: Vec<u64>,
-    /// Attempts before a record is parked.
+    /// Retries of a failed record before it is parked.
     pub max_attempts: u32,
     /// Where exhausted records are parked.
     pub parked: TopicRef,
+    /// The retry stage's consumer group.
+    #[serde(default = "RetryConfig::default_group")]
+    pub group: String,
+    /// Most records held in memory waiting for their time; beyond it the stage stops reading.
+    #[serde(default = "RetryConfig::default_max_held")]
+    pub max_held: usize,
+}
+
+impl RetryConfig {
+    fn default_group() -> String {
+        "cashflow-retry".into()
+    }
+    const fn default_max_held() -> usize {
+        100_000
+    }
 }
 
 impl PipelineConfig {

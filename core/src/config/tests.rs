@@ -142,3 +142,15 @@ fn missing_section_and_bad_yaml_are_reported() {
     let p = problems("apiVersion: [unclosed");
     assert!(p[0].starts_with("invalid YAML"), "{p:?}");
 }
+
+#[test]
+fn the_date_window_is_relative_to_today() {
+    use crate::config::DateWindow;
+    let w = DateWindow { past_days: 30, future_days: 1 };
+    let today: crate::BusinessDate = "2026-11-29".parse().unwrap();
+    let at = |s: &str| w.reject(s.parse().unwrap(), today);
+    assert_eq!((at("2026-10-30"), at("2026-11-30")), (None, None));
+    let why = at("2026-10-29").unwrap();
+    assert!(why.contains("2026-10-30 and 2026-11-30") && why.contains("date_window"), "{why}");
+    assert!(at("2026-12-01").is_some());
+}

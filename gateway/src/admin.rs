@@ -1,0 +1,78 @@
+//! Operators (scope `admin`): the dead-letter topic. `GET /v1/admin/dlq` lists parked records;
+//! `POST /v1/admin/dlq/replay` replays `{"offsets": ["0:12"]}`, `{"error_code": "…"}` or
+//! `{"all": true}` to consolidation, like `cashflow dlq replay`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cashflow_core::http::{FieldError, Json, Principal, Problem, SCOPE_ADMIN};
+use cashflow_retry::{Dlq, DlqError, Parked, Selection};
+use serde::{Deserialize, Serialize};
+
+pub(crate) fn router(dlq: Dlq) -> Router {
+    Router::new().route("/v1/admin/dlq", get(list)).route("/v1/admin/dlq/replay", post(replay)).with_state(dlq)
+}
+
+#[derive(Serialize)]
+struct Listed {
+    parked: Vec<Parked>,
+}
+
+async fn list(State(dlq): State<Dlq>, principal: Principal) -> Result<Response, Problem> {
+    principal.require(SCOPE_ADMIN)?;
+    let listing = dlq.list().await.map_err(problem)?;
+    Ok(Json(Listed { parked: listing.records }).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    #[serde(default)]
+    offsets: Vec<String>,
+    error_code: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Serialize)]
+struct Replayed {
+    replayed: usize,
+    records: Vec<Parked>,
+}
+
+async fn replay(
+    State(dlq): State<Dlq>,
+    principal: Principal,
+    Json(body): Json<ReplayRequest>,
+) -> Result<Response, Problem> {
+    principal.require(SCOPE_ADMIN)?;
+    let selection = selection(body).map_err(|e| Problem::validation(vec![e]))?;
+    let records = dlq.replay(&selection).await.map_err(problem)?;
+    Ok(Json(Replayed { replayed: records.len(), records }).into_response())
+}
+
+fn selection(body: ReplayRequest) -> Result<Selection, FieldError> {
+    match (body.offsets.is_empty(), body.error_code, body.all) {
+        (false, None, false) => body
+            .offsets
+            .iter()
+            .map(|o| cashflow_retry::parse_position(o))
+            .collect::<Result<_, _>>()
+            .map(Selection::Offsets)
+            .map_err(|e| FieldError::new("offsets", e)),
+        (true, Some(code), false) => Ok(Selection::ErrorCode(code)),
+        (true, None, true) => Ok(Selection::All),
+        _ => Err(FieldError::new("", "give exactly one of offsets, error_code or all: true")),
+    }
+}
+
+fn problem(e: DlqError) -> Problem {
+    match e {
+        DlqError::NotFound(_) => Problem::not_found(e.to_string()),
+        e => {
+            tracing::warn!(error = %e, "dead-letter topic unavailable");
+            Problem::unavailable("the dead-letter topic or the store is unavailable", 5)
+        }
+    }
+}
