@@ -1,0 +1,150 @@
+//! Token attacks at the gateway, through its router: each is answered 401 problem+json before any
+//! handler runs; a valid token without the route's scope gets 403.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use cashflow_auth::{AuthState, Claims, Issuer, KeyRing, Validator};
+use cashflow_core::config::PipelineConfig;
+use cashflow_gateway::{GatewayState, router};
+use cashflow_ingest::Publisher;
+use cashflow_retry::Dlq;
+use cashflow_sinks::Store;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use tower::ServiceExt as _;
+
+const SHIPPED: &str = include_str!("../../pipeline.yaml");
+const BALANCES: &str = "/v1/consolidado/diario?de=2026-01-01&ate=2026-01-31";
+
+struct Gateway {
+    _dir: tempfile::TempDir,
+    app: Router,
+    keys: KeyRing,
+    issuer: Issuer,
+}
+
+async fn gateway() -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyRing::load_or_create(&dir.path().join("keys")).unwrap();
+    let issuer = Issuer::new(keys.clone(), "cashflow", "cashflow-api", 900);
+    // No broker is needed: these requests never reach ingest.
+    let yaml = SHIPPED.replace("brokers: embedded", "brokers: \"127.0.0.1:9\"");
+    let config = Arc::new(PipelineConfig::parse("test", &yaml, |_| None).unwrap());
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("store.db").display()), 2).await.unwrap();
+    let state = GatewayState {
+        validator: Arc::new(Validator::new(&keys, "cashflow", "cashflow-api")),
+        auth: Arc::new(AuthState { issuer: issuer.clone(), store: store.clone() }),
+        publisher: Arc::new(Publisher::new(&config).unwrap()),
+        dlq: Dlq::new(Arc::clone(&config), store.clone()),
+        date_window: config.services.consolidate.date_window,
+        store,
+        consolidate_group: config.services.consolidate.group.clone(),
+        max_body_bytes: 65_536,
+        request_timeout: Duration::from_secs(5),
+        rate_limit: None,
+    };
+    Gateway { _dir: dir, app: router(state), keys, issuer }
+}
+
+impl Gateway {
+    async fn status(&self, authorization: Option<String>) -> (StatusCode, String) {
+        let mut req = Request::get(BALANCES);
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let res = self.app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let content_type =
+            res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        (res.status(), content_type)
+    }
+
+    fn claims(&self) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            sub: "ana".into(),
+            merchant_id: "loja-1".into(),
+            scope: "consolidado:read".into(),
+            iss: "cashflow".into(),
+            aud: "cashflow-api".into(),
+            exp: now + 600,
+            nbf: now,
+            iat: now,
+            jti: "j1".into(),
+        }
+    }
+
+    /// Signed with the gateway's own key, so only the claims or header are wrong.
+    fn signed(&self, claims: &Claims, kid: &str) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        encode(&header, claims, self.keys.signing().1).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn every_token_attack_gets_401() {
+    let g = gateway().await;
+    let kid = g.keys.signing().0.to_owned();
+    let now = chrono::Utc::now().timestamp();
+    let valid = g.signed(&g.claims(), &kid);
+    assert_eq!(g.status(Some(format!("Bearer {valid}"))).await.0, StatusCode::OK, "the control must pass");
+
+    let payload = valid.split('.').nth(1).unwrap().to_owned();
+    let tampered = {
+        let claims = String::from_utf8(B64.decode(&payload).unwrap()).unwrap().replace("loja-1", "loja-2");
+        let parts: Vec<&str> = valid.split('.').collect();
+        format!("{}.{}.{}", parts[0], B64.encode(claims), parts[2])
+    };
+    let alg_none = format!("{}.{payload}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
+    // Algorithm confusion: HS256 keyed with the public key that the JWKS publishes.
+    let public = B64.decode(&g.keys.jwks()[0].x).unwrap();
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some(kid.clone());
+    let hs256 = encode(&hs, &g.claims(), &EncodingKey::from_secret(&public)).unwrap();
+    let other_ring = tempfile::tempdir().unwrap();
+    let foreign = Issuer::new(KeyRing::load_or_create(other_ring.path()).unwrap(), "cashflow", "cashflow-api", 900)
+        .issue("ana", "loja-1", &["consolidado:read".into()])
+        .unwrap();
+
+    let attacks: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("not a bearer token", Some(format!("Basic {}", B64.encode("ana:pw")))),
+        ("malformed", Some("Bearer abc.def".into())),
+        ("alg none", Some(format!("Bearer {alg_none}"))),
+        ("HS256 with the public key", Some(format!("Bearer {hs256}"))),
+        (
+            "expired",
+            Some(format!("Bearer {}", g.signed(&Claims { exp: now - 120, nbf: now - 900, ..g.claims() }, &kid))),
+        ),
+        ("nbf in the future", Some(format!("Bearer {}", g.signed(&Claims { nbf: now + 120, ..g.claims() }, &kid)))),
+        ("wrong iss", Some(format!("Bearer {}", g.signed(&Claims { iss: "evil".into(), ..g.claims() }, &kid)))),
+        ("wrong aud", Some(format!("Bearer {}", g.signed(&Claims { aud: "other-api".into(), ..g.claims() }, &kid)))),
+        ("unknown kid", Some(format!("Bearer {}", g.signed(&g.claims(), "not-a-key")))),
+        ("tampered payload", Some(format!("Bearer {tampered}"))),
+        ("another deployment's key", Some(format!("Bearer {foreign}"))),
+    ];
+    for (name, authorization) in attacks {
+        let (status, content_type) = g.status(authorization).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(content_type, "application/problem+json", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_without_the_route_scope_gets_403() {
+    let g = gateway().await;
+    let writer = g.issuer.issue("ana", "loja-1", &["lancamentos:write".into()]).unwrap();
+    assert_eq!(g.status(Some(format!("Bearer {writer}"))).await.0, StatusCode::FORBIDDEN);
+    let reader = g.issuer.issue("ana", "loja-1", &["consolidado:read".into()]).unwrap();
+    assert_eq!(g.status(Some(format!("Bearer {reader}"))).await.0, StatusCode::OK);
+    let admin_list = Request::get("/v1/admin/dlq").header("authorization", format!("Bearer {reader}"));
+    let res = g.app.clone().oneshot(admin_list.body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "the admin routes need the admin scope");
+}
