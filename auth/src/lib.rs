@@ -8,5 +8,5 @@ mod token;
 
 pub use keys::{KeyError, KeyRing};
 pub use passwords::{hash_password, verify_password};
-pub use service::{AuthState, router};
+pub use service::{AuthState, LoginLimits, router};
 pub use token::{AuthError, Claims, Issuer, Validator};

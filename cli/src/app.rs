@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cashflow_auth::{AuthState, Issuer, KeyRing, Validator};
+use cashflow_auth::{AuthState, Issuer, KeyRing, LoginLimits, Validator};
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::kafka;
 use cashflow_gateway::GatewayState;
@@ -126,7 +126,11 @@ async fn serve_gateway(
     let gw = &config.services.gateway;
     let state = GatewayState {
         validator: Arc::new(validator),
-        auth: Arc::new(AuthState { issuer, store: store.clone() }),
+        auth: Arc::new(AuthState {
+            issuer,
+            store: store.clone(),
+            limits: LoginLimits::new(auth.login_limit_per_username, auth.login_limit_per_address),
+        }),
         publisher: Arc::clone(&publisher),
         dlq: Dlq::new(Arc::clone(config), store.clone()),
         date_window: config.services.consolidate.date_window,
@@ -139,9 +143,8 @@ async fn serve_gateway(
     let listen = common.listen.clone().unwrap_or_else(|| gw.listen.clone());
     let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, cashflow_gateway::router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let app = cashflow_gateway::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     publisher.flush(Duration::from_secs(5));
     Ok(())
 }

@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use cashflow_auth::{AuthState, Claims, Issuer, KeyRing, Validator};
-use cashflow_core::config::PipelineConfig;
+use cashflow_auth::{AuthState, Claims, Issuer, KeyRing, LoginLimits, Validator};
+use cashflow_core::config::{LoginLimit, PipelineConfig};
 use cashflow_gateway::{GatewayState, router};
 use cashflow_ingest::Publisher;
 use cashflow_retry::Dlq;
@@ -26,6 +26,7 @@ const BALANCES: &str = "/v1/consolidado/diario?de=2026-01-01&ate=2026-01-31";
 struct Gateway {
     _dir: tempfile::TempDir,
     app: Router,
+    store: Store,
     keys: KeyRing,
     issuer: Issuer,
 }
@@ -40,7 +41,11 @@ async fn gateway() -> Gateway {
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("store.db").display()), 2).await.unwrap();
     let state = GatewayState {
         validator: Arc::new(Validator::new(&keys, "cashflow", "cashflow-api")),
-        auth: Arc::new(AuthState { issuer: issuer.clone(), store: store.clone() }),
+        auth: Arc::new(AuthState {
+            issuer: issuer.clone(),
+            store: store.clone(),
+            limits: LoginLimits::new(LoginLimit { per_minute: 5, burst: 5 }, LoginLimit { per_minute: 20, burst: 8 }),
+        }),
         publisher: Arc::new(Publisher::new(&config).unwrap()),
         dlq: Dlq::new(Arc::clone(&config), store.clone()),
         date_window: config.services.consolidate.date_window,
@@ -50,7 +55,7 @@ async fn gateway() -> Gateway {
         request_timeout: Duration::from_secs(5),
         rate_limit: None,
     };
-    Gateway { _dir: dir, app: router(state), keys, issuer }
+    Gateway { _dir: dir, app: router(state.clone()), store: state.store, keys, issuer }
 }
 
 impl Gateway {
@@ -147,4 +152,46 @@ async fn a_token_without_the_route_scope_gets_403() {
     let admin_list = Request::get("/v1/admin/dlq").header("authorization", format!("Bearer {reader}"));
     let res = g.app.clone().oneshot(admin_list.body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN, "the admin routes need the admin scope");
+}
+
+/// `POST /auth/token` with a password grant from `address`; returns the status and `Retry-After`.
+async fn login(g: &Gateway, username: &str, address: [u8; 4]) -> (StatusCode, Option<String>) {
+    let body = serde_json::json!({"grant_type": "password", "username": username, "password": "wrong password"});
+    let mut req = Request::post("/auth/token")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((address, 40_000))));
+    let res = g.app.clone().oneshot(req).await.unwrap();
+    (res.status(), res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()))
+}
+
+#[tokio::test]
+async fn guessing_passwords_gets_429_and_an_unknown_user_looks_the_same() {
+    let g = gateway().await;
+    // Per username (5 here): the sixth guess is refused, whether the user exists or not.
+    let store_user = cashflow_sinks::User {
+        username: "ana".into(),
+        merchant_id: "loja-1".into(),
+        password_hash: cashflow_auth::hash_password("the right one".into()).await.unwrap(),
+        scopes: vec!["consolidado:read".into()],
+    };
+    g.store.upsert_user(&store_user).await.unwrap();
+    for (username, address) in [("ana", [10, 0, 0, 1]), ("ghost", [10, 0, 0, 4])] {
+        for _ in 0..5 {
+            assert_eq!(login(&g, username, address).await.0, StatusCode::BAD_REQUEST, "{username}");
+        }
+        let (status, retry_after) = login(&g, username, address).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{username}");
+        assert!(retry_after.is_some_and(|s| s.parse::<u64>().unwrap() >= 1), "{username}");
+    }
+    // Per address (burst 8 here): spraying many usernames from one address is refused too.
+    let mut refused = 0;
+    for i in 0..9 {
+        if login(&g, &format!("user{i}"), [10, 0, 0, 2]).await.0 == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1, "the ninth request from one address");
+    assert_eq!(login(&g, "someone", [10, 0, 0, 3]).await.0, StatusCode::BAD_REQUEST, "other addresses are unaffected");
 }

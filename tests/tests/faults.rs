@@ -139,7 +139,12 @@ async fn a_second_consolidator_in_the_group_takes_over_after_a_kill() {
     let (first, de, ate) = (d("2026-11-01"), d("2026-10-31"), d("2026-11-30"));
     let load =
         tokio::spawn(post_entries(p.api.clone(), tokens.clone(), random_entries(&MERCHANTS, 10_000, first, 30), 32));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Kill once the group is consolidating (a member has logged its assignment).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while p.log_matching("partitions reassigned").is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     p.kill(Role::Consolidate);
 
     let mut oracle = Oracle::default();

@@ -208,11 +208,32 @@ pub struct AuthConfig {
     /// Directory of signing keys; a relative path resolves against `--data-dir`.
     #[serde(default = "AuthConfig::default_keys_dir")]
     pub keys_dir: PathBuf,
+    /// Token requests allowed per username, against password guessing; the same whether the
+    /// user exists or not.
+    #[serde(default = "AuthConfig::default_per_username")]
+    pub login_limit_per_username: LoginLimit,
+    /// Token requests allowed per client address, against guessing across usernames.
+    #[serde(default = "AuthConfig::default_per_address")]
+    pub login_limit_per_address: LoginLimit,
+}
+
+/// Requests per minute, with a burst.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginLimit {
+    pub per_minute: u32,
+    pub burst: u32,
 }
 
 impl AuthConfig {
     fn default_keys_dir() -> PathBuf {
         PathBuf::from("keys")
+    }
+    const fn default_per_username() -> LoginLimit {
+        LoginLimit { per_minute: 10, burst: 10 }
+    }
+    const fn default_per_address() -> LoginLimit {
+        LoginLimit { per_minute: 120, burst: 60 }
     }
 }
 
