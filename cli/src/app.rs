@@ -139,6 +139,7 @@ async fn serve_gateway(
         max_body_bytes: gw.max_body_bytes,
         request_timeout: Duration::from_secs(gw.request_timeout_secs),
         rate_limit: gw.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
+        cors_allowed_origins: gw.cors_allowed_origins.clone(),
     };
     let listen = common.listen.clone().unwrap_or_else(|| gw.listen.clone());
     let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;

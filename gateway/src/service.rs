@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderName, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,7 +18,9 @@ use cashflow_sinks::Store;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 /// What the gateway serves.
@@ -38,6 +40,8 @@ pub struct GatewayState {
     pub request_timeout: Duration,
     /// Requests per second and burst allowed to each merchant; none means unlimited.
     pub rate_limit: Option<(u32, u32)>,
+    /// Browser origins allowed (CORS); `*` for any; empty for none.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 type MerchantLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
@@ -64,7 +68,7 @@ pub fn router(state: GatewayState) -> Router {
     });
     let guard = Arc::new(Guard { validator: Arc::clone(&state.validator), limiter });
     let protected = protected.layer(middleware::from_fn_with_state(guard, authenticate));
-    Router::new()
+    let router = Router::new()
         .merge(cashflow_auth::router(Arc::clone(&state.auth)))
         .merge(protected)
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
@@ -75,7 +79,39 @@ pub fn router(state: GatewayState) -> Router {
         .layer(middleware::from_fn(track_http))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.request_timeout))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid));
+    with_security_headers(router).layer(cors(&state.cors_allowed_origins))
+}
+
+/// Headers every answer carries: an API serves no pages, frames nothing and sniffs nothing.
+fn with_security_headers(router: Router) -> Router {
+    let headers = [
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+        ("strict-transport-security", "max-age=31536000"),
+    ];
+    headers.into_iter().fold(router, |r, (name, value)| {
+        r.layer(SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value)))
+    })
+}
+
+/// Cross-origin access for the configured browser origins only; preflights are answered here,
+/// before authentication.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let name = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, name("idempotency-key"), name("x-request-id")])
+        .expose_headers([name("x-request-id"), header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
 }
 
 /// Validates the bearer token and attaches the principal (401 otherwise), then applies the

@@ -54,6 +54,7 @@ async fn gateway() -> Gateway {
         max_body_bytes: 65_536,
         request_timeout: Duration::from_secs(5),
         rate_limit: None,
+        cors_allowed_origins: vec!["https://app.example".into()],
     };
     Gateway { _dir: dir, app: router(state.clone()), store: state.store, keys, issuer }
 }
@@ -194,4 +195,28 @@ async fn guessing_passwords_gets_429_and_an_unknown_user_looks_the_same() {
     }
     assert_eq!(refused, 1, "the ninth request from one address");
     assert_eq!(login(&g, "someone", [10, 0, 0, 3]).await.0, StatusCode::BAD_REQUEST, "other addresses are unaffected");
+}
+
+#[tokio::test]
+async fn answers_carry_security_headers_and_cors_admits_only_configured_origins() {
+    let g = gateway().await;
+    let res = g.app.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    for (name, value) in
+        [("x-content-type-options", "nosniff"), ("x-frame-options", "DENY"), ("referrer-policy", "no-referrer")]
+    {
+        assert_eq!(res.headers().get(name).map(|v| v.to_str().unwrap()), Some(value), "{name}");
+    }
+    let preflight = |origin: &str| {
+        Request::options("/v1/lancamentos")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type,idempotency-key")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let allowed = g.app.clone().oneshot(preflight("https://app.example")).await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(allowed.headers().get("access-control-allow-origin").unwrap(), "https://app.example");
+    let other = g.app.clone().oneshot(preflight("https://evil.example")).await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none(), "an unlisted origin is not admitted");
 }

@@ -135,6 +135,15 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
         problem_at(&mut out, "services.consolidate.max_epoch_records", "must be between 1 and 100000");
     }
 
+    for (i, origin) in s.gateway.cors_allowed_origins.iter().enumerate() {
+        let scheme = origin.starts_with("http://") || origin.starts_with("https://");
+        let clean = !origin.ends_with('/') && origin.bytes().all(|b| b.is_ascii_graphic());
+        if origin != "*" && !(scheme && clean) {
+            let path = format!("services.gateway.cors_allowed_origins[{i}]");
+            problem_at(&mut out, &path, format!("{origin:?} is not an origin like https://app.example.com (or \"*\")"));
+        }
+    }
+
     let retry = &s.retry;
     if retry.backoff_ms.is_empty() {
         problem_at(&mut out, "services.retry.backoff_ms", "must list at least one delay");

@@ -177,6 +177,10 @@ pub struct GatewayConfig {
     /// A request that takes longer is answered 503.
     #[serde(default = "GatewayConfig::default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`; `"*"` allows
+    /// any. Empty (the default): no cross-origin access.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl GatewayConfig {

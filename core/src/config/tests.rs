@@ -154,3 +154,18 @@ fn the_date_window_is_relative_to_today() {
     assert!(why.contains("2026-10-30 and 2026-11-30") && why.contains("date_window"), "{why}");
     assert!(at("2026-12-01").is_some());
 }
+
+#[test]
+fn cors_origins_must_be_origins() {
+    let yaml = edit(
+        "cors_allowed_origins: []",
+        r#"cors_allowed_origins: ["https://app.example", "*", "app.example", "https://x/"]"#,
+    );
+    assert_eq!(
+        problems(&yaml),
+        [
+            r#"services.gateway.cors_allowed_origins[2]: "app.example" is not an origin like https://app.example.com (or "*")"#,
+            r#"services.gateway.cors_allowed_origins[3]: "https://x/" is not an origin like https://app.example.com (or "*")"#,
+        ]
+    );
+}
