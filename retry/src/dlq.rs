@@ -136,7 +136,7 @@ impl Dlq {
         let topic = self.topic().to_owned();
         let bounds = tokio::task::spawn_blocking(move || watermarks(&consumer, &topic))
             .await
-            .map_err(|_| DlqError::Timeout(READ_TIMEOUT))??;
+            .map_err(|_| KafkaError::Canceled)??;
         let mut depth = 0;
         for (partition, low, high) in bounds {
             let from = low.max(marks.get(&partition).copied().unwrap_or(0));
@@ -218,7 +218,7 @@ impl Dlq {
         let topic = self.topic().to_owned();
         tokio::task::spawn_blocking(move || read_partitions(&consumer, &topic, &marks))
             .await
-            .map_err(|_| DlqError::Timeout(READ_TIMEOUT))?
+            .map_err(|_| KafkaError::Canceled)?
     }
 }
 

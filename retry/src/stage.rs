@@ -76,7 +76,9 @@ impl Held {
         let found = m.headers().and_then(Failure::from_headers);
         let (failure, action) = match found {
             Some(f) if f.attempt >= retry.max_attempts => (f, Action::Park { expired: true }),
-            Some(f) if config.consolidate_sources().contains(&f.origin_topic) => (f, Action::Retry),
+            Some(f) if config.services.consolidate.sources.iter().any(|t| t.id() == f.origin_topic) => {
+                (f, Action::Retry)
+            }
             found => {
                 let now = now_ms();
                 let detail = match &found {
