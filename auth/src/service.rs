@@ -1,4 +1,5 @@
-//! `POST /auth/token` (OAuth2 password grant, JSON or form) and `GET /.well-known/jwks.json`.
+//! `POST /auth/token` (OAuth2 `password` and `client_credentials` grants, JSON or form) and
+//! `GET /.well-known/jwks.json`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -7,10 +8,12 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use cashflow_core::config::LoginLimit;
 use cashflow_sinks::Store;
 use governor::clock::{Clock as _, DefaultClock};
@@ -68,6 +71,10 @@ struct TokenRequest {
     grant_type: String,
     username: Option<String>,
     password: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    /// Space-separated; narrows the granted scopes.
+    scope: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -93,6 +100,11 @@ impl IntoResponse for OAuthError {
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
+        if self.error == "invalid_client" {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"cashflow\""));
+        }
         response
     }
 }
@@ -101,31 +113,42 @@ fn oauth(status: StatusCode, error: &'static str, description: &'static str) -> 
     OAuthError { status, error, description, retry_after_secs: None }
 }
 
+/// Who asks for a token, and the hash their secret must match.
+struct Credentials {
+    /// The username, or the client id.
+    subject: String,
+    secret: String,
+}
+
+/// What a verified subject may get.
+struct Grant {
+    merchant_id: String,
+    scopes: Vec<String>,
+}
+
+/// `password` grant for merchant users, `client_credentials` for service clients (secret in the
+/// body or HTTP Basic). A wrong secret and an unknown name get the same answer in the same time.
 async fn token(
     State(state): State<Arc<AuthState>>,
     address: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let request: TokenRequest = if form {
-        serde_urlencoded::from_bytes(&body)
-            .map_err(|_| oauth(StatusCode::BAD_REQUEST, "invalid_request", "the body is not a valid form"))?
-    } else {
-        serde_json::from_slice(&body).map_err(|_| {
-            oauth(StatusCode::BAD_REQUEST, "invalid_request", "the body must be JSON or a form with grant_type")
-        })?
+    let request = parse_request(&headers, &body)?;
+    let client = request.grant_type == "client_credentials";
+    let credentials = match request.grant_type.as_str() {
+        "password" => match (&request.username, &request.password) {
+            (Some(u), Some(p)) => Credentials { subject: u.clone(), secret: p.clone() },
+            _ => return Err(oauth(StatusCode::BAD_REQUEST, "invalid_request", "username and password are required")),
+        },
+        "client_credentials" => client_credentials(&headers, &request)?,
+        _ => {
+            let supported = "the supported grants are password and client_credentials";
+            return Err(oauth(StatusCode::BAD_REQUEST, "unsupported_grant_type", supported));
+        }
     };
-    if request.grant_type != "password" {
-        return Err(oauth(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only the password grant is supported"));
-    }
-    let (Some(username), Some(password)) = (request.username, request.password) else {
-        return Err(oauth(StatusCode::BAD_REQUEST, "invalid_request", "username and password are required"));
-    };
-    if let Err(secs) = state.limits.check(&username, address.map(|Extension(ConnectInfo(a))| a.ip())) {
+    let limit_key = if client { format!("client:{}", credentials.subject) } else { credentials.subject.clone() };
+    if let Err(secs) = state.limits.check(&limit_key, address.map(|Extension(ConnectInfo(a))| a.ip())) {
         tracing::warn!("token requests over the login limit");
         let slow_down = "too many token requests; retry later";
         return Err(OAuthError {
@@ -133,17 +156,28 @@ async fn token(
             ..oauth(StatusCode::TOO_MANY_REQUESTS, "invalid_request", slow_down)
         });
     }
-    let invalid = || oauth(StatusCode::BAD_REQUEST, "invalid_grant", "invalid username or password");
-    let user = state.store.find_user(&username).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot read users");
+    let unavailable = |e: cashflow_sinks::StoreError| {
+        tracing::error!(error = %e, "cannot read credentials");
         oauth(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again later")
-    })?;
-    let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !verify_password(password, stored_hash).await {
-        return Err(invalid());
+    };
+    let (hash, grant) = if client {
+        let found = state.store.find_client(&credentials.subject).await.map_err(unavailable)?;
+        found.map(|c| (c.secret_hash, Grant { merchant_id: c.merchant_id, scopes: c.scopes })).unzip()
+    } else {
+        let found = state.store.find_user(&credentials.subject).await.map_err(unavailable)?;
+        found.map(|u| (u.password_hash, Grant { merchant_id: u.merchant_id, scopes: u.scopes })).unzip()
+    };
+    let rejected = if client {
+        oauth(StatusCode::UNAUTHORIZED, "invalid_client", "invalid client id or secret")
+    } else {
+        oauth(StatusCode::BAD_REQUEST, "invalid_grant", "invalid username or password")
+    };
+    if !verify_password(credentials.secret, hash).await {
+        return Err(rejected);
     }
-    let user = user.ok_or_else(invalid)?;
-    let token = state.issuer.issue(&user.username, &user.merchant_id, &user.scopes).map_err(|e| {
+    let grant = grant.ok_or(rejected)?;
+    let scopes = narrow(grant.scopes, request.scope.as_deref())?;
+    let token = state.issuer.issue(&credentials.subject, &grant.merchant_id, &scopes).map_err(|e| {
         tracing::error!(error = %e, "cannot sign a token");
         oauth(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot issue a token")
     })?;
@@ -151,9 +185,63 @@ async fn token(
         access_token: token,
         token_type: "Bearer",
         expires_in: state.issuer.ttl_secs(),
-        scope: user.scopes.join(" "),
+        scope: scopes.join(" "),
     };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
+fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if form {
+        serde_urlencoded::from_bytes(body)
+            .map_err(|_| oauth(StatusCode::BAD_REQUEST, "invalid_request", "the body is not a valid form"))
+    } else {
+        serde_json::from_slice(body).map_err(|_| {
+            oauth(StatusCode::BAD_REQUEST, "invalid_request", "the body must be JSON or a form with grant_type")
+        })
+    }
+}
+
+/// The client's id and secret, from HTTP Basic (RFC 6749 §2.3.1) or the body, not both.
+fn client_credentials(headers: &HeaderMap, request: &TokenRequest) -> Result<Credentials, OAuthError> {
+    let basic = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "));
+    let bad = || oauth(StatusCode::UNAUTHORIZED, "invalid_client", "invalid client id or secret");
+    match (basic, &request.client_id, &request.client_secret) {
+        (Some(encoded), None, None) => {
+            let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+            let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
+            let unescape = |s: &str| form_urlencoded_decode(s).ok_or_else(bad);
+            Ok(Credentials { subject: unescape(id)?, secret: unescape(secret)? })
+        }
+        (None, Some(id), Some(secret)) => Ok(Credentials { subject: id.clone(), secret: secret.clone() }),
+        _ => Err(oauth(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_id and client_secret are required, in the body or by HTTP Basic (not both)",
+        )),
+    }
+}
+
+/// RFC 6749 §2.3.1 form-encodes the id and secret before Basic encoding.
+fn form_urlencoded_decode(s: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={s}")).ok()?.pop().map(|(_, v)| v)
+}
+
+/// The granted scopes, narrowed to those requested; asking for one not granted is `invalid_scope`.
+fn narrow(granted: Vec<String>, requested: Option<&str>) -> Result<Vec<String>, OAuthError> {
+    let Some(requested) = requested.filter(|r| !r.trim().is_empty()) else {
+        return Ok(granted);
+    };
+    let requested: Vec<String> = requested.split_whitespace().map(str::to_owned).collect();
+    if requested.iter().all(|r| granted.contains(r)) {
+        Ok(requested)
+    } else {
+        Err(oauth(StatusCode::BAD_REQUEST, "invalid_scope", "a requested scope is not granted to these credentials"))
+    }
 }
 
 async fn jwks(State(state): State<Arc<AuthState>>) -> Response {

@@ -1,14 +1,15 @@
 //! Issuing and validating access tokens. The algorithm is pinned to EdDSA: a token that names any
 //! other algorithm (`none`, HS256 with the public key, …) is rejected before its signature is read.
 
-use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use cashflow_core::MerchantId;
 use cashflow_core::http::Principal;
-use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, decode, decode_header, encode};
+use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header, encode};
 use serde::{Deserialize, Serialize};
 
-use crate::KeyRing;
+use crate::{JwksCache, KeyRing, KeyStore};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;
@@ -41,17 +42,17 @@ pub enum AuthError {
     Signing(String),
 }
 
-/// Signs tokens with the newest key of a ring.
+/// Signs tokens with the newest key of a key store.
 #[derive(Clone)]
 pub struct Issuer {
-    keys: KeyRing,
+    keys: Arc<KeyStore>,
     issuer: String,
     audience: String,
     ttl_secs: u64,
 }
 
 impl Issuer {
-    pub fn new(keys: KeyRing, issuer: &str, audience: &str, ttl_secs: u64) -> Self {
+    pub fn new(keys: Arc<KeyStore>, issuer: &str, audience: &str, ttl_secs: u64) -> Self {
         Issuer { keys, issuer: issuer.to_owned(), audience: audience.to_owned(), ttl_secs }
     }
 
@@ -59,8 +60,9 @@ impl Issuer {
         self.ttl_secs
     }
 
-    pub fn keys(&self) -> &KeyRing {
-        &self.keys
+    /// The keys as they are now.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.current()
     }
 
     /// A signed token for `subject` acting for `merchant` with `scopes`.
@@ -77,22 +79,30 @@ impl Issuer {
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
         };
-        let (kid, key) = self.keys.signing();
+        let ring = self.keys.current();
+        let (kid, key) = ring.signing();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.to_owned());
         encode(&header, &claims, key).map_err(|e| AuthError::Signing(e.to_string()))
     }
 }
 
+/// Where a validator finds the public keys.
+pub enum KeySource {
+    /// The key directory of this process (the embedded shape).
+    Local(Arc<KeyStore>),
+    /// An auth service's JWKS (the distributed shape).
+    Jwks(JwksCache),
+}
+
 /// Validates tokens against known public keys: signature, `exp`, `nbf`, `iss`, `aud`.
-#[derive(Clone)]
 pub struct Validator {
-    keys: HashMap<String, DecodingKey>,
+    source: KeySource,
     validation: Validation,
 }
 
 impl Validator {
-    pub fn new(keys: &KeyRing, issuer: &str, audience: &str) -> Self {
+    pub fn new(source: KeySource, issuer: &str, audience: &str) -> Self {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.algorithms = vec![Algorithm::EdDSA];
         validation.leeway = LEEWAY_SECS;
@@ -100,21 +110,31 @@ impl Validator {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        Validator { keys: keys.decoding_keys().into_iter().collect(), validation }
+        Validator { source, validation }
     }
 
-    pub fn validate(&self, token: &str) -> Result<Principal, AuthError> {
+    pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::Algorithm);
         }
-        let key = header.kid.as_deref().and_then(|kid| self.keys.get(kid)).ok_or(AuthError::UnknownKey)?;
-        let data = decode::<Claims>(token, key, &self.validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let kid = header.kid.ok_or(AuthError::UnknownKey)?;
+        let key = match &self.source {
+            KeySource::Local(keys) => keys.current().decoding_key(&kid).cloned(),
+            KeySource::Jwks(cache) => cache.key(&kid).await,
+        };
+        let key = key.ok_or(AuthError::UnknownKey)?;
+        let data = decode::<Claims>(token, &key, &self.validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
         let merchant_id =
             MerchantId::parse(&c.merchant_id).map_err(|e| AuthError::Invalid(format!("merchant_id {e}")))?;
         Ok(Principal { subject: c.sub, merchant_id, scopes: c.scope.split_whitespace().map(str::to_owned).collect() })
     }
+}
+
+/// The token lifetime plus the clock leeway: how long a superseded key must keep verifying.
+pub fn key_overlap(ttl_secs: u64) -> Duration {
+    Duration::from_secs(ttl_secs + LEEWAY_SECS)
 }
 
 #[cfg(test)]
@@ -123,23 +143,23 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, Issuer, Validator) {
         let dir = tempfile::tempdir().unwrap();
-        let ring = KeyRing::load_or_create(dir.path()).unwrap();
-        let issuer = Issuer::new(ring.clone(), "cashflow", "cashflow-api", 60);
-        let validator = Validator::new(&ring, "cashflow", "cashflow-api");
+        let keys = KeyStore::open(dir.path(), key_overlap(60)).unwrap();
+        let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", 60);
+        let validator = Validator::new(KeySource::Local(keys), "cashflow", "cashflow-api");
         (dir, issuer, validator)
     }
 
-    #[test]
-    fn a_fresh_token_validates_and_carries_the_merchant() {
+    #[tokio::test]
+    async fn a_fresh_token_validates_and_carries_the_merchant() {
         let (_d, issuer, validator) = setup();
         let token = issuer.issue("ana", "loja-1", &["lancamentos:write".into()]).unwrap();
-        let p = validator.validate(&token).unwrap();
+        let p = validator.validate(&token).await.unwrap();
         assert_eq!(p.merchant_id.as_str(), "loja-1");
         assert_eq!(p.scopes, vec!["lancamentos:write"]);
     }
 
-    #[test]
-    fn tampered_and_foreign_tokens_are_rejected() {
+    #[tokio::test]
+    async fn tampered_and_foreign_tokens_are_rejected() {
         let (_d, issuer, validator) = setup();
         let token = issuer.issue("ana", "loja-1", &[]).unwrap();
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
@@ -147,23 +167,23 @@ mod tests {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let payload = String::from_utf8(e.decode(&parts[1]).unwrap()).unwrap().replace("loja-1", "loja-2");
         parts[1] = e.encode(payload);
-        assert!(matches!(validator.validate(&parts.join(".")), Err(AuthError::Invalid(_))));
+        assert!(matches!(validator.validate(&parts.join(".")).await, Err(AuthError::Invalid(_))));
 
         let (_d2, other_issuer, _) = setup();
         let foreign = other_issuer.issue("ana", "loja-1", &[]).unwrap();
-        assert!(validator.validate(&foreign).is_err());
+        assert!(validator.validate(&foreign).await.is_err());
 
         let none = format!("{}.{}.", e.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
-        assert!(matches!(validator.validate(&none), Err(AuthError::Malformed | AuthError::Algorithm)));
-        assert!(matches!(validator.validate("garbage"), Err(AuthError::Malformed)));
+        assert!(matches!(validator.validate(&none).await, Err(AuthError::Malformed | AuthError::Algorithm)));
+        assert!(matches!(validator.validate("garbage").await, Err(AuthError::Malformed)));
     }
 
-    #[test]
-    fn wrong_audience_is_rejected() {
+    #[tokio::test]
+    async fn wrong_audience_is_rejected() {
         let (d, issuer, _) = setup();
-        let ring = KeyRing::load_or_create(d.path()).unwrap();
-        let strict = Validator::new(&ring, "cashflow", "another-api");
+        let keys = KeyStore::open(d.path(), key_overlap(60)).unwrap();
+        let strict = Validator::new(KeySource::Local(keys), "cashflow", "another-api");
         let token = issuer.issue("ana", "loja-1", &[]).unwrap();
-        assert!(matches!(strict.validate(&token), Err(AuthError::Invalid(_))));
+        assert!(matches!(strict.validate(&token).await, Err(AuthError::Invalid(_))));
     }
 }

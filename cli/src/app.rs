@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cashflow_auth::{AuthState, Issuer, KeyRing, LoginLimits, Validator};
+use cashflow_auth::{AuthState, Issuer, KeySource, KeyStore, LoginLimits, Validator, key_overlap};
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::kafka;
 use cashflow_gateway::GatewayState;
@@ -22,6 +22,11 @@ pub async fn connect_store(config: &PipelineConfig, common: &Common) -> Result<S
     Store::connect(&url, config.store.max_connections)
         .await
         .with_context(|| format!("cannot open the store (store.url = {:?})", config.store.url))
+}
+
+/// Where the signing keys live.
+pub fn keys_dir(config: &PipelineConfig, common: &Common) -> std::path::PathBuf {
+    common.data_dir.join(&config.services.auth.keys_dir)
 }
 
 /// The whole pipeline in one process.
@@ -118,9 +123,8 @@ async fn serve_gateway(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let auth = &config.services.auth;
-    let keys_dir = common.data_dir.join(&auth.keys_dir);
-    let keys = KeyRing::load_or_create(&keys_dir)?;
-    let validator = Validator::new(&keys, &auth.issuer, &auth.audience);
+    let keys = KeyStore::open(&keys_dir(config, common), key_overlap(auth.token_ttl_secs))?;
+    let validator = Validator::new(KeySource::Local(Arc::clone(&keys)), &auth.issuer, &auth.audience);
     let issuer = Issuer::new(keys, &auth.issuer, &auth.audience, auth.token_ttl_secs);
     let publisher = Arc::new(Publisher::new(config)?);
     let gw = &config.services.gateway;

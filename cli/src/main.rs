@@ -1,17 +1,15 @@
 //! `cashflow`: the whole pipeline in one process (`up`), or one stage (`run <stage>`).
 
+mod access;
 mod app;
 mod broker;
 mod dlq;
 
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use cashflow_core::MerchantId;
+use anyhow::Result;
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::http::{SCOPE_READ, SCOPE_WRITE};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Merchant cash-flow entries in, daily consolidated balances out.
@@ -52,10 +50,20 @@ enum Command {
         /// The file to check (default: --config).
         file: Option<PathBuf>,
     },
-    /// Manage logins.
+    /// Merchant users (password grant).
     Users {
         #[command(subcommand)]
-        command: UsersCommand,
+        command: access::UsersCommand,
+    },
+    /// Service clients (client_credentials grant).
+    Clients {
+        #[command(subcommand)]
+        command: access::ClientsCommand,
+    },
+    /// Token signing keys: rotate, list.
+    Keys {
+        #[command(subcommand)]
+        command: access::KeysCommand,
     },
     /// Records parked in the dead-letter topic: list, replay, purge.
     Dlq {
@@ -76,20 +84,6 @@ pub enum Stage {
     Retry,
 }
 
-#[derive(Debug, Subcommand)]
-enum UsersCommand {
-    /// Create or replace a login; the password is read from standard input.
-    Add {
-        #[arg(long)]
-        merchant: String,
-        #[arg(long)]
-        username: String,
-        /// Scopes granted (space-separated).
-        #[arg(long, default_value_t = format!("{SCOPE_WRITE} {SCOPE_READ}"))]
-        scopes: String,
-    },
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cashflow_observability::init_tracing();
@@ -108,9 +102,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up => app::up(config, &cli.common).await,
             Command::Run { stage } => app::run(stage, config, &cli.common).await,
-            Command::Users { command: UsersCommand::Add { merchant, username, scopes } } => {
-                users_add(config, &cli.common, &merchant, &username, &scopes).await
-            }
+            Command::Users { command } => access::users(command, config, &cli.common).await,
+            Command::Clients { command } => access::clients(command, config, &cli.common).await,
+            Command::Keys { command } => access::keys(command, &config, &cli.common),
             Command::Dlq { command } => dlq::run(command, config, &cli.common).await,
             Command::Validate { .. } => Ok(()),
         }
@@ -152,35 +146,4 @@ fn validate(file: &std::path::Path) -> ExitCode {
 
 fn scheme(url: &str) -> &str {
     url.split(':').next().unwrap_or(url)
-}
-
-async fn users_add(
-    config: PipelineConfig,
-    common: &Common,
-    merchant: &str,
-    username: &str,
-    scopes: &str,
-) -> Result<()> {
-    let merchant = MerchantId::parse(merchant).map_err(|e| anyhow::anyhow!("--merchant {e}"))?;
-    if username.trim().is_empty() || username.len() > 128 {
-        bail!("--username must be 1 to 128 characters");
-    }
-    let mut password = String::new();
-    std::io::stdin().read_to_string(&mut password).context("cannot read the password from standard input")?;
-    let password = password.trim_end_matches(['\n', '\r']).to_owned();
-    if password.chars().count() < 8 {
-        bail!("the password (read from standard input) must have at least 8 characters");
-    }
-    let store = app::connect_store(&config, common).await?;
-    let hash =
-        cashflow_auth::hash_password(password).await.map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
-    let user = cashflow_sinks::User {
-        username: username.to_owned(),
-        merchant_id: merchant.to_string(),
-        password_hash: hash,
-        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
-    };
-    store.upsert_user(&user).await?;
-    println!("user {username:?} can now act for merchant {merchant} with scopes: {}", user.scopes.join(" "));
-    Ok(())
 }

@@ -125,7 +125,7 @@ async fn authenticate(State(guard): State<Arc<Guard>>, mut req: Request, next: N
     let Some(token) = token else {
         return Problem::unauthorized("a bearer token is required").into_response();
     };
-    match guard.validator.validate(token.trim()) {
+    match guard.validator.validate(token.trim()).await {
         Ok(principal) => {
             if let Some(limiter) = &guard.limiter
                 && let Err(not_until) = limiter.check_key(&principal.merchant_id.to_string())

@@ -10,14 +10,19 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use cashflow_auth::{AuthState, Claims, Issuer, KeyRing, LoginLimits, Validator};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
+use cashflow_auth::{
+    AuthState, Claims, Issuer, KeyInfo, KeyRing, KeySource, KeyStatus, KeyStore, LoginLimits, Validator, key_overlap,
+};
 use cashflow_core::config::{LoginLimit, PipelineConfig};
 use cashflow_gateway::{GatewayState, router};
 use cashflow_ingest::Publisher;
 use cashflow_retry::Dlq;
 use cashflow_sinks::Store;
+use chrono::{DateTime, Utc};
+use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::Value;
 use tower::ServiceExt as _;
 
 const SHIPPED: &str = include_str!("../../pipeline.yaml");
@@ -27,20 +32,34 @@ struct Gateway {
     _dir: tempfile::TempDir,
     app: Router,
     store: Store,
-    keys: KeyRing,
+    keys: Arc<KeyStore>,
     issuer: Issuer,
 }
 
+impl Gateway {
+    fn validator(&self) -> Validator {
+        Validator::new(KeySource::Local(Arc::clone(&self.keys)), "cashflow", "cashflow-api")
+    }
+}
+
 async fn gateway() -> Gateway {
+    gateway_with_keys_from(&[]).await
+}
+
+/// A gateway whose key directory already holds keys created at these times.
+async fn gateway_with_keys_from(created: &[DateTime<Utc>]) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
-    let keys = KeyRing::load_or_create(&dir.path().join("keys")).unwrap();
-    let issuer = Issuer::new(keys.clone(), "cashflow", "cashflow-api", 900);
+    for at in created {
+        KeyRing::create_key(&dir.path().join("keys"), *at).unwrap();
+    }
+    let keys = KeyStore::open(&dir.path().join("keys"), key_overlap(900)).unwrap();
+    let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", 900);
     // No broker is needed: these requests never reach ingest.
     let yaml = SHIPPED.replace("brokers: embedded", "brokers: \"127.0.0.1:9\"");
     let config = Arc::new(PipelineConfig::parse("test", &yaml, |_| None).unwrap());
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("store.db").display()), 2).await.unwrap();
     let state = GatewayState {
-        validator: Arc::new(Validator::new(&keys, "cashflow", "cashflow-api")),
+        validator: Arc::new(Validator::new(KeySource::Local(Arc::clone(&keys)), "cashflow", "cashflow-api")),
         auth: Arc::new(AuthState {
             issuer: issuer.clone(),
             store: store.clone(),
@@ -88,16 +107,21 @@ impl Gateway {
 
     /// Signed with the gateway's own key, so only the claims or header are wrong.
     fn signed(&self, claims: &Claims, kid: &str) -> String {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(kid.to_owned());
-        encode(&header, claims, self.keys.signing().1).unwrap()
+        let ring = self.keys.current();
+        sign(claims, kid, ring.signing().1)
     }
+}
+
+fn sign(claims: &Claims, kid: &str, key: &EncodingKey) -> String {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(kid.to_owned());
+    encode(&header, claims, key).unwrap()
 }
 
 #[tokio::test]
 async fn every_token_attack_gets_401() {
     let g = gateway().await;
-    let kid = g.keys.signing().0.to_owned();
+    let kid = g.keys.current().signing().0.to_owned();
     let now = chrono::Utc::now().timestamp();
     let valid = g.signed(&g.claims(), &kid);
     assert_eq!(g.status(Some(format!("Bearer {valid}"))).await.0, StatusCode::OK, "the control must pass");
@@ -110,14 +134,15 @@ async fn every_token_attack_gets_401() {
     };
     let alg_none = format!("{}.{payload}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#));
     // Algorithm confusion: HS256 keyed with the public key that the JWKS publishes.
-    let public = B64.decode(&g.keys.jwks()[0].x).unwrap();
+    let public = B64.decode(&g.keys.current().jwks()[0].x).unwrap();
     let mut hs = Header::new(Algorithm::HS256);
     hs.kid = Some(kid.clone());
     let hs256 = encode(&hs, &g.claims(), &EncodingKey::from_secret(&public)).unwrap();
     let other_ring = tempfile::tempdir().unwrap();
-    let foreign = Issuer::new(KeyRing::load_or_create(other_ring.path()).unwrap(), "cashflow", "cashflow-api", 900)
-        .issue("ana", "loja-1", &["consolidado:read".into()])
-        .unwrap();
+    let foreign =
+        Issuer::new(KeyStore::open(other_ring.path(), key_overlap(900)).unwrap(), "cashflow", "cashflow-api", 900)
+            .issue("ana", "loja-1", &["consolidado:read".into()])
+            .unwrap();
 
     let attacks: Vec<(&str, Option<String>)> = vec![
         ("no token", None),
@@ -141,6 +166,32 @@ async fn every_token_attack_gets_401() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}");
         assert_eq!(content_type, "application/problem+json", "{name}");
     }
+}
+
+#[tokio::test]
+async fn a_rotated_out_key_verifies_during_its_overlap_and_not_after() {
+    let now = Utc::now();
+    // Superseded two hours ago (retired), superseded five minutes ago (15.5 min overlap), signing.
+    let g = gateway_with_keys_from(&[
+        now - chrono::Duration::hours(3),
+        now - chrono::Duration::hours(2),
+        now - chrono::Duration::minutes(5),
+    ])
+    .await;
+    let ring = g.keys.current();
+    let [retired, overlapping, signing] = ring.keys() else { panic!("three keys expected") };
+    assert_eq!(signing.status, KeyStatus::Signing);
+    let with = |key: &KeyInfo| {
+        let pem = std::fs::read(&key.path).unwrap();
+        format!("Bearer {}", sign(&g.claims(), &key.kid, &EncodingKey::from_ed_pem(&pem).unwrap()))
+    };
+    assert_eq!(g.status(Some(with(signing))).await.0, StatusCode::OK);
+    assert_eq!(g.status(Some(with(overlapping))).await.0, StatusCode::OK, "still in its overlap");
+    let (status, content_type) = g.status(Some(with(retired))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a rotated-out key after its overlap");
+    assert_eq!(content_type, "application/problem+json");
+    let published: Vec<_> = ring.jwks().iter().map(|j| j.kid.clone()).collect();
+    assert_eq!(published, [overlapping.kid.clone(), signing.kid.clone()], "the JWKS drops the retired key");
 }
 
 #[tokio::test]
@@ -219,4 +270,67 @@ async fn answers_carry_security_headers_and_cors_admits_only_configured_origins(
     assert_eq!(allowed.headers().get("access-control-allow-origin").unwrap(), "https://app.example");
     let other = g.app.clone().oneshot(preflight("https://evil.example")).await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none(), "an unlisted origin is not admitted");
+}
+
+/// `POST /auth/token`; returns the status and the JSON body.
+async fn token_request(g: &Gateway, content_type: &str, basic: Option<&str>, body: String) -> (StatusCode, Value) {
+    let mut req = Request::post("/auth/token").header("content-type", content_type);
+    if let Some(credentials) = basic {
+        req = req.header("authorization", format!("Basic {}", STANDARD.encode(credentials)));
+    }
+    let res = g.app.clone().oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn service_clients_get_tokens_by_client_credentials_and_a_wrong_secret_looks_like_an_unknown_client() {
+    let g = gateway().await;
+    let client = cashflow_sinks::Client {
+        client_id: "pdv-7".into(),
+        merchant_id: "loja-7".into(),
+        secret_hash: cashflow_auth::hash_password("s3cr3t-value".into()).await.unwrap(),
+        scopes: vec!["lancamentos:write".into(), "consolidado:read".into()],
+    };
+    g.store.upsert_client(&client).await.unwrap();
+    let json = "application/json";
+    let form = "application/x-www-form-urlencoded";
+
+    let by_body =
+        serde_json::json!({"grant_type": "client_credentials", "client_id": "pdv-7", "client_secret": "s3cr3t-value"});
+    let (status, body) = token_request(&g, json, None, by_body.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], "lancamentos:write consolidado:read");
+    let principal = g.validator().validate(body["access_token"].as_str().unwrap()).await.unwrap();
+    assert_eq!((principal.subject.as_str(), principal.merchant_id.as_str()), ("pdv-7", "loja-7"));
+
+    let (status, body) = token_request(
+        &g,
+        form,
+        Some("pdv-7:s3cr3t-value"),
+        "grant_type=client_credentials&scope=consolidado%3Aread".into(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "HTTP Basic, narrowed scope: {body}");
+    assert_eq!(body["scope"], "consolidado:read");
+
+    let (status, body) =
+        token_request(&g, form, Some("pdv-7:s3cr3t-value"), "grant_type=client_credentials&scope=admin".into()).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_scope")));
+
+    let (wrong_status, wrong) =
+        token_request(&g, form, Some("pdv-7:guess"), "grant_type=client_credentials".into()).await;
+    let (unknown_status, unknown) =
+        token_request(&g, form, Some("nobody:guess"), "grant_type=client_credentials".into()).await;
+    assert_eq!(wrong_status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        (wrong_status, &wrong),
+        (unknown_status, &unknown),
+        "a wrong secret and an unknown client look the same"
+    );
+    assert_eq!(wrong["error"], "invalid_client");
+
+    let (status, body) = token_request(&g, json, None, r#"{"grant_type":"implicit"}"#.into()).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("unsupported_grant_type")));
 }

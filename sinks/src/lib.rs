@@ -13,4 +13,4 @@ mod users;
 pub use epoch::{Delivery, EpochTx, Origin, StoredEntry};
 pub use read::DailyRows;
 pub use store::{Store, StoreError};
-pub use users::User;
+pub use users::{Client, User};
