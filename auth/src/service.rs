@@ -27,6 +27,22 @@ pub struct AuthState {
     pub issuer: Issuer,
     pub store: Store,
     pub limits: LoginLimits,
+    /// Peers (a gateway) trusted to name the client in `X-Forwarded-For`.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl AuthState {
+    /// The client's address: the peer's, or the one a trusted proxy forwarded.
+    fn client_address(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let forwarded = || {
+            let list = headers.get("x-forwarded-for")?.to_str().ok()?;
+            list.rsplit(',').next()?.trim().parse().ok()
+        };
+        match peer {
+            Some(ip) if self.trusted_proxies.contains(&ip) => forwarded().or(peer),
+            _ => peer,
+        }
+    }
 }
 
 type Limiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
@@ -148,7 +164,8 @@ async fn token(
         }
     };
     let limit_key = if client { format!("client:{}", credentials.subject) } else { credentials.subject.clone() };
-    if let Err(secs) = state.limits.check(&limit_key, address.map(|Extension(ConnectInfo(a))| a.ip())) {
+    let address = state.client_address(address.map(|Extension(ConnectInfo(a))| a.ip()), &headers);
+    if let Err(secs) = state.limits.check(&limit_key, address) {
         tracing::warn!("token requests over the login limit");
         let slow_down = "too many token requests; retry later";
         return Err(OAuthError {

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cashflow_auth::{AuthState, Issuer, KeySource, KeyStore, LoginLimits, Validator, key_overlap};
+use cashflow_auth::{AuthState, Issuer, JwksCache, KeySource, KeyStore, LoginLimits, Validator, key_overlap};
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::kafka;
-use cashflow_gateway::GatewayState;
-use cashflow_ingest::Publisher;
+use cashflow_gateway::{Apis, GatewayState, QueryState, Upstreams};
+use cashflow_ingest::{IngestState, Publisher};
 use cashflow_retry::Dlq;
 use cashflow_sinks::Store;
 use tokio::net::TcpListener;
@@ -39,7 +39,7 @@ pub async fn up(config: PipelineConfig, common: &Common) -> Result<()> {
         let shutdown = shutdown_signal();
         let consolidate = tokio::spawn(cashflow_dataflow::run(Arc::clone(&config), store.clone(), shutdown.clone()));
         let retry = tokio::spawn(cashflow_retry::run(Arc::clone(&config), store.clone(), shutdown.clone()));
-        let served = serve_gateway(&config, common, store.clone(), shutdown.clone()).await;
+        let served = serve_http(&config, common, Stage::Gateway, Some(store.clone()), shutdown.clone()).await;
         shutdown.cancel();
         tracing::info!("gateway stopped");
         let _ = consolidate.await;
@@ -70,10 +70,17 @@ pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Resul
             broker.stop().await;
             Ok(())
         }
-        Stage::Gateway => {
-            create_topics(&config).await?;
+        Stage::Gateway if config.services.gateway.upstreams.is_some() => {
+            serve_http(&config, common, stage, None, shutdown_signal()).await
+        }
+        Stage::Gateway | Stage::Ingest | Stage::Query | Stage::Auth => {
+            if !matches!(stage, Stage::Auth) {
+                create_topics(&config).await?;
+            }
             let store = connect_store(&config, common).await?;
-            serve_gateway(&config, common, store, shutdown_signal()).await
+            let served = serve_http(&config, common, stage, Some(store.clone()), shutdown_signal()).await;
+            store.close().await;
+            served
         }
         Stage::Consolidate | Stage::Retry => {
             create_topics(&config).await?;
@@ -116,41 +123,83 @@ async fn create_topics(config: &PipelineConfig) -> Result<()> {
     }
 }
 
-async fn serve_gateway(
+/// The HTTP APIs of `stage` (or of the whole embedded pipeline), until `shutdown`.
+async fn serve_http(
     config: &Arc<PipelineConfig>,
     common: &Common,
-    store: Store,
+    stage: Stage,
+    store: Option<Store>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let auth = &config.services.auth;
-    let keys = KeyStore::open(&keys_dir(config, common), key_overlap(auth.token_ttl_secs))?;
-    let validator = Validator::new(KeySource::Local(Arc::clone(&keys)), &auth.issuer, &auth.audience);
-    let issuer = Issuer::new(keys, &auth.issuer, &auth.audience, auth.token_ttl_secs);
-    let publisher = Arc::new(Publisher::new(config)?);
-    let gw = &config.services.gateway;
-    let state = GatewayState {
-        validator: Arc::new(validator),
-        auth: Arc::new(AuthState {
-            issuer,
-            store: store.clone(),
+    let services = &config.services;
+    let auth = &services.auth;
+    let gw = &services.gateway;
+    let local_keys = || KeyStore::open(&keys_dir(config, common), key_overlap(auth.token_ttl_secs));
+    let remote_keys = || -> Result<KeySource> {
+        let upstreams = gw.upstreams.as_ref().context(
+            "services.gateway.upstreams is not set: in the distributed shape every stage validates tokens \
+             with the auth stage's JWKS, found at services.gateway.upstreams.auth",
+        )?;
+        Ok(KeySource::Jwks(JwksCache::new(upstreams.jwks_url())))
+    };
+    let need_store = || store.clone().context("this stage needs the store");
+    let mut apis = Apis::default();
+    let mut publisher = None;
+    let (source, listen) = match stage {
+        Stage::Gateway if gw.upstreams.is_some() => (remote_keys()?, &gw.listen),
+        Stage::Auth => (KeySource::Local(local_keys()?), &auth.listen),
+        Stage::Ingest => (remote_keys()?, &services.ingest.listen),
+        Stage::Query => (remote_keys()?, &services.query.listen),
+        _ => (KeySource::Local(local_keys()?), &gw.listen),
+    };
+    let everything = matches!(stage, Stage::Gateway) && gw.upstreams.is_none();
+    if everything || matches!(stage, Stage::Auth) {
+        let keys = local_keys()?;
+        apis.auth = Some(Arc::new(AuthState {
+            issuer: Issuer::new(keys, &auth.issuer, &auth.audience, auth.token_ttl_secs),
+            store: need_store()?,
             limits: LoginLimits::new(auth.login_limit_per_username, auth.login_limit_per_address),
-        }),
-        publisher: Arc::clone(&publisher),
-        dlq: Dlq::new(Arc::clone(config), store.clone()),
-        date_window: config.services.consolidate.date_window,
-        store,
-        consolidate_group: config.services.consolidate.group.clone(),
+            trusted_proxies: auth.trusted_proxies.clone(),
+        }));
+    }
+    if everything || matches!(stage, Stage::Ingest) {
+        let p = Arc::new(Publisher::new(config)?);
+        apis.ingest = Some(IngestState {
+            publisher: Arc::clone(&p),
+            store: need_store()?,
+            date_window: services.consolidate.date_window,
+        });
+        publisher = Some(p);
+    }
+    if everything || matches!(stage, Stage::Query) {
+        let store = need_store()?;
+        apis.dlq = Some(Dlq::new(Arc::clone(config), store.clone()));
+        apis.query = Some(QueryState { store, consolidate_group: services.consolidate.group.clone() });
+    }
+    if let (Stage::Gateway, Some(up)) = (stage, &gw.upstreams) {
+        let timeout = Duration::from_secs(gw.request_timeout_secs);
+        let upstreams = Upstreams::new(up, gw.max_body_bytes, timeout).map_err(anyhow::Error::msg)?;
+        let every = Duration::from_secs(up.health_check_secs);
+        tokio::spawn(Arc::clone(&upstreams).check_health(every, shutdown.clone()));
+        apis.upstreams = Some(upstreams);
+    }
+    let state = GatewayState {
+        validator: Arc::new(Validator::new(source, &auth.issuer, &auth.audience)),
+        apis,
         max_body_bytes: gw.max_body_bytes,
         request_timeout: Duration::from_secs(gw.request_timeout_secs),
         rate_limit: gw.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
+        rate_limit_per_address: gw.rate_limit_per_address.as_ref().map(|r| (r.per_second, r.burst)),
         cors_allowed_origins: gw.cors_allowed_origins.clone(),
     };
-    let listen = common.listen.clone().unwrap_or_else(|| gw.listen.clone());
+    let listen = common.listen.clone().unwrap_or_else(|| listen.clone());
     let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(listen = %listener.local_addr()?, "gateway listening");
+    tracing::info!(listen = %listener.local_addr()?, stage = ?stage, "HTTP API listening");
     let app = cashflow_gateway::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
-    publisher.flush(Duration::from_secs(5));
+    if let Some(p) = publisher {
+        p.flush(Duration::from_secs(5));
+    }
     Ok(())
 }
 

@@ -76,8 +76,15 @@ enum Command {
 pub enum Stage {
     /// The embedded Kafka-protocol broker alone.
     Broker,
-    /// The HTTP API: auth, ingest and balance queries.
+    /// The HTTP API. With services.gateway.upstreams it checks tokens and limits and forwards to
+    /// the auth, ingest and query stages; without, it serves every API itself.
     Gateway,
+    /// The auth API alone: tokens and the JWKS (distributed shape).
+    Auth,
+    /// The ingest API alone: entries to the broker (distributed shape).
+    Ingest,
+    /// The balance queries and operators' routes alone (distributed shape).
+    Query,
     /// The consolidator: Kafka → differential dataflow → store.
     Consolidate,
     /// The retry stage: failed records back to consolidation after their backoff, or parked.

@@ -94,6 +94,11 @@ impl Problem {
         Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").detail(detail)
     }
 
+    /// A request that names, or touches the data of, a merchant other than the token's.
+    pub fn foreign_merchant() -> Self {
+        Problem::forbidden("the token's merchant is the only one this request may read or write")
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found").detail(detail)
     }
@@ -143,6 +148,29 @@ impl Principal {
         } else {
             Err(Problem::forbidden(format!("the token lacks the scope {scope}")))
         }
+    }
+}
+
+/// Names under which a request might try to choose its merchant: query parameters, headers and
+/// body fields. None overrides the token; naming another merchant is refused.
+pub const MERCHANT_NAMES: [&str; 5] = ["merchant_id", "merchant", "comerciante", "merchantId", "x-merchant-id"];
+
+impl Principal {
+    /// 403 when `value` names a merchant other than the token's.
+    pub fn check_named(&self, value: &str) -> Result<(), Problem> {
+        if value.trim() == self.merchant_id.as_str() { Ok(()) } else { Err(Problem::foreign_merchant()) }
+    }
+
+    /// 403 when a JSON body names another merchant in any of [`MERCHANT_NAMES`].
+    pub fn refuse_foreign(&self, body: &serde_json::Value) -> Result<(), Problem> {
+        for name in MERCHANT_NAMES {
+            match body.get(name) {
+                None => {}
+                Some(serde_json::Value::String(v)) => self.check_named(v)?,
+                Some(_) => return Err(Problem::foreign_merchant()),
+            }
+        }
+        Ok(())
     }
 }
 

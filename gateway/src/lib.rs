@@ -1,9 +1,13 @@
 //! The HTTP gateway: validates bearer tokens (EdDSA pinned, `iss`, `aud`, `exp`, `nbf`), puts the
-//! caller's [`Principal`](cashflow_core::http::Principal) on the request, and routes to auth,
-//! ingest, the balance queries and the dead-letter admin routes. Every error is problem+json.
+//! caller's [`Principal`](cashflow_core::http::Principal) on the request, limits request rates, and
+//! routes to auth, ingest, the balance queries and the dead-letter admin routes: in process (the
+//! embedded shape) or by proxy to the stages (the distributed shape). Every error is problem+json.
 
 mod admin;
+mod proxy;
 mod query;
 mod service;
 
-pub use service::{GatewayState, router};
+pub use proxy::{Upstream, Upstreams};
+pub use query::QueryState;
+pub use service::{Apis, GatewayState, router};

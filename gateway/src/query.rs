@@ -8,12 +8,20 @@ use cashflow_core::http::{FieldError, Json, Principal, Problem, SCOPE_READ};
 use cashflow_core::{BusinessDate, DailyBalance, MerchantId, daily_series};
 use serde::{Deserialize, Serialize};
 
-use crate::GatewayState;
+use cashflow_sinks::Store;
+
+/// What the balance queries need.
+#[derive(Clone)]
+pub struct QueryState {
+    pub store: Store,
+    /// Consumer group whose commits mark how fresh balances are.
+    pub consolidate_group: String,
+}
 
 /// Longest range one request may ask for.
 pub const MAX_RANGE_DAYS: i64 = 366;
 
-pub(crate) fn router(state: GatewayState) -> Router {
+pub(crate) fn router(state: QueryState) -> Router {
     Router::new()
         .route("/v1/consolidado/diario", get(range))
         .route("/v1/consolidado/diario/{data}", get(one_day))
@@ -47,7 +55,7 @@ fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> 
 }
 
 async fn range(
-    State(state): State<GatewayState>,
+    State(state): State<QueryState>,
     principal: Principal,
     Query(q): Query<RangeQuery>,
 ) -> Result<Response, Problem> {
@@ -73,7 +81,7 @@ async fn range(
 }
 
 async fn one_day(
-    State(state): State<GatewayState>,
+    State(state): State<QueryState>,
     principal: Principal,
     Path(data): Path<String>,
 ) -> Result<Response, Problem> {
@@ -90,7 +98,7 @@ async fn one_day(
 }
 
 async fn consolidado(
-    state: &GatewayState,
+    state: &QueryState,
     merchant: MerchantId,
     de: BusinessDate,
     ate: BusinessDate,

@@ -2,20 +2,21 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use cashflow_auth::{AuthState, Validator};
-use cashflow_core::config::DateWindow;
-use cashflow_core::http::Problem;
-use cashflow_ingest::{IngestState, Publisher};
+use cashflow_core::http::{MERCHANT_NAMES, Principal, Problem};
+use cashflow_ingest::IngestState;
 use cashflow_observability::{metrics_handler, track_http};
 use cashflow_retry::Dlq;
-use cashflow_sinks::Store;
-use governor::clock::{Clock as _, DefaultClock};
+use governor::NotUntil;
+use governor::clock::{Clock as _, DefaultClock, QuantaInstant};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -23,64 +24,100 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
-/// What the gateway serves.
+use crate::proxy::{Upstream, Upstreams};
+use crate::query::QueryState;
+
+/// The APIs this process serves itself. The embedded shape serves them all; a stage of the
+/// distributed shape serves its own; a distributed gateway serves none and forwards to `upstreams`.
+#[derive(Clone, Default)]
+pub struct Apis {
+    pub auth: Option<Arc<AuthState>>,
+    pub ingest: Option<IngestState>,
+    pub query: Option<QueryState>,
+    /// The dead-letter admin routes, served with the queries.
+    pub dlq: Option<Dlq>,
+    pub upstreams: Option<Arc<Upstreams>>,
+}
+
+/// What the gateway serves, and the limits it keeps.
 #[derive(Clone)]
 pub struct GatewayState {
     pub validator: Arc<Validator>,
-    pub auth: Arc<AuthState>,
-    pub publisher: Arc<Publisher>,
-    pub store: Store,
-    /// The dead-letter topic, for the admin routes.
-    pub dlq: Dlq,
-    /// Business dates ingest accepts.
-    pub date_window: DateWindow,
-    /// Consumer group whose commits mark how fresh balances are.
-    pub consolidate_group: String,
+    pub apis: Apis,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     /// Requests per second and burst allowed to each merchant; none means unlimited.
     pub rate_limit: Option<(u32, u32)>,
+    /// Requests per second and burst allowed to each client address; none means unlimited.
+    pub rate_limit_per_address: Option<(u32, u32)>,
     /// Browser origins allowed (CORS); `*` for any; empty for none.
     pub cors_allowed_origins: Vec<String>,
 }
 
-type MerchantLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
+type Limiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
+
+fn limiter<K: std::hash::Hash + Eq + Clone>(limit: Option<(u32, u32)>) -> Option<Limiter<K>> {
+    let (per_second, burst) = limit?;
+    Some(RateLimiter::keyed(Quota::per_second(NonZeroU32::new(per_second)?).allow_burst(NonZeroU32::new(burst)?)))
+}
 
 /// What the authentication middleware needs.
 struct Guard {
     validator: Arc<Validator>,
-    limiter: Option<MerchantLimiter>,
+    per_merchant: Option<Limiter<String>>,
 }
 
 pub fn router(state: GatewayState) -> Router {
     let x_request_id = HeaderName::from_static("x-request-id");
-    let ingest = IngestState {
-        publisher: Arc::clone(&state.publisher),
-        store: state.store.clone(),
-        date_window: state.date_window,
-    };
-    let protected = crate::query::router(state.clone())
-        .merge(cashflow_ingest::router(ingest))
-        .merge(crate::admin::router(state.dlq.clone()));
-    let limiter = state.rate_limit.and_then(|(per_second, burst)| {
-        let quota = Quota::per_second(NonZeroU32::new(per_second)?).allow_burst(NonZeroU32::new(burst)?);
-        Some(RateLimiter::keyed(quota))
-    });
-    let guard = Arc::new(Guard { validator: Arc::clone(&state.validator), limiter });
+    let apis = &state.apis;
+    let mut public = Router::new();
+    let mut protected = Router::new();
+    if let Some(auth) = &apis.auth {
+        public = public.merge(cashflow_auth::router(Arc::clone(auth)));
+    }
+    if let Some(ingest) = &apis.ingest {
+        protected = protected.merge(cashflow_ingest::router(ingest.clone()));
+    }
+    if let Some(query) = &apis.query {
+        protected = protected.merge(crate::query::router(query.clone()));
+    }
+    if let Some(dlq) = &apis.dlq {
+        protected = protected.merge(crate::admin::router(dlq.clone()));
+    }
+    if let Some(upstreams) = &apis.upstreams {
+        let (to_auth, to_stage) = (Arc::clone(upstreams), Arc::clone(upstreams));
+        let to_auth = move |req: Request| async move { to_auth.forward(&to_auth.auth, req).await };
+        public = public.route("/auth/token", post(to_auth.clone())).route("/.well-known/jwks.json", get(to_auth));
+        protected = protected.route(
+            "/v1/{*path}",
+            any(move |req: Request| async move {
+                let stage = stage_for(&to_stage, req.method(), req.uri().path());
+                to_stage.forward(stage, req).await
+            }),
+        );
+    }
+    let guard = Arc::new(Guard { validator: Arc::clone(&state.validator), per_merchant: limiter(state.rate_limit) });
     let protected = protected.layer(middleware::from_fn_with_state(guard, authenticate));
-    let router = Router::new()
-        .merge(cashflow_auth::router(Arc::clone(&state.auth)))
+    let per_address = Arc::new(limiter::<IpAddr>(state.rate_limit_per_address));
+    let router = public
         .merge(protected)
-        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
-        .route("/readyz", get(ready).with_state(state.clone()))
-        .route("/metrics", get(metrics_handler))
         .fallback(|| async { Problem::not_found("no such route") })
+        .layer(middleware::from_fn_with_state(per_address, limit_address))
+        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/readyz", get(ready).with_state(state.apis.clone()))
+        .route("/metrics", get(metrics_handler))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn(track_http))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.request_timeout))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid));
     with_security_headers(router).layer(cors(&state.cors_allowed_origins))
+}
+
+/// Entries are written by ingest; everything else under `/v1` (balances, statement, operators'
+/// routes) is read by the query stage.
+fn stage_for<'a>(upstreams: &'a Upstreams, method: &Method, path: &str) -> &'a Upstream {
+    if method == Method::POST && path.starts_with("/v1/lancamentos") { &upstreams.ingest } else { &upstreams.query }
 }
 
 /// Headers every answer carries: an API serves no pages, frames nothing and sniffs nothing.
@@ -114,8 +151,28 @@ fn cors(origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-/// Validates the bearer token and attaches the principal (401 otherwise), then applies the
-/// merchant's rate limit (429 with `Retry-After`).
+/// 429 with `Retry-After` once a client address is over its limit, before any other work.
+async fn limit_address(State(limiter): State<Arc<Option<Limiter<IpAddr>>>>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.ip());
+    if let (Some(limiter), Some(ip)) = (limiter.as_ref(), peer)
+        && let Err(not_until) = limiter.check_key(&ip)
+    {
+        return too_many(not_until, "the client address's request rate is over its limit");
+    }
+    next.run(req).await
+}
+
+fn too_many(not_until: NotUntil<QuantaInstant>, detail: &str) -> Response {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
+        .detail(detail)
+        .retry_after(wait.as_secs().max(1))
+        .into_response()
+}
+
+/// Validates the bearer token and attaches the principal (401 otherwise), refuses a request
+/// that names another merchant in its query or headers (403), then applies the merchant's rate
+/// limit (429 with `Retry-After`).
 async fn authenticate(State(guard): State<Arc<Guard>>, mut req: Request, next: Next) -> Response {
     let token = req
         .headers()
@@ -125,33 +182,55 @@ async fn authenticate(State(guard): State<Arc<Guard>>, mut req: Request, next: N
     let Some(token) = token else {
         return Problem::unauthorized("a bearer token is required").into_response();
     };
-    match guard.validator.validate(token.trim()).await {
-        Ok(principal) => {
-            if let Some(limiter) = &guard.limiter
-                && let Err(not_until) = limiter.check_key(&principal.merchant_id.to_string())
-            {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests")
-                    .detail("the merchant's request rate is over its limit")
-                    .retry_after(wait.as_secs().max(1))
-                    .into_response();
-            }
-            req.extensions_mut().insert(principal);
-            next.run(req).await
-        }
+    let principal = match guard.validator.validate(token.trim()).await {
+        Ok(principal) => principal,
         Err(e) => {
             tracing::debug!(error = %e, "token rejected");
-            Problem::unauthorized("the token is invalid or expired").into_response()
+            return Problem::unauthorized("the token is invalid or expired").into_response();
         }
+    };
+    if let Err(problem) = refuse_named_merchant(&req, &principal) {
+        return problem.into_response();
     }
+    if let Some(limiter) = &guard.per_merchant
+        && let Err(not_until) = limiter.check_key(&principal.merchant_id.to_string())
+    {
+        return too_many(not_until, "the merchant's request rate is over its limit");
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
 }
 
-async fn ready(State(state): State<GatewayState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: store unreachable");
-            Problem::unavailable("the store is unreachable", 5).into_response()
+/// The merchant comes from the token: a query parameter or header naming another is refused.
+fn refuse_named_merchant(req: &Request, principal: &Principal) -> Result<(), Problem> {
+    let query: Vec<(String, String)> =
+        req.uri().query().and_then(|q| serde_urlencoded::from_str(q).ok()).unwrap_or_default();
+    for (name, value) in &query {
+        if MERCHANT_NAMES.contains(&name.as_str()) {
+            principal.check_named(value)?;
         }
     }
+    for name in MERCHANT_NAMES {
+        for value in req.headers().get_all(name) {
+            principal.check_named(value.to_str().unwrap_or_default())?;
+        }
+    }
+    Ok(())
+}
+
+async fn ready(State(apis): State<Apis>) -> Response {
+    let store = apis.query.as_ref().map(|q| &q.store).or(apis.ingest.as_ref().map(|i| &i.store));
+    if let Some(store) = store
+        && let Err(e) = store.ping().await
+    {
+        tracing::warn!(error = %e, "not ready: store unreachable");
+        return Problem::unavailable("the store is unreachable", 5).into_response();
+    }
+    if let Some(upstreams) = &apis.upstreams {
+        let down: Vec<_> = upstreams.all().iter().filter(|u| !u.is_up()).map(|u| u.name()).collect();
+        if !down.is_empty() {
+            return Problem::unavailable(format!("stages not ready: {}", down.join(", ")), 5).into_response();
+        }
+    }
+    Json(serde_json::json!({ "status": "ready" })).into_response()
 }

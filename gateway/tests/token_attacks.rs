@@ -15,10 +15,11 @@ use cashflow_auth::{
     AuthState, Claims, Issuer, KeyInfo, KeyRing, KeySource, KeyStatus, KeyStore, LoginLimits, Validator, key_overlap,
 };
 use cashflow_core::config::{LoginLimit, PipelineConfig};
-use cashflow_gateway::{GatewayState, router};
-use cashflow_ingest::Publisher;
+use cashflow_core::{BusinessDate, DayTotals, EntryId, Lancamento, MerchantId, Money, Tipo};
+use cashflow_gateway::{Apis, GatewayState, QueryState, router};
+use cashflow_ingest::{IngestState, Publisher};
 use cashflow_retry::Dlq;
-use cashflow_sinks::Store;
+use cashflow_sinks::{Origin, Store, StoredEntry};
 use chrono::{DateTime, Utc};
 use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -34,9 +35,17 @@ struct Gateway {
     store: Store,
     keys: Arc<KeyStore>,
     issuer: Issuer,
+    state: GatewayState,
 }
 
 impl Gateway {
+    /// The same gateway with its configuration changed.
+    fn with(mut self, change: impl FnOnce(&mut GatewayState)) -> Self {
+        change(&mut self.state);
+        self.app = router(self.state.clone());
+        self
+    }
+
     fn validator(&self) -> Validator {
         Validator::new(KeySource::Local(Arc::clone(&self.keys)), "cashflow", "cashflow-api")
     }
@@ -58,24 +67,33 @@ async fn gateway_with_keys_from(created: &[DateTime<Utc>]) -> Gateway {
     let yaml = SHIPPED.replace("brokers: embedded", "brokers: \"127.0.0.1:9\"");
     let config = Arc::new(PipelineConfig::parse("test", &yaml, |_| None).unwrap());
     let store = Store::connect(&format!("sqlite://{}", dir.path().join("store.db").display()), 2).await.unwrap();
+    let auth = AuthState {
+        issuer: issuer.clone(),
+        store: store.clone(),
+        limits: LoginLimits::new(LoginLimit { per_minute: 5, burst: 5 }, LoginLimit { per_minute: 20, burst: 8 }),
+        trusted_proxies: vec![],
+    };
+    let ingest = IngestState {
+        publisher: Arc::new(Publisher::new(&config).unwrap()),
+        store: store.clone(),
+        date_window: config.services.consolidate.date_window,
+    };
     let state = GatewayState {
         validator: Arc::new(Validator::new(KeySource::Local(Arc::clone(&keys)), "cashflow", "cashflow-api")),
-        auth: Arc::new(AuthState {
-            issuer: issuer.clone(),
-            store: store.clone(),
-            limits: LoginLimits::new(LoginLimit { per_minute: 5, burst: 5 }, LoginLimit { per_minute: 20, burst: 8 }),
-        }),
-        publisher: Arc::new(Publisher::new(&config).unwrap()),
-        dlq: Dlq::new(Arc::clone(&config), store.clone()),
-        date_window: config.services.consolidate.date_window,
-        store,
-        consolidate_group: config.services.consolidate.group.clone(),
+        apis: Apis {
+            auth: Some(Arc::new(auth)),
+            ingest: Some(ingest),
+            query: Some(QueryState { store: store.clone(), consolidate_group: "cashflow-consolidate".into() }),
+            dlq: Some(Dlq::new(Arc::clone(&config), store.clone())),
+            upstreams: None,
+        },
         max_body_bytes: 65_536,
         request_timeout: Duration::from_secs(5),
         rate_limit: None,
+        rate_limit_per_address: None,
         cors_allowed_origins: vec!["https://app.example".into()],
     };
-    Gateway { _dir: dir, app: router(state.clone()), store: state.store, keys, issuer }
+    Gateway { _dir: dir, app: router(state.clone()), store, keys, issuer, state }
 }
 
 impl Gateway {
@@ -333,4 +351,142 @@ async fn service_clients_get_tokens_by_client_credentials_and_a_wrong_secret_loo
 
     let (status, body) = token_request(&g, json, None, r#"{"grant_type":"implicit"}"#.into()).await;
     assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("unsupported_grant_type")));
+}
+
+/// Merchant B's consolidated entry and day, straight into the store.
+async fn store_entry_of(store: &Store, merchant: &str, day: &str) -> EntryId {
+    let merchant = MerchantId::parse(merchant).unwrap();
+    let data: BusinessDate = day.parse().unwrap();
+    let entry = Lancamento {
+        id: EntryId::random(),
+        merchant_id: merchant.clone(),
+        tipo: Tipo::Credito,
+        valor: Money::from_cents(70_000),
+        data,
+        descricao: "venda".into(),
+        categoria: None,
+        criado_em: Utc::now(),
+        estorno_de: None,
+    };
+    let mut tx = store.begin_epoch().await.unwrap();
+    let origin = Origin { topic: "lancamentos".into(), partition: 0, offset: 0 };
+    tx.insert_entries(&[StoredEntry { entry: entry.clone(), origin }]).await.unwrap();
+    let totals = DayTotals { creditos_cents: 70_000, debitos_cents: 0, quantidade: 1 };
+    tx.add_daily(&[(merchant, data, totals)]).await.unwrap();
+    tx.commit().await.unwrap();
+    entry.id
+}
+
+#[tokio::test]
+async fn merchant_a_cannot_read_or_write_merchant_b_by_any_means() {
+    let g = gateway().await;
+    let b_entry = store_entry_of(&g.store, "loja-b", "2026-01-10").await;
+    let scopes = ["lancamentos:write".to_owned(), "consolidado:read".to_owned()];
+    let a = format!("Bearer {}", g.issuer.issue("ana", "loja-a", &scopes).unwrap());
+    let send = |req: axum::http::request::Builder, body: Option<Value>| {
+        let app = g.app.clone();
+        let a = a.clone();
+        async move {
+            let req = req.header("authorization", a).header("content-type", "application/json");
+            let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+            let res = app.oneshot(req.body(body).unwrap()).await.unwrap();
+            let status = res.status();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+        }
+    };
+    let entry = serde_json::json!({"tipo": "debito", "valor": "700.00", "data": "2026-01-10", "descricao": "x"});
+    let with = |field: &str| {
+        let mut e = entry.clone();
+        e[field] = "loja-b".into();
+        Some(e)
+    };
+
+    // A's own balances do not include B's day.
+    let (status, own) = send(Request::get("/v1/consolidado/diario?de=2026-01-10&ate=2026-01-10"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((own["comerciante"].as_str(), own["dias"][0]["creditos"].as_str()), (Some("loja-a"), Some("0.00")));
+    // Naming A itself is harmless.
+    let (status, _) =
+        send(Request::get("/v1/consolidado/diario?de=2026-01-10&ate=2026-01-10&comerciante=loja-a"), None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let attempts: Vec<(&str, axum::http::request::Builder, Option<Value>)> = vec![
+        (
+            "read, query merchant_id",
+            Request::get("/v1/consolidado/diario?de=2026-01-10&ate=2026-01-10&merchant_id=loja-b"),
+            None,
+        ),
+        (
+            "read, query comerciante",
+            Request::get("/v1/consolidado/diario?de=2026-01-10&ate=2026-01-10&comerciante=loja-b"),
+            None,
+        ),
+        ("read one day, query merchant", Request::get("/v1/consolidado/diario/2026-01-10?merchant=loja-b"), None),
+        (
+            "read one day, header",
+            Request::get("/v1/consolidado/diario/2026-01-10").header("x-merchant-id", "loja-b"),
+            None,
+        ),
+        ("write, body merchant_id", Request::post("/v1/lancamentos"), with("merchant_id")),
+        ("write, body comerciante", Request::post("/v1/lancamentos"), with("comerciante")),
+        ("write, header", Request::post("/v1/lancamentos").header("x-merchant-id", "loja-b"), Some(entry.clone())),
+        ("write, query", Request::post("/v1/lancamentos?merchant_id=loja-b"), Some(entry.clone())),
+        ("reverse B's entry", Request::post(format!("/v1/lancamentos/{b_entry}/estorno")), None),
+        (
+            "reverse B's entry, body merchant",
+            Request::post(format!("/v1/lancamentos/{b_entry}/estorno")),
+            Some(serde_json::json!({"merchant_id": "loja-b"})),
+        ),
+    ];
+    for (name, req, body) in attempts {
+        let (status, problem) = send(req, body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{name}: {problem}");
+        assert_eq!(problem["status"], 403, "{name}: problem+json");
+    }
+    // B's data is untouched.
+    let b_day = g
+        .store
+        .daily(&MerchantId::parse("loja-b").unwrap(), "2026-01-10".parse().unwrap(), "2026-01-10".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(b_day.days.len(), 1);
+    assert!(g.store.reversal_of(b_entry).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn request_rates_are_limited_per_client_address_and_per_merchant() {
+    let g = gateway().await.with(|s| {
+        s.rate_limit_per_address = Some((1, 3));
+        s.rate_limit = Some((1, 2));
+    });
+    let reader = format!("Bearer {}", g.issuer.issue("ana", "loja-1", &["consolidado:read".into()]).unwrap());
+    let from = |address: [u8; 4], token: Option<&str>| {
+        let mut req = Request::get(BALANCES);
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((address, 40_000))));
+        let app = g.app.clone();
+        async move {
+            let res = app.oneshot(req).await.unwrap();
+            (res.status(), res.headers().get("retry-after").is_some())
+        }
+    };
+    // Per address (burst 3), even without a token: the fourth is refused before authentication.
+    for _ in 0..3 {
+        assert_eq!(from([10, 0, 0, 1], None).await, (StatusCode::UNAUTHORIZED, false));
+    }
+    assert_eq!(from([10, 0, 0, 1], None).await, (StatusCode::TOO_MANY_REQUESTS, true));
+    // Per merchant (burst 2), across addresses.
+    assert_eq!(from([10, 0, 0, 2], Some(&reader)).await.0, StatusCode::OK);
+    assert_eq!(from([10, 0, 0, 3], Some(&reader)).await.0, StatusCode::OK);
+    assert_eq!(from([10, 0, 0, 4], Some(&reader)).await, (StatusCode::TOO_MANY_REQUESTS, true));
+    // Health and metrics are never limited, even for an address over its limit.
+    for path in ["/healthz", "/metrics"] {
+        let mut req = Request::get(path).body(Body::empty()).unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([10, 0, 0, 1], 40_000))));
+        assert_eq!(g.app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK, "{path}");
+    }
 }

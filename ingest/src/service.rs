@@ -65,6 +65,7 @@ async fn create(
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_WRITE)?;
+    principal.refuse_foreign(&body)?;
     let key = idempotency_key(&headers)?;
     let novo = parse_novo(&body).map_err(Problem::validation)?;
     check_window(&state.date_window, novo.data)?;
@@ -106,12 +107,16 @@ async fn reverse(
     } else {
         serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?
     };
+    principal.refuse_foreign(&body)?;
     let novo = parse_estorno(&body).map_err(Problem::validation)?;
     let data = novo.data.unwrap_or_else(BusinessDate::today);
     check_window(&state.date_window, data)?;
     let merchant = principal.merchant_id;
     let reversal_id = EntryId::reversal_of(&merchant, of);
-    let original = state.store.find_entry(&merchant, of).await.map_err(|e| store_problem(&e))?;
+    let original = state.store.find_entry(of).await.map_err(|e| store_problem(&e))?;
+    if original.as_ref().is_some_and(|o| o.merchant_id != merchant.as_str()) {
+        return Err(Problem::foreign_merchant());
+    }
     if original.as_ref().is_some_and(|o| o.estorno_de.is_some()) {
         return Err(Problem::validation(vec![FieldError::new("id", "is itself a reversal and cannot be reversed")]));
     }

@@ -8,8 +8,8 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
 
 /// Every metric of every component.
@@ -32,6 +32,7 @@ pub struct Metrics {
     pub retry_replayed: IntCounterVec,
     pub retry_held: IntGauge,
     pub retry_dlq_depth: IntGauge,
+    pub gateway_upstream_up: IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -48,6 +49,12 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    r.register(Box::new(g.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     r.register(Box::new(g.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
     g
 }
@@ -152,6 +159,12 @@ impl Metrics {
                 &r,
                 "cashflow_retry_dlq_depth",
                 "Records in the dead-letter topic, not purged and not replayed.",
+            ),
+            gateway_upstream_up: gauge_vec(
+                &r,
+                "cashflow_gateway_upstream_up",
+                "1 when the stage behind the gateway answered its last readiness check, else 0.",
+                &["stage"],
             ),
             registry: r,
         }

@@ -102,9 +102,10 @@ impl Store {
 
 impl Store {
     /// A merchant's consolidated entry, as stored.
-    pub async fn find_entry(&self, merchant: &MerchantId, id: EntryId) -> Result<Option<LancamentoRecord>, StoreError> {
-        let sql = format!("{ENTRY_SELECT} WHERE id = $1 AND merchant_id = $2");
-        let row = sqlx::query(&sql).bind(id.to_string()).bind(merchant.to_string()).fetch_optional(&self.pool).await?;
+    /// The consolidated entry with this id, whichever merchant it belongs to (callers check).
+    pub async fn find_entry(&self, id: EntryId) -> Result<Option<LancamentoRecord>, StoreError> {
+        let sql = format!("{ENTRY_SELECT} WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.pool).await?;
         row.as_ref().map(record_from_row).transpose()
     }
 

@@ -52,13 +52,38 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     }
 
     let s = &c.services;
-    if s.gateway.listen_addr().is_none() {
-        problem_at(&mut out, "services.gateway.listen", format!("{:?} is not an ip:port address", s.gateway.listen));
+    for (path, listen) in [
+        ("services.gateway.listen", &s.gateway.listen),
+        ("services.auth.listen", &s.auth.listen),
+        ("services.ingest.listen", &s.ingest.listen),
+        ("services.query.listen", &s.query.listen),
+    ] {
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            problem_at(&mut out, path, format!("{listen:?} is not an ip:port address"));
+        }
     }
-    if let Some(rl) = &s.gateway.rate_limit
-        && (rl.per_second == 0 || rl.burst == 0)
-    {
-        problem_at(&mut out, "services.gateway.rate_limit", "per_second and burst must be at least 1");
+    for (path, limit) in [
+        ("services.gateway.rate_limit", &s.gateway.rate_limit),
+        ("services.gateway.rate_limit_per_address", &s.gateway.rate_limit_per_address),
+    ] {
+        if limit.as_ref().is_some_and(|rl| rl.per_second == 0 || rl.burst == 0) {
+            problem_at(&mut out, path, "per_second and burst must be at least 1");
+        }
+    }
+    if let Some(up) = &s.gateway.upstreams {
+        for (name, url) in [("auth", &up.auth), ("ingest", &up.ingest), ("query", &up.query)] {
+            let scheme_ok = url.starts_with("http://") && url.len() > "http://".len();
+            if !scheme_ok {
+                problem_at(
+                    &mut out,
+                    &format!("services.gateway.upstreams.{name}"),
+                    format!("{url:?} must be an http:// base URL, e.g. \"http://10.0.0.5:8082\""),
+                );
+            }
+        }
+        if up.health_check_secs == 0 {
+            problem_at(&mut out, "services.gateway.upstreams.health_check_secs", "must be at least 1");
+        }
     }
     if s.gateway.max_body_bytes < 1024 {
         problem_at(&mut out, "services.gateway.max_body_bytes", "must be at least 1024");

@@ -11,7 +11,6 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -160,6 +159,8 @@ pub struct Services {
     pub gateway: GatewayConfig,
     pub auth: AuthConfig,
     pub ingest: IngestConfig,
+    #[serde(default)]
+    pub query: QueryConfig,
     pub consolidate: ConsolidateConfig,
     pub retry: RetryConfig,
 }
@@ -169,8 +170,12 @@ pub struct Services {
 pub struct GatewayConfig {
     /// Address the HTTP API listens on; `--listen` overrides it.
     pub listen: String,
+    /// Requests allowed per merchant (from the token).
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Requests allowed per client address, authenticated or not.
+    #[serde(default)]
+    pub rate_limit_per_address: Option<RateLimit>,
     /// Largest request body accepted.
     #[serde(default = "GatewayConfig::default_max_body_bytes")]
     pub max_body_bytes: usize,
@@ -181,6 +186,53 @@ pub struct GatewayConfig {
     /// any. Empty (the default): no cross-origin access.
     #[serde(default)]
     pub cors_allowed_origins: Vec<String>,
+    /// The distributed shape: base URLs of the auth, ingest and query stages, which `cashflow run
+    /// gateway` proxies to. Absent: the gateway serves every API itself.
+    #[serde(default)]
+    pub upstreams: Option<Upstreams>,
+}
+
+/// Where the gateway reaches the other HTTP stages, e.g. `http://10.0.0.5:8082`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstreams {
+    pub auth: String,
+    pub ingest: String,
+    pub query: String,
+    /// How often each stage's `/readyz` is checked.
+    #[serde(default = "Upstreams::default_health_check_secs")]
+    pub health_check_secs: u64,
+}
+
+impl Upstreams {
+    const fn default_health_check_secs() -> u64 {
+        5
+    }
+
+    /// The auth stage's JWKS, which every other stage validates tokens with.
+    pub fn jwks_url(&self) -> String {
+        format!("{}/.well-known/jwks.json", self.auth.trim_end_matches('/'))
+    }
+}
+
+/// The balance queries, as their own stage (`cashflow run query`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    #[serde(default = "QueryConfig::default_listen")]
+    pub listen: String,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig { listen: QueryConfig::default_listen() }
+    }
+}
+
+impl QueryConfig {
+    fn default_listen() -> String {
+        "127.0.0.1:8083".into()
+    }
 }
 
 impl GatewayConfig {
@@ -189,10 +241,6 @@ impl GatewayConfig {
     }
     const fn default_request_timeout_secs() -> u64 {
         30
-    }
-
-    pub fn listen_addr(&self) -> Option<SocketAddr> {
-        self.listen.parse().ok()
     }
 }
 
@@ -206,6 +254,12 @@ pub struct RateLimit {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Where `cashflow run auth` listens (the distributed shape).
+    #[serde(default = "AuthConfig::default_listen")]
+    pub listen: String,
+    /// Peers (the gateway) whose `X-Forwarded-For` names the client for the login limits.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub issuer: String,
     pub audience: String,
     pub token_ttl_secs: u64,
@@ -230,6 +284,9 @@ pub struct LoginLimit {
 }
 
 impl AuthConfig {
+    fn default_listen() -> String {
+        "127.0.0.1:8081".into()
+    }
     fn default_keys_dir() -> PathBuf {
         PathBuf::from("keys")
     }
@@ -244,6 +301,9 @@ impl AuthConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
+    /// Where `cashflow run ingest` listens (the distributed shape).
+    #[serde(default = "IngestConfig::default_listen")]
+    pub listen: String,
     /// Where accepted entries go: exactly one topic.
     pub sinks: Vec<TopicRef>,
     /// How long to wait for the broker's acknowledgement before answering 503.
@@ -252,6 +312,9 @@ pub struct IngestConfig {
 }
 
 impl IngestConfig {
+    fn default_listen() -> String {
+        "127.0.0.1:8082".into()
+    }
     const fn default_ack_timeout_ms() -> u64 {
         5_000
     }
