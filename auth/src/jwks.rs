@@ -1,6 +1,9 @@
 //! A gateway's copy of an auth service's JWKS: fetched on first use, refetched when a token names
 //! an unknown `kid` or the copy is older than [`MAX_AGE`], and never more often than once per
-//! [`MIN_REFETCH`], so a flood of tokens with made-up kids cannot flood the auth service.
+//! [`MIN_REFETCH`], so a flood of tokens with made-up kids cannot flood the auth service. A token
+//! whose kid is unknown waits for the next allowed fetch rather than being refused at once, so a
+//! key that was just rotated in is never refused; tokens that arrived before a fetch completed
+//! share its result.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -12,7 +15,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 /// The JWKS is answered with `max-age=300`; a copy this old is refetched.
 pub const MAX_AGE: Duration = Duration::from_secs(300);
 /// At most one fetch per this interval, whatever the tokens say.
-pub const MIN_REFETCH: Duration = Duration::from_secs(10);
+pub const MIN_REFETCH: Duration = Duration::from_secs(2);
 
 type Keys = Arc<HashMap<String, DecodingKey>>;
 
@@ -41,12 +44,30 @@ impl JwksCache {
     /// The verifying key with this kid, refetching the set first if the kid is unknown or the
     /// copy is old (rate-limited).
     pub async fn key(&self, kid: &str) -> Option<DecodingKey> {
-        let (fresh, found) = self.cached(kid);
-        if fresh && found.is_some() {
-            return found;
+        let asked = Instant::now();
+        match self.cached(kid) {
+            (true, Some(key)) => Some(key),
+            // Old but known: refresh if nobody is and the interval allows, else use it as is
+            // (so an unreachable auth service slows nothing down).
+            (false, Some(key)) => {
+                if let Ok(tried) = self.tried.try_lock()
+                    && tried.is_none_or(|at| at.elapsed() >= MIN_REFETCH)
+                {
+                    drop(tried);
+                    self.refresh(asked).await;
+                }
+                self.cached(kid).1.or(Some(key))
+            }
+            (_, None) => {
+                self.refresh(asked).await;
+                self.cached(kid).1
+            }
         }
-        self.refresh().await;
-        self.cached(kid).1
+    }
+
+    /// When the copy was fetched.
+    fn fetched_at(&self) -> Option<Instant> {
+        self.keys.read().ok().and_then(|k| k.as_ref().map(|(at, _)| *at))
     }
 
     fn cached(&self, kid: &str) -> (bool, Option<DecodingKey>) {
@@ -56,10 +77,14 @@ impl JwksCache {
         }
     }
 
-    async fn refresh(&self) {
+    /// Fetches the set, unless a fetch completed since `asked`; waits out [`MIN_REFETCH`] first.
+    async fn refresh(&self, asked: Instant) {
         let mut tried = self.tried.lock().await;
-        if tried.is_some_and(|at| at.elapsed() < MIN_REFETCH) {
+        if self.fetched_at().is_some_and(|at| at >= asked) {
             return;
+        }
+        if let Some(at) = *tried {
+            tokio::time::sleep_until((at + MIN_REFETCH).into()).await;
         }
         *tried = Some(Instant::now());
         match self.fetch().await {
@@ -90,5 +115,65 @@ impl JwksCache {
             .filter(|jwk| matches!(jwk.algorithm, AlgorithmParameters::OctetKeyPair(_)))
             .filter_map(|jwk| Some((jwk.common.key_id.clone()?, DecodingKey::from_jwk(jwk).ok()?)))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{KeyRing, KeyStore, key_overlap};
+
+    /// Serves the JWKS of `dir`, counting fetches.
+    async fn serve(keys: Arc<KeyStore>, fetches: Arc<AtomicUsize>) -> String {
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let (keys, fetches) = (Arc::clone(&keys), Arc::clone(&fetches));
+                async move {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(serde_json::json!({ "keys": keys.current().jwks() }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_share_one_rate_limited_fetch_and_a_rotated_in_key_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::open(dir.path(), key_overlap(60)).unwrap();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let cache = Arc::new(JwksCache::new(serve(Arc::clone(&keys), Arc::clone(&fetches)).await));
+        let first = keys.current().signing().0.to_owned();
+        assert!(cache.key(&first).await.is_some());
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        // A flood of made-up kids: each waits for the next allowed fetch, and they share it.
+        let started = Instant::now();
+        let flood: Vec<_> = (0..50)
+            .map(|i| {
+                let cache = Arc::clone(&cache);
+                tokio::spawn(async move { cache.key(&format!("made-up-{i}")).await.is_none() })
+            })
+            .collect();
+        for refused in flood {
+            assert!(refused.await.unwrap());
+        }
+        assert!(started.elapsed() >= MIN_REFETCH - Duration::from_millis(100), "the refetch waited its interval");
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "50 unknown kids, one more fetch");
+
+        // A key rotated in is found by the next fetch, and the old one still verifies.
+        KeyRing::rotate(dir.path(), key_overlap(60)).unwrap();
+        let ring = KeyRing::load_or_create(dir.path(), key_overlap(60)).unwrap();
+        let newest = ring.signing().0.to_owned();
+        *keys.loaded.lock().unwrap() -= crate::keys::RELOAD_EVERY;
+        assert!(cache.key(&newest).await.is_some(), "refetched for the new kid");
+        assert!(cache.key(&first).await.is_some());
+        assert_eq!(fetches.load(Ordering::SeqCst), 3);
     }
 }

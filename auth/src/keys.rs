@@ -32,12 +32,16 @@ pub enum KeyError {
 }
 
 /// One public key as a JWK (RFC 8037, OKP / Ed25519).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Jwk {
+    #[schema(value_type = String, example = "OKP")]
     pub kty: &'static str,
+    #[schema(value_type = String, example = "Ed25519")]
     pub crv: &'static str,
+    #[schema(value_type = String, example = "EdDSA")]
     pub alg: &'static str,
     #[serde(rename = "use")]
+    #[schema(value_type = String, example = "sig")]
     pub use_: &'static str,
     pub kid: String,
     pub x: String,
@@ -181,7 +185,7 @@ pub struct KeyStore {
     dir: PathBuf,
     overlap: Duration,
     ring: RwLock<Arc<KeyRing>>,
-    loaded: Mutex<Instant>,
+    pub(crate) loaded: Mutex<Instant>,
 }
 
 impl KeyStore {

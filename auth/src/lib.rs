@@ -10,5 +10,5 @@ mod token;
 pub use jwks::JwksCache;
 pub use keys::{KeyError, KeyInfo, KeyRing, KeyStatus, KeyStore, RELOAD_SECS};
 pub use passwords::{hash_password, verify_password};
-pub use service::{AuthState, LoginLimits, router};
+pub use service::{AuthState, LoginLimits, api, router};
 pub use token::{AuthError, Claims, Issuer, KeySource, Validator, key_overlap};

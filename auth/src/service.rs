@@ -10,7 +10,6 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -20,7 +19,10 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::keys::Jwk;
 use crate::{Issuer, verify_password};
 
 pub struct AuthState {
@@ -78,12 +80,20 @@ fn quota(limit: LoginLimit) -> Quota {
     Quota::per_minute(per_minute).allow_burst(NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN))
 }
 
-pub fn router(state: Arc<AuthState>) -> Router {
-    Router::new().route("/auth/token", post(token)).route("/.well-known/jwks.json", get(jwks)).with_state(state)
+/// The routes and their OpenAPI description, from the same handlers.
+pub fn api() -> OpenApiRouter<Arc<AuthState>> {
+    OpenApiRouter::new().routes(routes!(token)).routes(routes!(jwks))
 }
 
-#[derive(Deserialize)]
+pub fn router(state: Arc<AuthState>) -> Router {
+    Router::from(api().with_state(state))
+}
+
+/// A token request (RFC 6749): `password` with `username` and `password`, or
+/// `client_credentials` with `client_id` and `client_secret` (or HTTP Basic).
+#[derive(Deserialize, utoipa::ToSchema)]
 struct TokenRequest {
+    #[schema(example = "password")]
     grant_type: String,
     username: Option<String>,
     password: Option<String>,
@@ -93,12 +103,22 @@ struct TokenRequest {
     scope: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct TokenResponse {
+    /// An EdDSA-signed JWT.
     access_token: String,
+    #[schema(value_type = String, example = "Bearer")]
     token_type: &'static str,
     expires_in: u64,
     scope: String,
+}
+
+/// An RFC 6749 §5.2 error body.
+#[derive(Serialize, utoipa::ToSchema)]
+struct OAuthErrorBody {
+    #[schema(example = "invalid_grant")]
+    error: String,
+    error_description: String,
 }
 
 /// An RFC 6749 §5.2 error.
@@ -111,7 +131,7 @@ struct OAuthError {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.error, "error_description": self.description });
+        let body = OAuthErrorBody { error: self.error.to_owned(), error_description: self.description.to_owned() };
         let mut response = (self.status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, secs.into());
@@ -142,8 +162,23 @@ struct Grant {
     scopes: Vec<String>,
 }
 
-/// `password` grant for merchant users, `client_credentials` for service clients (secret in the
-/// body or HTTP Basic). A wrong secret and an unknown name get the same answer in the same time.
+/// Issues an access token: the `password` grant for merchant users, `client_credentials` for
+/// service clients (secret in the body or HTTP Basic). A wrong secret and an unknown name get the
+/// same answer in the same time. Limited per username or client and per address (429).
+#[utoipa::path(
+    post,
+    path = "/auth/token",
+    tag = "auth",
+    request_body(content(
+        (TokenRequest = "application/json"),
+        (TokenRequest = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 200, description = "A token", body = TokenResponse),
+        (status = "4XX", description = "An OAuth2 error (400, 401 invalid_client, 429 with Retry-After)", body = OAuthErrorBody),
+        (status = 503, description = "The store is unreachable", body = OAuthErrorBody),
+    )
+)]
 async fn token(
     State(state): State<Arc<AuthState>>,
     address: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -261,7 +296,20 @@ fn narrow(granted: Vec<String>, requested: Option<&str>) -> Result<Vec<String>, 
     }
 }
 
+/// The public signing keys (RFC 7517), each with its `kid`: the signing key and any key still
+/// in its rotation overlap.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "auth",
+    responses((status = 200, description = "The key set", body = Jwks))
+)]
 async fn jwks(State(state): State<Arc<AuthState>>) -> Response {
-    let body = serde_json::json!({ "keys": state.issuer.keys().jwks() });
+    let body = Jwks { keys: state.issuer.keys().jwks().to_vec() };
     ([(header::CACHE_CONTROL, "public, max-age=300")], Json(body)).into_response()
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Jwks {
+    keys: Vec<Jwk>,
 }

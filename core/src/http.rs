@@ -21,7 +21,7 @@ pub const SCOPE_READ: &str = "consolidado:read";
 pub const SCOPE_ADMIN: &str = "admin";
 
 /// One field's problem in a validation error.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -33,20 +33,25 @@ impl FieldError {
     }
 }
 
-/// An RFC 9457 problem. Internal details are logged by the caller, never put here.
-#[derive(Clone, Debug, Serialize)]
+/// An RFC 9457 problem (`application/problem+json`). Internal details are logged by the caller,
+/// never put here.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// A URI reference naming the kind of problem, e.g. `/problems/validation`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For validation problems: each invalid field.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     #[serde(skip)]
+    #[schema(ignore)]
     pub retry_after_secs: Option<u64>,
     #[serde(skip)]
+    #[schema(ignore)]
     pub www_authenticate: bool,
 }
 
@@ -132,6 +137,18 @@ impl IntoResponse for Problem {
     }
 }
 
+/// The problems every API route may answer, for the OpenAPI spec.
+#[derive(utoipa::IntoResponses)]
+pub enum Problems {
+    /// Bad input (400, 413, 415, 422), no or bad token (401), missing scope or another merchant's
+    /// data (403), unknown (404), conflict (409), or over a rate limit (429, with `Retry-After`).
+    #[response(status = "4XX", content_type = "application/problem+json")]
+    Client(Problem),
+    /// A dependency (broker, store, a stage) is unreachable; retry after `Retry-After` seconds.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
 /// Who is calling, from a validated token. The merchant always comes from here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
@@ -179,6 +196,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         parts.extensions.get::<Principal>().cloned().ok_or_else(|| Problem::unauthorized("a bearer token is required"))
+    }
+}
+
+/// `axum::extract::Query`, with a rejection answered as problem+json.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(rejection) => Err(Problem::bad_request(rejection.body_text())),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod lancamento;
 mod money;
 mod posicao;
 mod saldo;
+mod schema;
 
 pub use lancamento::{
     BusinessDate, DecodeError, EntryId, Incoming, Lancamento, LancamentoRecord, MAX_CATEGORIA_CHARS,

@@ -21,7 +21,7 @@ impl DayTotals {
 }
 
 /// One day of the balance series, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DailyBalance {
     pub data: BusinessDate,
     pub creditos: Money,

@@ -2,32 +2,43 @@
 //! `POST /v1/admin/dlq/replay` replays `{"offsets": ["0:12"]}`, `{"error_code": "…"}` or
 //! `{"all": true}` to consolidation, like `cashflow dlq replay`.
 
-use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use cashflow_core::http::{FieldError, Json, Principal, Problem, SCOPE_ADMIN};
+use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, SCOPE_ADMIN};
 use cashflow_retry::{Dlq, DlqError, Parked, Selection};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub(crate) fn router(dlq: Dlq) -> Router {
-    Router::new().route("/v1/admin/dlq", get(list)).route("/v1/admin/dlq/replay", post(replay)).with_state(dlq)
+pub(crate) fn api() -> OpenApiRouter<Dlq> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(replay))
 }
 
-#[derive(Serialize)]
+/// The parked records, oldest first; each origin once.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Listed {
     parked: Vec<Parked>,
 }
 
+/// Lists the records parked in the dead-letter topic.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/dlq",
+    tag = "admin",
+    responses((status = 200, description = "The parked records", body = Listed), Problems),
+    security(("bearer" = ["admin"]))
+)]
 async fn list(State(dlq): State<Dlq>, principal: Principal) -> Result<Response, Problem> {
     principal.require(SCOPE_ADMIN)?;
     let listing = dlq.list().await.map_err(problem)?;
     Ok(Json(Listed { parked: listing.records }).into_response())
 }
 
-#[derive(Deserialize)]
+/// Exactly one of `offsets`, `error_code` or `all: true`.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReplayRequest {
+    /// Positions as `partition:offset`, e.g. `0:12`.
     #[serde(default)]
     offsets: Vec<String>,
     error_code: Option<String>,
@@ -35,12 +46,21 @@ struct ReplayRequest {
     all: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Replayed {
     replayed: usize,
     records: Vec<Parked>,
 }
 
+/// Sends parked records back to consolidation, attempts reset.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/dlq/replay",
+    tag = "admin",
+    request_body = ReplayRequest,
+    responses((status = 200, description = "The records replayed", body = Replayed), Problems),
+    security(("bearer" = ["admin"]))
+)]
 async fn replay(
     State(dlq): State<Dlq>,
     principal: Principal,

@@ -4,10 +4,12 @@
 //! embedded shape) or by proxy to the stages (the distributed shape). Every error is problem+json.
 
 mod admin;
+mod openapi;
 mod proxy;
 mod query;
 mod service;
 
+pub use openapi::openapi;
 pub use proxy::{Upstream, Upstreams};
 pub use query::QueryState;
 pub use service::{Apis, GatewayState, router};

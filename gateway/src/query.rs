@@ -1,12 +1,12 @@
 //! Daily balances: `GET /v1/consolidado/diario?de&ate` and `GET /v1/consolidado/diario/{data}`.
 
-use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use cashflow_core::http::{FieldError, Json, Principal, Problem, SCOPE_READ};
+use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_core::{BusinessDate, DailyBalance, MerchantId, daily_series};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use cashflow_sinks::Store;
 
@@ -21,20 +21,23 @@ pub struct QueryState {
 /// Longest range one request may ask for.
 pub const MAX_RANGE_DAYS: i64 = 366;
 
-pub(crate) fn router(state: QueryState) -> Router {
-    Router::new()
-        .route("/v1/consolidado/diario", get(range))
-        .route("/v1/consolidado/diario/{data}", get(one_day))
-        .with_state(state)
+pub(crate) fn api() -> OpenApiRouter<QueryState> {
+    OpenApiRouter::new().routes(routes!(range)).routes(routes!(one_day))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RangeQuery {
+    /// First day (YYYY-MM-DD).
+    #[param(required = true, value_type = BusinessDate)]
     de: Option<String>,
+    /// Last day (YYYY-MM-DD), at most 366 days after `de`.
+    #[param(required = true, value_type = BusinessDate)]
     ate: Option<String>,
 }
 
-#[derive(Serialize)]
+/// Daily balances of the token's merchant, one per day of the range, with no gaps.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Consolidado {
     comerciante: MerchantId,
     de: BusinessDate,
@@ -54,6 +57,15 @@ fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> 
     }
 }
 
+/// Daily consolidated balances for a range of days.
+#[utoipa::path(
+    get,
+    path = "/v1/consolidado/diario",
+    tag = "consolidado",
+    params(RangeQuery),
+    responses((status = 200, description = "The balances", body = Consolidado), Problems),
+    security(("bearer" = ["consolidado:read"]))
+)]
 async fn range(
     State(state): State<QueryState>,
     principal: Principal,
@@ -80,6 +92,15 @@ async fn range(
     Ok(Json(body).into_response())
 }
 
+/// One day's consolidated balance.
+#[utoipa::path(
+    get,
+    path = "/v1/consolidado/diario/{data}",
+    tag = "consolidado",
+    params(("data" = BusinessDate, Path, description = "The day")),
+    responses((status = 200, description = "The day's balance", body = UmDia), Problems),
+    security(("bearer" = ["consolidado:read"]))
+)]
 async fn one_day(
     State(state): State<QueryState>,
     principal: Principal,
@@ -89,12 +110,16 @@ async fn one_day(
     let day: BusinessDate = data.parse().map_err(|e: String| Problem::validation(vec![FieldError::new("data", e)]))?;
     let body = consolidado(&state, principal.merchant_id, day, day).await?;
     let dia = body.dias.into_iter().next().ok_or_else(Problem::internal)?;
-    Ok(Json(serde_json::json!({
-        "comerciante": body.comerciante,
-        "atualizado_ate": body.atualizado_ate,
-        "dia": dia,
-    }))
-    .into_response())
+    Ok(Json(UmDia { comerciante: body.comerciante, atualizado_ate: body.atualizado_ate, dia }).into_response())
+}
+
+/// One day of the token's merchant.
+#[derive(Serialize, utoipa::ToSchema)]
+struct UmDia {
+    comerciante: MerchantId,
+    /// When consolidation last committed (RFC 3339), or null if it never has.
+    atualizado_ate: Option<String>,
+    dia: DailyBalance,
 }
 
 async fn consolidado(

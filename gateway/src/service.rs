@@ -4,16 +4,16 @@ use std::time::Duration;
 
 use std::net::{IpAddr, SocketAddr};
 
+use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Json, Router};
 use cashflow_auth::{AuthState, Validator};
 use cashflow_core::http::{MERCHANT_NAMES, Principal, Problem};
 use cashflow_ingest::IngestState;
-use cashflow_observability::{metrics_handler, track_http};
+use cashflow_observability::track_http;
 use cashflow_retry::Dlq;
 use governor::NotUntil;
 use governor::clock::{Clock as _, DefaultClock, QuantaInstant};
@@ -79,10 +79,10 @@ pub fn router(state: GatewayState) -> Router {
         protected = protected.merge(cashflow_ingest::router(ingest.clone()));
     }
     if let Some(query) = &apis.query {
-        protected = protected.merge(crate::query::router(query.clone()));
+        protected = protected.merge(Router::from(crate::query::api().with_state(query.clone())));
     }
     if let Some(dlq) = &apis.dlq {
-        protected = protected.merge(crate::admin::router(dlq.clone()));
+        protected = protected.merge(Router::from(crate::admin::api().with_state(dlq.clone())));
     }
     if let Some(upstreams) = &apis.upstreams {
         let (to_auth, to_stage) = (Arc::clone(upstreams), Arc::clone(upstreams));
@@ -103,9 +103,8 @@ pub fn router(state: GatewayState) -> Router {
         .merge(protected)
         .fallback(|| async { Problem::not_found("no such route") })
         .layer(middleware::from_fn_with_state(per_address, limit_address))
-        .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
-        .route("/readyz", get(ready).with_state(state.apis.clone()))
-        .route("/metrics", get(metrics_handler))
+        .merge(crate::openapi::docs())
+        .merge(Router::from(crate::openapi::ops().with_state(state.apis.clone())))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn(track_http))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.request_timeout))
@@ -216,21 +215,4 @@ fn refuse_named_merchant(req: &Request, principal: &Principal) -> Result<(), Pro
         }
     }
     Ok(())
-}
-
-async fn ready(State(apis): State<Apis>) -> Response {
-    let store = apis.query.as_ref().map(|q| &q.store).or(apis.ingest.as_ref().map(|i| &i.store));
-    if let Some(store) = store
-        && let Err(e) = store.ping().await
-    {
-        tracing::warn!(error = %e, "not ready: store unreachable");
-        return Problem::unavailable("the store is unreachable", 5).into_response();
-    }
-    if let Some(upstreams) = &apis.upstreams {
-        let down: Vec<_> = upstreams.all().iter().filter(|u| !u.is_up()).map(|u| u.name()).collect();
-        if !down.is_empty() {
-            return Problem::unavailable(format!("stages not ready: {}", down.join(", ")), 5).into_response();
-        }
-    }
-    Json(serde_json::json!({ "status": "ready" })).into_response()
 }

@@ -7,5 +7,5 @@ mod service;
 mod validate;
 
 pub use publisher::{IngestError, Publisher};
-pub use service::{IngestState, router};
+pub use service::{IngestState, api, router};
 pub use validate::{NovoEstorno, NovoLancamento, parse_estorno, parse_novo};

@@ -7,15 +7,17 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use cashflow_core::config::DateWindow;
-use cashflow_core::http::{FieldError, Json, Principal, Problem, SCOPE_WRITE};
+use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, SCOPE_WRITE};
 use cashflow_core::{BusinessDate, EntryId, Lancamento, Reversal};
 use cashflow_sinks::{Store, StoreError};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{IngestError, Publisher, parse_estorno, parse_novo};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::{IngestError, NovoEstorno, NovoLancamento, Publisher, parse_estorno, parse_novo};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Seconds a client should wait before retrying when the broker is unreachable.
@@ -30,18 +32,25 @@ pub struct IngestState {
     pub date_window: DateWindow,
 }
 
-pub fn router(state: IngestState) -> Router {
-    Router::new()
-        .route("/v1/lancamentos", post(create))
-        .route("/v1/lancamentos/{id}/estorno", post(reverse))
-        .with_state(state)
+/// The routes and their OpenAPI description, from the same handlers.
+pub fn api() -> OpenApiRouter<IngestState> {
+    OpenApiRouter::new().routes(routes!(create)).routes(routes!(reverse))
 }
 
-#[derive(Serialize)]
+pub fn router(state: IngestState) -> Router {
+    Router::from(api().with_state(state))
+}
+
+/// An entry accepted: the broker has it durably.
+#[derive(Serialize, utoipa::ToSchema)]
 struct Aceito {
     id: EntryId,
+    /// Always `aceito`.
+    #[schema(value_type = String, example = "aceito")]
     status: &'static str,
+    /// Where the entry is in the log: `aguardar` on a balance read waits for it.
     posicao: String,
+    /// For a reversal: the entry it reverses.
     #[serde(skip_serializing_if = "Option::is_none")]
     estorno_de: Option<EntryId>,
 }
@@ -58,6 +67,17 @@ fn not_recorded(e: &IngestError) -> Problem {
     Problem::unavailable("the entry was not recorded; retry with the same Idempotency-Key", RETRY_AFTER_SECS)
 }
 
+/// Records an entry. Answered only after the broker acknowledged it; repeating the call with the
+/// same `Idempotency-Key` yields the same id, counted once.
+#[utoipa::path(
+    post,
+    path = "/v1/lancamentos",
+    tag = "lancamentos",
+    request_body = NovoLancamento,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters")),
+    responses((status = 202, description = "Accepted", body = Aceito), Problems),
+    security(("bearer" = ["lancamentos:write"]))
+)]
 async fn create(
     State(state): State<IngestState>,
     principal: Principal,
@@ -94,6 +114,15 @@ async fn create(
 /// safe. What the store already knows is checked here (already reversed: 409; a reversal: 422);
 /// an original not consolidated yet is accepted, and consolidation retries the reversal until
 /// the original arrives.
+#[utoipa::path(
+    post,
+    path = "/v1/lancamentos/{id}/estorno",
+    tag = "lancamentos",
+    params(("id" = EntryId, Path, description = "The entry to reverse")),
+    request_body(content = Option<NovoEstorno>, description = "Optional: when and why"),
+    responses((status = 202, description = "Accepted", body = Aceito), Problems),
+    security(("bearer" = ["lancamentos:write"]))
+)]
 async fn reverse(
     State(state): State<IngestState>,
     principal: Principal,

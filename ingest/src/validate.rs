@@ -8,13 +8,17 @@ use serde_json::Value;
 pub const MAX_VALOR_CENTS: i64 = 999_999_999_999;
 const FIELDS: [&str; 5] = ["tipo", "valor", "data", "descricao", "categoria"];
 
-/// A new entry as the merchant sent it, valid.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A new entry as the merchant sends it (the merchant comes from the token).
+#[derive(Clone, Debug, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NovoLancamento {
     pub tipo: Tipo,
+    /// Greater than zero, at most 9999999999.99.
     pub valor: Money,
+    /// Inside `services.consolidate.date_window` around today.
     pub data: BusinessDate,
+    #[schema(min_length = 1, max_length = 200)]
     pub descricao: String,
+    #[schema(min_length = 1, max_length = 50)]
     pub categoria: Option<String>,
 }
 
@@ -84,10 +88,14 @@ pub fn parse_novo(body: &Value) -> Result<NovoLancamento, Vec<FieldError>> {
     }
 }
 
-/// The optional body of `POST /v1/lancamentos/{id}/estorno`: when and why.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The optional body of `POST /v1/lancamentos/{id}/estorno`: when and why. Type, amount and
+/// category come from the entry reversed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NovoEstorno {
+    /// Default: today.
     pub data: Option<BusinessDate>,
+    /// Default: "estorno de <id>".
+    #[schema(min_length = 1, max_length = 200)]
     pub descricao: Option<String>,
 }
 

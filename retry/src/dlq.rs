@@ -43,7 +43,7 @@ pub enum DlqError {
 }
 
 /// A parked record.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Parked {
     /// `partition:offset`, as `--offset` takes it.
     pub position: String,
@@ -56,8 +56,10 @@ pub struct Parked {
     /// The original value, unchanged (lossy UTF-8 for display).
     pub payload: String,
     #[serde(skip)]
+    #[schema(ignore)]
     key: Option<Vec<u8>>,
     #[serde(skip)]
+    #[schema(ignore)]
     value: Vec<u8>,
 }
 

@@ -33,7 +33,7 @@ pub const INVALID_HEADERS: &str = "invalid_headers";
 const MAX_DETAIL_BYTES: usize = 512;
 
 /// Why a record failed and where it came from.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Failure {
     /// Stable, low-cardinality code, e.g. `malformed`.
     pub code: String,
