@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -489,4 +489,33 @@ async fn request_rates_are_limited_per_client_address_and_per_merchant() {
         req.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from(([10, 0, 0, 1], 40_000))));
         assert_eq!(g.app.clone().oneshot(req).await.unwrap().status(), StatusCode::OK, "{path}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_user_costs_the_same_password_check_as_a_wrong_password() {
+    let g = gateway().await;
+    let user = cashflow_sinks::User {
+        username: "ana".into(),
+        merchant_id: "loja-1".into(),
+        password_hash: cashflow_auth::hash_password("the right one".into()).await.unwrap(),
+        scopes: vec![],
+    };
+    g.store.upsert_user(&user).await.unwrap();
+    // Alternate the two kinds so drift in machine load hits both alike; 4 each stays under the
+    // per-username limit (5) and the per-address burst (8).
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for i in 0..4u8 {
+        for (username, times) in [("ana", &mut known), ("nobody", &mut unknown)] {
+            let started = Instant::now();
+            let (status, _) = login(&g, username, [10, 1, i, 1]).await;
+            times.push(started.elapsed());
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+        }
+    }
+    known.sort();
+    unknown.sort();
+    let (k, u) = (known[2].as_secs_f64(), unknown[2].as_secs_f64());
+    println!("median: wrong password {:.1} ms, unknown user {:.1} ms", k * 1e3, u * 1e3);
+    // Skipping the hash would make the unknown user ~100× faster; a noisy machine is not 3× off.
+    assert!(u > k / 3.0 && u < k * 3.0, "wrong password {k:.4} s vs unknown user {u:.4} s");
 }

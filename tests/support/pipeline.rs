@@ -35,6 +35,12 @@ pub enum Role {
     SecondConsolidator,
     /// `cashflow run retry`.
     Retry,
+    /// `cashflow run auth` (distributed shape).
+    Auth,
+    /// `cashflow run ingest` (distributed shape).
+    Ingest,
+    /// `cashflow run query` (distributed shape).
+    Query,
 }
 
 impl Role {
@@ -45,6 +51,9 @@ impl Role {
             Role::Gateway => &["run", "gateway"],
             Role::Consolidate | Role::SecondConsolidator => &["run", "consolidate"],
             Role::Retry => &["run", "retry"],
+            Role::Auth => &["run", "auth"],
+            Role::Ingest => &["run", "ingest"],
+            Role::Query => &["run", "query"],
         }
     }
 }
@@ -53,6 +62,8 @@ pub struct Pipeline {
     dir: tempfile::TempDir,
     config: PathBuf,
     children: BTreeMap<Role, Child>,
+    /// Base URLs of the HTTP stages of the distributed shape.
+    pub stages: BTreeMap<Role, String>,
     pub kafka: String,
     pub api: Api,
 }
@@ -75,6 +86,36 @@ impl Pipeline {
         p
     }
 
+    /// The distributed shape: broker, auth, ingest, query, a proxying gateway, consolidator and
+    /// retry stage, each its own process.
+    pub async fn start_distributed(store: Store) -> Pipeline {
+        let ports = [(Role::Auth, free_port()), (Role::Ingest, free_port()), (Role::Query, free_port())];
+        let url = |role: Role| format!("http://127.0.0.1:{}", ports.iter().find(|(r, _)| *r == role).unwrap().1);
+        let upstreams = format!(
+            "upstreams: {{ auth: \"{}\", ingest: \"{}\", query: \"{}\", health_check_secs: 1 }}",
+            url(Role::Auth),
+            url(Role::Ingest),
+            url(Role::Query)
+        );
+        let listens: Vec<(String, String)> = [("8081", Role::Auth), ("8082", Role::Ingest), ("8083", Role::Query)]
+            .into_iter()
+            .map(|(default, role)| {
+                (format!("listen: 127.0.0.1:{default}"), format!("listen: {}", url(role).trim_start_matches("http://")))
+            })
+            .collect();
+        let mut edits: Vec<(&str, &str)> = listens.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let commented = "# upstreams: { auth: \"http://127.0.0.1:8081\", ingest: \"http://127.0.0.1:8082\", query: \"http://127.0.0.1:8083\" }";
+        edits.push((commented, &upstreams));
+        edits.push(("trusted_proxies: []", "trusted_proxies: [127.0.0.1]"));
+        let mut p = Self::configure(store, &edits);
+        p.stages = ports.iter().map(|(role, _)| (*role, url(*role))).collect();
+        for role in [Role::Broker, Role::Auth, Role::Ingest, Role::Query, Role::Gateway, Role::Consolidate, Role::Retry]
+        {
+            p.launch(role).await;
+        }
+        p
+    }
+
     fn configure(store: Store, edits: &[(&str, &str)]) -> Pipeline {
         let dir = tempfile::tempdir().unwrap();
         let (http, kafka) = (free_port(), free_port());
@@ -83,7 +124,12 @@ impl Pipeline {
             Store::Sqlite => "sqlite://cashflow.db".to_owned(),
             Store::Postgres(url) => url.clone(),
         };
+        // Every request of a test comes from one address: the per-address limit is the router
+        // tests' business (gateway/tests), not the pipeline's.
+        let per_address = "rate_limit_per_address: { per_second: 2000, burst: 4000 }";
+        assert!(shipped.contains(per_address), "pipeline.yaml lacks {per_address:?}");
         let mut yaml = shipped
+            .replace(per_address, "rate_limit_per_address: { per_second: 1000000, burst: 1000000 }")
             .replace("listen: 127.0.0.1:8080", &format!("listen: 127.0.0.1:{http}"))
             .replace("listen: 127.0.0.1:9092", &format!("listen: 127.0.0.1:{kafka}"))
             .replace("url: sqlite://cashflow.db", &format!("url: \"{url}\""));
@@ -97,6 +143,7 @@ impl Pipeline {
             dir,
             config,
             children: BTreeMap::new(),
+            stages: BTreeMap::new(),
             kafka: format!("127.0.0.1:{kafka}"),
             api: Api { base: format!("http://127.0.0.1:{http}"), client: reqwest::Client::new() },
         }
@@ -135,6 +182,10 @@ impl Pipeline {
                     r.is_ok_and(|r| r.status().is_success())
                 }
                 Role::Broker => std::net::TcpStream::connect(&self.kafka).is_ok(),
+                Role::Auth | Role::Ingest | Role::Query => {
+                    let r = self.api.client.get(format!("{}/readyz", self.stages[&role])).send().await;
+                    r.is_ok_and(|r| r.status().is_success())
+                }
                 Role::Consolidate | Role::SecondConsolidator | Role::Retry => true,
             };
             if ready {
@@ -268,6 +319,14 @@ impl Pipeline {
     pub fn log_matching(&self, needle: &str) -> Vec<String> {
         let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         log.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+    }
+
+    /// Log lines (of every process) that carry a secret: one of `secrets`, or anything shaped like
+    /// a JWT (base64url JSON starting `eyJ`).
+    pub fn log_leaks(&self, secrets: &[&str]) -> Vec<String> {
+        let log = std::fs::read_to_string(self.log_path()).unwrap();
+        assert!(log.lines().count() > 10, "the log is nearly empty; the scan would prove nothing");
+        log.lines().filter(|l| l.contains("eyJ") || secrets.iter().any(|s| l.contains(s))).map(str::to_owned).collect()
     }
 
     /// The first errors and panics of the whole log, then its last lines.
