@@ -31,7 +31,8 @@ pub async fn verify_password(password: String, stored: Option<String>) -> bool {
 
 /// An argon2id hash with the default parameters (those `hash_password` uses), checked when the
 /// user is unknown: a constant, so even the first unknown user costs exactly one verification.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$L/YXTNoptAFLhkCW2J4zBQ$IgNFC9JfTfDISBQikbF6gPKvK7zxD+VMKQTCjCJfpn8";
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$L/YXTNoptAFLhkCW2J4zBQ$IgNFC9JfTfDISBQikbF6gPKvK7zxD+VMKQTCjCJfpn8";
 
 #[cfg(test)]
 mod tests {

@@ -33,7 +33,8 @@ async fn bad_requests_get_problems_and_produce_nothing() {
         ("valor as a float", with("valor", json!(10.5)), 422, vec!["valor"]),
         ("bad date", with("data", json!("2026-02-30")), 422, vec!["data"]),
         ("unknown tipo", with("tipo", json!("pix")), 422, vec!["tipo"]),
-        ("merchant in body", with("merchant_id", json!("loja-y")), 422, vec!["merchant_id"]),
+        ("own merchant in body", with("merchant_id", json!("loja-x")), 422, vec!["merchant_id"]),
+        ("another merchant in body", with("merchant_id", json!("loja-y")), 403, vec![]),
         ("over the size limit", with("descricao", json!("x".repeat(70_000))), 413, vec![]),
     ];
     for (case, body, status, fields) in json_cases {

@@ -251,7 +251,9 @@ async fn a_record_parked_by_the_date_window_is_replayed_after_the_fix_and_counte
 async fn the_retry_stage_killed_mid_backoff_loses_and_duplicates_nothing() {
     let mut p = Pipeline::start_stages(
         Store::Sqlite,
-        &[(SHIPPED_BACKOFF, "backoff_ms: [6000, 500]"), (SHIPPED_ATTEMPTS, "max_attempts: 3")],
+        // The reversals' originals must arrive within their retries (6 + 4 × 3 = 18 s), even on a
+        // machine busy with other tests.
+        &[(SHIPPED_BACKOFF, "backoff_ms: [6000, 3000]"), (SHIPPED_ATTEMPTS, "max_attempts: 5")],
     )
     .await;
     let tokens = login_all(&p).await;
@@ -296,7 +298,7 @@ async fn the_retry_stage_killed_mid_backoff_loses_and_duplicates_nothing() {
         .collect();
     assert_eq!(parked_origins, origins, "each poison record parked exactly once");
     assert_eq!(parked.len(), 5);
-    assert!(parked.iter().all(|r| r["failure"]["attempt"] == 3));
+    assert!(parked.iter().all(|r| r["failure"]["attempt"] == 5));
 
     // Late duplicates would show up now: nothing moves.
     tokio::time::sleep(Duration::from_secs(3)).await;
