@@ -168,6 +168,7 @@ async fn serve_http(
             publisher: Arc::clone(&p),
             store: need_store()?,
             date_window: services.consolidate.date_window,
+            max_batch_body_bytes: gw.max_batch_body_bytes,
         });
         publisher = Some(p);
     }
@@ -178,7 +179,7 @@ async fn serve_http(
     }
     if let (Stage::Gateway, Some(up)) = (stage, &gw.upstreams) {
         let timeout = Duration::from_secs(gw.request_timeout_secs);
-        let upstreams = Upstreams::new(up, gw.max_body_bytes, timeout).map_err(anyhow::Error::msg)?;
+        let upstreams = Upstreams::new(up, gw.max_batch_body_bytes, timeout).map_err(anyhow::Error::msg)?;
         let every = Duration::from_secs(up.health_check_secs);
         tokio::spawn(Arc::clone(&upstreams).check_health(every, shutdown.clone()));
         apis.upstreams = Some(upstreams);

@@ -41,6 +41,7 @@ pub fn openapi() -> OpenApi {
     api.merge(cashflow_auth::api().into_openapi());
     api.merge(cashflow_ingest::api().into_openapi());
     api.merge(crate::query::api().into_openapi());
+    api.merge(crate::extrato::api().into_openapi());
     api.merge(crate::admin::api().into_openapi());
     api.merge(ops().into_openapi());
     let bearer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build();

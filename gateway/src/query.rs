@@ -47,7 +47,7 @@ struct Consolidado {
     dias: Vec<DailyBalance>,
 }
 
-fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<BusinessDate> {
+pub(crate) fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<BusinessDate> {
     match value {
         None => {
             errors.push(FieldError::new(name, "is required (YYYY-MM-DD)"));
@@ -78,15 +78,9 @@ async fn range(
     let (Some(de), Some(ate)) = (de, ate) else {
         return Err(Problem::validation(errors));
     };
-    if ate < de {
-        return Err(Problem::validation(vec![FieldError::new("ate", "must not be before de")]));
-    }
-    let days = (ate.date() - de.date()).num_days() + 1;
-    if days > MAX_RANGE_DAYS {
-        return Err(Problem::validation(vec![FieldError::new(
-            "ate",
-            format!("the range is {days} days; at most {MAX_RANGE_DAYS} are allowed"),
-        )]));
+    check_range(de, ate, &mut errors);
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
     }
     let body = consolidado(&state, principal.merchant_id, de, ate).await?;
     Ok(Json(body).into_response())
@@ -122,18 +116,29 @@ struct UmDia {
     dia: DailyBalance,
 }
 
+/// `ate` not before `de`, and at most [`MAX_RANGE_DAYS`] days in all.
+pub(crate) fn check_range(de: BusinessDate, ate: BusinessDate, errors: &mut Vec<FieldError>) {
+    let days = (ate.date() - de.date()).num_days() + 1;
+    if ate < de {
+        errors.push(FieldError::new("ate", "must not be before de"));
+    } else if days > MAX_RANGE_DAYS {
+        errors.push(FieldError::new("ate", format!("the range is {days} days; at most {MAX_RANGE_DAYS} are allowed")));
+    }
+}
+
+pub(crate) fn store_unavailable(e: cashflow_sinks::StoreError) -> Problem {
+    tracing::error!(error = %e, "cannot read the store");
+    Problem::unavailable("the store is unreachable; retry shortly", 5)
+}
+
 async fn consolidado(
     state: &QueryState,
     merchant: MerchantId,
     de: BusinessDate,
     ate: BusinessDate,
 ) -> Result<Consolidado, Problem> {
-    let unavailable = |e: cashflow_sinks::StoreError| {
-        tracing::error!(error = %e, "cannot read balances");
-        Problem::unavailable("balances are unavailable; the store is unreachable", 5)
-    };
-    let rows = state.store.daily(&merchant, de, ate).await.map_err(unavailable)?;
-    let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(unavailable)?;
+    let rows = state.store.daily(&merchant, de, ate).await.map_err(store_unavailable)?;
+    let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(store_unavailable)?;
     Ok(Consolidado {
         comerciante: merchant,
         de,

@@ -80,6 +80,7 @@ pub fn router(state: GatewayState) -> Router {
     }
     if let Some(query) = &apis.query {
         protected = protected.merge(Router::from(crate::query::api().with_state(query.clone())));
+        protected = protected.merge(Router::from(crate::extrato::api().with_state(query.clone())));
     }
     if let Some(dlq) = &apis.dlq {
         protected = protected.merge(Router::from(crate::admin::api().with_state(dlq.clone())));
@@ -113,8 +114,8 @@ pub fn router(state: GatewayState) -> Router {
     with_security_headers(router).layer(cors(&state.cors_allowed_origins))
 }
 
-/// Entries are written by ingest; everything else under `/v1` (balances, statement, operators'
-/// routes) is read by the query stage.
+/// Entries are written by ingest (`POST`); everything else under `/v1` (balances, the statement,
+/// operators' routes) is read by the query stage.
 fn stage_for<'a>(upstreams: &'a Upstreams, method: &Method, path: &str) -> &'a Upstream {
     if method == Method::POST && path.starts_with("/v1/lancamentos") { &upstreams.ingest } else { &upstreams.query }
 }

@@ -77,6 +77,7 @@ async fn gateway_with_keys_from(created: &[DateTime<Utc>]) -> Gateway {
         publisher: Arc::new(Publisher::new(&config).unwrap()),
         store: store.clone(),
         date_window: config.services.consolidate.date_window,
+        max_batch_body_bytes: 1 << 20,
     };
     let state = GatewayState {
         validator: Arc::new(Validator::new(KeySource::Local(Arc::clone(&keys)), "cashflow", "cashflow-api")),

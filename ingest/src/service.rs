@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cashflow_core::config::DateWindow;
@@ -30,15 +30,27 @@ pub struct IngestState {
     pub publisher: Arc<Publisher>,
     pub store: Store,
     pub date_window: DateWindow,
+    /// Body limit of `POST /v1/lancamentos/lote`.
+    pub max_batch_body_bytes: usize,
 }
 
 /// The routes and their OpenAPI description, from the same handlers.
 pub fn api() -> OpenApiRouter<IngestState> {
+    single().merge(batch())
+}
+
+fn single() -> OpenApiRouter<IngestState> {
     OpenApiRouter::new().routes(routes!(create)).routes(routes!(reverse))
 }
 
+fn batch() -> OpenApiRouter<IngestState> {
+    OpenApiRouter::new().routes(routes!(crate::lote::create_lote))
+}
+
+/// A batch may be larger than a single entry's body limit.
 pub fn router(state: IngestState) -> Router {
-    Router::from(api().with_state(state))
+    let limit = DefaultBodyLimit::max(state.max_batch_body_bytes);
+    Router::from(single().with_state(state.clone())).merge(Router::from(batch().with_state(state)).layer(limit))
 }
 
 /// An entry accepted: the broker has it durably.
@@ -62,7 +74,36 @@ fn check_window(window: &DateWindow, data: BusinessDate) -> Result<(), Problem> 
     }
 }
 
-fn not_recorded(e: &IngestError) -> Problem {
+/// A new entry from a request body: the merchant from the token, the id from the idempotency key
+/// (or random), every field checked.
+pub(crate) fn prepare(
+    state: &IngestState,
+    principal: &Principal,
+    body: &Value,
+    idempotency_key: Option<&str>,
+) -> Result<Lancamento, Problem> {
+    principal.refuse_foreign(body)?;
+    let novo = parse_novo(body).map_err(Problem::validation)?;
+    check_window(&state.date_window, novo.data)?;
+    let merchant = principal.merchant_id.clone();
+    let id = match idempotency_key {
+        Some(k) => EntryId::from_idempotency_key(&merchant, k),
+        None => EntryId::random(),
+    };
+    Ok(Lancamento {
+        id,
+        merchant_id: merchant,
+        tipo: novo.tipo,
+        valor: novo.valor,
+        data: novo.data,
+        descricao: novo.descricao,
+        categoria: novo.categoria,
+        criado_em: chrono::Utc::now(),
+        estorno_de: None,
+    })
+}
+
+pub(crate) fn not_recorded(e: &IngestError) -> Problem {
     tracing::warn!(error = %e, "entry not accepted: broker unavailable");
     Problem::unavailable("the entry was not recorded; retry with the same Idempotency-Key", RETRY_AFTER_SECS)
 }
@@ -85,28 +126,10 @@ async fn create(
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_WRITE)?;
-    principal.refuse_foreign(&body)?;
     let key = idempotency_key(&headers)?;
-    let novo = parse_novo(&body).map_err(Problem::validation)?;
-    check_window(&state.date_window, novo.data)?;
-    let merchant = principal.merchant_id;
-    let id = match &key {
-        Some(k) => EntryId::from_idempotency_key(&merchant, k),
-        None => EntryId::random(),
-    };
-    let entry = Lancamento {
-        id,
-        merchant_id: merchant,
-        tipo: novo.tipo,
-        valor: novo.valor,
-        data: novo.data,
-        descricao: novo.descricao,
-        categoria: novo.categoria,
-        criado_em: chrono::Utc::now(),
-        estorno_de: None,
-    };
+    let entry = prepare(&state, &principal, &body, key.as_deref())?;
     let posicao = state.publisher.publish(&entry).await.map_err(|e| not_recorded(&e))?;
-    let body = Aceito { id, status: "aceito", posicao: posicao.to_string(), estorno_de: None };
+    let body = Aceito { id: entry.id, status: "aceito", posicao: posicao.to_string(), estorno_de: None };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
@@ -174,16 +197,20 @@ fn store_problem(e: &StoreError) -> Problem {
     Problem::unavailable("the entry store is unavailable; retry shortly", RETRY_AFTER_SECS)
 }
 
-/// 1 to 255 visible ASCII characters, if present.
+/// The `Idempotency-Key` header, if present.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    match value.to_str() {
-        Ok(k) if (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(k.to_owned())),
-        _ => Err(Problem::validation(vec![FieldError::new(
-            "Idempotency-Key",
-            "must be 1 to 255 visible ASCII characters",
-        )])),
+    headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| check_key("Idempotency-Key", v.to_str().unwrap_or_default()))
+        .transpose()
+        .map_err(|e| Problem::validation(vec![e]))
+}
+
+/// An idempotency key: 1 to 255 visible ASCII characters.
+pub(crate) fn check_key(field: &str, key: &str) -> Result<String, FieldError> {
+    if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(key.to_owned())
+    } else {
+        Err(FieldError::new(field, "must be 1 to 255 visible ASCII characters"))
     }
 }

@@ -5,12 +5,14 @@
 //! the consumer progress that covers them, committed together or not at all.
 
 mod epoch;
+mod extrato;
 mod parked;
 mod read;
 mod store;
 mod users;
 
 pub use epoch::{Delivery, EpochTx, Origin, StoredEntry};
+pub use extrato::{ExtratoKey, ExtratoLine, ExtratoQuery};
 pub use read::DailyRows;
 pub use store::{Store, StoreError};
 pub use users::{Client, User};

@@ -88,6 +88,9 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     if s.gateway.max_body_bytes < 1024 {
         problem_at(&mut out, "services.gateway.max_body_bytes", "must be at least 1024");
     }
+    if s.gateway.max_batch_body_bytes < s.gateway.max_body_bytes {
+        problem_at(&mut out, "services.gateway.max_batch_body_bytes", "must be at least max_body_bytes");
+    }
     if s.auth.token_ttl_secs == 0 || s.auth.token_ttl_secs > 86_400 {
         problem_at(&mut out, "services.auth.token_ttl_secs", "must be between 1 and 86400");
     }

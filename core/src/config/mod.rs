@@ -179,6 +179,9 @@ pub struct GatewayConfig {
     /// Largest request body accepted.
     #[serde(default = "GatewayConfig::default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Largest body of `POST /v1/lancamentos/lote` (1,000 entries).
+    #[serde(default = "GatewayConfig::default_max_batch_body_bytes")]
+    pub max_batch_body_bytes: usize,
     /// A request that takes longer is answered 503.
     #[serde(default = "GatewayConfig::default_request_timeout_secs")]
     pub request_timeout_secs: u64,
@@ -238,6 +241,9 @@ impl QueryConfig {
 impl GatewayConfig {
     const fn default_max_body_bytes() -> usize {
         64 * 1024
+    }
+    const fn default_max_batch_body_bytes() -> usize {
+        1024 * 1024
     }
     const fn default_request_timeout_secs() -> u64 {
         30
