@@ -175,7 +175,9 @@ async fn serve_http(
     if everything || matches!(stage, Stage::Query) {
         let store = need_store()?;
         apis.dlq = Some(Dlq::new(Arc::clone(config), store.clone()));
-        apis.query = Some(QueryState { store, consolidate_group: services.consolidate.group.clone() });
+        let topic = config.ingest_topic();
+        let timeout = Duration::from_millis(services.query.aguardar_timeout_ms);
+        apis.query = Some(QueryState::new(store, &services.consolidate.group, topic, timeout));
     }
     if let (Stage::Gateway, Some(up)) = (stage, &gw.upstreams) {
         let timeout = Duration::from_secs(gw.request_timeout_secs);

@@ -6,11 +6,13 @@
 mod admin;
 mod extrato;
 mod openapi;
+mod progress;
 mod proxy;
 mod query;
 mod service;
 
 pub use openapi::openapi;
+pub use progress::ProgressWatch;
 pub use proxy::{Upstream, Upstreams};
-pub use query::QueryState;
+pub use query::{QueryState, STALE_HEADER};
 pub use service::{Apis, GatewayState, router};

@@ -1,14 +1,20 @@
-//! Daily balances: `GET /v1/consolidado/diario?de&ate` and `GET /v1/consolidado/diario/{data}`.
+//! Daily balances: `GET /v1/consolidado/diario?de&ate` and `GET /v1/consolidado/diario/{data}`,
+//! each optionally `aguardar`-ing a position: read-your-writes, bounded.
+
+use std::time::Duration;
 
 use axum::extract::{Path, State};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
-use cashflow_core::{BusinessDate, DailyBalance, MerchantId, daily_series};
+use cashflow_core::{BusinessDate, DailyBalance, MerchantId, Posicao, daily_series};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use cashflow_sinks::Store;
+
+use crate::progress::ProgressWatch;
 
 /// What the balance queries need.
 #[derive(Clone)]
@@ -16,6 +22,38 @@ pub struct QueryState {
     pub store: Store,
     /// Consumer group whose commits mark how fresh balances are.
     pub consolidate_group: String,
+    /// Consolidation's progress, for `aguardar`.
+    pub progress: ProgressWatch,
+    /// The longest an `aguardar` read waits before answering with the data as it stands.
+    pub aguardar_timeout: Duration,
+}
+
+impl QueryState {
+    /// Starts watching `group`'s progress on `topic` (the ingest topic).
+    pub fn new(store: Store, group: &str, topic: &str, aguardar_timeout: Duration) -> Self {
+        let progress = ProgressWatch::start(store.clone(), group.to_owned(), topic.to_owned());
+        QueryState { store, consolidate_group: group.to_owned(), progress, aguardar_timeout }
+    }
+
+    /// With `aguardar`, waits (bounded) for consolidation to pass it: `Ok(false)` on timeout.
+    async fn await_position(&self, aguardar: Option<&str>) -> Result<bool, Problem> {
+        let Some(token) = aguardar else { return Ok(true) };
+        let posicao: Posicao =
+            token.parse().map_err(|e: String| Problem::validation(vec![FieldError::new("aguardar", e)]))?;
+        Ok(self.progress.wait_past(posicao, self.aguardar_timeout).await)
+    }
+}
+
+/// Set on a balance answered before consolidation reached the `aguardar` position.
+pub const STALE_HEADER: &str = "x-cashflow-stale";
+
+/// The answer, marked stale when the wait ran out.
+fn answer<T: Serialize>(body: T, fresh: bool) -> Response {
+    let mut response = Json(body).into_response();
+    if !fresh {
+        response.headers_mut().insert(STALE_HEADER, HeaderValue::from_static("true"));
+    }
+    response
 }
 
 /// Longest range one request may ask for.
@@ -34,6 +72,15 @@ struct RangeQuery {
     /// Last day (YYYY-MM-DD), at most 366 days after `de`.
     #[param(required = true, value_type = BusinessDate)]
     ate: Option<String>,
+    /// A `posicao` from a 202: wait (bounded) until consolidation has passed it.
+    aguardar: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AguardarQuery {
+    /// A `posicao` from a 202: wait (bounded) until consolidation has passed it.
+    aguardar: Option<String>,
 }
 
 /// Daily balances of the token's merchant, one per day of the range, with no gaps.
@@ -63,7 +110,10 @@ pub(crate) fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<Field
     path = "/v1/consolidado/diario",
     tag = "consolidado",
     params(RangeQuery),
-    responses((status = 200, description = "The balances", body = Consolidado), Problems),
+    responses(
+        (status = 200, description = "The balances; `x-cashflow-stale: true` when `aguardar` ran out", body = Consolidado),
+        Problems,
+    ),
     security(("bearer" = ["consolidado:read"]))
 )]
 async fn range(
@@ -82,8 +132,9 @@ async fn range(
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
+    let fresh = state.await_position(q.aguardar.as_deref()).await?;
     let body = consolidado(&state, principal.merchant_id, de, ate).await?;
-    Ok(Json(body).into_response())
+    Ok(answer(body, fresh))
 }
 
 /// One day's consolidated balance.
@@ -91,20 +142,25 @@ async fn range(
     get,
     path = "/v1/consolidado/diario/{data}",
     tag = "consolidado",
-    params(("data" = BusinessDate, Path, description = "The day")),
-    responses((status = 200, description = "The day's balance", body = UmDia), Problems),
+    params(("data" = BusinessDate, Path, description = "The day"), AguardarQuery),
+    responses(
+        (status = 200, description = "The day's balance; `x-cashflow-stale: true` when `aguardar` ran out", body = UmDia),
+        Problems,
+    ),
     security(("bearer" = ["consolidado:read"]))
 )]
 async fn one_day(
     State(state): State<QueryState>,
     principal: Principal,
     Path(data): Path<String>,
+    Query(q): Query<AguardarQuery>,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
     let day: BusinessDate = data.parse().map_err(|e: String| Problem::validation(vec![FieldError::new("data", e)]))?;
+    let fresh = state.await_position(q.aguardar.as_deref()).await?;
     let body = consolidado(&state, principal.merchant_id, day, day).await?;
     let dia = body.dias.into_iter().next().ok_or_else(Problem::internal)?;
-    Ok(Json(UmDia { comerciante: body.comerciante, atualizado_ate: body.atualizado_ate, dia }).into_response())
+    Ok(answer(UmDia { comerciante: body.comerciante, atualizado_ate: body.atualizado_ate, dia }, fresh))
 }
 
 /// One day of the token's merchant.

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cashflow_tests::{Api, MERCHANTS, Oracle, Pipeline, Store, assert_matches_oracle, d, login_all, random_entries};
+use cashflow_tests::{
+    Api, MERCHANTS, Oracle, Pipeline, Role, Store, assert_matches_oracle, d, login_all, random_entries,
+};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,4 +270,78 @@ async fn the_csv_export_round_trips_to_the_entries_and_neutralises_formulas() {
     assert!(reversed["estornado_por"].is_string(), "the original links to its reversal");
     let rev = json_lines.iter().find(|l| l["estorno_de"] == ids[0].as_str()).unwrap();
     assert_eq!(rev["id"], reversed["estornado_por"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_with_aguardar_sees_the_entry_just_posted_and_says_stale_when_consolidation_is_down() {
+    let mut p =
+        Pipeline::start_stages(Store::Sqlite, &[("aguardar_timeout_ms: 5000", "aguardar_timeout_ms: 2000")]).await;
+    let tokens = login_all(&p).await;
+    let m = MERCHANTS[0];
+    let day = "2026-06-15";
+    let (api, token) = (p.api.clone(), tokens[m].clone());
+    let read = |posicao: String| {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let url = format!("{}/v1/consolidado/diario?de={day}&ate={day}&aguardar={posicao}", api.base);
+            let started = std::time::Instant::now();
+            let r = api.client.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let stale = r.headers().get("x-cashflow-stale").is_some();
+            let body: Value = r.json().await.unwrap();
+            (body, stale, started.elapsed())
+        }
+    };
+    let post = |cents: i64| {
+        let (api, token) = (api.clone(), token.clone());
+        async move {
+            let body = json!({"tipo": "credito", "valor": format!("{}.{:02}", cents / 100, cents % 100), "data": day, "descricao": "venda"});
+            let r = api.post_entry(&token, &body, None).await;
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["posicao"].as_str().unwrap().to_owned()
+        }
+    };
+
+    let mut total = 0i64;
+    let mut slowest = Duration::ZERO;
+    for i in 1..=200 {
+        total += i;
+        let posicao = post(i).await;
+        let (body, stale, took) = read(posicao).await;
+        let creditos = body["dias"][0]["creditos"].as_str().unwrap().to_owned();
+        assert_eq!(creditos, format!("{}.{:02}", total / 100, total % 100), "read {i} misses its own write");
+        assert!(!stale, "read {i} marked stale");
+        assert!(body["atualizado_ate"].is_string());
+        slowest = slowest.max(took);
+    }
+    println!("200 reads with aguardar, each including its write; slowest {slowest:?}");
+
+    p.interrupt(Role::Consolidate).await;
+    let posicao = post(1000).await;
+    let (body, stale, took) = read(posicao.clone()).await;
+    assert!(stale, "consolidation is down: the answer says stale");
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_secs(5), "waited {took:?}, bound 2 s");
+    assert_eq!(body["dias"][0]["lancamentos"], 200, "the data as it stands");
+    assert!(body["atualizado_ate"].is_string());
+
+    p.launch(Role::Consolidate).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (body, stale, _) = read(posicao.clone()).await;
+        if !stale {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "still stale a minute after the restart");
+    };
+    assert_eq!(body["dias"][0]["lancamentos"], 201, "consolidated after the restart");
+
+    let bad = p
+        .api
+        .client
+        .get(format!("{}/v1/consolidado/diario/{day}?aguardar=nope", p.api.base))
+        .bearer_auth(&tokens[m])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
 }

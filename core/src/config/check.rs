@@ -88,6 +88,13 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     if s.gateway.max_body_bytes < 1024 {
         problem_at(&mut out, "services.gateway.max_body_bytes", "must be at least 1024");
     }
+    if s.query.aguardar_timeout_ms == 0 || s.query.aguardar_timeout_ms * 2 > s.gateway.request_timeout_secs * 1000 {
+        problem_at(
+            &mut out,
+            "services.query.aguardar_timeout_ms",
+            "must be at least 1 and at most half of services.gateway.request_timeout_secs",
+        );
+    }
     if s.gateway.max_batch_body_bytes < s.gateway.max_body_bytes {
         problem_at(&mut out, "services.gateway.max_batch_body_bytes", "must be at least max_body_bytes");
     }

@@ -224,15 +224,24 @@ impl Upstreams {
 pub struct QueryConfig {
     #[serde(default = "QueryConfig::default_listen")]
     pub listen: String,
+    /// The longest a read with `aguardar` waits for consolidation before answering stale.
+    #[serde(default = "QueryConfig::default_aguardar_timeout_ms")]
+    pub aguardar_timeout_ms: u64,
 }
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        QueryConfig { listen: QueryConfig::default_listen() }
+        QueryConfig {
+            listen: QueryConfig::default_listen(),
+            aguardar_timeout_ms: QueryConfig::default_aguardar_timeout_ms(),
+        }
     }
 }
 
 impl QueryConfig {
+    const fn default_aguardar_timeout_ms() -> u64 {
+        5_000
+    }
     fn default_listen() -> String {
         "127.0.0.1:8083".into()
     }
