@@ -18,4 +18,4 @@ pub use lancamento::{
 };
 pub use money::{Money, MoneyError};
 pub use posicao::Posicao;
-pub use saldo::{DailyBalance, DayTotals, daily_series};
+pub use saldo::{DailyBalance, DayTotals, MonthlyBalance, daily_series, monthly_series};

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::Datelike as _;
 use serde::Serialize;
 
 use crate::{BusinessDate, Money};
@@ -60,6 +61,56 @@ pub fn daily_series(
         day = d.succ();
     }
     out
+}
+
+/// One month of the balance series.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct MonthlyBalance {
+    /// `YYYY-MM`.
+    #[schema(example = "2026-11")]
+    pub mes: String,
+    pub creditos: Money,
+    pub debitos: Money,
+    pub saldo_do_mes: Money,
+    /// The closing balance of the month before.
+    pub saldo_inicial: Money,
+    /// The closing balance of the month.
+    pub saldo_final: Money,
+    pub lancamentos: i64,
+}
+
+/// The twelve months of `year`, from its days' totals and the balance carried into it; a month
+/// without entries shows zero movement and carries the balance.
+pub fn monthly_series(
+    year: i32,
+    opening_cents: i64,
+    totals: &BTreeMap<BusinessDate, DayTotals>,
+) -> Vec<MonthlyBalance> {
+    let mut months = [DayTotals::default(); 12];
+    for (day, t) in totals.iter().filter(|(d, _)| d.date().year() == year) {
+        let m = &mut months[day.date().month0() as usize];
+        m.creditos_cents += t.creditos_cents;
+        m.debitos_cents += t.debitos_cents;
+        m.quantidade += t.quantidade;
+    }
+    let mut balance = opening_cents;
+    months
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let inicial = balance;
+            balance += t.saldo_cents();
+            MonthlyBalance {
+                mes: format!("{year:04}-{:02}", i + 1),
+                creditos: Money::from_cents(t.creditos_cents),
+                debitos: Money::from_cents(t.debitos_cents),
+                saldo_do_mes: Money::from_cents(t.saldo_cents()),
+                saldo_inicial: Money::from_cents(inicial),
+                saldo_final: Money::from_cents(balance),
+                lancamentos: t.quantidade,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

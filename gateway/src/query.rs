@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
-use cashflow_core::{BusinessDate, DailyBalance, MerchantId, Posicao, daily_series};
+use cashflow_core::{BusinessDate, DailyBalance, MerchantId, MonthlyBalance, Posicao, daily_series, monthly_series};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -60,7 +60,60 @@ fn answer<T: Serialize>(body: T, fresh: bool) -> Response {
 pub const MAX_RANGE_DAYS: i64 = 366;
 
 pub(crate) fn api() -> OpenApiRouter<QueryState> {
-    OpenApiRouter::new().routes(routes!(range)).routes(routes!(one_day))
+    OpenApiRouter::new().routes(routes!(range)).routes(routes!(one_day)).routes(routes!(monthly))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct MonthlyQuery {
+    /// The year, 1900 to 9999.
+    #[param(required = true, value_type = i32, minimum = 1900, maximum = 9999)]
+    ano: Option<String>,
+    /// A `posicao` from a 202: wait (bounded) until consolidation has passed it.
+    aguardar: Option<String>,
+}
+
+/// A year of monthly balances of the token's merchant.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Mensal {
+    comerciante: MerchantId,
+    ano: i32,
+    /// When consolidation last committed (RFC 3339), or null if it never has.
+    atualizado_ate: Option<String>,
+    meses: Vec<MonthlyBalance>,
+}
+
+/// Monthly totals and each month's closing balance for a year, from the consolidated days.
+#[utoipa::path(
+    get,
+    path = "/v1/consolidado/mensal",
+    tag = "consolidado",
+    params(MonthlyQuery),
+    responses(
+        (status = 200, description = "Twelve months; `x-cashflow-stale: true` when `aguardar` ran out", body = Mensal),
+        Problems,
+    ),
+    security(("bearer" = ["consolidado:read"]))
+)]
+async fn monthly(
+    State(state): State<QueryState>,
+    principal: Principal,
+    Query(q): Query<MonthlyQuery>,
+) -> Result<Response, Problem> {
+    principal.require(SCOPE_READ)?;
+    let year = q.ano.as_deref().and_then(|a| a.parse::<i32>().ok()).filter(|a| (1900..=9999).contains(a));
+    let (Some(year), Some(de), Some(ate)) = (
+        year,
+        year.and_then(|y| chrono::NaiveDate::from_ymd_opt(y, 1, 1)).and_then(|d| BusinessDate::new(d).ok()),
+        year.and_then(|y| chrono::NaiveDate::from_ymd_opt(y, 12, 31)).and_then(|d| BusinessDate::new(d).ok()),
+    ) else {
+        return Err(Problem::validation(vec![FieldError::new("ano", "is required: a year from 1900 to 9999")]));
+    };
+    let fresh = state.await_position(q.aguardar.as_deref()).await?;
+    let rows = state.store.daily(&principal.merchant_id, de, ate).await.map_err(store_unavailable)?;
+    let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(store_unavailable)?;
+    let meses = monthly_series(year, rows.opening_cents, &rows.days);
+    Ok(answer(Mensal { comerciante: principal.merchant_id, ano: year, atualizado_ate, meses }, fresh))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -66,7 +66,7 @@ pub async fn assert_matches_oracle(
             let answer = p.api.daily(&tokens[m], &de.to_string(), &ate.to_string()).await;
             let counted: u64 =
                 answer["dias"].as_array().unwrap().iter().map(|d| d["lancamentos"].as_u64().unwrap()).sum();
-            if counted as usize >= oracle.count(m) || Instant::now() > deadline {
+            if counted as usize >= oracle.count_in(m, de, ate) || Instant::now() > deadline {
                 break answer;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;

@@ -17,6 +17,11 @@ pub struct Posted {
 }
 
 impl Posted {
+    /// Cents, positive for a credit, negative for a debit.
+    pub fn signed(&self) -> i64 {
+        if self.credit { self.cents } else { -self.cents }
+    }
+
     pub fn body(&self, descricao: &str) -> Value {
         json!({
             "tipo": if self.credit { "credito" } else { "debito" },
@@ -64,8 +69,18 @@ impl Oracle {
         self.entries.push(p);
     }
 
+    /// The merchant's entries, as posted.
+    pub fn entries(&self, merchant: &str) -> Vec<&Posted> {
+        self.entries.iter().filter(|e| e.merchant == merchant).collect()
+    }
+
     pub fn count(&self, merchant: &str) -> usize {
         self.entries.iter().filter(|e| e.merchant == merchant).count()
+    }
+
+    /// The merchant's entries dated in `[de, ate]`.
+    pub fn count_in(&self, merchant: &str, de: BusinessDate, ate: BusinessDate) -> usize {
+        self.entries.iter().filter(|e| e.merchant == merchant && (de..=ate).contains(&e.date)).count()
     }
 
     /// Entries accepted but not counted, and entries counted more than once, in an API answer

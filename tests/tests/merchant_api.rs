@@ -345,3 +345,80 @@ async fn a_read_with_aguardar_sees_the_entry_just_posted_and_says_stale_when_con
         .unwrap();
     assert_eq!(bad.status(), 422);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monthly_report_equals_the_oracle_with_backdated_entries_and_reversals() {
+    let p = Pipeline::start(Store::Sqlite).await;
+    let tokens = login_all(&p).await;
+    let m = MERCHANTS[0];
+    // A year of entries in random order (so most arrive backdated), plus a carried balance from 2025.
+    let mut entries = random_entries(&[m], 300, d("2025-05-01"), 240);
+    entries.extend(random_entries(&[m], 3000, d("2026-01-01"), 365));
+    let bodies: Vec<Value> = entries.iter().map(|e| e.body("venda")).collect();
+    let ids = post_batches(&p, &tokens[m], &bodies).await;
+    let mut oracle = Oracle::default();
+    entries.iter().cloned().for_each(|e| oracle.add(e));
+    assert_matches_oracle(&p, &tokens, &oracle, d("2026-01-01"), d("2026-12-31")).await;
+
+    // Reverse 60 entries of 2026, each on a day of its own choosing.
+    for (i, k) in (300..3300).step_by(50).enumerate() {
+        let original = &entries[k];
+        let day = cashflow_core::BusinessDate::from_days(d("2026-01-01").days() + (i as i32 * 6) % 365).unwrap();
+        let r = p.api.reverse(&tokens[m], &ids[k], &json!({ "data": day.to_string() })).await;
+        assert_eq!(r.status(), 202);
+        oracle.add(cashflow_tests::Posted {
+            merchant: m.into(),
+            credit: !original.credit,
+            cents: original.cents,
+            date: day,
+        });
+    }
+    assert_matches_oracle(&p, &tokens, &oracle, d("2026-01-01"), d("2026-12-31")).await;
+
+    let r = p
+        .api
+        .client
+        .get(format!("{}/v1/consolidado/mensal?ano=2026", p.api.base))
+        .bearer_auth(&tokens[m])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    let months = report["meses"].as_array().unwrap();
+    assert_eq!(months.len(), 12);
+    let posted = oracle.entries(m);
+    let cents = |v: &Value| -> i64 {
+        let s = v.as_str().unwrap();
+        let (int, frac) = s.trim_start_matches('-').split_once('.').unwrap();
+        let c = int.parse::<i64>().unwrap() * 100 + frac.parse::<i64>().unwrap();
+        if s.starts_with('-') { -c } else { c }
+    };
+    let mut balance: i64 = posted.iter().filter(|e| e.date < d("2026-01-01")).map(|e| e.signed()).sum();
+    for (i, month) in months.iter().enumerate() {
+        let in_month: Vec<_> = posted
+            .iter()
+            .filter(|e| e.date.date().format("%Y-%m").to_string() == format!("2026-{:02}", i + 1))
+            .collect();
+        let credits: i64 = in_month.iter().filter(|e| e.credit).map(|e| e.cents).sum();
+        let debits: i64 = in_month.iter().filter(|e| !e.credit).map(|e| e.cents).sum();
+        assert_eq!(month["mes"], format!("2026-{:02}", i + 1));
+        assert_eq!(cents(&month["saldo_inicial"]), balance, "{month}");
+        balance += credits - debits;
+        assert_eq!((cents(&month["creditos"]), cents(&month["debitos"])), (credits, debits), "{month}");
+        assert_eq!(cents(&month["saldo_final"]), balance, "{month}");
+        assert_eq!(month["lancamentos"], in_month.len(), "{month}");
+    }
+
+    for bad in ["", "ano=1899", "ano=dois-mil"] {
+        let r = p
+            .api
+            .client
+            .get(format!("{}/v1/consolidado/mensal?{bad}", p.api.base))
+            .bearer_auth(&tokens[m])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{bad}");
+    }
+}
