@@ -51,7 +51,8 @@ async fn build_history(store: &Store, n: u64) -> f64 {
         let inserted = tx.insert_entries(&batch).await.unwrap();
         let fresh: Vec<&Lancamento> = batch.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
         let changed = dataflow.apply(&fresh).await.unwrap();
-        tx.add_daily(&changed).await.unwrap();
+        tx.add_daily(&cashflow_dataflow::daily(&changed)).await.unwrap();
+        tx.add_categories(&changed).await.unwrap();
         let next: Vec<(String, i32, i64)> = (0..6).map(|p| ("lancamentos".to_owned(), p, (i / 6) as i64)).collect();
         tx.save_progress("bench", &next).await.unwrap();
         tx.commit().await.unwrap();
@@ -77,7 +78,7 @@ async fn main() {
 
         let started = Instant::now();
         let store = Store::connect(&url, 4).await.unwrap();
-        let snapshot = store.load_daily_totals().await.unwrap();
+        let snapshot = store.load_category_totals().await.unwrap();
         let days = snapshot.len();
         let _progress = store.load_progress("bench").await.unwrap();
         let dataflow = Consolidator::start(snapshot).unwrap();

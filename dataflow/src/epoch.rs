@@ -176,7 +176,8 @@ impl Epoch<'_> {
 
         // consolidate
         let changed = self.dataflow.apply(&fresh).await?;
-        tx.add_daily(&changed).await?;
+        tx.add_daily(&crate::operator::daily(&changed)).await?;
+        tx.add_categories(&changed).await?;
 
         // rejected records are durable on their topics before their offsets are committed
         self.send_rejected(&rejected).await?;

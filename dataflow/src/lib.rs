@@ -6,5 +6,5 @@ mod epoch;
 mod operator;
 mod stage;
 
-pub use operator::{Consolidator, DataflowError, DayChange};
+pub use operator::{CategoryChange, Consolidator, DataflowError, DayChange, daily};
 pub use stage::{ConsolidateError, run};

@@ -1,10 +1,11 @@
 //! The daily consolidation as a differential dataflow, run by one timely worker on its own thread.
 //!
 //! Entries enter as facts with diff `1`; `explode` moves each amount into the diff
-//! `(credits, debits, count)`, so the per-(merchant, day) sum is kept by differential's own
-//! accumulation rather than by a hand-written reduce. Each epoch is one timestamp: the input
-//! advances past it, the worker steps until the probe passes it, and each changed day comes out
-//! as the difference between its new and old totals.
+//! `(credits, debits, count)`, so the per-(merchant, day, category) sum is kept by differential's
+//! own accumulation rather than by a hand-written reduce. Each epoch is one timestamp: the input
+//! advances past it, the worker steps until the probe passes it, and each changed (merchant, day,
+//! category) comes out as the difference between its new and old totals. A day's change is the
+//! sum of its categories' changes ([`daily`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -15,8 +16,8 @@ use cashflow_core::{BusinessDate, DayTotals, Lancamento, MerchantId};
 use differential_dataflow::input::Input;
 use tokio::sync::{mpsc, oneshot};
 
-/// (merchant, days since 1970-01-01).
-type Key = (String, i32);
+/// (merchant, days since 1970-01-01, category or "" for none).
+type Key = (String, i32, String);
 /// (credits, debits, count), in cents and entries.
 type Totals = (i64, i64, i64);
 /// One entry: key, credit cents, debit cents.
@@ -27,6 +28,21 @@ type Fact = (Key, i64, i64);
 /// The store adds these deltas, so writers of disjoint entry sets compose: each entry is counted
 /// by the one transaction that inserted its id, whichever consolidator ran it.
 pub type DayChange = (MerchantId, BusinessDate, DayTotals);
+
+/// The same for one category of a day (`None`: entries without a category).
+pub type CategoryChange = (MerchantId, BusinessDate, Option<String>, DayTotals);
+
+/// Each day's change: the sum of its categories' changes.
+pub fn daily(changes: &[CategoryChange]) -> Vec<DayChange> {
+    let mut days: BTreeMap<(MerchantId, BusinessDate), DayTotals> = BTreeMap::new();
+    for (m, d, _, t) in changes {
+        let day = days.entry((m.clone(), *d)).or_default();
+        day.creditos_cents += t.creditos_cents;
+        day.debitos_cents += t.debitos_cents;
+        day.quantidade += t.quantidade;
+    }
+    days.into_iter().filter(|(_, t)| *t != DayTotals::default()).map(|((m, d), t)| (m, d, t)).collect()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataflowError {
@@ -47,12 +63,15 @@ pub struct Consolidator {
 }
 
 impl Consolidator {
-    /// Starts a worker whose state is `snapshot`: the consolidated days already in the store.
-    pub fn start(snapshot: Vec<DayChange>) -> Result<Self, DataflowError> {
+    /// Starts a worker whose state is `snapshot`: the consolidated categories of each day already
+    /// in the store.
+    pub fn start(snapshot: Vec<CategoryChange>) -> Result<Self, DataflowError> {
         let (tx, rx) = mpsc::channel::<Command>(4);
         let seed: Vec<(Key, Totals)> = snapshot
             .into_iter()
-            .map(|(m, d, t)| ((m.to_string(), d.days()), (t.creditos_cents, t.debitos_cents, t.quantidade)))
+            .map(|(m, d, c, t)| {
+                ((m.to_string(), d.days(), c.unwrap_or_default()), (t.creditos_cents, t.debitos_cents, t.quantidade))
+            })
             .collect();
         let thread = std::thread::Builder::new()
             .name("consolidate-dataflow".into())
@@ -61,12 +80,12 @@ impl Consolidator {
         Ok(Consolidator { commands: Some(tx), thread: Some(thread) })
     }
 
-    /// Adds one epoch of new entries and returns how each touched day's totals changed.
-    pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Vec<DayChange>, DataflowError> {
+    /// Adds one epoch of new entries and returns how each touched (day, category)'s totals changed.
+    pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Vec<CategoryChange>, DataflowError> {
         let facts = entries
             .iter()
             .map(|e| {
-                let key = (e.merchant_id.to_string(), e.data.days());
+                let key = (e.merchant_id.to_string(), e.data.days(), e.categoria.clone().unwrap_or_default());
                 let cents = e.signed_cents();
                 (key, cents.max(0), (-cents).max(0))
             })
@@ -77,10 +96,11 @@ impl Consolidator {
         let changed = answer.await.map_err(|_| DataflowError::WorkerGone)?;
         changed
             .into_iter()
-            .map(|((merchant, days), (c, d, n))| {
+            .map(|((merchant, days, category), (c, d, n))| {
                 let m = MerchantId::parse(&merchant).map_err(|_| DataflowError::BadKey(merchant.clone()))?;
                 let day = BusinessDate::from_days(days).ok_or_else(|| DataflowError::BadKey(days.to_string()))?;
-                Ok((m, day, DayTotals { creditos_cents: c, debitos_cents: d, quantidade: n }))
+                let category = Some(category).filter(|c| !c.is_empty());
+                Ok((m, day, category, DayTotals { creditos_cents: c, debitos_cents: d, quantidade: n }))
             })
             .collect()
     }

@@ -78,7 +78,7 @@ pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: Cancellati
 async fn session(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) -> Result<(), ConsolidateError> {
     let cons = &config.services.consolidate;
     let started = Instant::now();
-    let snapshot = store.load_daily_totals().await?;
+    let snapshot = store.load_category_totals().await?;
     let days = snapshot.len();
     let dataflow = Consolidator::start(snapshot)?;
     let mut resume = store.load_progress(&cons.group).await?;

@@ -7,7 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
-use cashflow_core::{BusinessDate, DailyBalance, MerchantId, MonthlyBalance, Posicao, daily_series, monthly_series};
+use cashflow_core::{
+    BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, Posicao, daily_series, monthly_series,
+};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -60,7 +62,84 @@ fn answer<T: Serialize>(body: T, fresh: bool) -> Response {
 pub const MAX_RANGE_DAYS: i64 = 366;
 
 pub(crate) fn api() -> OpenApiRouter<QueryState> {
-    OpenApiRouter::new().routes(routes!(range)).routes(routes!(one_day)).routes(routes!(monthly))
+    OpenApiRouter::new()
+        .routes(routes!(range))
+        .routes(routes!(one_day))
+        .routes(routes!(monthly))
+        .routes(routes!(by_category))
+}
+
+/// One category's totals over a range.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TotalCategoria {
+    /// Null for entries without a category.
+    categoria: Option<String>,
+    creditos: Money,
+    debitos: Money,
+    /// Credits minus debits.
+    saldo: Money,
+    lancamentos: i64,
+}
+
+/// Totals per category of the token's merchant over a range of days.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Categorias {
+    comerciante: MerchantId,
+    de: BusinessDate,
+    ate: BusinessDate,
+    /// When consolidation last committed (RFC 3339), or null if it never has.
+    atualizado_ate: Option<String>,
+    categorias: Vec<TotalCategoria>,
+}
+
+/// Totals per category over a range of days (at most 366), from the consolidated
+/// (merchant, day, category) state; a reversal counts in its original's category.
+#[utoipa::path(
+    get,
+    path = "/v1/consolidado/categorias",
+    tag = "consolidado",
+    params(RangeQuery),
+    responses(
+        (status = 200, description = "Each category with entries in the range; `x-cashflow-stale: true` when `aguardar` ran out", body = Categorias),
+        Problems,
+    ),
+    security(("bearer" = ["consolidado:read"]))
+)]
+async fn by_category(
+    State(state): State<QueryState>,
+    principal: Principal,
+    Query(q): Query<RangeQuery>,
+) -> Result<Response, Problem> {
+    principal.require(SCOPE_READ)?;
+    let (de, ate) = range_params(&q)?;
+    let fresh = state.await_position(q.aguardar.as_deref()).await?;
+    let rows = state.store.categories(&principal.merchant_id, de, ate).await.map_err(store_unavailable)?;
+    let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(store_unavailable)?;
+    let categorias = rows
+        .into_iter()
+        .map(|(categoria, t)| TotalCategoria {
+            categoria,
+            creditos: Money::from_cents(t.creditos_cents),
+            debitos: Money::from_cents(t.debitos_cents),
+            saldo: Money::from_cents(t.saldo_cents()),
+            lancamentos: t.quantidade,
+        })
+        .collect();
+    Ok(answer(Categorias { comerciante: principal.merchant_id, de, ate, atualizado_ate, categorias }, fresh))
+}
+
+/// `de` and `ate`, present, valid and at most [`MAX_RANGE_DAYS`] apart.
+fn range_params(q: &RangeQuery) -> Result<(BusinessDate, BusinessDate), Problem> {
+    let mut errors = Vec::new();
+    let de = date_param("de", q.de.as_deref(), &mut errors);
+    let ate = date_param("ate", q.ate.as_deref(), &mut errors);
+    if let (Some(de), Some(ate)) = (de, ate) {
+        check_range(de, ate, &mut errors);
+    }
+    match (de, ate) {
+        (Some(de), Some(ate)) if errors.is_empty() => Ok((de, ate)),
+        _ => Err(Problem::validation(errors)),
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -175,16 +254,7 @@ async fn range(
     Query(q): Query<RangeQuery>,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
-    let mut errors = Vec::new();
-    let de = date_param("de", q.de.as_deref(), &mut errors);
-    let ate = date_param("ate", q.ate.as_deref(), &mut errors);
-    let (Some(de), Some(ate)) = (de, ate) else {
-        return Err(Problem::validation(errors));
-    };
-    check_range(de, ate, &mut errors);
-    if !errors.is_empty() {
-        return Err(Problem::validation(errors));
-    }
+    let (de, ate) = range_params(&q)?;
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
     let body = consolidado(&state, principal.merchant_id, de, ate).await?;
     Ok(answer(body, fresh))

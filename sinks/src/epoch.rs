@@ -36,8 +36,8 @@ pub struct StoredEntry {
 
 const ENTRY_COLUMNS: usize = 13;
 const ENTRY_CHUNK: usize = 400;
-const DAILY_COLUMNS: usize = 6;
-const DAILY_CHUNK: usize = 1000;
+/// Bind parameters per statement when upserting totals (both stores allow far more).
+const TOTALS_PARAMS: usize = 6000;
 const PROGRESS_COLUMNS: usize = 5;
 
 /// The transaction of one epoch. Dropped without [`EpochTx::commit`], it rolls back.
@@ -194,25 +194,47 @@ impl EpochTx {
     /// consolidators of disjoint entries write side by side: each entry is counted once, by the
     /// transaction whose insert of its id succeeded.
     pub async fn add_daily(&mut self, days: &[(MerchantId, BusinessDate, DayTotals)]) -> Result<(), StoreError> {
-        for chunk in days.chunks(DAILY_CHUNK) {
+        let rows: Vec<_> = days.iter().map(|(m, d, t)| (vec![m.to_string(), d.to_string()], *t)).collect();
+        self.add_totals("consolidado_diario", &["merchant_id", "data"], &rows).await
+    }
+
+    /// The same for each (day, category) change; `None` is stored as `''`.
+    pub async fn add_categories(
+        &mut self,
+        changes: &[(MerchantId, BusinessDate, Option<String>, DayTotals)],
+    ) -> Result<(), StoreError> {
+        let rows: Vec<_> = changes
+            .iter()
+            .map(|(m, d, c, t)| (vec![m.to_string(), d.to_string(), c.clone().unwrap_or_default()], *t))
+            .collect();
+        self.add_totals("consolidado_categoria", &["merchant_id", "data", "categoria"], &rows).await
+    }
+
+    /// Upserts `(key..., totals)` rows into `table`, adding the totals to any stored ones.
+    async fn add_totals(
+        &mut self,
+        table: &str,
+        key: &[&str],
+        rows: &[(Vec<String>, DayTotals)],
+    ) -> Result<(), StoreError> {
+        let columns = key.len() + 4;
+        for chunk in rows.chunks(TOTALS_PARAMS / columns) {
             let sql = format!(
-                "INSERT INTO consolidado_diario (merchant_id, data, creditos_cents, debitos_cents, quantidade, atualizado_em) \
-                 VALUES {} ON CONFLICT (merchant_id, data) DO UPDATE SET \
-                 creditos_cents = consolidado_diario.creditos_cents + excluded.creditos_cents, \
-                 debitos_cents = consolidado_diario.debitos_cents + excluded.debitos_cents, \
-                 quantidade = consolidado_diario.quantidade + excluded.quantidade, \
+                "INSERT INTO {table} ({keys}, creditos_cents, debitos_cents, quantidade, atualizado_em) \
+                 VALUES {values} ON CONFLICT ({keys}) DO UPDATE SET \
+                 creditos_cents = {table}.creditos_cents + excluded.creditos_cents, \
+                 debitos_cents = {table}.debitos_cents + excluded.debitos_cents, \
+                 quantidade = {table}.quantidade + excluded.quantidade, \
                  atualizado_em = excluded.atualizado_em",
-                values_placeholders(chunk.len(), DAILY_COLUMNS)
+                keys = key.join(", "),
+                values = values_placeholders(chunk.len(), columns)
             );
             let mut q = sqlx::query(&sql);
-            for (merchant, day, t) in chunk {
-                q = q
-                    .bind(merchant.to_string())
-                    .bind(day.to_string())
-                    .bind(t.creditos_cents)
-                    .bind(t.debitos_cents)
-                    .bind(t.quantidade)
-                    .bind(self.now.clone());
+            for (key, t) in chunk {
+                for k in key {
+                    q = q.bind(k.clone());
+                }
+                q = q.bind(t.creditos_cents).bind(t.debitos_cents).bind(t.quantidade).bind(self.now.clone());
             }
             q.execute(&mut *self.tx).await?;
         }

@@ -40,18 +40,48 @@ impl Store {
         rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
     }
 
-    /// The whole consolidated state, to rebuild the dataflow on start. One row per merchant-day,
-    /// so this stays small next to the entry history.
-    pub async fn load_daily_totals(&self) -> Result<Vec<(MerchantId, BusinessDate, DayTotals)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT merchant_id, data, creditos_cents, debitos_cents, quantidade FROM consolidado_diario")
-                .fetch_all(&self.pool)
-                .await?;
+    /// The whole consolidated state per (merchant, day, category), to rebuild the dataflow on
+    /// start (a row per merchant-day-category, small next to the entry history); `''` comes back
+    /// as `None`.
+    pub async fn load_category_totals(
+        &self,
+    ) -> Result<Vec<(MerchantId, BusinessDate, Option<String>, DayTotals)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT merchant_id, data, categoria, creditos_cents, debitos_cents, quantidade FROM consolidado_categoria",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 let m: String = r.try_get(0)?;
                 let m = MerchantId::parse(&m).map_err(|e| StoreError::Corrupt(format!("merchant {m:?}: {e}")))?;
-                Ok((m, date(r, 1)?, totals(r, 2)?))
+                let category: String = r.try_get(2)?;
+                Ok((m, date(r, 1)?, Some(category).filter(|c| !c.is_empty()), totals(r, 3)?))
+            })
+            .collect()
+    }
+
+    /// The merchant's totals per category over `[de, ate]`, by category (`None` first).
+    pub async fn categories(
+        &self,
+        merchant: &MerchantId,
+        de: BusinessDate,
+        ate: BusinessDate,
+    ) -> Result<Vec<(Option<String>, DayTotals)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT categoria, CAST(SUM(creditos_cents) AS BIGINT), CAST(SUM(debitos_cents) AS BIGINT), \
+             CAST(SUM(quantidade) AS BIGINT) FROM consolidado_categoria \
+             WHERE merchant_id = $1 AND data >= $2 AND data <= $3 GROUP BY categoria ORDER BY categoria",
+        )
+        .bind(merchant.to_string())
+        .bind(de.to_string())
+        .bind(ate.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let category: String = r.try_get(0)?;
+                Ok((Some(category).filter(|c| !c.is_empty()), totals(r, 1)?))
             })
             .collect()
     }

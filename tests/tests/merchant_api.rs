@@ -95,6 +95,11 @@ async fn a_batch_of_1000_with_10_bad_items_records_the_990_and_explains_each_of_
     }
 }
 
+/// An authenticated `GET`.
+async fn get(api: &Api, token: &str, url: String) -> reqwest::Response {
+    api.client.get(url).bearer_auth(token).send().await.unwrap()
+}
+
 /// `POST /v1/lancamentos/lote`.
 async fn lote(api: &Api, token: &str, items: &[Value]) -> reqwest::Response {
     let url = format!("{}/v1/lancamentos/lote", api.base);
@@ -335,29 +340,35 @@ async fn a_read_with_aguardar_sees_the_entry_just_posted_and_says_stale_when_con
     };
     assert_eq!(body["dias"][0]["lancamentos"], 201, "consolidated after the restart");
 
-    let bad = p
-        .api
-        .client
-        .get(format!("{}/v1/consolidado/diario/{day}?aguardar=nope", p.api.base))
-        .bearer_auth(&tokens[m])
-        .send()
-        .await
-        .unwrap();
+    let bad = get(&p.api, &tokens[m], format!("{}/v1/consolidado/diario/{day}?aguardar=nope", p.api.base)).await;
     assert_eq!(bad.status(), 422);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_monthly_report_equals_the_oracle_with_backdated_entries_and_reversals() {
+async fn monthly_and_category_reports_equal_the_oracle_with_backdated_entries_and_reversals() {
     let p = Pipeline::start(Store::Sqlite).await;
     let tokens = login_all(&p).await;
     let m = MERCHANTS[0];
     // A year of entries in random order (so most arrive backdated), plus a carried balance from 2025.
     let mut entries = random_entries(&[m], 300, d("2025-05-01"), 240);
     entries.extend(random_entries(&[m], 3000, d("2026-01-01"), 365));
-    let bodies: Vec<Value> = entries.iter().map(|e| e.body("venda")).collect();
+    let categories = [None, Some("vendas"), Some("aluguel"), Some("=insumos")];
+    let category_of: Vec<Option<&str>> = (0..entries.len()).map(|i| categories[(i * 7 + i / 3) % 4]).collect();
+    let bodies: Vec<Value> = entries
+        .iter()
+        .zip(&category_of)
+        .map(|(e, c)| {
+            let mut body = e.body("venda");
+            body["categoria"] = json!(c);
+            body
+        })
+        .collect();
     let ids = post_batches(&p, &tokens[m], &bodies).await;
     let mut oracle = Oracle::default();
     entries.iter().cloned().for_each(|e| oracle.add(e));
+    // (category, posted) of every entry and reversal, for the category report.
+    let mut by_category: Vec<(Option<&str>, cashflow_tests::Posted)> =
+        category_of.iter().copied().zip(entries.iter().cloned()).collect();
     assert_matches_oracle(&p, &tokens, &oracle, d("2026-01-01"), d("2026-12-31")).await;
 
     // Reverse 60 entries of 2026, each on a day of its own choosing.
@@ -366,23 +377,14 @@ async fn the_monthly_report_equals_the_oracle_with_backdated_entries_and_reversa
         let day = cashflow_core::BusinessDate::from_days(d("2026-01-01").days() + (i as i32 * 6) % 365).unwrap();
         let r = p.api.reverse(&tokens[m], &ids[k], &json!({ "data": day.to_string() })).await;
         assert_eq!(r.status(), 202);
-        oracle.add(cashflow_tests::Posted {
-            merchant: m.into(),
-            credit: !original.credit,
-            cents: original.cents,
-            date: day,
-        });
+        let reversal =
+            cashflow_tests::Posted { merchant: m.into(), credit: !original.credit, cents: original.cents, date: day };
+        oracle.add(reversal.clone());
+        by_category.push((category_of[k], reversal));
     }
     assert_matches_oracle(&p, &tokens, &oracle, d("2026-01-01"), d("2026-12-31")).await;
 
-    let r = p
-        .api
-        .client
-        .get(format!("{}/v1/consolidado/mensal?ano=2026", p.api.base))
-        .bearer_auth(&tokens[m])
-        .send()
-        .await
-        .unwrap();
+    let r = get(&p.api, &tokens[m], format!("{}/v1/consolidado/mensal?ano=2026", p.api.base)).await;
     assert_eq!(r.status(), 200);
     let report: Value = r.json().await.unwrap();
     let months = report["meses"].as_array().unwrap();
@@ -410,15 +412,40 @@ async fn the_monthly_report_equals_the_oracle_with_backdated_entries_and_reversa
         assert_eq!(month["lancamentos"], in_month.len(), "{month}");
     }
 
+    // Per category over the year (a reversal counts in its original's category).
+    let r =
+        get(&p.api, &tokens[m], format!("{}/v1/consolidado/categorias?de=2026-01-01&ate=2026-12-31", p.api.base)).await;
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    let got: BTreeMap<Option<String>, (i64, i64, i64, u64)> = report["categorias"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let key = c["categoria"].as_str().map(str::to_owned);
+            (key, (cents(&c["creditos"]), cents(&c["debitos"]), cents(&c["saldo"]), c["lancamentos"].as_u64().unwrap()))
+        })
+        .collect();
+    let mut want: BTreeMap<Option<String>, (i64, i64, i64, u64)> = BTreeMap::new();
+    for (c, e) in by_category.iter().filter(|(_, e)| (d("2026-01-01")..=d("2026-12-31")).contains(&e.date)) {
+        let w = want.entry(c.map(str::to_owned)).or_default();
+        if e.credit {
+            w.0 += e.cents
+        } else {
+            w.1 += e.cents
+        }
+        w.2 += e.signed();
+        w.3 += 1;
+    }
+    assert_eq!(got, want);
+    let over =
+        get(&p.api, &tokens[m], format!("{}/v1/consolidado/categorias?de=2025-01-01&ate=2026-12-31", p.api.base)).await;
+    assert_eq!(over.status(), 422);
+    let problem: Value = over.json().await.unwrap();
+    assert!(problem["errors"][0]["message"].as_str().unwrap().contains("at most 366"), "{problem}");
+
     for bad in ["", "ano=1899", "ano=dois-mil"] {
-        let r = p
-            .api
-            .client
-            .get(format!("{}/v1/consolidado/mensal?{bad}", p.api.base))
-            .bearer_auth(&tokens[m])
-            .send()
-            .await
-            .unwrap();
+        let r = get(&p.api, &tokens[m], format!("{}/v1/consolidado/mensal?{bad}", p.api.base)).await;
         assert_eq!(r.status(), 422, "{bad}");
     }
 }

@@ -10,6 +10,10 @@ use proptest::prelude::*;
 use super::*;
 
 fn entry(merchant: u8, day: i32, credit: bool, cents: i64) -> Lancamento {
+    categorised(merchant, day, credit, cents, None)
+}
+
+fn categorised(merchant: u8, day: i32, credit: bool, cents: i64, categoria: Option<&str>) -> Lancamento {
     Lancamento {
         id: EntryId::random(),
         merchant_id: MerchantId::parse(&format!("m{merchant}")).unwrap(),
@@ -17,17 +21,17 @@ fn entry(merchant: u8, day: i32, credit: bool, cents: i64) -> Lancamento {
         valor: Money::from_cents(cents),
         data: BusinessDate::from_days(20_000 + day).unwrap(),
         descricao: "x".into(),
-        categoria: None,
+        categoria: categoria.map(str::to_owned),
         criado_em: Utc::now(),
         estorno_de: None,
     }
 }
 
-/// The oracle: totals per (merchant, day), summed plainly.
-fn oracle(entries: &[Lancamento]) -> BTreeMap<(MerchantId, BusinessDate), DayTotals> {
+/// The oracle: totals per (merchant, day, category), summed plainly.
+fn oracle(entries: &[Lancamento]) -> BTreeMap<(MerchantId, BusinessDate, Option<String>), DayTotals> {
     let mut out: BTreeMap<_, DayTotals> = BTreeMap::new();
     for e in entries {
-        let t = out.entry((e.merchant_id.clone(), e.data)).or_default();
+        let t = out.entry((e.merchant_id.clone(), e.data, e.categoria.clone())).or_default();
         match e.tipo {
             Tipo::Credito => t.creditos_cents += e.valor.cents(),
             Tipo::Debito => t.debitos_cents += e.valor.cents(),
@@ -38,8 +42,15 @@ fn oracle(entries: &[Lancamento]) -> BTreeMap<(MerchantId, BusinessDate), DayTot
 }
 
 fn arb_entry() -> impl Strategy<Value = Lancamento> {
-    (0u8..4, 0i32..40, any::<bool>(), prop_oneof![Just(1i64), Just(9_999_999_999i64), 1i64..1_000_000])
-        .prop_map(|(m, d, c, v)| entry(m, d, c, v))
+    let amount = prop_oneof![Just(1i64), Just(9_999_999_999i64), 1i64..1_000_000];
+    let category = prop_oneof![Just(None), Just(Some("aluguel")), Just(Some("vendas"))];
+    (0u8..4, 0i32..40, any::<bool>(), amount, category).prop_map(|(m, d, c, v, k)| categorised(m, d, c, v, k))
+}
+
+fn add(to: &mut DayTotals, t: &DayTotals) {
+    to.creditos_cents += t.creditos_cents;
+    to.debitos_cents += t.debitos_cents;
+    to.quantidade += t.quantidade;
 }
 
 proptest! {
@@ -52,31 +63,39 @@ proptest! {
         restart_at in prop::option::of(0usize..20),
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let emitted = rt.block_on(async {
-            // What a store would hold: the emitted deltas, added up per day.
-            let mut store: BTreeMap<(MerchantId, BusinessDate), DayTotals> = BTreeMap::new();
+        let (emitted, days) = rt.block_on(async {
+            // What a store would hold: the emitted deltas, added up per category and per day.
+            let mut store: BTreeMap<(MerchantId, BusinessDate, Option<String>), DayTotals> = BTreeMap::new();
+            let mut days: BTreeMap<(MerchantId, BusinessDate), DayTotals> = BTreeMap::new();
             let mut c = Consolidator::start(vec![]).unwrap();
             let mut rest = &entries[..];
             for (i, cut) in cuts.iter().cycle().enumerate() {
                 if rest.is_empty() { break; }
                 if restart_at == Some(i) {
                     drop(c);
-                    let snapshot = store.iter().map(|((m, d), t)| (m.clone(), *d, *t)).collect();
+                    let snapshot = store.iter().map(|((m, d, k), t)| (m.clone(), *d, k.clone(), *t)).collect();
                     c = Consolidator::start(snapshot).unwrap();
                 }
                 let (now, later) = rest.split_at((*cut).min(rest.len()));
                 rest = later;
                 let refs: Vec<&Lancamento> = now.iter().collect();
-                for (m, d, t) in c.apply(&refs).await.unwrap() {
-                    let day = store.entry((m, d)).or_default();
-                    day.creditos_cents += t.creditos_cents;
-                    day.debitos_cents += t.debitos_cents;
-                    day.quantidade += t.quantidade;
+                let changes = c.apply(&refs).await.unwrap();
+                for (m, d, t) in daily(&changes) {
+                    add(days.entry((m, d)).or_default(), &t);
+                }
+                for (m, d, k, t) in changes {
+                    add(store.entry((m, d, k)).or_default(), &t);
                 }
             }
-            store
+            (store, days)
         });
-        prop_assert_eq!(emitted, oracle(&entries));
+        let expected = oracle(&entries);
+        let mut expected_days: BTreeMap<(MerchantId, BusinessDate), DayTotals> = BTreeMap::new();
+        for ((m, d, _), t) in &expected {
+            add(expected_days.entry((m.clone(), *d)).or_default(), t);
+        }
+        prop_assert_eq!(emitted, expected);
+        prop_assert_eq!(days, expected_days);
     }
 }
 
@@ -90,10 +109,16 @@ fn each_epoch_yields_the_change_of_each_day() {
         let changed = c.apply(&[&e]).await.unwrap();
         assert_eq!(
             changed,
-            vec![(e.merchant_id.clone(), e.data, DayTotals { creditos_cents: 500, debitos_cents: 0, quantidade: 1 })]
+            vec![(
+                e.merchant_id.clone(),
+                e.data,
+                None,
+                DayTotals { creditos_cents: 500, debitos_cents: 0, quantidade: 1 }
+            )]
         );
-        let d = entry(1, 3, false, 200);
+        let d = categorised(1, 3, false, 200, Some("aluguel"));
         let changed = c.apply(&[&d]).await.unwrap();
-        assert_eq!(changed[0].2, DayTotals { creditos_cents: 0, debitos_cents: 200, quantidade: 1 });
+        assert_eq!(changed[0].2.as_deref(), Some("aluguel"));
+        assert_eq!(changed[0].3, DayTotals { creditos_cents: 0, debitos_cents: 200, quantidade: 1 });
     });
 }
