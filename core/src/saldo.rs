@@ -32,15 +32,21 @@ pub struct DailyBalance {
     pub saldo_inicial: Money,
     pub saldo_final: Money,
     pub lancamentos: i64,
+    /// The day comes after the last consolidation (the date of `atualizado_ate`): its figures are a
+    /// projection (the carried balance plus any future-dated entries already consolidated), and
+    /// entries for it may still be on their way.
+    pub projetado: bool,
 }
 
 /// The series for every day in `[de, ate]`, with no gaps: a day without entries shows zero
-/// movement and carries the balance. `opening_cents` is the sum of all days before `de`.
+/// movement and carries the balance. `opening_cents` is the sum of all days before `de`. Days
+/// after `consolidated_on` (every day, if consolidation never ran) are marked `projetado`.
 pub fn daily_series(
     de: BusinessDate,
     ate: BusinessDate,
     opening_cents: i64,
     totals: &BTreeMap<BusinessDate, DayTotals>,
+    consolidated_on: Option<BusinessDate>,
 ) -> Vec<DailyBalance> {
     let mut out = Vec::new();
     let mut balance = opening_cents;
@@ -57,6 +63,7 @@ pub fn daily_series(
             saldo_inicial: Money::from_cents(inicial),
             saldo_final: Money::from_cents(balance),
             lancamentos: t.quantidade,
+            projetado: consolidated_on.is_none_or(|on| d > on),
         });
         day = d.succ();
     }
@@ -127,11 +134,14 @@ mod tests {
             (d("2026-01-01"), DayTotals { creditos_cents: 1000, debitos_cents: 0, quantidade: 1 }),
             (d("2026-01-03"), DayTotals { creditos_cents: 0, debitos_cents: 250, quantidade: 2 }),
         ]);
-        let s = daily_series(d("2026-01-01"), d("2026-01-04"), 50, &totals);
+        let s = daily_series(d("2026-01-01"), d("2026-01-04"), 50, &totals, Some(d("2026-01-02")));
         let finals: Vec<String> = s.iter().map(|b| b.saldo_final.to_string()).collect();
         assert_eq!(finals, ["10.50", "10.50", "8.00", "8.00"]);
         assert_eq!(s[2].saldo_inicial.to_string(), "10.50");
         assert_eq!(s[2].saldo_do_dia.to_string(), "-2.50");
         assert_eq!(s[1].lancamentos, 0);
+        let projected: Vec<bool> = s.iter().map(|b| b.projetado).collect();
+        assert_eq!(projected, [false, false, true, true], "days after the last consolidation");
+        assert!(daily_series(d("2026-01-01"), d("2026-01-01"), 0, &totals, None)[0].projetado);
     }
 }

@@ -318,11 +318,12 @@ async fn consolidado(
 ) -> Result<Consolidado, Problem> {
     let rows = state.store.daily(&merchant, de, ate).await.map_err(store_unavailable)?;
     let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(store_unavailable)?;
+    let consolidated_on = atualizado_ate.as_deref().and_then(|t| t.get(..10)).and_then(|d| d.parse().ok());
     Ok(Consolidado {
         comerciante: merchant,
         de,
         ate,
+        dias: daily_series(de, ate, rows.opening_cents, &rows.days, consolidated_on),
         atualizado_ate,
-        dias: daily_series(de, ate, rows.opening_cents, &rows.days),
     })
 }

@@ -102,6 +102,8 @@ impl Oracle {
     /// Every difference between an API answer for `[de, ate]` and the plain recomputation.
     pub fn mismatches(&self, merchant: &str, de: BusinessDate, ate: BusinessDate, answer: &Value) -> Vec<String> {
         let mine: Vec<&Posted> = self.entries.iter().filter(|e| e.merchant == merchant).collect();
+        // Days after the date of the last consolidation are marked as projections.
+        let consolidated_on = answer["atualizado_ate"].as_str().and_then(|t| t.get(..10)).map(str::to_owned);
         let mut expected = BTreeMap::new();
         for d in de.days()..=ate.days() {
             let day = BusinessDate::from_days(d).unwrap();
@@ -120,6 +122,7 @@ impl Oracle {
                     "saldo_inicial": money(before),
                     "saldo_final": money(before + credits - debits),
                     "lancamentos": on.len(),
+                    "projetado": consolidated_on.as_ref().is_none_or(|on| day.to_string() > *on),
                 }),
             );
         }
