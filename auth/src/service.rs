@@ -131,6 +131,8 @@ struct OAuthError {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
+        let reason = if self.status == StatusCode::TOO_MANY_REQUESTS { "rate_limited" } else { self.error };
+        cashflow_observability::metrics().auth_token_requests_rejected.with_label_values(&[reason]).inc();
         let body = OAuthErrorBody { error: self.error.to_owned(), error_description: self.description.to_owned() };
         let mut response = (self.status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
@@ -233,6 +235,7 @@ async fn token(
         tracing::error!(error = %e, "cannot sign a token");
         oauth(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot issue a token")
     })?;
+    cashflow_observability::metrics().auth_tokens_issued.with_label_values(&[request.grant_type.as_str()]).inc();
     let body = TokenResponse {
         access_token: token,
         token_type: "Bearer",

@@ -42,6 +42,19 @@ pub enum AuthError {
     Signing(String),
 }
 
+impl AuthError {
+    /// A low-cardinality label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Malformed => "malformed",
+            AuthError::Algorithm => "algorithm",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::Invalid(_) => "invalid",
+            AuthError::Signing(_) => "signing",
+        }
+    }
+}
+
 /// Signs tokens with the newest key of a key store.
 #[derive(Clone)]
 pub struct Issuer {

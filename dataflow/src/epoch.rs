@@ -187,6 +187,11 @@ impl Epoch<'_> {
         tx.commit().await?;
 
         m.consolidate_committed.inc_by(fresh.len() as u64);
+        let committed_at = chrono::Utc::now();
+        for e in &fresh {
+            let age = (committed_at - e.criado_em).num_microseconds().unwrap_or(i64::MAX).max(0);
+            m.consolidate_freshness.observe(age as f64 / 1e6);
+        }
         m.consolidate_duplicates.inc_by(duplicates);
         m.consolidate_epochs.inc();
         let mut offsets = TopicPartitionList::new();

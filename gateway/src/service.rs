@@ -180,12 +180,14 @@ async fn authenticate(State(guard): State<Arc<Guard>>, mut req: Request, next: N
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let Some(token) = token else {
+        cashflow_observability::metrics().gateway_tokens_rejected.with_label_values(&["missing"]).inc();
         return Problem::unauthorized("a bearer token is required").into_response();
     };
     let principal = match guard.validator.validate(token.trim()).await {
         Ok(principal) => principal,
         Err(e) => {
             tracing::debug!(error = %e, "token rejected");
+            cashflow_observability::metrics().gateway_tokens_rejected.with_label_values(&[e.reason()]).inc();
             return Problem::unauthorized("the token is invalid or expired").into_response();
         }
     };

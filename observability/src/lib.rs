@@ -33,6 +33,10 @@ pub struct Metrics {
     pub retry_held: IntGauge,
     pub retry_dlq_depth: IntGauge,
     pub gateway_upstream_up: IntGaugeVec,
+    pub gateway_tokens_rejected: IntCounterVec,
+    pub auth_tokens_issued: IntCounterVec,
+    pub auth_token_requests_rejected: IntCounterVec,
+    pub consolidate_freshness: Histogram,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -166,7 +170,39 @@ impl Metrics {
                 "1 when the stage behind the gateway answered its last readiness check, else 0.",
                 &["stage"],
             ),
-            registry: r,
+            gateway_tokens_rejected: counter_vec(
+                &r,
+                "cashflow_gateway_tokens_rejected_total",
+                "Bearer tokens refused (401), by reason.",
+                &["reason"],
+            ),
+            auth_tokens_issued: counter_vec(
+                &r,
+                "cashflow_auth_tokens_issued_total",
+                "Access tokens issued, by grant.",
+                &["grant"],
+            ),
+            auth_token_requests_rejected: counter_vec(
+                &r,
+                "cashflow_auth_token_requests_rejected_total",
+                "Token requests refused, by OAuth error (invalid_grant, invalid_client, rate_limited, ...).",
+                &["reason"],
+            ),
+            consolidate_freshness: histogram(
+                &r,
+                "cashflow_consolidate_freshness_seconds",
+                "Time from an entry's acceptance (criado_em) to the commit that counts it.",
+                &[],
+            )
+            .with_label_values::<&str>(&[]),
+            registry: {
+                // RSS, CPU seconds, open file descriptors and the like, as process_* (Linux).
+                #[cfg(target_os = "linux")]
+                if let Err(e) = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+                    tracing::warn!(error = %e, "process metrics unavailable");
+                }
+                r
+            },
         }
     }
 

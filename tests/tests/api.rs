@@ -64,6 +64,20 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_spec() {
     assert!(summary.iter().any(|l| l.contains("passed")), "no test cases ran:\n{report}");
     assert!(!report.contains("failed"), "{report}");
     assert_no_secret_in_logs(&p, &[PASSWORD, &token]);
+
+    // The run shows in the metrics: tokens, freshness of the two entries, the process itself.
+    let anonymous = p.api.client.get(format!("{}/v1/consolidado/diario/2026-01-01", p.api.base)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let metrics = p.api.client.get(format!("{}/metrics", p.api.base)).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series} missing"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(value("cashflow_auth_tokens_issued_total{grant=\"password\"}") >= 1.0);
+    assert!(value("cashflow_gateway_tokens_rejected_total{reason=\"missing\"}") >= 1.0);
+    assert!(value("cashflow_consolidate_freshness_seconds_count") >= 2.0);
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") > 0.0);
 }
 
 /// `POST /auth/token` with a form body; returns the status and JSON.
