@@ -145,16 +145,21 @@ async fn serve_http(
     let need_store = || store.clone().context("this stage needs the store");
     let mut apis = Apis::default();
     let mut publisher = None;
-    let (source, listen) = match stage {
-        Stage::Gateway if gw.upstreams.is_some() => (remote_keys()?, &gw.listen),
-        Stage::Auth => (KeySource::Local(local_keys()?), &auth.listen),
-        Stage::Ingest => (remote_keys()?, &services.ingest.listen),
-        Stage::Query => (remote_keys()?, &services.query.listen),
-        _ => (KeySource::Local(local_keys()?), &gw.listen),
-    };
     let everything = matches!(stage, Stage::Gateway) && gw.upstreams.is_none();
-    if everything || matches!(stage, Stage::Auth) {
-        let keys = local_keys()?;
+    // The process that issues tokens validates them with the same key store.
+    let issuing = everything || matches!(stage, Stage::Auth);
+    let keys = if issuing { Some(local_keys()?) } else { None };
+    let source = match &keys {
+        Some(keys) => KeySource::Local(Arc::clone(keys)),
+        None => remote_keys()?,
+    };
+    let listen = match stage {
+        Stage::Auth => &auth.listen,
+        Stage::Ingest => &services.ingest.listen,
+        Stage::Query => &services.query.listen,
+        _ => &gw.listen,
+    };
+    if let Some(keys) = keys {
         apis.auth = Some(Arc::new(AuthState {
             issuer: Issuer::new(keys, &auth.issuer, &auth.audience, auth.token_ttl_secs),
             store: need_store()?,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::query::{QueryState, date_param, store_unavailable};
+use crate::query::{QueryState, date_range, store_unavailable};
 
 /// Entries per page by default, and at most.
 const DEFAULT_LIMIT: u32 = 100;
@@ -147,8 +147,7 @@ async fn extrato(
 
 fn parse(p: ExtratoParams, merchant: MerchantId) -> Result<ExtratoQuery, Problem> {
     let mut errors = Vec::new();
-    let de = date_param("de", p.de.as_deref(), &mut errors);
-    let ate = date_param("ate", p.ate.as_deref(), &mut errors);
+    let range = date_range(p.de.as_deref(), p.ate.as_deref(), &mut errors);
     let tipo =
         p.tipo.as_deref().and_then(|t| t.parse::<Tipo>().map_err(|e| errors.push(FieldError::new("tipo", e))).ok());
     let after = p.cursor.as_deref().and_then(|c| {
@@ -165,11 +164,8 @@ fn parse(p: ExtratoParams, merchant: MerchantId) -> Result<ExtratoQuery, Problem
             DEFAULT_LIMIT
         }
     };
-    if let (Some(de), Some(ate)) = (de, ate) {
-        crate::query::check_range(de, ate, &mut errors);
-    }
-    match (de, ate) {
-        (Some(de), Some(ate)) if errors.is_empty() => {
+    match range {
+        Some((de, ate)) if errors.is_empty() => {
             Ok(ExtratoQuery { merchant, de, ate, categoria: p.categoria, tipo, after, limit })
         }
         _ => Err(Problem::validation(errors)),

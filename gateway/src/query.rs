@@ -128,18 +128,28 @@ async fn by_category(
     Ok(answer(Categorias { comerciante: principal.merchant_id, de, ate, atualizado_ate, categorias }, fresh))
 }
 
-/// `de` and `ate`, present, valid and at most [`MAX_RANGE_DAYS`] apart.
+/// `de` and `ate` of a range query, as a problem when they are not a valid range.
 fn range_params(q: &RangeQuery) -> Result<(BusinessDate, BusinessDate), Problem> {
     let mut errors = Vec::new();
-    let de = date_param("de", q.de.as_deref(), &mut errors);
-    let ate = date_param("ate", q.ate.as_deref(), &mut errors);
-    if let (Some(de), Some(ate)) = (de, ate) {
-        check_range(de, ate, &mut errors);
-    }
-    match (de, ate) {
-        (Some(de), Some(ate)) if errors.is_empty() => Ok((de, ate)),
+    match date_range(q.de.as_deref(), q.ate.as_deref(), &mut errors) {
+        Some(range) if errors.is_empty() => Ok(range),
         _ => Err(Problem::validation(errors)),
     }
+}
+
+/// `de` and `ate`: present, valid, in order and at most [`MAX_RANGE_DAYS`] apart; each problem
+/// goes to `errors`.
+pub(crate) fn date_range(
+    de: Option<&str>,
+    ate: Option<&str>,
+    errors: &mut Vec<FieldError>,
+) -> Option<(BusinessDate, BusinessDate)> {
+    let de = date_param("de", de, errors);
+    let ate = date_param("ate", ate, errors);
+    let (de, ate) = (de?, ate?);
+    let before = errors.len();
+    check_range(de, ate, errors);
+    (errors.len() == before).then_some((de, ate))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -226,7 +236,7 @@ struct Consolidado {
     dias: Vec<DailyBalance>,
 }
 
-pub(crate) fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<BusinessDate> {
+fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<BusinessDate> {
     match value {
         None => {
             errors.push(FieldError::new(name, "is required (YYYY-MM-DD)"));
@@ -296,7 +306,7 @@ struct UmDia {
 }
 
 /// `ate` not before `de`, and at most [`MAX_RANGE_DAYS`] days in all.
-pub(crate) fn check_range(de: BusinessDate, ate: BusinessDate, errors: &mut Vec<FieldError>) {
+fn check_range(de: BusinessDate, ate: BusinessDate, errors: &mut Vec<FieldError>) {
     let days = (ate.date() - de.date()).num_days() + 1;
     if ate < de {
         errors.push(FieldError::new("ate", "must not be before de"));

@@ -88,30 +88,23 @@ pub(crate) async fn create_lote(
         let why = format!("must hold 1 to {MAX_LOTE} entries; found {}", lote.lancamentos.len());
         return Err(Problem::validation(vec![FieldError::new("lancamentos", why)]));
     }
-    let prepared: Vec<_> = lote.lancamentos.into_iter().map(|item| prepare_item(&state, &principal, item)).collect();
-    let sends = prepared.iter().map(|entry| async {
-        match entry {
-            Ok(e) => Some(state.publisher.publish(e).await),
-            Err(_) => None,
-        }
-    });
-    let sent = join_all(sends).await;
-    let resultados: Vec<ResultadoItem> = prepared
+    // Each item checked, then every valid one sent at once; the answers keep the items' order.
+    let outcomes = join_all(lote.lancamentos.into_iter().map(|item| async {
+        let entry = prepare_item(&state, &principal, item)?;
+        let posicao = state.publisher.publish(&entry).await.map_err(|e| not_recorded(&e))?;
+        Ok::<_, Problem>((entry.id, posicao))
+    }))
+    .await;
+    let resultados: Vec<ResultadoItem> = outcomes
         .into_iter()
-        .zip(sent)
         .enumerate()
         .map(|(indice, outcome)| match outcome {
-            (Ok(entry), Some(Ok(posicao))) => ResultadoItem {
-                indice,
-                status: 202,
-                id: Some(entry.id),
-                posicao: Some(posicao.to_string()),
-                problema: None,
-            },
-            (Ok(_), Some(Err(e))) => failed(indice, not_recorded(&e)),
-            (Err(problem), _) => failed(indice, problem),
-            // Every valid item was sent; kept total rather than assumed.
-            (Ok(_), None) => failed(indice, Problem::internal()),
+            Ok((id, posicao)) => {
+                ResultadoItem { indice, status: 202, id: Some(id), posicao: Some(posicao.to_string()), problema: None }
+            }
+            Err(problem) => {
+                ResultadoItem { indice, status: problem.status, id: None, posicao: None, problema: Some(problem) }
+            }
         })
         .collect();
     let aceitos = resultados.iter().filter(|r| r.status == 202).count();
@@ -130,8 +123,4 @@ fn prepare_item(
         Some(_) => return Err(Problem::validation(vec![FieldError::new(ITEM_KEY, "must be a string")])),
     };
     prepare(state, principal, &item, key.as_deref())
-}
-
-fn failed(indice: usize, problem: Problem) -> ResultadoItem {
-    ResultadoItem { indice, status: problem.status, id: None, posicao: None, problema: Some(problem) }
 }
