@@ -83,14 +83,25 @@ pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Resul
             served
         }
         Stage::Consolidate | Stage::Retry => {
+            let consolidate = matches!(stage, Stage::Consolidate);
+            let services = &config.services;
+            let listen = if consolidate { &services.consolidate.listen } else { &services.retry.listen };
+            let listen = common.listen.as_ref().unwrap_or(listen);
+            let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(listen = %listener.local_addr()?, stage = ?stage, "metrics listening");
             create_topics(&config).await?;
             let store = connect_store(&config, common).await?;
             let shutdown = shutdown_signal();
-            if matches!(stage, Stage::Consolidate) {
-                cashflow_dataflow::run(config, store.clone(), shutdown).await;
+            let ops = axum::serve(listener, cashflow_observability::ops_router())
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            let ops = tokio::spawn(ops.into_future());
+            if consolidate {
+                cashflow_dataflow::run(Arc::clone(&config), store.clone(), shutdown.clone()).await;
             } else {
-                cashflow_retry::run(config, store.clone(), shutdown).await;
+                cashflow_retry::run(Arc::clone(&config), store.clone(), shutdown.clone()).await;
             }
+            shutdown.cancel();
+            let _ = ops.await;
             store.close().await;
             Ok(())
         }
@@ -203,6 +214,7 @@ async fn serve_http(
     let listen = common.listen.clone().unwrap_or_else(|| listen.clone());
     let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, stage = ?stage, "HTTP API listening");
+    cashflow_observability::metrics().stage_up(stage.name(), true);
     let app = cashflow_gateway::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     if let Some(p) = publisher {

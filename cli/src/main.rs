@@ -91,6 +91,21 @@ pub enum Stage {
     Retry,
 }
 
+impl Stage {
+    /// The stage's name, as on the command line and in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Broker => "broker",
+            Stage::Gateway => "gateway",
+            Stage::Auth => "auth",
+            Stage::Ingest => "ingest",
+            Stage::Query => "query",
+            Stage::Consolidate => "consolidate",
+            Stage::Retry => "retry",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cashflow_observability::init_tracing();

@@ -235,9 +235,9 @@ impl DecodeError {
     /// A short, stable code for the `x-error-code` header and metric labels.
     pub fn code(&self) -> &'static str {
         match self {
-            DecodeError::Malformed(_) => "malformed",
-            DecodeError::UnknownVersion(_) => "unknown_version",
-            DecodeError::InvalidField { .. } => "invalid_field",
+            DecodeError::Malformed(_) => crate::failure::MALFORMED,
+            DecodeError::UnknownVersion(_) => crate::failure::UNKNOWN_VERSION,
+            DecodeError::InvalidField { .. } => crate::failure::INVALID_FIELD,
         }
     }
 }

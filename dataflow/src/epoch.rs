@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cashflow_core::config::PipelineConfig;
+use cashflow_core::failure::{
+    ALREADY_REVERSED, CONFLICTING_DUPLICATE, INVALID_FIELD, INVALID_REVERSAL, ORIGINAL_NOT_FOUND,
+};
 use cashflow_core::{BusinessDate, EntryId, Incoming, Lancamento, LancamentoRecord};
 use cashflow_observability::metrics;
 use cashflow_retry::Failure;
@@ -16,15 +19,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::ConsolidateError;
 use crate::operator::Consolidator;
 
-const STAGE: &str = "consolidate";
-/// The id was used before for different facts: parked at once, retrying cannot fix it.
-const CONFLICT: &str = "conflicting_duplicate";
-/// A reversal whose original is not consolidated yet: retried, the original may arrive later.
-const ORIGINAL_NOT_FOUND: &str = "original_not_found";
-/// A second, different reversal of one entry: parked.
-const ALREADY_REVERSED: &str = "already_reversed";
-/// A reversal that cannot apply to its original (a reversal itself, or a mismatched amount): parked.
-const INVALID_REVERSAL: &str = "invalid_reversal";
+pub(crate) const STAGE: &str = "consolidate";
 
 /// A record read from a source topic, owned.
 #[derive(Clone)]
@@ -88,7 +83,7 @@ impl Rejected {
     }
 
     fn conflict(record: Record, id: EntryId) -> Rejected {
-        Rejected::park(record, CONFLICT, format!("entry id {id} was already used for different facts"))
+        Rejected::park(record, CONFLICTING_DUPLICATE, format!("entry id {id} was already used for different facts"))
     }
 }
 
@@ -111,6 +106,7 @@ impl Epoch<'_> {
             next.insert((r.topic.clone(), r.partition), r.offset + 1);
         }
         let mut tx = self.store.begin_epoch().await?;
+        let tx_opened = std::time::Instant::now();
         let mut duplicates = 0u64;
         let mut rejected: Vec<Rejected> = Vec::new();
 
@@ -131,7 +127,7 @@ impl Epoch<'_> {
                 Ok(i) => match window.reject(i.data(), today) {
                     None => incoming.push((i, record)),
                     Some(why) => {
-                        rejected.push(Rejected::retry(record, "invalid_field", format!("invalid field data: {why}")))
+                        rejected.push(Rejected::retry(record, INVALID_FIELD, format!("invalid field data: {why}")))
                     }
                 },
                 Err(e) => rejected.push(Rejected::retry(record, e.code(), e.to_string())),
@@ -176,7 +172,8 @@ impl Epoch<'_> {
 
         // consolidate
         let changed = self.dataflow.apply(&fresh).await?;
-        tx.add_daily(&crate::operator::daily(&changed)).await?;
+        let days = crate::operator::daily(&changed);
+        tx.add_daily(&days).await?;
         tx.add_categories(&changed).await?;
 
         // rejected records are durable on their topics before their offsets are committed
@@ -186,6 +183,12 @@ impl Epoch<'_> {
         tx.save_progress(group, &next).await?;
         tx.commit().await?;
 
+        m.sink_batch_duration.observe(tx_opened.elapsed().as_secs_f64());
+        for (table, rows) in
+            [("lancamentos", fresh.len()), ("consolidado_diario", days.len()), ("consolidado_categoria", changed.len())]
+        {
+            m.sink_batch_rows.with_label_values(&[table]).observe(rows as f64);
+        }
         m.consolidate_committed.inc_by(fresh.len() as u64);
         let committed_at = chrono::Utc::now();
         for e in &fresh {

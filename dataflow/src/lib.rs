@@ -3,6 +3,7 @@
 //! timely and differential types stay inside this crate.
 
 mod epoch;
+mod lag;
 mod operator;
 mod stage;
 

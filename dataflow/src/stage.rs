@@ -21,7 +21,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-use crate::epoch::{Epoch, Record};
+use crate::epoch::{Epoch, Record, STAGE};
 use crate::operator::{Consolidator, DataflowError};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -43,10 +43,22 @@ pub enum ConsolidateError {
 /// Runs until `shutdown`. Failures restart the session with backoff; they never lose or
 /// double-count an entry, because a session only trusts what the store committed.
 pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: CancellationToken) {
+    metrics().failure_codes(&cashflow_core::failure::ALL);
+    let lag_stop = shutdown.child_token();
+    let lag = tokio::spawn(crate::lag::report(Arc::clone(&config), store.clone(), lag_stop.clone()));
+    sessions(&config, &store, &shutdown).await;
+    lag_stop.cancel();
+    let _ = lag.await;
+}
+
+async fn sessions(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) {
     let mut backoff = MIN_BACKOFF;
+    metrics().stage_up(STAGE, false);
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        match session(&config, &store, &shutdown).await {
+        let result = session(config, store, shutdown).await;
+        metrics().stage_up(STAGE, false);
+        match result {
             Ok(()) => return,
             Err(e) => {
                 // A session that ran a while was healthy: start the schedule over.
@@ -100,6 +112,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     consumer.subscribe(&topics)?;
     let errors: FutureProducer = kafka::producer_config(config, Duration::from_secs(10)).create()?;
     tracing::info!(days, ready_ms = started.elapsed().as_millis() as u64, "consolidation ready");
+    metrics().stage_up(STAGE, true);
 
     let max_wait = Duration::from_millis(cons.max_epoch_wait_ms);
     loop {

@@ -89,13 +89,14 @@ pub fn router(state: GatewayState) -> Router {
         let (to_auth, to_stage) = (Arc::clone(upstreams), Arc::clone(upstreams));
         let to_auth = move |req: Request| async move { to_auth.forward(&to_auth.auth, req).await };
         public = public.route("/auth/token", post(to_auth.clone())).route("/.well-known/jwks.json", get(to_auth));
-        protected = protected.route(
-            "/v1/{*path}",
-            any(move |req: Request| async move {
-                let stage = stage_for(&to_stage, req.method(), req.uri().path());
-                to_stage.forward(stage, req).await
-            }),
-        );
+        let forward = move |req: Request| async move {
+            let stage = stage_for(&to_stage, req.method(), req.uri().path());
+            to_stage.forward(stage, req).await
+        };
+        // One route per API path, as the stages have: metrics and logs name the route template.
+        for path in crate::openapi::openapi().paths.paths.into_keys().filter(|p| p.starts_with("/v1/")) {
+            protected = protected.route(&path, any(forward.clone()));
+        }
     }
     let guard = Arc::new(Guard { validator: Arc::clone(&state.validator), per_merchant: limiter(state.rate_limit) });
     let protected = protected.layer(middleware::from_fn_with_state(guard, authenticate));

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::{Lancamento, MerchantId, Posicao, Reversal, kafka};
 use cashflow_observability::metrics;
-use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, ClientContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -18,11 +18,23 @@ pub enum IngestError {
     Unavailable(KafkaError),
 }
 
+/// Counts the errors librdkafka reports on the producer's broker connections.
+struct BrokerErrors;
+
+impl ClientContext for BrokerErrors {
+    fn error(&self, error: KafkaError, reason: &str) {
+        metrics().ingest_broker_errors.inc();
+        tracing::warn!(error = %error, reason, "broker connection error");
+    }
+}
+
+type IngestProducer = FutureProducer<BrokerErrors>;
+
 /// Publishes entries and waits for their delivery reports.
 pub struct Publisher {
     /// Replaced when librdkafka reports a fatal error, which leaves an idempotent producer
     /// unusable: ingest recovers without a restart.
-    producer: RwLock<Arc<FutureProducer>>,
+    producer: RwLock<Arc<IngestProducer>>,
     client: ClientConfig,
     topic: String,
     ack_timeout: Duration,
@@ -32,7 +44,7 @@ impl Publisher {
     pub fn new(config: &PipelineConfig) -> Result<Self, KafkaError> {
         let ack_timeout = Duration::from_millis(config.services.ingest.ack_timeout_ms);
         let client = kafka::producer_config(config, ack_timeout);
-        let producer = RwLock::new(Arc::new(client.create()?));
+        let producer = RwLock::new(Arc::new(client.create_with_context(BrokerErrors)?));
         let topic = config.ingest_topic().to_owned();
         Ok(Publisher { producer, client, topic, ack_timeout })
     }
@@ -65,7 +77,7 @@ impl Publisher {
         }
     }
 
-    fn current(&self) -> Arc<FutureProducer> {
+    fn current(&self) -> Arc<IngestProducer> {
         match self.producer.read() {
             Ok(p) => Arc::clone(&p),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
@@ -73,7 +85,7 @@ impl Publisher {
     }
 
     /// Swaps in a new producer when `failed` hit a fatal error (once, however many callers saw it).
-    fn replace_if_fatal(&self, failed: &Arc<FutureProducer>) {
+    fn replace_if_fatal(&self, failed: &Arc<IngestProducer>) {
         let Some((code, reason)) = failed.client().fatal_error() else { return };
         let mut slot = match self.producer.write() {
             Ok(slot) => slot,
@@ -82,7 +94,7 @@ impl Publisher {
         if !Arc::ptr_eq(&slot, failed) {
             return;
         }
-        match self.client.create() {
+        match self.client.create_with_context(BrokerErrors) {
             Ok(fresh) => {
                 tracing::error!(error = ?code, %reason, "producer hit a fatal error; replaced it");
                 *slot = Arc::new(fresh);

@@ -5,8 +5,11 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder, exponential_buckets,
@@ -37,173 +40,259 @@ pub struct Metrics {
     pub auth_tokens_issued: IntCounterVec,
     pub auth_token_requests_rejected: IntCounterVec,
     pub consolidate_freshness: Histogram,
+    pub consolidate_lag: IntGaugeVec,
+    pub sink_batch_rows: HistogramVec,
+    pub sink_batch_duration: Histogram,
+    pub ingest_broker_errors: IntCounter,
+    pub pipeline_stage_up: IntGaugeVec,
+    names: Vec<String>,
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    c
+/// Registers metrics and remembers their names, so dashboards and rules can be checked against
+/// what the app exports.
+struct Declare {
+    registry: Registry,
+    names: Vec<String>,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    c
-}
+impl Declare {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&mut self, name: &str, c: C) -> C {
+        self.registry.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        self.names.push(name.to_owned());
+        c
+    }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(g.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    g
-}
+    fn counter(&mut self, name: &str, help: &str) -> IntCounter {
+        let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        self.register(name, c)
+    }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(g.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    g
-}
+    /// A counter per label set; `known` label sets start at zero, so they are exported before the
+    /// first event.
+    fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str], known: &[&[&str]]) -> IntCounterVec {
+        let c =
+            IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        for values in known {
+            c.with_label_values(values);
+        }
+        self.register(name, c)
+    }
 
-fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    // 0.5 ms to ~16 s.
-    let buckets = exponential_buckets(0.0005, 2.0, 16).unwrap_or_default();
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    r.register(Box::new(h.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
-    h
+    fn gauge(&mut self, name: &str, help: &str) -> IntGauge {
+        let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        self.register(name, g)
+    }
+
+    fn gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        self.register(name, g)
+    }
+
+    fn histogram_with(&mut self, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        self.register(name, h)
+    }
+
+    /// Seconds, 0.5 ms to ~16 s.
+    fn histogram(&mut self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        self.histogram_with(name, help, labels, exponential_buckets(0.0005, 2.0, 16).unwrap_or_default())
+    }
 }
 
 impl Metrics {
     fn new() -> Self {
-        let r = Registry::new();
-        Metrics {
-            http_requests: counter_vec(
-                &r,
+        let mut d = Declare { registry: Registry::new(), names: Vec::new() };
+        let no_labels: &[&str] = &[];
+        let mut metrics = Metrics {
+            http_requests: d.counter_vec(
                 "cashflow_http_requests_total",
                 "HTTP requests by route, method and status.",
                 &["route", "method", "status"],
+                &[],
             ),
-            http_duration: histogram(
-                &r,
+            http_duration: d.histogram(
                 "cashflow_http_request_duration_seconds",
                 "HTTP request duration.",
                 &["route", "method"],
             ),
-            ingest_produced: counter_vec(
-                &r,
+            ingest_produced: d.counter_vec(
                 "cashflow_ingest_records_produced_total",
                 "Entries sent to the broker, by outcome (acked or failed).",
                 &["outcome"],
+                &[&["acked"], &["failed"]],
             ),
-            ingest_produce_duration: histogram(
-                &r,
+            ingest_produce_duration: d.histogram(
                 "cashflow_ingest_produce_duration_seconds",
                 "Time from send to the broker's delivery report.",
                 &["outcome"],
             ),
-            consolidate_consumed: counter(
-                &r,
-                "cashflow_consolidate_records_consumed_total",
-                "Records read from the source topics.",
+            ingest_broker_errors: d.counter(
+                "cashflow_ingest_broker_errors_total",
+                "Errors librdkafka reported on the producer's broker connections (transport, all brokers down, ...).",
             ),
-            consolidate_committed: counter(
-                &r,
+            consolidate_consumed: d
+                .counter("cashflow_consolidate_records_consumed_total", "Records read from the source topics."),
+            consolidate_committed: d.counter(
                 "cashflow_consolidate_records_committed_total",
                 "New entries committed to the store with their offsets.",
             ),
-            consolidate_duplicates: counter(
-                &r,
-                "cashflow_consolidate_records_duplicate_total",
-                "Records whose entry id was already counted.",
-            ),
-            consolidate_failed: counter_vec(
-                &r,
+            consolidate_duplicates: d
+                .counter("cashflow_consolidate_records_duplicate_total", "Records whose entry id was already counted."),
+            consolidate_failed: d.counter_vec(
                 "cashflow_consolidate_records_failed_total",
                 "Records sent to the error topic, by error code.",
                 &["code"],
-            ),
-            consolidate_epochs: counter(&r, "cashflow_consolidate_epochs_total", "Epochs committed."),
-            consolidate_epoch_duration: histogram(
-                &r,
-                "cashflow_consolidate_epoch_duration_seconds",
-                "Time to process and commit one epoch.",
                 &[],
-            )
-            .with_label_values::<&str>(&[]),
-            consolidate_store_errors: counter(
-                &r,
-                "cashflow_consolidate_store_errors_total",
-                "Transient store failures, retried in place.",
             ),
-            retry_retried: counter_vec(
-                &r,
+            consolidate_epochs: d.counter("cashflow_consolidate_epochs_total", "Epochs committed."),
+            consolidate_epoch_duration: d
+                .histogram("cashflow_consolidate_epoch_duration_seconds", "Time to process and commit one epoch.", &[])
+                .with_label_values(no_labels),
+            consolidate_store_errors: d
+                .counter("cashflow_consolidate_store_errors_total", "Transient store failures, retried in place."),
+            consolidate_freshness: d
+                .histogram(
+                    "cashflow_consolidate_freshness_seconds",
+                    "Time from an entry's acceptance (criado_em) to the commit that counts it.",
+                    &[],
+                )
+                .with_label_values(no_labels),
+            consolidate_lag: d.gauge_vec(
+                "cashflow_consolidate_lag_records",
+                "Records on a source partition not yet consolidated: the broker's high watermark minus the \
+                 position committed in the store.",
+                &["topic", "partition"],
+            ),
+            sink_batch_rows: d.histogram_with(
+                "cashflow_sink_batch_rows",
+                "Rows one epoch's transaction wrote, by table.",
+                &["table"],
+                exponential_buckets(1.0, 4.0, 9).unwrap_or_default(),
+            ),
+            sink_batch_duration: d
+                .histogram(
+                    "cashflow_sink_batch_duration_seconds",
+                    "Time one epoch's store transaction was open, from begin to commit.",
+                    &[],
+                )
+                .with_label_values(no_labels),
+            retry_retried: d.counter_vec(
                 "cashflow_retry_records_retried_total",
                 "Failed records sent back to consolidation after their backoff, by error code.",
                 &["code"],
+                &[],
             ),
-            retry_parked: counter_vec(
-                &r,
+            retry_parked: d.counter_vec(
                 "cashflow_retry_records_parked_total",
                 "Records parked in the dead-letter topic, by error code.",
                 &["code"],
+                &[],
             ),
-            retry_expired: counter_vec(
-                &r,
+            retry_expired: d.counter_vec(
                 "cashflow_retry_records_expired_total",
                 "Records parked because their retries ran out, by error code.",
                 &["code"],
+                &[],
             ),
-            retry_replayed: counter_vec(
-                &r,
+            retry_replayed: d.counter_vec(
                 "cashflow_retry_records_replayed_total",
                 "Parked records replayed to consolidation by an operator, by error code.",
                 &["code"],
+                &[],
             ),
-            retry_held: gauge(&r, "cashflow_retry_records_held", "Failed records waiting for their retry time."),
-            retry_dlq_depth: gauge(
-                &r,
-                "cashflow_retry_dlq_depth",
-                "Records in the dead-letter topic, not purged and not replayed.",
+            retry_held: d.gauge("cashflow_retry_records_held", "Failed records waiting for their retry time."),
+            retry_dlq_depth: d
+                .gauge("cashflow_retry_dlq_depth", "Records in the dead-letter topic, not purged and not replayed."),
+            pipeline_stage_up: d.gauge_vec(
+                "cashflow_pipeline_stage_up",
+                "1 while a stage of this process works, 0 while it is paused by a failure and retrying.",
+                &["stage"],
             ),
-            gateway_upstream_up: gauge_vec(
-                &r,
+            gateway_upstream_up: d.gauge_vec(
                 "cashflow_gateway_upstream_up",
                 "1 when the stage behind the gateway answered its last readiness check, else 0.",
                 &["stage"],
             ),
-            gateway_tokens_rejected: counter_vec(
-                &r,
+            gateway_tokens_rejected: d.counter_vec(
                 "cashflow_gateway_tokens_rejected_total",
                 "Bearer tokens refused (401), by reason.",
                 &["reason"],
+                &[&["missing"], &["malformed"], &["algorithm"], &["unknown_key"], &["invalid"]],
             ),
-            auth_tokens_issued: counter_vec(
-                &r,
+            auth_tokens_issued: d.counter_vec(
                 "cashflow_auth_tokens_issued_total",
                 "Access tokens issued, by grant.",
                 &["grant"],
+                &[&["password"], &["client_credentials"]],
             ),
-            auth_token_requests_rejected: counter_vec(
-                &r,
+            auth_token_requests_rejected: d.counter_vec(
                 "cashflow_auth_token_requests_rejected_total",
                 "Token requests refused, by OAuth error (invalid_grant, invalid_client, rate_limited, ...).",
                 &["reason"],
+                &[
+                    &["invalid_request"],
+                    &["invalid_grant"],
+                    &["invalid_client"],
+                    &["invalid_scope"],
+                    &["unsupported_grant_type"],
+                    &["rate_limited"],
+                ],
             ),
-            consolidate_freshness: histogram(
-                &r,
-                "cashflow_consolidate_freshness_seconds",
-                "Time from an entry's acceptance (criado_em) to the commit that counts it.",
-                &[],
-            )
-            .with_label_values::<&str>(&[]),
-            registry: {
-                // RSS, CPU seconds, open file descriptors and the like, as process_* (Linux).
-                #[cfg(target_os = "linux")]
-                if let Err(e) = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
-                    tracing::warn!(error = %e, "process metrics unavailable");
-                }
-                r
-            },
+            registry: d.registry.clone(),
+            names: Vec::new(),
+        };
+        // RSS, CPU seconds, open file descriptors and the like, as process_* (Linux).
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            let names: Vec<String> = process.desc().iter().map(|desc| desc.fq_name.clone()).collect();
+            match d.registry.register(Box::new(process)) {
+                Ok(()) => d.names.extend(names),
+                Err(e) => tracing::warn!(error = %e, "process metrics unavailable"),
+            }
         }
+        metrics.names = d.names;
+        metrics
+    }
+
+    /// The name of every metric family this process can export (histograms without their
+    /// `_bucket`, `_sum` and `_count` suffixes).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Starts the failure counters of every code at zero, so a first failure shows as an increase.
+    pub fn failure_codes(&self, codes: &[&str]) {
+        for code in codes {
+            for counter in [
+                &self.consolidate_failed,
+                &self.retry_retried,
+                &self.retry_parked,
+                &self.retry_expired,
+                &self.retry_replayed,
+            ] {
+                counter.with_label_values(&[code]);
+            }
+        }
+    }
+
+    /// Marks a stage of this process as working (`true`) or paused by a failure.
+    pub fn stage_up(&self, stage: &str, up: bool) {
+        self.pipeline_stage_up.with_label_values(&[stage]).set(i64::from(up));
+    }
+
+    /// The stages of this process that are paused by a failure.
+    pub fn paused_stages(&self) -> Vec<String> {
+        let mut paused = Vec::new();
+        for family in self.pipeline_stage_up.collect() {
+            for m in family.get_metric() {
+                if m.get_gauge().get_value() < 1.0 {
+                    paused.extend(m.get_label().iter().map(|l| l.value().to_owned()));
+                }
+            }
+        }
+        paused
     }
 
     /// The Prometheus text exposition of every metric.
@@ -227,6 +316,24 @@ pub async fn metrics_handler() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics().render()).into_response()
 }
 
+/// The listener of a stage without an HTTP API (`cashflow run consolidate|retry`): `/metrics`,
+/// `/healthz`, and `/readyz`, which answers 503 while a stage of this process is paused.
+pub fn ops_router() -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+}
+
+async fn readyz() -> Response {
+    let paused = metrics().paused_stages();
+    if paused.is_empty() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("paused: {}", paused.join(", "))).into_response()
+    }
+}
+
 /// Middleware: counts and times every request by its route template (never the raw path).
 pub async fn track_http(req: Request, next: Next) -> Response {
     let route =
@@ -245,4 +352,73 @@ pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CASHFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::path::Path;
+
+    use super::*;
+
+    fn shipped(path: &str) -> String {
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+    }
+
+    /// Our metric names in a PromQL text, without histogram suffixes.
+    fn used_names(text: &str) -> Vec<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .filter(|w| w.starts_with("cashflow_") || w.starts_with("process_"))
+            .map(|w| ["_bucket", "_sum", "_count"].iter().fold(w, |w, s| w.strip_suffix(s).unwrap_or(w)).to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_dashboard_is_valid_every_panel_has_a_datasource_and_a_title_and_uses_declared_metrics() {
+        let dashboard: serde_json::Value = serde_json::from_str(&shipped("grafana/dashboards/cashflow.json")).unwrap();
+        let datasource = serde_json::json!({"type": "prometheus", "uid": "cashflow-prometheus"});
+        let provisioned = shipped("grafana/provisioning/datasources/cashflow.yml");
+        assert!(provisioned.contains("uid: cashflow-prometheus"), "the dashboards' datasource is provisioned");
+        let declared = metrics().names();
+        let panels: Vec<&serde_json::Value> =
+            dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row").collect();
+        assert!(panels.len() >= 20);
+        for panel in panels {
+            let title = panel["title"].as_str().unwrap_or_default();
+            assert!(!title.is_empty(), "a panel without a title: {panel}");
+            assert_eq!(panel["datasource"], datasource, "{title}");
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{title} has no query");
+            for target in targets {
+                assert_eq!(target["datasource"], datasource, "{title}");
+                let expr = target["expr"].as_str().unwrap();
+                let names = used_names(expr);
+                assert!(!names.is_empty() || expr.contains("up{"), "{title}: {expr} names no metric");
+                for name in names {
+                    assert!(declared.contains(&name), "{title}: {name} is not a declared metric");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_rules_use_declared_metrics_only() {
+        let declared = metrics().names();
+        let rules = shipped("prometheus/rules/cashflow.rules.yml");
+        let names = used_names(&rules);
+        assert!(names.len() >= 5);
+        for name in names {
+            assert!(declared.contains(&name), "{name} is not a declared metric");
+        }
+    }
+
+    #[test]
+    fn a_paused_stage_shows_in_readiness() {
+        let m = Metrics::new();
+        m.stage_up("consolidate", true);
+        m.stage_up("retry", false);
+        assert_eq!(m.paused_stages(), ["retry"]);
+        assert!(m.names().iter().any(|n| n == "process_resident_memory_bytes"));
+    }
 }

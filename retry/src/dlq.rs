@@ -105,6 +105,7 @@ pub struct Dlq {
 
 impl Dlq {
     pub fn new(config: Arc<PipelineConfig>, store: Store) -> Dlq {
+        cashflow_observability::metrics().failure_codes(&cashflow_core::failure::ALL);
         Dlq { config, store }
     }
 

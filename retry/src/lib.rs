@@ -27,7 +27,7 @@ pub const NOT_BEFORE: &str = "x-not-before";
 pub const REPLAYED_FROM: &str = "x-replayed-from";
 
 /// A record on the retry topic without readable `x-*` headers: parked, it cannot be routed.
-pub const INVALID_HEADERS: &str = "invalid_headers";
+pub use cashflow_core::failure::INVALID_HEADERS;
 
 /// Longest `x-error-detail` kept; details are for people, not for parsing.
 const MAX_DETAIL_BYTES: usize = 512;

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Dlq, Failure, INVALID_HEADERS, now_ms};
 
+const STAGE: &str = "retry";
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const DEPTH_EVERY: Duration = Duration::from_secs(10);
@@ -33,9 +34,12 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: CancellationToken) {
     let dlq = Dlq::new(Arc::clone(&config), store);
     let mut backoff = MIN_BACKOFF;
+    metrics().stage_up(STAGE, false);
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        match session(&config, &dlq, &shutdown).await {
+        let result = session(&config, &dlq, &shutdown).await;
+        metrics().stage_up(STAGE, false);
+        match result {
             Ok(()) => return,
             Err(e) => {
                 if started.elapsed() > Duration::from_secs(30) {
@@ -194,6 +198,7 @@ async fn session(config: &PipelineConfig, dlq: &Dlq, shutdown: &CancellationToke
     let producer: FutureProducer = kafka::producer_config(config, SEND_TIMEOUT).create()?;
     let mut holding = Holding::default();
     let mut depth = tokio::time::interval(DEPTH_EVERY);
+    metrics().stage_up(STAGE, true);
     tracing::info!(topic = source, max_attempts = retry.max_attempts, backoff_ms = ?retry.backoff_ms, "retry stage ready");
 
     loop {

@@ -17,7 +17,7 @@ pub use flows::{
 };
 pub use kafka::Read;
 pub use oracle::{Oracle, Posted, random_entries};
-pub use pipeline::{Api, Pipeline, Role, Store};
+pub use pipeline::{Api, Metrics, Pipeline, Role, Store};
 pub use postgres::PgCluster;
 
 use std::path::PathBuf;

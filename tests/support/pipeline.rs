@@ -62,7 +62,8 @@ pub struct Pipeline {
     dir: tempfile::TempDir,
     config: PathBuf,
     children: BTreeMap<Role, Child>,
-    /// Base URLs of the HTTP stages of the distributed shape.
+    /// Base URLs of the listeners of separate stages: auth, ingest and query (distributed shape),
+    /// and the consolidator's and retry stage's metrics.
     pub stages: BTreeMap<Role, String>,
     pub kafka: String,
     pub api: Api,
@@ -71,7 +72,12 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts `cashflow up` with the shipped pipeline.yaml, changed only in ports and store.
     pub async fn start(store: Store) -> Pipeline {
-        let mut p = Self::configure(store, &[]);
+        Self::start_with(store, &[]).await
+    }
+
+    /// Starts `cashflow up` with `edits`, (from, to) replacements in pipeline.yaml.
+    pub async fn start_with(store: Store, edits: &[(&str, &str)]) -> Pipeline {
+        let mut p = Self::configure(store, edits);
         p.launch(Role::Up).await;
         p
     }
@@ -108,7 +114,7 @@ impl Pipeline {
         edits.push((commented, &upstreams));
         edits.push(("trusted_proxies: []", "trusted_proxies: [127.0.0.1]"));
         let mut p = Self::configure(store, &edits);
-        p.stages = ports.iter().map(|(role, _)| (*role, url(*role))).collect();
+        p.stages.extend(ports.iter().map(|(role, _)| (*role, url(*role))));
         for role in [Role::Broker, Role::Auth, Role::Ingest, Role::Query, Role::Gateway, Role::Consolidate, Role::Retry]
         {
             p.launch(role).await;
@@ -118,7 +124,7 @@ impl Pipeline {
 
     fn configure(store: Store, edits: &[(&str, &str)]) -> Pipeline {
         let dir = tempfile::tempdir().unwrap();
-        let (http, kafka) = (free_port(), free_port());
+        let (http, kafka, consolidate, retry) = (free_port(), free_port(), free_port(), free_port());
         let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.yaml")).unwrap();
         let url = match &store {
             Store::Sqlite => "sqlite://cashflow.db".to_owned(),
@@ -132,6 +138,8 @@ impl Pipeline {
             .replace(per_address, "rate_limit_per_address: { per_second: 1000000, burst: 1000000 }")
             .replace("listen: 127.0.0.1:8080", &format!("listen: 127.0.0.1:{http}"))
             .replace("listen: 127.0.0.1:9092", &format!("listen: 127.0.0.1:{kafka}"))
+            .replace("listen: 127.0.0.1:8084", &format!("listen: 127.0.0.1:{consolidate}"))
+            .replace("listen: 127.0.0.1:8085", &format!("listen: 127.0.0.1:{retry}"))
             .replace("url: sqlite://cashflow.db", &format!("url: \"{url}\""));
         for (from, to) in edits {
             assert!(yaml.contains(from), "pipeline.yaml lacks {from:?}");
@@ -143,7 +151,11 @@ impl Pipeline {
             dir,
             config,
             children: BTreeMap::new(),
-            stages: BTreeMap::new(),
+            stages: BTreeMap::from([
+                (Role::Consolidate, format!("http://127.0.0.1:{consolidate}")),
+                (Role::Retry, format!("http://127.0.0.1:{retry}")),
+                (Role::SecondConsolidator, format!("http://127.0.0.1:{}", free_port())),
+            ]),
             kafka: format!("127.0.0.1:{kafka}"),
             api: Api { base: format!("http://127.0.0.1:{http}"), client: reqwest::Client::new() },
         }
@@ -161,9 +173,12 @@ impl Pipeline {
     /// Kafka port for `broker`. A consolidator needs no wait: it retries until it can work.
     pub async fn launch(&mut self, role: Role) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let child = self
-            .cashflow()
-            .args(role.args())
+        let mut command = self.cashflow();
+        command.args(role.args());
+        if role == Role::SecondConsolidator {
+            command.arg("--listen").arg(self.stages[&role].trim_start_matches("http://"));
+        }
+        let child = command
             .env("CASHFLOW_LOG", "info,librdkafka=warn,rdkafka=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -186,7 +201,11 @@ impl Pipeline {
                     let r = self.api.client.get(format!("{}/readyz", self.stages[&role])).send().await;
                     r.is_ok_and(|r| r.status().is_success())
                 }
-                Role::Consolidate | Role::SecondConsolidator | Role::Retry => true,
+                // Alive is enough: a consolidator or retry stage retries until it can work.
+                Role::Consolidate | Role::SecondConsolidator | Role::Retry => {
+                    let r = self.api.client.get(format!("{}/healthz", self.stages[&role])).send().await;
+                    r.is_ok_and(|r| r.status().is_success())
+                }
             };
             if ready {
                 return;
@@ -407,6 +426,13 @@ impl Api {
         self.client.post(url).bearer_auth(token).json(body).send().await.unwrap()
     }
 
+    /// The Prometheus text served at `{base}/metrics`.
+    pub async fn metrics(&self, base: &str) -> Metrics {
+        let r = self.client.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{base}/metrics");
+        Metrics(r.text().await.unwrap())
+    }
+
     pub async fn daily(&self, token: &str, de: &str, ate: &str) -> Value {
         let r = self
             .client
@@ -417,5 +443,26 @@ impl Api {
             .unwrap();
         assert_eq!(r.status(), 200);
         r.json().await.unwrap()
+    }
+}
+
+/// A scrape of `/metrics`.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of the series whose line starts with `series` (name and labels, as exported).
+    pub fn value(&self, series: &str) -> Option<f64> {
+        let line = self.0.lines().find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))?;
+        line.rsplit(' ').next()?.parse().ok()
+    }
+
+    /// Like [`Metrics::value`], but the series must be there.
+    pub fn must(&self, series: &str) -> f64 {
+        self.value(series).unwrap_or_else(|| panic!("{series} is not exported:\n{}", self.0))
+    }
+
+    /// Every series of the metric `name`.
+    pub fn series(&self, name: &str) -> Vec<&str> {
+        self.0.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{'])).collect()
     }
 }

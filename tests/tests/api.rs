@@ -68,22 +68,22 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_spec() {
     // The run shows in the metrics: tokens, freshness of the two entries, the process itself.
     let anonymous = p.api.client.get(format!("{}/v1/consolidado/diario/2026-01-01", p.api.base)).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
-    let metrics = p.api.client.get(format!("{}/metrics", p.api.base)).send().await.unwrap().text().await.unwrap();
-    let value = |series: &str| -> f64 {
-        let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series} missing"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
-    assert!(value("cashflow_auth_tokens_issued_total{grant=\"password\"}") >= 1.0);
-    assert!(value("cashflow_gateway_tokens_rejected_total{reason=\"missing\"}") >= 1.0);
-    assert!(value("cashflow_consolidate_freshness_seconds_count") >= 2.0);
-    assert!(value("process_resident_memory_bytes") > 1e6);
-    assert!(value("process_open_fds") > 0.0);
+    let m = p.api.metrics(&p.api.base).await;
+    assert!(m.must("cashflow_auth_tokens_issued_total{grant=\"password\"}") >= 1.0);
+    assert!(m.must("cashflow_gateway_tokens_rejected_total{reason=\"missing\"}") >= 1.0);
+    assert!(m.must("cashflow_consolidate_freshness_seconds_count") >= 2.0);
+    assert!(m.must("process_resident_memory_bytes") > 1e6);
+    assert!(m.must("process_open_fds") > 0.0);
 }
 
 /// `POST /auth/token` with a form body; returns the status and JSON.
 async fn form_token(base: &str, form: &[(&str, &str)]) -> (u16, Value) {
     let r = reqwest::Client::new().post(format!("{base}/auth/token")).form(form).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn http_get(url: &str) -> u16 {
+    reqwest::get(url).await.unwrap().status().as_u16()
 }
 
 /// The JWT header's kid.
@@ -127,6 +127,34 @@ async fn the_distributed_shape_proxies_checks_tokens_at_every_stage_and_rotates_
         }
         assert!(Instant::now() < deadline, "not consolidated in 60 s: {day}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Each stage serves its own metrics; the gateway names the routes it forwards as the stages do.
+    let route = "method=\"GET\",route=\"/v1/consolidado/diario\",status=\"200\"";
+    let gateway = p.api.metrics(&p.api.base).await;
+    assert!(gateway.must(&format!("cashflow_http_requests_total{{{route}}}")) >= 1.0);
+    assert_eq!(gateway.must("cashflow_gateway_upstream_up{stage=\"query\"}"), 1.0);
+    let query = p.api.metrics(&p.stages[&Role::Query]).await;
+    assert!(query.must(&format!("cashflow_http_requests_total{{{route}}}")) >= 1.0);
+    let ingest = p.api.metrics(&p.stages[&Role::Ingest]).await;
+    assert!(ingest.must("cashflow_ingest_records_produced_total{outcome=\"acked\"}") >= 2.0);
+    let auth = p.api.metrics(&p.stages[&Role::Auth]).await;
+    assert!(auth.must("cashflow_auth_tokens_issued_total{grant=\"client_credentials\"}") >= 1.0);
+    let consolidate = p.api.metrics(&p.stages[&Role::Consolidate]).await;
+    assert_eq!(consolidate.must("cashflow_pipeline_stage_up{stage=\"consolidate\"}"), 1.0);
+    assert!(consolidate.must("cashflow_consolidate_records_committed_total") >= 2.0);
+    assert!(consolidate.must("cashflow_sink_batch_rows_count{table=\"lancamentos\"}") >= 1.0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while p.api.metrics(&p.stages[&Role::Consolidate]).await.series("cashflow_consolidate_lag_records").len() < 6 {
+        assert!(Instant::now() < deadline, "no lag for the 6 partitions of lancamentos");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let retry = p.api.metrics(&p.stages[&Role::Retry]).await;
+    assert_eq!(retry.must("cashflow_pipeline_stage_up{stage=\"retry\"}"), 1.0);
+    assert_eq!(retry.must("cashflow_retry_dlq_depth"), 0.0);
+    for role in [Role::Consolidate, Role::Retry] {
+        let ready = http_get(&format!("{}/readyz", p.stages[&role])).await;
+        assert_eq!(ready, 200, "{role:?} ready");
     }
 
     // Each stage checks tokens itself: reaching one directly without a token, or with a forged

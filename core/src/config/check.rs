@@ -57,6 +57,8 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
         ("services.auth.listen", &s.auth.listen),
         ("services.ingest.listen", &s.ingest.listen),
         ("services.query.listen", &s.query.listen),
+        ("services.consolidate.listen", &s.consolidate.listen),
+        ("services.retry.listen", &s.retry.listen),
     ] {
         if listen.parse::<std::net::SocketAddr>().is_err() {
             problem_at(&mut out, path, format!("{listen:?} is not an ip:port address"));

@@ -353,6 +353,9 @@ impl TopicRef {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsolidateConfig {
+    /// Where `cashflow run consolidate` serves `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "ConsolidateConfig::default_listen")]
+    pub listen: String,
     pub sources: Vec<TopicRef>,
     #[serde(default)]
     pub states: BTreeMap<String, StateConfig>,
@@ -399,6 +402,9 @@ impl DateWindow {
 }
 
 impl ConsolidateConfig {
+    fn default_listen() -> String {
+        "127.0.0.1:8084".into()
+    }
     fn default_group() -> String {
         "cashflow-consolidate".into()
     }
@@ -449,6 +455,9 @@ pub enum Table {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
+    /// Where `cashflow run retry` serves `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "RetryConfig::default_listen")]
+    pub listen: String,
     /// Delay before each retry; the last value repeats.
     pub backoff_ms: Vec<u64>,
     /// Retries of a failed record before it is parked.
@@ -464,6 +473,9 @@ pub struct RetryConfig {
 }
 
 impl RetryConfig {
+    fn default_listen() -> String {
+        "127.0.0.1:8085".into()
+    }
     fn default_group() -> String {
         "cashflow-retry".into()
     }
