@@ -4,6 +4,7 @@ mod access;
 mod app;
 mod broker;
 mod dlq;
+mod loadgen;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,8 @@ enum Command {
         #[command(subcommand)]
         command: access::KeysCommand,
     },
+    /// Load a running gateway on this machine like clients do, and report throughput and latency.
+    Loadgen(loadgen::LoadgenArgs),
     /// Records parked in the dead-letter topic: list, replay, purge.
     Dlq {
         #[command(subcommand)]
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
             Command::Clients { command } => access::clients(command, config, &cli.common).await,
             Command::Keys { command } => access::keys(command, &config, &cli.common),
             Command::Dlq { command } => dlq::run(command, config, &cli.common).await,
+            Command::Loadgen(args) => loadgen::run(args, config, &cli.common).await,
             Command::Validate { .. } => Ok(()),
         }
     });
