@@ -122,7 +122,8 @@ impl Pipeline {
         p
     }
 
-    fn configure(store: Store, edits: &[(&str, &str)]) -> Pipeline {
+    /// The shipped pipeline.yaml with free ports, `store` and `edits`; nothing started yet.
+    pub fn configure(store: Store, edits: &[(&str, &str)]) -> Pipeline {
         let dir = tempfile::tempdir().unwrap();
         let (http, kafka, consolidate, retry) = (free_port(), free_port(), free_port(), free_port());
         let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.yaml")).unwrap();

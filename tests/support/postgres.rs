@@ -9,6 +9,7 @@ pub struct PgCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    durable: bool,
 }
 
 /// `PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`. Panics when there is none.
@@ -28,9 +29,20 @@ fn is_root() -> bool {
 }
 
 impl PgCluster {
+    /// A cluster for tests: no fsync, so a crash of the machine loses it (the tests' crashes are
+    /// of processes).
     pub fn start() -> PgCluster {
+        Self::start_with(false)
+    }
+
+    /// With PostgreSQL's default durability (fsync on): for measurements.
+    pub fn start_durable() -> PgCluster {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> PgCluster {
         let dir = tempfile::tempdir().unwrap();
-        let c = PgCluster { bin: pg_bin(), port: free_port(), dir };
+        let c = PgCluster { bin: pg_bin(), port: free_port(), dir, durable };
         if is_root() {
             // initdb refuses to run as root.
             std::fs::set_permissions(c.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
@@ -58,8 +70,12 @@ impl PgCluster {
     }
 
     pub fn start_server(&self) {
-        let opts =
-            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
+        let fsync = if self.durable { "on" } else { "off" };
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
         let log = self.dir.path().join("pg.log").display().to_string();
         self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-o", &opts, "start"]);
     }

@@ -1,0 +1,550 @@
+//! `cashflow-bench`: every stage against its ceiling and against the naive design, in one run, on
+//! one data set, on this machine. Prints a table (or `--json`); asserts nothing about time.
+//!
+//! ```text
+//! cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--json]
+//! ```
+//!
+//! It starts its own PostgreSQL cluster (default durability: fsync on) and the real `cashflow`
+//! binaries, and measures, in order:
+//! 1. the dataflow core alone: entries per second into one timely worker, in memory; the bytes of
+//!    consolidated state per key (a counting allocator);
+//! 2. the raw producer: the data set produced to the broker with rdkafka (the ingest ceiling);
+//! 3. the raw consumer: the topic read back with rdkafka, no processing (a consolidation ceiling);
+//! 4. consolidation: `cashflow run consolidate`, from the first commit to the last offset stored,
+//!    checked against the data set (every entry counted once);
+//! 5. the naive design: one consumer, one transaction per entry (insert it, upsert its day);
+//! 6. the store's raw write rate: COPY of the same entries into a copy of the entries table;
+//! 7. ingest through the HTTP API (`cashflow loadgen`): batches, and single POSTs at 2k/s;
+//! 8. balance queries over 31 days at 5k/s;
+//! 9. freshness at 1k entries/s: POST, then read the balance with `aguardar`, until visible.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::alloc::System;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use cashflow_core::{BusinessDate, EntryId, Lancamento, MerchantId, Money, Tipo};
+use cashflow_tests::{PgCluster, Pipeline, Role, Store};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, Row};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+
+/// Counts allocations, to weigh in-memory state.
+#[global_allocator]
+static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Bytes allocated and not yet freed.
+fn live_bytes() -> i64 {
+    let s = ALLOCATOR.stats();
+    s.bytes_allocated as i64 + s.bytes_reallocated as i64 - s.bytes_deallocated as i64
+}
+
+const TOPIC: &str = "lancamentos";
+const CATEGORIES: [&str; 4] = ["vendas", "insumos", "aluguel", "servicos"];
+
+struct Args {
+    entries: u64,
+    merchants: u64,
+    days: u64,
+    seconds: f64,
+    json: bool,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let mut a = Args { entries: 1_000_000, merchants: 10_000, days: 365, seconds: 20.0, json: false };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+            match flag.as_str() {
+                "--quick" => (a.entries, a.merchants, a.days, a.seconds) = (20_000, 200, 60, 2.0),
+                "--entries" => a.entries = value().parse().expect("--entries N"),
+                "--merchants" => a.merchants = value().parse().expect("--merchants N"),
+                "--days" => a.days = value().parse().expect("--days N"),
+                "--seconds" => a.seconds = value().parse().expect("--seconds S"),
+                "--json" => a.json = true,
+                other => panic!("unknown flag {other}; see the header of tests/bench/main.rs"),
+            }
+        }
+        assert!(a.merchants >= 50, "--merchants: at least 50 (the load generator's merchants)");
+        a
+    }
+}
+
+/// Entry `i` of the data set: spread over merchants `loadgen-1..`, days up to today, categories.
+fn entry(i: u64, args: &Args, today: BusinessDate) -> Lancamento {
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i >> 7);
+    Lancamento {
+        id: EntryId(uuid::Uuid::from_u64_pair(h, i)),
+        merchant_id: MerchantId::parse(&format!("loadgen-{}", 1 + h % args.merchants)).unwrap(),
+        tipo: if (h >> 8) % 5 < 2 { Tipo::Debito } else { Tipo::Credito },
+        valor: Money::from_cents(1 + ((h >> 16) % 100_000) as i64),
+        data: BusinessDate::from_days(today.days() - ((h >> 32) % args.days) as i32).unwrap(),
+        descricao: "bench".into(),
+        categoria: Some(CATEGORIES[((h >> 40) % 4) as usize].to_owned()),
+        criado_em: chrono::Utc::now(),
+        estorno_de: None,
+    }
+}
+
+/// The figures, in order.
+#[derive(Default)]
+struct Report {
+    rows: Vec<(String, f64, &'static str)>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, value: f64, unit: &'static str) {
+        if !self.rows.iter().any(|(n, _, _)| n == name) {
+            eprintln!("  {name}: {} {unit}", fmt(value));
+        }
+        self.rows.push((name.to_owned(), value, unit));
+    }
+
+    fn get(&self, name: &str) -> f64 {
+        self.rows.iter().find(|(n, _, _)| n == name).map(|r| r.1).unwrap_or(f64::NAN)
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.3}") }
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(run(&args));
+    let ratios = [
+        (
+            "consolidation / naive per-entry consumer",
+            report.get("consolidation entries/s") / report.get("naive per-entry consumer entries/s"),
+            "≥ 10",
+        ),
+        (
+            "consolidation / min(raw consume, raw COPY)",
+            report.get("consolidation entries/s")
+                / report.get("raw consume records/s").min(report.get("raw COPY rows/s")),
+            "≥ 0.8",
+        ),
+        (
+            "batch ingest / raw producer",
+            report.get("batch ingest entries/s") / report.get("raw producer records/s"),
+            "≥ 0.8",
+        ),
+    ];
+    if args.json {
+        let figures: serde_json::Map<String, Value> =
+            report.rows.iter().map(|(n, v, u)| (n.clone(), json!({"value": v, "unit": u}))).collect();
+        let ratios: serde_json::Map<String, Value> =
+            ratios.iter().map(|(n, v, t)| ((*n).to_owned(), json!({"value": v, "target": t}))).collect();
+        let out = json!({"entries": args.entries, "merchants": args.merchants, "days": args.days,
+                         "seconds": args.seconds, "figures": figures, "ratios": ratios});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+    } else {
+        println!(
+            "data set: {} entries, {} merchants, {} days; load phases of {} s",
+            args.entries, args.merchants, args.days, args.seconds
+        );
+        println!("{:<52} {:>14}  unit", "measure", "value");
+        for (name, value, unit) in &report.rows {
+            println!("{name:<52} {:>14}  {unit}", fmt(*value));
+        }
+        println!("\n{:<52} {:>14}  target", "ratio (same run)", "value");
+        for (name, value, target) in ratios {
+            println!("{name:<52} {:>14.2}  {target}", value);
+        }
+    }
+}
+
+async fn run(args: &Args) -> Report {
+    let mut report = Report::default();
+    let today = BusinessDate::today();
+    eprintln!("generating {} entries", args.entries);
+    let entries: Vec<Lancamento> = (0..args.entries).map(|i| entry(i, args, today)).collect();
+
+    eprintln!("1. the dataflow core, in memory");
+    dataflow_core(&entries, &mut report).await;
+
+    eprintln!("starting PostgreSQL (durable) and the broker");
+    let pg = PgCluster::start_durable();
+    let mut p = Pipeline::configure(Store::Postgres(pg.url()), &[]);
+    p.launch(Role::Broker).await;
+    let brokers = p.kafka.clone();
+    let kafka = |c: &mut ClientConfig| {
+        c.set("bootstrap.servers", &brokers).set("broker.address.family", "v4");
+    };
+    // The consolidator creates the topics; the producer must not create them with other counts.
+    p.launch(Role::Consolidate).await;
+    p.interrupt(Role::Consolidate).await;
+
+    eprintln!("2. raw producer");
+    let encoded: Vec<(String, Vec<u8>)> = entries.iter().map(|e| (e.merchant_id.to_string(), e.encode())).collect();
+    raw_produce(kafka, &encoded, &mut report).await;
+    drop(encoded);
+
+    eprintln!("3. raw consumer");
+    raw_consume(kafka, args.entries, &mut report);
+
+    eprintln!("4. consolidation (cashflow run consolidate)");
+    let mut db = PgConnection::connect(&pg.url()).await.unwrap();
+    consolidation(&mut p, &mut db, &entries, &mut report).await;
+
+    eprintln!("5. the naive design: a transaction per entry");
+    naive(kafka, &mut db, args, &mut report).await;
+
+    eprintln!("6. raw COPY into the store");
+    raw_copy(&mut db, &entries, &mut report).await;
+    drop(entries);
+
+    eprintln!("7-8. ingest and balance queries through the HTTP API");
+    p.launch(Role::Gateway).await;
+    http_load(&p, args, &mut report);
+
+    eprintln!("9. freshness at 1k entries/s");
+    p.launch(Role::Consolidate).await;
+    wait_consolidated(&mut db, kafka, Duration::from_secs(600)).await;
+    freshness(&p, args, &mut report).await;
+    p.stop().await;
+    report
+}
+
+async fn dataflow_core(entries: &[Lancamento], report: &mut Report) {
+    let before = live_bytes();
+    let dataflow = cashflow_dataflow::Consolidator::start(vec![]).unwrap();
+    let started = Instant::now();
+    for chunk in entries.chunks(5_000) {
+        let refs: Vec<&Lancamento> = chunk.iter().collect();
+        dataflow.apply(&refs).await.unwrap();
+    }
+    let rate = entries.len() as f64 / started.elapsed().as_secs_f64();
+    report.add("dataflow core entries/s (1 worker)", rate, "entries/s");
+    let bytes = (live_bytes() - before) as f64;
+    let category_keys: HashSet<(&str, i32, &str)> = entries
+        .iter()
+        .map(|e| (e.merchant_id.as_str(), e.data.days(), e.categoria.as_deref().unwrap_or_default()))
+        .collect();
+    let days: HashSet<(&str, i32)> = entries.iter().map(|e| (e.merchant_id.as_str(), e.data.days())).collect();
+    report.add("state bytes per (merchant, day, category)", bytes / category_keys.len() as f64, "bytes");
+    report.add("state bytes per (merchant, day)", bytes / days.len() as f64, "bytes");
+    report.add("(merchant, day) keys", days.len() as f64, "keys");
+    drop(dataflow);
+}
+
+async fn raw_produce(kafka: impl Fn(&mut ClientConfig), records: &[(String, Vec<u8>)], report: &mut Report) {
+    let mut c = ClientConfig::new();
+    kafka(&mut c);
+    let producer: FutureProducer =
+        c.set("acks", "all").set("linger.ms", "5").set("enable.idempotence", "false").create().unwrap();
+    let started = Instant::now();
+    for chunk in records.chunks(20_000) {
+        let sends = chunk.iter().map(|(key, payload)| {
+            producer.send(FutureRecord::to(TOPIC).key(key).payload(payload), Duration::from_secs(60))
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e).unwrap();
+        }
+    }
+    report.add("raw producer records/s", records.len() as f64 / started.elapsed().as_secs_f64(), "records/s");
+}
+
+fn raw_consume(kafka: impl Fn(&mut ClientConfig), want: u64, report: &mut Report) {
+    let mut c = ClientConfig::new();
+    kafka(&mut c);
+    let consumer: BaseConsumer = c
+        .set("group.id", "bench-raw")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[TOPIC]).unwrap();
+    let (mut read, mut started) = (0u64, None);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while read < want && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            started.get_or_insert_with(Instant::now);
+            read += u64::from(m.payload().is_some());
+        }
+    }
+    assert_eq!(read, want, "raw consumer read {read} of {want}");
+    report.add("raw consume records/s", want as f64 / started.unwrap().elapsed().as_secs_f64(), "records/s");
+}
+
+/// Sum of the stored next offsets of a group.
+async fn progress(db: &mut PgConnection, group: &str) -> i64 {
+    sqlx::query("SELECT COALESCE(SUM(next_offset), 0)::BIGINT FROM consumer_progress WHERE consumer_group = $1")
+        .bind(group)
+        .fetch_one(&mut *db)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn consolidation(p: &mut Pipeline, db: &mut PgConnection, entries: &[Lancamento], report: &mut Report) {
+    let want = entries.len() as i64;
+    let group = "cashflow-consolidate";
+    p.launch(Role::Consolidate).await;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut first: Option<(Instant, i64)> = None;
+    loop {
+        let done = progress(db, group).await;
+        if done > 0 && first.is_none() {
+            first = Some((Instant::now(), done));
+        }
+        if done >= want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "consolidated {done} of {want} in 30 min");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (t0, at_first) = first.unwrap();
+    let rate = (want - at_first) as f64 / t0.elapsed().as_secs_f64();
+    report.add("consolidation entries/s", rate, "entries/s");
+    let rss = p.api.metrics(&p.stages[&Role::Consolidate]).await.must("process_resident_memory_bytes");
+    report.add("consolidator RSS after the load", rss / 1e6, "MB");
+    p.interrupt(Role::Consolidate).await;
+
+    // Every entry counted once, with its amount.
+    let row = sqlx::query(
+        "SELECT SUM(quantidade)::BIGINT, SUM(creditos_cents)::BIGINT, SUM(debitos_cents)::BIGINT FROM consolidado_diario",
+    )
+    .fetch_one(&mut *db)
+    .await
+    .unwrap();
+    let (count, credits, debits): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let cents = |t: Tipo| entries.iter().filter(|e| e.tipo == t).map(|e| e.valor.cents()).sum::<i64>();
+    assert_eq!(
+        (count, credits, debits),
+        (want, cents(Tipo::Credito), cents(Tipo::Debito)),
+        "balances differ from the data set"
+    );
+    let index: i64 =
+        sqlx::query("SELECT pg_relation_size('lancamentos_pkey')::BIGINT").fetch_one(&mut *db).await.unwrap().get(0);
+    report.add("dedup: store index bytes per entry (none in memory)", index as f64 / want as f64, "bytes");
+}
+
+async fn naive(kafka: impl Fn(&mut ClientConfig), db: &mut PgConnection, args: &Args, report: &mut Report) {
+    for table in ["lancamentos", "consolidado_diario"] {
+        sqlx::query(&format!("CREATE TABLE naive_{table} (LIKE {table} INCLUDING ALL)"))
+            .execute(&mut *db)
+            .await
+            .unwrap();
+    }
+    let mut c = ClientConfig::new();
+    kafka(&mut c);
+    let consumer: BaseConsumer = c
+        .set("group.id", "bench-naive")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[TOPIC]).unwrap();
+    let (mut done, mut started) = (0u64, None::<Instant>);
+    let limit = Duration::from_secs_f64(args.seconds * 3.0);
+    while done < args.entries && started.is_none_or(|s| s.elapsed() < limit) {
+        let Some(m) = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(100))) else { continue };
+        let m = m.unwrap();
+        started.get_or_insert_with(Instant::now);
+        let e = Lancamento::decode(m.payload().unwrap()).unwrap();
+        let r = e.to_record();
+        let now = chrono::Utc::now().to_rfc3339();
+        let mut tx = db.begin().await.unwrap();
+        let inserted = sqlx::query(
+            "INSERT INTO naive_lancamentos (id, merchant_id, tipo, valor_cents, data, descricao, categoria, criado_em, \
+             origin_topic, origin_partition, origin_offset, consolidado_em) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(r.id.to_string())
+        .bind(&r.merchant_id)
+        .bind(r.tipo.as_str())
+        .bind(r.valor_cents)
+        .bind(&r.data)
+        .bind(&r.descricao)
+        .bind(&r.categoria)
+        .bind(&r.criado_em)
+        .bind(TOPIC)
+        .bind(m.partition())
+        .bind(m.offset())
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+        if inserted == 1 {
+            let (credit, debit) = if e.tipo == Tipo::Credito { (r.valor_cents, 0) } else { (0, r.valor_cents) };
+            sqlx::query(
+                "INSERT INTO naive_consolidado_diario (merchant_id, data, creditos_cents, debitos_cents, quantidade, \
+                 atualizado_em) VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (merchant_id, data) DO UPDATE SET \
+                 creditos_cents = naive_consolidado_diario.creditos_cents + excluded.creditos_cents, \
+                 debitos_cents = naive_consolidado_diario.debitos_cents + excluded.debitos_cents, \
+                 quantidade = naive_consolidado_diario.quantidade + 1, atualizado_em = excluded.atualizado_em",
+            )
+            .bind(&r.merchant_id)
+            .bind(&r.data)
+            .bind(credit)
+            .bind(debit)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+        done += 1;
+    }
+    let rate = done as f64 / started.unwrap().elapsed().as_secs_f64();
+    report.add("naive per-entry consumer entries/s", rate, "entries/s");
+    report.add("naive entries processed (bounded by time)", done as f64, "entries");
+}
+
+async fn raw_copy(db: &mut PgConnection, entries: &[Lancamento], report: &mut Report) {
+    sqlx::query("CREATE TABLE copy_lancamentos (LIKE lancamentos INCLUDING ALL)").execute(&mut *db).await.unwrap();
+    let now = chrono::Utc::now().to_rfc3339();
+    let started = Instant::now();
+    let mut copy = db
+        .copy_in_raw(
+            "COPY copy_lancamentos (id, merchant_id, tipo, valor_cents, data, descricao, categoria, criado_em, \
+             origin_topic, origin_partition, origin_offset, consolidado_em) FROM STDIN",
+        )
+        .await
+        .unwrap();
+    for (n, chunk) in entries.chunks(10_000).enumerate() {
+        let mut buf = String::with_capacity(chunk.len() * 200);
+        for (i, e) in chunk.iter().enumerate() {
+            let r = e.to_record();
+            let offset = n * 10_000 + i;
+            buf.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{TOPIC}\t{}\t{offset}\t{now}\n",
+                r.id,
+                r.merchant_id,
+                r.tipo.as_str(),
+                r.valor_cents,
+                r.data,
+                r.descricao,
+                r.categoria.as_deref().unwrap_or("\\N"),
+                r.criado_em,
+                offset % 6,
+            ));
+        }
+        copy.send(buf.as_bytes()).await.unwrap();
+    }
+    let rows = copy.finish().await.unwrap();
+    assert_eq!(rows, entries.len() as u64);
+    report.add("raw COPY rows/s", rows as f64 / started.elapsed().as_secs_f64(), "rows/s");
+}
+
+/// `cashflow loadgen ... --json`.
+fn loadgen(p: &Pipeline, args: &Args, extra: &[&str]) -> Value {
+    let out = p
+        .cashflow()
+        .args(["loadgen", "--target", &p.api.base, "--duration", &args.seconds.to_string(), "--json"])
+        .args(["--merchants", "50", "--days", &args.days.to_string()])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "loadgen {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn http_load(p: &Pipeline, args: &Args, report: &mut Report) {
+    let op = |v: &Value, name: &str, field: &str| v["operations"][name][field].as_f64().unwrap_or(f64::NAN);
+    let errors = |v: &Value, name: &str| -> f64 {
+        let errors = v["operations"][name]["errors"].as_object();
+        errors.map_or(0.0, |e| e.values().filter_map(Value::as_f64).fold(0.0, |a, b| a + b))
+    };
+    let batch = loadgen(p, args, &["--connections", "8", "--mix", "batch=1", "--batch-size", "1000"]);
+    report.add("batch ingest entries/s", batch["entries_per_second"].as_f64().unwrap(), "entries/s");
+    report.add("batch ingest p99 (1,000 entries)", op(&batch, "batch", "p99_ms"), "ms");
+    report.add("batch ingest errors", errors(&batch, "batch"), "requests");
+
+    let single = loadgen(p, args, &["--rate", "2000", "--mix", "ingest=1"]);
+    report.add("single POST at 2k/s: achieved", op(&single, "ingest", "per_second"), "requests/s");
+    for (q, name) in [("p50_ms", "single POST at 2k/s p50"), ("p99_ms", "single POST at 2k/s p99")] {
+        report.add(name, op(&single, "ingest", q), "ms");
+    }
+    report.add("single POST at 2k/s errors", errors(&single, "ingest"), "requests");
+
+    let query = loadgen(p, args, &["--rate", "5000", "--mix", "query=1"]);
+    report.add("31-day balance query at 5k/s: achieved", op(&query, "query", "per_second"), "requests/s");
+    for (q, name) in [("p50_ms", "31-day balance query at 5k/s p50"), ("p99_ms", "31-day balance query at 5k/s p99")] {
+        report.add(name, op(&query, "query", q), "ms");
+    }
+    report.add("31-day balance query at 5k/s errors", errors(&query, "query"), "requests");
+}
+
+/// Waits until the consolidator's stored progress reaches the topic's end.
+async fn wait_consolidated(db: &mut PgConnection, kafka: impl Fn(&mut ClientConfig), timeout: Duration) {
+    let mut c = ClientConfig::new();
+    kafka(&mut c);
+    let consumer: BaseConsumer = c.create().unwrap();
+    let meta = consumer.fetch_metadata(Some(TOPIC), Duration::from_secs(10)).unwrap();
+    let end: i64 = meta.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| consumer.fetch_watermarks(TOPIC, p.id(), Duration::from_secs(10)).unwrap().1)
+        .sum();
+    let deadline = Instant::now() + timeout;
+    while progress(db, "cashflow-consolidate").await < end {
+        assert!(Instant::now() < deadline, "the consolidator did not catch up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// POSTs 1,000 entries per second; every 10th is followed by a balance read with `aguardar`
+/// (read-your-writes), timed from the POST's start to the answer that shows it.
+async fn freshness(p: &Pipeline, args: &Args, report: &mut Report) {
+    let password = "bench password 1234";
+    let mut tokens = Vec::new();
+    for n in 1..=10 {
+        p.add_user(&format!("loadgen-{n}"), &format!("fresh-{n}"), password);
+        tokens.push(p.api.token(&format!("fresh-{n}"), password).await);
+    }
+    let tokens = Arc::new(tokens);
+    let hist = Arc::new(std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new(3).unwrap()));
+    let failures = Arc::new(AtomicI64::new(0));
+    let today = chrono::Utc::now().date_naive().to_string();
+    let n = (args.seconds * 1000.0) as u64;
+    let started = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        tokio::time::sleep_until(started + Duration::from_micros(i * 1000)).await;
+        let (api, tokens, hist, failures, today) =
+            (p.api.clone(), Arc::clone(&tokens), Arc::clone(&hist), Arc::clone(&failures), today.clone());
+        tasks.spawn(async move {
+            let token = &tokens[(i % 10) as usize];
+            let at = Instant::now();
+            let body = json!({"tipo": "credito", "valor": "1.00", "data": today, "descricao": "freshness"});
+            let r = api.post_entry(token, &body, None).await;
+            if r.status() != 202 {
+                failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if i % 10 != 0 {
+                return;
+            }
+            let posicao = r.json::<Value>().await.unwrap()["posicao"].as_str().unwrap().to_owned();
+            let url = format!("{}/v1/consolidado/diario?de={today}&ate={today}&aguardar={posicao}", api.base);
+            let r = api.client.get(url).bearer_auth(token).send().await.unwrap();
+            if r.status() != 200 || r.headers().contains_key("x-cashflow-stale") {
+                failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            hist.lock().unwrap().record(at.elapsed().as_micros() as u64).unwrap();
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let h = hist.lock().unwrap();
+    report.add("freshness at 1k/s p50 (POST to visible)", h.value_at_quantile(0.5) as f64 / 1000.0, "ms");
+    report.add("freshness at 1k/s p99 (POST to visible)", h.value_at_quantile(0.99) as f64 / 1000.0, "ms");
+    report.add("freshness probes", h.len() as f64, "probes");
+    report.add("freshness failures (non-202, stale or error)", failures.load(Ordering::Relaxed) as f64, "requests");
+}

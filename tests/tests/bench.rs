@@ -1,0 +1,38 @@
+//! The benchmark's quick mode, so it keeps running: every figure is produced and the run's own
+//! correctness check (the consolidated balances equal the data set) passes. No timing is asserted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use cashflow_tests::binary;
+use serde_json::Value;
+
+#[test]
+fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
+    let out = std::process::Command::new(binary("cashflow-bench")).args(["--quick", "--json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cashflow-bench --quick failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{report:#}");
+    let figures = report["figures"].as_object().unwrap();
+    for name in [
+        "dataflow core entries/s (1 worker)",
+        "state bytes per (merchant, day)",
+        "raw producer records/s",
+        "raw consume records/s",
+        "consolidation entries/s",
+        "naive per-entry consumer entries/s",
+        "raw COPY rows/s",
+        "batch ingest entries/s",
+        "single POST at 2k/s p99",
+        "31-day balance query at 5k/s p99",
+        "freshness at 1k/s p99 (POST to visible)",
+        "consolidator RSS after the load",
+    ] {
+        let v = figures.get(name).unwrap_or_else(|| panic!("{name} missing: {report}"))["value"].as_f64().unwrap();
+        assert!(v.is_finite() && v > 0.0, "{name} = {v}");
+    }
+    for name in ["batch ingest errors", "single POST at 2k/s errors", "freshness failures (non-202, stale or error)"] {
+        assert_eq!(figures[name]["value"].as_f64(), Some(0.0), "{name}: {report}");
+    }
+    assert_eq!(report["ratios"].as_object().unwrap().len(), 3);
+}
