@@ -33,10 +33,11 @@ pub struct LoadgenArgs {
     #[arg(long)]
     target: Option<String>,
     /// Open loop: start this many requests per second, on schedule, however slow the answers.
-    #[arg(long, conflicts_with = "connections")]
+    #[arg(long)]
     rate: Option<u32>,
     /// Closed loop: this many connections, each sending its next request when its last is
-    /// answered (the default, with 16).
+    /// answered (the default, with 16). With --rate: the most requests in flight (default 512);
+    /// beyond it, requests wait, and their wait counts in their latency.
     #[arg(long)]
     connections: Option<u32>,
     /// Stop after this many seconds (at most 3600).
@@ -250,8 +251,9 @@ pub async fn run(args: LoadgenArgs, config: PipelineConfig, common: &Common) -> 
     };
     let mode = match args.rate {
         Some(rate) => {
-            open_loop(&load, &stats, rate, args.requests, deadline).await;
-            format!("open loop, {rate} requests/s")
+            let in_flight = args.connections.unwrap_or(512);
+            open_loop(&load, &stats, rate, in_flight, args.requests, deadline).await;
+            format!("open loop, {rate} requests/s, at most {in_flight} in flight")
         }
         None => {
             let connections = args.connections.unwrap_or(16);
@@ -346,9 +348,18 @@ async fn token(http: &reqwest::Client, base: &str, username: &str, password: &st
 }
 
 /// Starts request i at `started + i / rate`; latency counts from that time, so a slow answer
-/// cannot hide the requests that should have been sent meanwhile.
-async fn open_loop(load: &Arc<Load>, stats: &Arc<Mutex<Stats>>, rate: u32, requests: u64, deadline: Instant) {
+/// cannot hide the requests that should have been sent meanwhile (nor can the cap on requests in
+/// flight, which only delays them).
+async fn open_loop(
+    load: &Arc<Load>,
+    stats: &Arc<Mutex<Stats>>,
+    rate: u32,
+    in_flight: u32,
+    requests: u64,
+    deadline: Instant,
+) {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let slots = Arc::new(tokio::sync::Semaphore::new(in_flight as usize));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..requests {
@@ -357,8 +368,10 @@ async fn open_loop(load: &Arc<Load>, stats: &Arc<Mutex<Stats>>, rate: u32, reque
             break;
         }
         tokio::time::sleep_until(due).await;
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
         let (load, stats) = (Arc::clone(load), Arc::clone(stats));
         tasks.spawn(async move {
+            let _slot = slot;
             let op = load.mix.pick(&mut rand::thread_rng());
             let (status, accepted) = load.send(op).await;
             lock(&stats).record(op, due.elapsed(), &status, accepted);

@@ -112,6 +112,7 @@ impl Stage {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cashflow_observability::init_tracing();
+    raise_open_files_limit();
     if let Command::Validate { file } = &cli.command {
         return validate(file.as_ref().unwrap_or(&cli.common.config));
     }
@@ -141,6 +142,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A server holds a descriptor per connection: take the hard limit on open files, not the
+/// default soft limit (often 1024).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
     }
 }
 

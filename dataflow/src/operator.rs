@@ -1,27 +1,27 @@
 //! The daily consolidation as a differential dataflow, run by one timely worker on its own thread.
 //!
-//! Entries enter as facts with diff `1`; `explode` moves each amount into the diff
-//! `(credits, debits, count)`, so the per-(merchant, day, category) sum is kept by differential's
-//! own accumulation rather than by a hand-written reduce. Each epoch is one timestamp: the input
+//! Each epoch's entries are summed per (merchant, day, category) and enter with those sums as
+//! the diff `(credits, debits, count)`, so the per-key total is kept by differential's own
+//! accumulation rather than by a hand-written reduce. Each epoch is one timestamp: the input
 //! advances past it, the worker steps until the probe passes it, and each changed (merchant, day,
 //! category) comes out as the difference between its new and old totals. A day's change is the
 //! sum of its categories' changes ([`daily`]).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use cashflow_core::{BusinessDate, DayTotals, Lancamento, MerchantId};
 use differential_dataflow::input::Input;
 use tokio::sync::{mpsc, oneshot};
 
-/// (merchant, days since 1970-01-01, category or "" for none).
-type Key = (String, i32, String);
+/// (merchant, days since 1970-01-01, category), the names as numbers from a [`Dictionary`]: a
+/// key is 12 bytes and copied, never allocated, so state and work per key stay small.
+type Key = (u32, i32, u32);
 /// (credits, debits, count), in cents and entries.
 type Totals = (i64, i64, i64);
-/// One entry: key, credit cents, debit cents.
-type Fact = (Key, i64, i64);
 
 /// A day whose totals changed in an epoch, and by how much (new totals minus old).
 ///
@@ -53,13 +53,65 @@ pub enum DataflowError {
 }
 
 enum Command {
-    Apply(Vec<Fact>, oneshot::Sender<Vec<(Key, Totals)>>),
+    Apply(Vec<(Key, Totals)>, oneshot::Sender<Vec<(Key, Totals)>>),
+}
+
+/// Numbers for merchant ids and categories, in order of first sight. Its size grows with the
+/// merchants and categories, not with their days.
+#[derive(Default)]
+struct Dictionary {
+    merchants: Names<MerchantId>,
+    /// `""` (no category) is number 0.
+    categories: Names<String>,
+}
+
+struct Names<T> {
+    ids: HashMap<String, u32>,
+    names: Vec<T>,
+}
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names { ids: HashMap::new(), names: Vec::new() }
+    }
+}
+
+impl<T: Clone> Names<T> {
+    fn id(&mut self, name: &str, value: impl FnOnce() -> T) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = self.names.len() as u32;
+        self.ids.insert(name.to_owned(), id);
+        self.names.push(value());
+        id
+    }
+
+    fn name(&self, id: u32) -> Result<T, DataflowError> {
+        self.names.get(id as usize).cloned().ok_or_else(|| DataflowError::BadKey(id.to_string()))
+    }
+}
+
+impl Dictionary {
+    fn key(&mut self, merchant: &MerchantId, day: BusinessDate, category: Option<&str>) -> Key {
+        let m = self.merchants.id(merchant.as_str(), || merchant.clone());
+        let c = category.unwrap_or_default();
+        (m, day.days(), self.categories.id(c, || c.to_owned()))
+    }
+
+    fn change(&self, (m, days, c): Key, (credits, debits, n): Totals) -> Result<CategoryChange, DataflowError> {
+        let day = BusinessDate::from_days(days).ok_or_else(|| DataflowError::BadKey(days.to_string()))?;
+        let category = Some(self.categories.name(c)?).filter(|c| !c.is_empty());
+        let totals = DayTotals { creditos_cents: credits, debitos_cents: debits, quantidade: n };
+        Ok((self.merchants.name(m)?, day, category, totals))
+    }
 }
 
 /// Handle to the worker thread. Dropping it stops the worker.
 pub struct Consolidator {
     commands: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
+    dictionary: Mutex<Dictionary>,
 }
 
 impl Consolidator {
@@ -67,42 +119,43 @@ impl Consolidator {
     /// in the store.
     pub fn start(snapshot: Vec<CategoryChange>) -> Result<Self, DataflowError> {
         let (tx, rx) = mpsc::channel::<Command>(4);
+        let mut dictionary = Dictionary::default();
+        dictionary.categories.id("", String::new);
         let seed: Vec<(Key, Totals)> = snapshot
             .into_iter()
             .map(|(m, d, c, t)| {
-                ((m.to_string(), d.days(), c.unwrap_or_default()), (t.creditos_cents, t.debitos_cents, t.quantidade))
+                (dictionary.key(&m, d, c.as_deref()), (t.creditos_cents, t.debitos_cents, t.quantidade))
             })
             .collect();
         let thread = std::thread::Builder::new()
             .name("consolidate-dataflow".into())
             .spawn(move || timely::execute_directly(move |worker| run_worker(worker, seed, rx)))
             .map_err(|_| DataflowError::WorkerGone)?;
-        Ok(Consolidator { commands: Some(tx), thread: Some(thread) })
+        Ok(Consolidator { commands: Some(tx), thread: Some(thread), dictionary: Mutex::new(dictionary) })
     }
 
     /// Adds one epoch of new entries and returns how each touched (day, category)'s totals changed.
     pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Vec<CategoryChange>, DataflowError> {
-        let facts = entries
-            .iter()
-            .map(|e| {
-                let key = (e.merchant_id.to_string(), e.data.days(), e.categoria.clone().unwrap_or_default());
+        // One update per key and epoch: entries of one (merchant, day, category) add up here.
+        let mut sums: HashMap<Key, Totals> = HashMap::with_capacity(entries.len());
+        {
+            let mut dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for e in entries {
+                let key = dictionary.key(&e.merchant_id, e.data, e.categoria.as_deref());
                 let cents = e.signed_cents();
-                (key, cents.max(0), (-cents).max(0))
-            })
-            .collect();
+                let t = sums.entry(key).or_insert((0, 0, 0));
+                *t = (t.0 + cents.max(0), t.1 + (-cents).max(0), t.2 + 1);
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let commands = self.commands.as_ref().ok_or(DataflowError::WorkerGone)?;
-        commands.send(Command::Apply(facts, reply)).await.map_err(|_| DataflowError::WorkerGone)?;
+        commands
+            .send(Command::Apply(sums.into_iter().collect(), reply))
+            .await
+            .map_err(|_| DataflowError::WorkerGone)?;
         let changed = answer.await.map_err(|_| DataflowError::WorkerGone)?;
-        changed
-            .into_iter()
-            .map(|((merchant, days, category), (c, d, n))| {
-                let m = MerchantId::parse(&merchant).map_err(|_| DataflowError::BadKey(merchant.clone()))?;
-                let day = BusinessDate::from_days(days).ok_or_else(|| DataflowError::BadKey(days.to_string()))?;
-                let category = Some(category).filter(|c| !c.is_empty());
-                Ok((m, day, category, DayTotals { creditos_cents: c, debitos_cents: d, quantidade: n }))
-            })
-            .collect()
+        let dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        changed.into_iter().map(|(key, delta)| dictionary.change(key, delta)).collect()
     }
 }
 
@@ -121,45 +174,39 @@ fn run_worker(worker: &mut timely::worker::Worker, seed: Vec<(Key, Totals)>, mut
     // Per key, the new totals minus the old: differential's own output diffs, weighted.
     let changes: Rc<RefCell<BTreeMap<Key, Totals>>> = Rc::default();
     let sink = Rc::clone(&changes);
-    let (mut entries, mut snapshot, probe) = worker.dataflow::<u64, _, _>(|scope| {
-        let (entries_in, entries) = scope.new_collection::<Fact, i64>();
-        let (snapshot_in, snapshot) = scope.new_collection::<Key, Totals>();
-        let (probe, _) = entries
-            .explode(|(key, credit, debit)| Some((key, (credit, debit, 1i64))))
-            .concat(snapshot)
+    let (mut totals, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        // Each key with its totals as the diff: differential's accumulation is the sum.
+        let (totals_in, totals) = scope.new_collection::<Key, Totals>();
+        let (probe, _) = totals
             .count()
             .inspect(move |((key, totals), _time, diff)| {
                 let mut changes = sink.borrow_mut();
-                let d = changes.entry(key.clone()).or_insert((0, 0, 0));
+                let d = changes.entry(*key).or_insert((0, 0, 0));
                 let w = *diff as i64;
                 *d = (d.0 + totals.0 * w, d.1 + totals.1 * w, d.2 + totals.2 * w);
             })
             .probe();
-        (entries_in, snapshot_in, probe)
+        (totals_in, probe)
     });
 
-    for (key, totals) in seed {
-        snapshot.update(key, totals);
+    for (key, t) in seed {
+        totals.update(key, t);
     }
     let mut epoch: u64 = 0;
-    let mut advance =
-        |entries: &mut differential_dataflow::input::InputSession<u64, Fact, i64>,
-         snapshot: &mut differential_dataflow::input::InputSession<u64, Key, Totals>| {
-            epoch += 1;
-            entries.advance_to(epoch);
-            snapshot.advance_to(epoch);
-            entries.flush();
-            snapshot.flush();
-            worker.step_while(|| probe.less_than(&epoch));
-        };
-    advance(&mut entries, &mut snapshot);
+    let mut advance = |totals: &mut differential_dataflow::input::InputSession<u64, Key, Totals>| {
+        epoch += 1;
+        totals.advance_to(epoch);
+        totals.flush();
+        worker.step_while(|| probe.less_than(&epoch));
+    };
+    advance(&mut totals);
     changes.borrow_mut().clear();
 
-    while let Some(Command::Apply(facts, reply)) = rx.blocking_recv() {
-        for fact in facts {
-            entries.update(fact, 1);
+    while let Some(Command::Apply(sums, reply)) = rx.blocking_recv() {
+        for (key, t) in sums {
+            totals.update(key, t);
         }
-        advance(&mut entries, &mut snapshot);
+        advance(&mut totals);
         let out =
             std::mem::take(&mut *changes.borrow_mut()).into_iter().filter(|(_, delta)| *delta != (0, 0, 0)).collect();
         let _ = reply.send(out);

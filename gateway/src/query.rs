@@ -199,10 +199,16 @@ async fn monthly(
         return Err(Problem::validation(vec![FieldError::new("ano", "is required: a year from 1900 to 9999")]));
     };
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
-    let rows = state.store.daily(&principal.merchant_id, de, ate).await.map_err(store_unavailable)?;
-    let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(store_unavailable)?;
+    let rows = state
+        .store
+        .daily(&principal.merchant_id, de, ate, &state.consolidate_group)
+        .await
+        .map_err(store_unavailable)?;
     let meses = monthly_series(year, rows.opening_cents, &rows.days);
-    Ok(answer(Mensal { comerciante: principal.merchant_id, ano: year, atualizado_ate, meses }, fresh))
+    Ok(answer(
+        Mensal { comerciante: principal.merchant_id, ano: year, atualizado_ate: rows.consolidated_at, meses },
+        fresh,
+    ))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -326,8 +332,8 @@ async fn consolidado(
     de: BusinessDate,
     ate: BusinessDate,
 ) -> Result<Consolidado, Problem> {
-    let rows = state.store.daily(&merchant, de, ate).await.map_err(store_unavailable)?;
-    let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(store_unavailable)?;
+    let rows = state.store.daily(&merchant, de, ate, &state.consolidate_group).await.map_err(store_unavailable)?;
+    let atualizado_ate = rows.consolidated_at;
     let consolidated_on = atualizado_ate.as_deref().and_then(|t| t.get(..10)).and_then(|d| d.parse().ok());
     Ok(Consolidado {
         comerciante: merchant,

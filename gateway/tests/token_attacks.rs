@@ -448,7 +448,12 @@ async fn merchant_a_cannot_read_or_write_merchant_b_by_any_means() {
     // B's data is untouched.
     let b_day = g
         .store
-        .daily(&MerchantId::parse("loja-b").unwrap(), "2026-01-10".parse().unwrap(), "2026-01-10".parse().unwrap())
+        .daily(
+            &MerchantId::parse("loja-b").unwrap(),
+            "2026-01-10".parse().unwrap(),
+            "2026-01-10".parse().unwrap(),
+            "cashflow-consolidate",
+        )
         .await
         .unwrap();
     assert_eq!(b_day.days.len(), 1);

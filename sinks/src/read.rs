@@ -15,6 +15,8 @@ pub struct DailyRows {
     /// Sum of every `saldo_do_dia` before the range.
     pub opening_cents: i64,
     pub days: BTreeMap<BusinessDate, DayTotals>,
+    /// When the consumer group last committed, if ever (RFC 3339).
+    pub consolidated_at: Option<String>,
 }
 
 fn totals(row: &AnyRow, from: usize) -> Result<DayTotals, StoreError> {
@@ -86,32 +88,43 @@ impl Store {
             .collect()
     }
 
-    /// The merchant's daily totals in `[de, ate]` and the balance before `de`.
+    /// The merchant's daily totals in `[de, ate]`, the balance before `de`, and when `group`
+    /// last committed: one round trip (a row per day, then the opening row, then the commit time).
     pub async fn daily(
         &self,
         merchant: &MerchantId,
         de: BusinessDate,
         ate: BusinessDate,
+        group: &str,
     ) -> Result<DailyRows, StoreError> {
-        let opening = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(creditos_cents - debitos_cents), 0) AS BIGINT) \
-             FROM consolidado_diario WHERE merchant_id = $1 AND data < $2",
-        )
-        .bind(merchant.to_string())
-        .bind(de.to_string())
-        .fetch_one(&self.pool)
-        .await?;
         let rows = sqlx::query(
-            "SELECT data, creditos_cents, debitos_cents, quantidade FROM consolidado_diario \
-             WHERE merchant_id = $1 AND data >= $2 AND data <= $3 ORDER BY data",
+            "SELECT CAST(0 AS BIGINT), data, creditos_cents, debitos_cents, quantidade FROM consolidado_diario \
+             WHERE merchant_id = $1 AND data >= $2 AND data <= $3 \
+             UNION ALL \
+             SELECT CAST(1 AS BIGINT), NULL, CAST(COALESCE(SUM(creditos_cents - debitos_cents), 0) AS BIGINT), \
+             CAST(0 AS BIGINT), CAST(0 AS BIGINT) FROM consolidado_diario WHERE merchant_id = $1 AND data < $2 \
+             UNION ALL \
+             SELECT CAST(2 AS BIGINT), MAX(updated_at), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+             FROM consumer_progress WHERE consumer_group = $4 \
+             ORDER BY 1, 2",
         )
         .bind(merchant.to_string())
         .bind(de.to_string())
         .bind(ate.to_string())
+        .bind(group.to_owned())
         .fetch_all(&self.pool)
         .await?;
-        let days = rows.iter().map(|r| Ok((date(r, 0)?, totals(r, 1)?))).collect::<Result<_, StoreError>>()?;
-        Ok(DailyRows { opening_cents: opening.try_get(0)?, days })
+        let mut out = DailyRows::default();
+        for r in &rows {
+            match r.try_get::<i64, _>(0)? {
+                0 => {
+                    out.days.insert(date(r, 1)?, totals(r, 2)?);
+                }
+                1 => out.opening_cents = r.try_get(2)?,
+                _ => out.consolidated_at = r.try_get(1)?,
+            }
+        }
+        Ok(out)
     }
 
     /// When `group` last committed, if ever (RFC 3339).

@@ -176,7 +176,7 @@ impl Pipeline {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let mut command = self.cashflow();
         command.args(role.args());
-        if role == Role::SecondConsolidator {
+        if matches!(role, Role::Consolidate | Role::SecondConsolidator | Role::Retry) {
             command.arg("--listen").arg(self.stages[&role].trim_start_matches("http://"));
         }
         let child = command
