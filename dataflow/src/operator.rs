@@ -1,11 +1,11 @@
 //! The daily consolidation as a differential dataflow, run by one timely worker on its own thread.
 //!
 //! Each epoch's entries are summed per (merchant, day, category) and enter with those sums as
-//! the diff `(credits, debits, count)`, so the per-key total is kept by differential's own
-//! accumulation rather than by a hand-written reduce. Each epoch is one timestamp: the input
-//! advances past it, the worker steps until the probe passes it, and each changed (merchant, day,
-//! category) comes out as the difference between its new and old totals. A day's change is the
-//! sum of its categories' changes ([`daily`]).
+//! the diff `(credits, debits, count)`; an arrangement keeps each key's totals by differential's
+//! own accumulation, compacted to one update per key as epochs complete. Each epoch is one
+//! timestamp: the input advances past it and the worker steps until the arrangement has taken
+//! it. Since totals add up, a key's change in an epoch (new totals minus old) is the epoch's
+//! update of it. A day's change is the sum of its categories' changes ([`daily`]).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +15,10 @@ use std::thread::JoinHandle;
 
 use cashflow_core::{BusinessDate, DayTotals, Lancamento, MerchantId};
 use differential_dataflow::input::Input;
+use differential_dataflow::operators::arrange::Arranged;
+use differential_dataflow::trace::TraceReader;
+use timely::dataflow::operators::Probe;
+use timely::progress::frontier::AntichainRef;
 use tokio::sync::{mpsc, oneshot};
 
 /// (merchant, days since 1970-01-01, category), the names as numbers from a [`Dictionary`]: a
@@ -171,22 +175,22 @@ impl Drop for Consolidator {
 
 /// Builds the dataflow (the one place that does) and serves commands until the channel closes.
 fn run_worker(worker: &mut timely::worker::Worker, seed: Vec<(Key, Totals)>, mut rx: mpsc::Receiver<Command>) {
-    // Per key, the new totals minus the old: differential's own output diffs, weighted.
+    // Per key, this epoch's change of its totals: the epoch's update itself, since totals add up.
     let changes: Rc<RefCell<BTreeMap<Key, Totals>>> = Rc::default();
     let sink = Rc::clone(&changes);
-    let (mut totals, probe) = worker.dataflow::<u64, _, _>(|scope| {
-        // Each key with its totals as the diff: differential's accumulation is the sum.
+    let (mut totals, probe, mut trace) = worker.dataflow::<u64, _, _>(|scope| {
+        // Each key with its totals as the diff: the arrangement's accumulation is the sum, kept
+        // compacted to one update per key.
         let (totals_in, totals) = scope.new_collection::<Key, Totals>();
-        let (probe, _) = totals
-            .count()
-            .inspect(move |((key, totals), _time, diff)| {
+        let Arranged { stream, trace } = totals
+            .inspect(move |(key, _time, delta)| {
                 let mut changes = sink.borrow_mut();
                 let d = changes.entry(*key).or_insert((0, 0, 0));
-                let w = *diff as i64;
-                *d = (d.0 + totals.0 * w, d.1 + totals.1 * w, d.2 + totals.2 * w);
+                *d = (d.0 + delta.0, d.1 + delta.1, d.2 + delta.2);
             })
-            .probe();
-        (totals_in, probe)
+            .arrange_by_self();
+        let (probe, _) = stream.probe();
+        (totals_in, probe, trace)
     });
 
     for (key, t) in seed {
@@ -198,6 +202,9 @@ fn run_worker(worker: &mut timely::worker::Worker, seed: Vec<(Key, Totals)>, mut
         totals.advance_to(epoch);
         totals.flush();
         worker.step_while(|| probe.less_than(&epoch));
+        // Nobody reads past times: every key's updates may merge into one.
+        trace.set_logical_compaction(AntichainRef::new(&[epoch]));
+        trace.set_physical_compaction(AntichainRef::new(&[epoch]));
     };
     advance(&mut totals);
     changes.borrow_mut().clear();
