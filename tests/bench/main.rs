@@ -2,7 +2,7 @@
 //! one data set, on this machine. Prints a table (or `--json`); asserts nothing about time.
 //!
 //! ```text
-//! cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--json]
+//! cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--json]
 //! ```
 //!
 //! It starts its own PostgreSQL cluster (default durability: fsync on) and the real `cashflow`
@@ -17,7 +17,9 @@
 //! 6. the store's raw write rate: COPY of the same entries into a copy of the entries table;
 //! 7. ingest through the HTTP API (`cashflow loadgen`): batches, and single POSTs at 2k/s;
 //! 8. balance queries over 31 days at 5k/s;
-//! 9. freshness at 1k entries/s: POST, then read the balance with `aguardar`, until visible.
+//! 9. freshness at 1k entries/s: POST, then read the balance with `aguardar`, until visible;
+//! 10. with `--soak S`: entries at 1k/s for S seconds, the RSS of the consolidator and of the
+//!     gateway sampled every 10 s (first and last minute, and the trend after the first minute).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -55,12 +57,13 @@ struct Args {
     merchants: u64,
     days: u64,
     seconds: f64,
+    soak: f64,
     json: bool,
 }
 
 impl Args {
     fn parse() -> Args {
-        let mut a = Args { entries: 1_000_000, merchants: 10_000, days: 365, seconds: 20.0, json: false };
+        let mut a = Args { entries: 1_000_000, merchants: 10_000, days: 365, seconds: 20.0, soak: 0.0, json: false };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
             let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -70,6 +73,7 @@ impl Args {
                 "--merchants" => a.merchants = value().parse().expect("--merchants N"),
                 "--days" => a.days = value().parse().expect("--days N"),
                 "--seconds" => a.seconds = value().parse().expect("--seconds S"),
+                "--soak" => a.soak = value().parse().expect("--soak S"),
                 "--json" => a.json = true,
                 other => panic!("unknown flag {other}; see the header of tests/bench/main.rs"),
             }
@@ -214,6 +218,10 @@ async fn run(args: &Args) -> Report {
     p.launch(Role::Consolidate).await;
     wait_consolidated(&mut db, kafka, Duration::from_secs(600)).await;
     freshness(&p, args, &mut report).await;
+    if args.soak > 0.0 {
+        eprintln!("10. soak: 1k entries/s for {} s", args.soak);
+        soak(&p, args, &mut report).await;
+    }
     p.stop().await;
     report
 }
@@ -549,4 +557,54 @@ async fn freshness(p: &Pipeline, args: &Args, report: &mut Report) {
     report.add("freshness at 1k/s p99 (POST to visible)", h.value_at_quantile(0.99) as f64 / 1000.0, "ms");
     report.add("freshness probes", h.len() as f64, "probes");
     report.add("freshness failures (non-202, stale or error)", failures.load(Ordering::Relaxed) as f64, "requests");
+}
+
+/// Entries at 1k/s for `--soak` seconds while the consolidator's and the gateway's RSS are
+/// sampled every 10 s.
+async fn soak(p: &Pipeline, args: &Args, report: &mut Report) {
+    let mut load = p
+        .cashflow()
+        .args(["loadgen", "--target", &p.api.base, "--duration", &args.soak.to_string(), "--json"])
+        .args(["--merchants", "50", "--days", &args.days.to_string(), "--rate", "1000", "--mix", "ingest=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let targets = [("consolidator", p.stages[&Role::Consolidate].clone()), ("gateway", p.api.base.clone())];
+    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); targets.len()];
+    let started = Instant::now();
+    while load.try_wait().unwrap().is_none() {
+        for (i, (_, base)) in targets.iter().enumerate() {
+            let rss = p.api.metrics(base).await.must("process_resident_memory_bytes") / 1e6;
+            samples[i].push((started.elapsed().as_secs_f64() / 60.0, rss));
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let out = load.wait_with_output().unwrap();
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let errors = summary["operations"]["ingest"]["errors"]
+        .as_object()
+        .map_or(f64::NAN, |e| e.values().filter_map(Value::as_f64).fold(0.0, |a, b| a + b));
+    report.add("soak: entries accepted", summary["entries_accepted"].as_f64().unwrap_or(f64::NAN), "entries");
+    report.add("soak: errors", errors, "requests");
+    for ((name, _), points) in targets.iter().zip(&samples) {
+        let minute = |from: f64, to: f64| {
+            let v: Vec<f64> = points.iter().filter(|(t, _)| (from..to).contains(t)).map(|p| p.1).collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        let end = points.last().map_or(0.0, |p| p.0);
+        report.add(&format!("soak: {name} RSS, first minute"), minute(0.0, 1.0), "MB");
+        report.add(&format!("soak: {name} RSS, last minute"), minute(end - 1.0, end + 1.0), "MB");
+        let warm: Vec<(f64, f64)> = points.iter().copied().filter(|(t, _)| *t >= 1.0).collect();
+        report.add(&format!("soak: {name} RSS trend after the first minute"), slope(&warm), "MB/min");
+    }
+}
+
+/// The least-squares slope of `points`.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let cov: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    cov / var
 }
