@@ -265,17 +265,23 @@ async fn raw_produce(kafka: impl Fn(&mut ClientConfig), records: &[(String, Vec<
     report.add("raw producer records/s", records.len() as f64 / started.elapsed().as_secs_f64(), "records/s");
 }
 
-fn raw_consume(kafka: impl Fn(&mut ClientConfig), want: u64, report: &mut Report) {
+/// A consumer of the topic from its start, in its own group.
+fn subscribed(kafka: impl Fn(&mut ClientConfig), group: &str) -> BaseConsumer {
     let mut c = ClientConfig::new();
     kafka(&mut c);
     let consumer: BaseConsumer = c
-        .set("group.id", "bench-raw")
+        .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
         .create()
         .unwrap();
     consumer.subscribe(&[TOPIC]).unwrap();
+    consumer
+}
+
+fn raw_consume(kafka: impl Fn(&mut ClientConfig), want: u64, report: &mut Report) {
+    let consumer = subscribed(kafka, "bench-raw");
     let (mut read, mut started) = (0u64, None);
     let deadline = Instant::now() + Duration::from_secs(900);
     while read < want && Instant::now() < deadline {
@@ -349,15 +355,7 @@ async fn naive(kafka: impl Fn(&mut ClientConfig), db: &mut PgConnection, args: &
             .await
             .unwrap();
     }
-    let mut c = ClientConfig::new();
-    kafka(&mut c);
-    let consumer: BaseConsumer = c
-        .set("group.id", "bench-naive")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[TOPIC]).unwrap();
+    let consumer = subscribed(kafka, "bench-naive");
     let (mut done, mut started) = (0u64, None::<Instant>);
     let limit = Duration::from_secs_f64(args.seconds * 3.0);
     while done < args.entries && started.is_none_or(|s| s.elapsed() < limit) {
@@ -451,6 +449,12 @@ async fn raw_copy(db: &mut PgConnection, entries: &[Lancamento], report: &mut Re
     report.add("raw COPY rows/s", rows as f64 / started.elapsed().as_secs_f64(), "rows/s");
 }
 
+/// Requests of `op` that failed, by any status, in a loadgen summary (NaN if it has no such op).
+fn errors(summary: &Value, op: &str) -> f64 {
+    let errors = summary["operations"][op]["errors"].as_object();
+    errors.map_or(f64::NAN, |e| e.values().filter_map(Value::as_f64).fold(0.0, |a, b| a + b))
+}
+
 /// `cashflow loadgen ... --json`.
 fn loadgen(p: &Pipeline, args: &Args, extra: &[&str]) -> Value {
     let out = p
@@ -466,10 +470,6 @@ fn loadgen(p: &Pipeline, args: &Args, extra: &[&str]) -> Value {
 
 fn http_load(p: &Pipeline, args: &Args, report: &mut Report) {
     let op = |v: &Value, name: &str, field: &str| v["operations"][name][field].as_f64().unwrap_or(f64::NAN);
-    let errors = |v: &Value, name: &str| -> f64 {
-        let errors = v["operations"][name]["errors"].as_object();
-        errors.map_or(0.0, |e| e.values().filter_map(Value::as_f64).fold(0.0, |a, b| a + b))
-    };
     let batch = loadgen(p, args, &["--connections", "8", "--mix", "batch=1", "--batch-size", "1000"]);
     report.add("batch ingest entries/s", batch["entries_per_second"].as_f64().unwrap(), "entries/s");
     report.add("batch ingest p99 (1,000 entries)", op(&batch, "batch", "p99_ms"), "ms");
@@ -582,11 +582,8 @@ async fn soak(p: &Pipeline, args: &Args, report: &mut Report) {
     }
     let out = load.wait_with_output().unwrap();
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let errors = summary["operations"]["ingest"]["errors"]
-        .as_object()
-        .map_or(f64::NAN, |e| e.values().filter_map(Value::as_f64).fold(0.0, |a, b| a + b));
     report.add("soak: entries accepted", summary["entries_accepted"].as_f64().unwrap_or(f64::NAN), "entries");
-    report.add("soak: errors", errors, "requests");
+    report.add("soak: errors", errors(&summary, "ingest"), "requests");
     for ((name, _), points) in targets.iter().zip(&samples) {
         let minute = |from: f64, to: f64| {
             let v: Vec<f64> = points.iter().filter(|(t, _)| (from..to).contains(t)).map(|p| p.1).collect();
