@@ -9,7 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 
 use crate::config::PipelineConfig;
 
@@ -90,8 +90,17 @@ impl ClientContext for RebalanceWatch {}
 
 impl ConsumerContext for RebalanceWatch {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Assign(_) | Rebalance::Revoke(_)) {
-            self.changed.store(true, Ordering::SeqCst);
+        let partitions = |tpl: &TopicPartitionList| {
+            tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(partitions = %partitions(tpl), "partitions assigned"),
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = %partitions(tpl), "partitions revoked"),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance failed");
+                return;
+            }
         }
+        self.changed.store(true, Ordering::SeqCst);
     }
 }

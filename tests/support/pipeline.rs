@@ -331,6 +331,11 @@ impl Pipeline {
         partitions.iter().map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)).unwrap().1).sum()
     }
 
+    /// The pid of a running stage's process.
+    pub fn pid(&self, role: Role) -> u32 {
+        self.children[&role].id()
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("cashflow.log")
     }
@@ -371,6 +376,11 @@ impl Drop for Pipeline {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- cashflow log (last lines) ---\n{}", self.log_tail());
+            // A failed run keeps its data dir (the whole log, the broker's and store's files).
+            if let Ok(empty) = tempfile::TempDir::new() {
+                let kept = std::mem::replace(&mut self.dir, empty).keep();
+                eprintln!("--- kept for diagnosis: {} ---", kept.display());
+            }
         }
         for (_, mut child) in std::mem::take(&mut self.children) {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
