@@ -1,18 +1,26 @@
 //! Issuing and validating access tokens. The algorithm is pinned to EdDSA: a token that names any
 //! other algorithm (`none`, HS256 with the public key, …) is rejected before its signature is read.
+//!
+//! A client sends the same token with every request until it expires, and an Ed25519 verification
+//! costs tens of microseconds: the validator remembers each token it verified, until the token's
+//! own expiry, and checks on every use that its signing key is still known.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cashflow_core::MerchantId;
 use cashflow_core::http::Principal;
-use jsonwebtoken::{Algorithm, Header, Validation, decode, decode_header, encode};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, decode, decode_header, encode};
+use moka::Expiry;
+use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 
 use crate::{JwksCache, KeyRing, KeyStore};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;
+/// How many bytes of verified tokens a validator remembers.
+const VERIFIED_BYTES: u64 = 64 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -112,6 +120,26 @@ pub enum KeySource {
 pub struct Validator {
     source: KeySource,
     validation: Validation,
+    verified: Cache<Arc<str>, Verified>,
+}
+
+/// A token that passed every check, and until when it passes.
+#[derive(Clone)]
+struct Verified {
+    principal: Principal,
+    kid: Arc<str>,
+    /// `exp` plus the leeway, in Unix seconds.
+    valid_until: i64,
+}
+
+/// Forgets a verified token when it would stop validating.
+struct UntilExpiry;
+
+impl Expiry<Arc<str>, Verified> for UntilExpiry {
+    fn expire_after_create(&self, _: &Arc<str>, v: &Verified, _: Instant) -> Option<Duration> {
+        let left = v.valid_until - chrono::Utc::now().timestamp();
+        Some(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
+    }
 }
 
 impl Validator {
@@ -123,25 +151,46 @@ impl Validator {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        Validator { source, validation }
+        let verified = Cache::builder()
+            .max_capacity(VERIFIED_BYTES)
+            .weigher(|token: &Arc<str>, v: &Verified| {
+                let principal = v.principal.subject.len() + v.principal.scopes.iter().map(String::len).sum::<usize>();
+                u32::try_from(token.len() + principal + 256).unwrap_or(u32::MAX)
+            })
+            .expire_after(UntilExpiry)
+            .build();
+        Validator { source, validation, verified }
     }
 
     pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(v) = self.verified.get(token)
+            && chrono::Utc::now().timestamp() <= v.valid_until
+            && self.key(&v.kid).await.is_some()
+        {
+            return Ok(v.principal);
+        }
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::Algorithm);
         }
         let kid = header.kid.ok_or(AuthError::UnknownKey)?;
-        let key = match &self.source {
-            KeySource::Local(keys) => keys.current().decoding_key(&kid).cloned(),
-            KeySource::Jwks(cache) => cache.key(&kid).await,
-        };
-        let key = key.ok_or(AuthError::UnknownKey)?;
+        let key = self.key(&kid).await.ok_or(AuthError::UnknownKey)?;
         let data = decode::<Claims>(token, &key, &self.validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
         let merchant_id =
             MerchantId::parse(&c.merchant_id).map_err(|e| AuthError::Invalid(format!("merchant_id {e}")))?;
-        Ok(Principal { subject: c.sub, merchant_id, scopes: c.scope.split_whitespace().map(str::to_owned).collect() })
+        let principal =
+            Principal { subject: c.sub, merchant_id, scopes: c.scope.split_whitespace().map(str::to_owned).collect() };
+        let valid_until = c.exp.saturating_add(LEEWAY_SECS as i64);
+        self.verified.insert(token.into(), Verified { principal: principal.clone(), kid: kid.into(), valid_until });
+        Ok(principal)
+    }
+
+    async fn key(&self, kid: &str) -> Option<DecodingKey> {
+        match &self.source {
+            KeySource::Local(keys) => keys.current().decoding_key(kid).cloned(),
+            KeySource::Jwks(cache) => cache.key(kid).await,
+        }
     }
 }
 
@@ -189,6 +238,49 @@ mod tests {
         let none = format!("{}.{}.", e.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
         assert!(matches!(validator.validate(&none).await, Err(AuthError::Malformed | AuthError::Algorithm)));
         assert!(matches!(validator.validate("garbage").await, Err(AuthError::Malformed)));
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_remembered_only_until_it_would_expire() {
+        let (_d, issuer, validator) = setup();
+        let token = issuer.issue("ana", "loja-1", &[]).unwrap();
+        let principal = validator.validate(&token).await.unwrap();
+        let remembered = validator.verified.get(token.as_str()).unwrap();
+        let exp = decode::<Claims>(&token, &validator.key(&remembered.kid).await.unwrap(), &validator.validation)
+            .unwrap()
+            .claims
+            .exp;
+        assert_eq!(remembered.valid_until, exp + LEEWAY_SECS as i64);
+        assert_eq!(remembered.principal, principal);
+
+        // A hit answers without reading the token again: a remembered entry is trusted as such…
+        let now = chrono::Utc::now().timestamp();
+        let forged = Verified { valid_until: now + 60, ..remembered.clone() };
+        validator.verified.insert("not.a.token".into(), forged.clone());
+        assert_eq!(validator.validate("not.a.token").await.unwrap(), principal);
+        // …only while it would still validate…
+        validator.verified.insert("not.a.token".into(), Verified { valid_until: now - 1, ..forged.clone() });
+        assert!(matches!(validator.validate("not.a.token").await, Err(AuthError::Malformed)));
+        // …and while its key is known.
+        validator.verified.insert("not.a.token".into(), Verified { kid: "k-gone".into(), ..forged });
+        assert!(matches!(validator.validate("not.a.token").await, Err(AuthError::Malformed)));
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_fails_once_its_key_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyStore::open(dir.path(), key_overlap(60)).unwrap();
+        let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", 60);
+        let validator = Validator::new(KeySource::Local(Arc::clone(&keys)), "cashflow", "cashflow-api");
+        let token = issuer.issue("ana", "loja-1", &[]).unwrap();
+        validator.validate(&token).await.unwrap();
+
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+        KeyRing::create_key(dir.path(), chrono::Utc::now() + chrono::Duration::seconds(1)).unwrap();
+        *keys.loaded.lock().unwrap() -= crate::keys::RELOAD_EVERY;
+        assert!(matches!(validator.validate(&token).await, Err(AuthError::UnknownKey)));
     }
 
     #[tokio::test]

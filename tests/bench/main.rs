@@ -14,11 +14,15 @@
 //! 4. consolidation: `cashflow run consolidate`, from the first commit to the last offset stored,
 //!    checked against the data set (every entry counted once);
 //! 5. the naive design: one consumer, one transaction per entry (insert it, upsert its day);
-//! 6. the store's raw write rate: COPY of the same entries into a copy of the entries table;
-//! 7. ingest through the HTTP API (`cashflow loadgen`): batches, and single POSTs at 2k/s;
-//! 8. balance queries over 31 days at 5k/s;
-//! 9. freshness at 1k entries/s: POST, then read the balance with `aguardar`, until visible;
-//! 10. with `--soak S`: entries at 1k/s for S seconds, the RSS of the consolidator and of the
+//! 6. the store's raw write rate: COPY of the same entries into a copy of the entries table; and
+//!    both ceilings at once: the topic consumed and COPYed into the store, no other processing;
+//!    phases 2, 3, 4 and 6 also give each process's CPU time per entry (from /proc), which says
+//!    where a stage's time goes;
+//! 7. the raw producer's ack latency, one record at a time at 2k/s (a single POST's floor);
+//! 8. ingest through the HTTP API (`cashflow loadgen`): batches, and single POSTs at 2k/s;
+//! 9. balance queries over 31 days at 5k/s;
+//! 10. freshness at 1k entries/s: POST, then read the balance with `aguardar`, until visible;
+//! 11. with `--soak S`: entries at 1k/s for S seconds, the RSS of the consolidator and of the
 //!     gateway sampled every 10 s (first and last minute, and the trend after the first minute).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -32,6 +36,8 @@ use std::time::{Duration, Instant};
 use cashflow_core::{BusinessDate, EntryId, Lancamento, MerchantId, Money, Tipo};
 use cashflow_tests::{PgCluster, Pipeline, Role, Store};
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -139,6 +145,11 @@ fn main() {
             "≥ 0.8",
         ),
         (
+            "consolidation / raw consume + COPY at once",
+            report.get("consolidation entries/s") / report.get("raw consume + COPY at once rows/s"),
+            "(both ceilings sharing the machine)",
+        ),
+        (
             "batch ingest / raw producer",
             report.get("batch ingest entries/s") / report.get("raw producer records/s"),
             "≥ 0.8",
@@ -189,37 +200,54 @@ async fn run(args: &Args) -> Report {
     p.launch(Role::Consolidate).await;
     p.interrupt(Role::Consolidate).await;
 
+    let (bench, broker, postgres) = (std::process::id(), p.pid(Role::Broker), pg.pid());
+    let entries_n = args.entries as f64;
+
     eprintln!("2. raw producer");
+    let cpu = CpuMeter::start(&[("broker", broker), ("client", bench)]);
     let encoded: Vec<(String, Vec<u8>)> = entries.iter().map(|e| (e.merchant_id.to_string(), e.encode())).collect();
     raw_produce(kafka, &encoded, &mut report).await;
     drop(encoded);
+    cpu.report("raw producer", entries_n, &mut report);
 
     eprintln!("3. raw consumer");
+    let cpu = CpuMeter::start(&[("broker", broker), ("client", bench)]);
     raw_consume(kafka, args.entries, &mut report);
+    cpu.report("raw consume", entries_n, &mut report);
 
     eprintln!("4. consolidation (cashflow run consolidate)");
     let mut db = PgConnection::connect(&pg.url()).await.unwrap();
-    consolidation(&mut p, &mut db, &entries, &mut report).await;
+    let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres)]);
+    consolidation(&mut p, &mut db, &entries, cpu, &mut report).await;
 
     eprintln!("5. the naive design: a transaction per entry");
     naive(kafka, &mut db, args, &mut report).await;
 
     eprintln!("6. raw COPY into the store");
+    let cpu = CpuMeter::start(&[("PostgreSQL", postgres), ("client", bench)]);
     raw_copy(&mut db, &entries, &mut report).await;
+    cpu.report("raw COPY", entries_n, &mut report);
+    let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres), ("client", bench)]);
+    raw_pipeline(kafka, &mut db, args.entries, &mut report).await;
+    cpu.report("raw consume + COPY at once", entries_n, &mut report);
+
+    eprintln!("7. raw producer latency at 2k/s");
+    raw_produce_latency(kafka, &entries, args.seconds, &mut report).await;
     drop(entries);
 
-    eprintln!("7-8. ingest and balance queries through the HTTP API");
+    eprintln!("8-9. ingest and balance queries through the HTTP API");
     p.launch(Role::Gateway).await;
-    http_load(&p, args, &mut report);
+    let processes = [("gateway", p.pid(Role::Gateway)), ("broker", broker), ("PostgreSQL", postgres), ("loadgen", bench)];
+    http_load(&p, args, &processes, &mut report);
 
-    eprintln!("9. freshness at 1k entries/s");
+    eprintln!("10. freshness at 1k entries/s");
     // A port chosen at the start may have served as a client port since: take a fresh one.
     p.stages.insert(Role::Consolidate, format!("http://127.0.0.1:{}", cashflow_tests::free_port()));
     p.launch(Role::Consolidate).await;
     wait_consolidated(&mut db, kafka, Duration::from_secs(600)).await;
     freshness(&p, args, &mut report).await;
     if args.soak > 0.0 {
-        eprintln!("10. soak: 1k entries/s for {} s", args.soak);
+        eprintln!("11. soak: 1k entries/s for {} s", args.soak);
         soak(&p, args, &mut report).await;
     }
     p.stop().await;
@@ -265,6 +293,45 @@ async fn raw_produce(kafka: impl Fn(&mut ClientConfig), records: &[(String, Vec<
     report.add("raw producer records/s", records.len() as f64 / started.elapsed().as_secs_f64(), "records/s");
 }
 
+/// Records one at a time at 2k/s, with ingest's producer settings, to a topic of their own, each
+/// timed from its scheduled send to its ack: what the broker gives a single POST at best.
+async fn raw_produce_latency(
+    kafka: impl Fn(&mut ClientConfig),
+    entries: &[Lancamento],
+    seconds: f64,
+    report: &mut Report,
+) {
+    const LATENCY_TOPIC: &str = "bench.latency";
+    let mut c = ClientConfig::new();
+    kafka(&mut c);
+    let admin: AdminClient<DefaultClientContext> = c.create().unwrap();
+    let topic = NewTopic::new(LATENCY_TOPIC, 6, TopicReplication::Fixed(1));
+    for r in admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap() {
+        r.unwrap();
+    }
+    let producer: FutureProducer =
+        c.set("acks", "all").set("linger.ms", "2").set("enable.idempotence", "false").create().unwrap();
+    let hist = Arc::new(std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new(3).unwrap()));
+    let n = ((seconds * 2000.0) as usize).min(entries.len());
+    let started = tokio::time::Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for (i, e) in entries[..n].iter().enumerate() {
+        let at = started + Duration::from_micros(i as u64 * 500);
+        tokio::time::sleep_until(at).await;
+        let (producer, hist, key, payload) =
+            (producer.clone(), Arc::clone(&hist), e.merchant_id.to_string(), e.encode());
+        sends.spawn(async move {
+            let record = FutureRecord::to(LATENCY_TOPIC).key(&key).payload(&payload);
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+            hist.lock().unwrap().record(at.elapsed().as_micros() as u64).unwrap();
+        });
+    }
+    sends.join_all().await;
+    let hist = hist.lock().unwrap();
+    report.add("raw producer at 2k/s p50 (ack latency)", hist.value_at_quantile(0.5) as f64 / 1e3, "ms");
+    report.add("raw producer at 2k/s p99 (ack latency)", hist.value_at_quantile(0.99) as f64 / 1e3, "ms");
+}
+
 /// A consumer of the topic from its start, in its own group.
 fn subscribed(kafka: impl Fn(&mut ClientConfig), group: &str) -> BaseConsumer {
     let mut c = ClientConfig::new();
@@ -295,6 +362,60 @@ fn raw_consume(kafka: impl Fn(&mut ClientConfig), want: u64, report: &mut Report
     report.add("raw consume records/s", want as f64 / started.unwrap().elapsed().as_secs_f64(), "records/s");
 }
 
+/// CPU time per entry of process trees over one phase, from /proc: where a stage's time goes.
+struct CpuMeter {
+    trees: Vec<(&'static str, u32, f64)>,
+}
+
+impl CpuMeter {
+    fn start(trees: &[(&'static str, u32)]) -> CpuMeter {
+        let mut meter = CpuMeter { trees: Vec::new() };
+        for &(name, pid) in trees {
+            meter.add(name, pid);
+        }
+        meter
+    }
+
+    fn add(&mut self, name: &'static str, pid: u32) {
+        self.trees.push((name, pid, cpu_seconds(pid)));
+    }
+
+    /// Reports the CPU time per item (entry or request) of each process since the start.
+    fn report(self, phase: &str, items: f64, report: &mut Report) {
+        for (name, pid, start) in self.trees {
+            let micros = (cpu_seconds(pid) - start) / items * 1e6;
+            report.add(&format!("{phase}: CPU per item, {name}"), micros, "µs");
+        }
+    }
+}
+
+/// CPU seconds (user and system) of a process, its live descendants and the children it reaped.
+fn cpu_seconds(root: u32) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    // (pid, parent, ticks): fields 4 and 14-17 of /proc/<pid>/stat, counted after the `(comm)`.
+    let procs: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = [11, 12, 13, 14].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+            Some((pid, fields.get(1)?.parse().ok()?, ticks))
+        })
+        .collect();
+    let (mut todo, mut total) = (vec![root], 0);
+    while let Some(pid) = todo.pop() {
+        for &(p, parent, ticks) in &procs {
+            if p == pid {
+                total += ticks;
+            } else if parent == pid {
+                todo.push(p);
+            }
+        }
+    }
+    total as f64 / ticks
+}
+
 /// Sum of the stored next offsets of a group.
 async fn progress(db: &mut PgConnection, group: &str) -> i64 {
     sqlx::query("SELECT COALESCE(SUM(next_offset), 0)::BIGINT FROM consumer_progress WHERE consumer_group = $1")
@@ -305,10 +426,17 @@ async fn progress(db: &mut PgConnection, group: &str) -> i64 {
         .get(0)
 }
 
-async fn consolidation(p: &mut Pipeline, db: &mut PgConnection, entries: &[Lancamento], report: &mut Report) {
+async fn consolidation(
+    p: &mut Pipeline,
+    db: &mut PgConnection,
+    entries: &[Lancamento],
+    mut cpu: CpuMeter,
+    report: &mut Report,
+) {
     let want = entries.len() as i64;
     let group = "cashflow-consolidate";
     p.launch(Role::Consolidate).await;
+    cpu.add("consolidator", p.pid(Role::Consolidate));
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut first: Option<(Instant, i64)> = None;
     loop {
@@ -325,6 +453,7 @@ async fn consolidation(p: &mut Pipeline, db: &mut PgConnection, entries: &[Lanca
     let (t0, at_first) = first.unwrap();
     let rate = (want - at_first) as f64 / t0.elapsed().as_secs_f64();
     report.add("consolidation entries/s", rate, "entries/s");
+    cpu.report("consolidation", want as f64, report);
     let rss = p.api.metrics(&p.stages[&Role::Consolidate]).await.must("process_resident_memory_bytes");
     report.add("consolidator RSS after the load", rss / 1e6, "MB");
     p.interrupt(Role::Consolidate).await;
@@ -414,39 +543,87 @@ async fn naive(kafka: impl Fn(&mut ClientConfig), db: &mut PgConnection, args: &
 }
 
 async fn raw_copy(db: &mut PgConnection, entries: &[Lancamento], report: &mut Report) {
-    sqlx::query("CREATE TABLE copy_lancamentos (LIKE lancamentos INCLUDING ALL)").execute(&mut *db).await.unwrap();
-    let now = chrono::Utc::now().to_rfc3339();
     let started = Instant::now();
-    let mut copy = db
-        .copy_in_raw(
-            "COPY copy_lancamentos (id, merchant_id, tipo, valor_cents, data, descricao, categoria, criado_em, \
-             origin_topic, origin_partition, origin_offset, consolidado_em) FROM STDIN",
-        )
-        .await
-        .unwrap();
+    let mut copy = copy_into(db, "copy_lancamentos").await;
     for (n, chunk) in entries.chunks(10_000).enumerate() {
         let mut buf = String::with_capacity(chunk.len() * 200);
         for (i, e) in chunk.iter().enumerate() {
-            let r = e.to_record();
-            let offset = n * 10_000 + i;
-            buf.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{TOPIC}\t{}\t{offset}\t{now}\n",
-                r.id,
-                r.merchant_id,
-                r.tipo.as_str(),
-                r.valor_cents,
-                r.data,
-                r.descricao,
-                r.categoria.as_deref().unwrap_or("\\N"),
-                r.criado_em,
-                offset % 6,
-            ));
+            copy_row(&mut buf, e, n * 10_000 + i);
         }
         copy.send(buf.as_bytes()).await.unwrap();
     }
     let rows = copy.finish().await.unwrap();
     assert_eq!(rows, entries.len() as u64);
     report.add("raw COPY rows/s", rows as f64 / started.elapsed().as_secs_f64(), "rows/s");
+}
+
+/// The two ceilings at once, on the same two cores: the topic read with rdkafka (one thread) and
+/// its records decoded and COPYed into the store (another), with no other processing.
+async fn raw_pipeline(kafka: impl Fn(&mut ClientConfig), db: &mut PgConnection, want: u64, report: &mut Report) {
+    let consumer = subscribed(kafka, "bench-raw-pipeline");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(8);
+    let started = Arc::new(std::sync::OnceLock::new());
+    let first = Arc::clone(&started);
+    let reader = std::thread::spawn(move || {
+        let (mut read, mut chunk) = (0u64, Vec::with_capacity(10_000));
+        let deadline = Instant::now() + Duration::from_secs(900);
+        while read < want && Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                first.get_or_init(Instant::now);
+                chunk.push(m.unwrap().payload().unwrap_or_default().to_vec());
+                read += 1;
+                if chunk.len() == 10_000 || read == want {
+                    tx.blocking_send(std::mem::take(&mut chunk)).unwrap();
+                }
+            }
+        }
+    });
+    let mut copy = copy_into(db, "pipeline_lancamentos").await;
+    let mut written = 0;
+    while let Some(chunk) = rx.recv().await {
+        let mut buf = String::with_capacity(chunk.len() * 200);
+        for payload in &chunk {
+            copy_row(&mut buf, &Lancamento::decode(payload).unwrap(), written);
+            written += 1;
+        }
+        copy.send(buf.as_bytes()).await.unwrap();
+    }
+    let rows = copy.finish().await.unwrap();
+    reader.join().unwrap();
+    assert_eq!(rows, want, "raw pipeline wrote {rows} of {want}");
+    let elapsed = started.get().unwrap().elapsed().as_secs_f64();
+    report.add("raw consume + COPY at once rows/s", rows as f64 / elapsed, "rows/s");
+}
+
+/// A COPY into a new table shaped like the entries table, indexes included.
+async fn copy_into<'c>(db: &'c mut PgConnection, table: &str) -> sqlx::postgres::PgCopyIn<&'c mut PgConnection> {
+    sqlx::query(&format!("CREATE TABLE {table} (LIKE lancamentos INCLUDING ALL)")).execute(&mut *db).await.unwrap();
+    db.copy_in_raw(&format!(
+        "COPY {table} (id, merchant_id, tipo, valor_cents, data, descricao, categoria, criado_em, \
+         origin_topic, origin_partition, origin_offset, consolidado_em) FROM STDIN"
+    ))
+    .await
+    .unwrap()
+}
+
+/// One entry as a line of COPY's text format.
+fn copy_row(buf: &mut String, e: &Lancamento, offset: usize) {
+    use std::fmt::Write as _;
+    let r = e.to_record();
+    let _ = writeln!(
+        buf,
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{TOPIC}\t{}\t{offset}\t{}",
+        r.id,
+        r.merchant_id,
+        r.tipo.as_str(),
+        r.valor_cents,
+        r.data,
+        r.descricao,
+        r.categoria.as_deref().unwrap_or("\\N"),
+        r.criado_em,
+        offset % 6,
+        r.criado_em,
+    );
 }
 
 /// Requests of `op` that failed, by any status, in a loadgen summary (NaN if it has no such op).
@@ -468,21 +645,28 @@ fn loadgen(p: &Pipeline, args: &Args, extra: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn http_load(p: &Pipeline, args: &Args, report: &mut Report) {
+/// Batches, single POSTs at 2k/s and queries at 5k/s through `cashflow loadgen`, each with the CPU
+/// time per request of `processes` (the loadgen, a child of this process, counts once reaped; the
+/// gateway's includes the loadgen's 50 password logins, an argon2 hash each).
+fn http_load(p: &Pipeline, args: &Args, processes: &[(&'static str, u32)], report: &mut Report) {
     let op = |v: &Value, name: &str, field: &str| v["operations"][name][field].as_f64().unwrap_or(f64::NAN);
     let batch = loadgen(p, args, &["--connections", "8", "--mix", "batch=1", "--batch-size", "1000"]);
     report.add("batch ingest entries/s", batch["entries_per_second"].as_f64().unwrap(), "entries/s");
     report.add("batch ingest p99 (1,000 entries)", op(&batch, "batch", "p99_ms"), "ms");
     report.add("batch ingest errors", errors(&batch, "batch"), "requests");
 
+    let cpu = CpuMeter::start(processes);
     let single = loadgen(p, args, &["--rate", "2000", "--mix", "ingest=1"]);
+    cpu.report("single POST at 2k/s", op(&single, "ingest", "requests"), report);
     report.add("single POST at 2k/s: achieved", op(&single, "ingest", "per_second"), "requests/s");
     for (q, name) in [("p50_ms", "single POST at 2k/s p50"), ("p99_ms", "single POST at 2k/s p99")] {
         report.add(name, op(&single, "ingest", q), "ms");
     }
     report.add("single POST at 2k/s errors", errors(&single, "ingest"), "requests");
 
+    let cpu = CpuMeter::start(processes);
     let query = loadgen(p, args, &["--rate", "5000", "--mix", "query=1"]);
+    cpu.report("31-day balance query at 5k/s", op(&query, "query", "requests"), report);
     report.add("31-day balance query at 5k/s: achieved", op(&query, "query", "per_second"), "requests/s");
     for (q, name) in [("p50_ms", "31-day balance query at 5k/s p50"), ("p99_ms", "31-day balance query at 5k/s p99")] {
         report.add(name, op(&query, "query", q), "ms");

@@ -88,6 +88,12 @@ impl PgCluster {
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// The postmaster's pid (every backend is its child).
+    pub fn pid(&self) -> u32 {
+        let file = std::fs::read_to_string(self.dir.path().join("pg").join("postmaster.pid")).unwrap();
+        file.lines().next().and_then(|l| l.trim().parse().ok()).unwrap()
+    }
 }
 
 impl Drop for PgCluster {

@@ -22,11 +22,15 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
         "consolidation entries/s",
         "naive per-entry consumer entries/s",
         "raw COPY rows/s",
+        "raw consume + COPY at once rows/s",
         "batch ingest entries/s",
         "single POST at 2k/s p99",
         "31-day balance query at 5k/s p99",
         "freshness at 1k/s p99 (POST to visible)",
         "consolidator RSS after the load",
+        "raw producer at 2k/s p99 (ack latency)",
+        "consolidation: CPU per item, broker",
+        "consolidation: CPU per item, consolidator",
     ] {
         let v = figures.get(name).unwrap_or_else(|| panic!("{name} missing: {report}"))["value"].as_f64().unwrap();
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
@@ -34,5 +38,5 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
     for name in ["batch ingest errors", "single POST at 2k/s errors", "freshness failures (non-202, stale or error)"] {
         assert_eq!(figures[name]["value"].as_f64(), Some(0.0), "{name}: {report}");
     }
-    assert_eq!(report["ratios"].as_object().unwrap().len(), 3);
+    assert_eq!(report["ratios"].as_object().unwrap().len(), 4);
 }

@@ -409,7 +409,7 @@ impl ConsolidateConfig {
         "cashflow-consolidate".into()
     }
     const fn default_max_epoch_records() -> usize {
-        5_000
+        20_000
     }
     const fn default_max_epoch_wait_ms() -> u64 {
         50
