@@ -116,7 +116,14 @@ fn main() -> ExitCode {
     if let Command::Validate { file } = &cli.command {
         return validate(file.as_ref().unwrap_or(&cli.common.config));
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The load generator runs on one thread: at thousands of requests a second, waking tasks
+    // across worker threads cost it more CPU (kernel task switches) than the requests, on the
+    // cores it shares with the system it measures.
+    let mut builder = match cli.command {
+        Command::Loadgen(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

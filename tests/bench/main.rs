@@ -237,7 +237,8 @@ async fn run(args: &Args) -> Report {
 
     eprintln!("8-9. ingest and balance queries through the HTTP API");
     p.launch(Role::Gateway).await;
-    let processes = [("gateway", p.pid(Role::Gateway)), ("broker", broker), ("PostgreSQL", postgres), ("loadgen", bench)];
+    let processes =
+        [("gateway", p.pid(Role::Gateway)), ("broker", broker), ("PostgreSQL", postgres), ("loadgen", bench)];
     http_load(&p, args, &processes, &mut report);
 
     eprintln!("10. freshness at 1k entries/s");
