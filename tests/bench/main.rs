@@ -363,34 +363,36 @@ fn raw_consume(kafka: impl Fn(&mut ClientConfig), want: u64, report: &mut Report
     report.add("raw consume records/s", want as f64 / started.unwrap().elapsed().as_secs_f64(), "records/s");
 }
 
-/// CPU time per entry of process trees over one phase, from /proc: where a stage's time goes.
+/// CPU time per item of processes over one phase, from /proc: where a stage's time goes.
 struct CpuMeter {
-    trees: Vec<(&'static str, u32, f64)>,
+    processes: Vec<(&'static str, u32, f64)>,
 }
 
 impl CpuMeter {
-    fn start(trees: &[(&'static str, u32)]) -> CpuMeter {
-        let mut meter = CpuMeter { trees: Vec::new() };
-        for &(name, pid) in trees {
+    fn start(processes: &[(&'static str, u32)]) -> CpuMeter {
+        let mut meter = CpuMeter { processes: Vec::new() };
+        for &(name, pid) in processes {
             meter.add(name, pid);
         }
         meter
     }
 
     fn add(&mut self, name: &'static str, pid: u32) {
-        self.trees.push((name, pid, cpu_seconds(pid)));
+        self.processes.push((name, pid, cpu_seconds(pid)));
     }
 
     /// Reports the CPU time per item (entry or request) of each process since the start.
     fn report(self, phase: &str, items: f64, report: &mut Report) {
-        for (name, pid, start) in self.trees {
+        for (name, pid, start) in self.processes {
             let micros = (cpu_seconds(pid) - start) / items * 1e6;
             report.add(&format!("{phase}: CPU per item, {name}"), micros, "µs");
         }
     }
 }
 
-/// CPU seconds (user and system) of a process, its live descendants and the children it reaped.
+/// CPU seconds (user and system) of a process, the children it reaped and its live descendants,
+/// except those of this process: the stages it launched are measured as themselves, and this
+/// process as the client (with `cashflow loadgen`, a child it reaps).
 fn cpu_seconds(root: u32) -> f64 {
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
     // (pid, parent, ticks): fields 4 and 14-17 of /proc/<pid>/stat, counted after the `(comm)`.
@@ -409,7 +411,7 @@ fn cpu_seconds(root: u32) -> f64 {
         for &(p, parent, ticks) in &procs {
             if p == pid {
                 total += ticks;
-            } else if parent == pid {
+            } else if parent == pid && pid != std::process::id() {
                 todo.push(p);
             }
         }
