@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use cashflow_core::{BusinessDate, DayTotals, EntryId, LancamentoRecord, MerchantId};
+use futures::TryStreamExt;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -48,19 +49,19 @@ impl Store {
     pub async fn load_category_totals(
         &self,
     ) -> Result<Vec<(MerchantId, BusinessDate, Option<String>, DayTotals)>, StoreError> {
-        let rows = sqlx::query(
+        // Streamed: a row is converted as it arrives, so the rows are never all held at once.
+        let mut rows = sqlx::query(
             "SELECT merchant_id, data, categoria, creditos_cents, debitos_cents, quantidade FROM consolidado_categoria",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let m: String = r.try_get(0)?;
-                let m = MerchantId::parse(&m).map_err(|e| StoreError::Corrupt(format!("merchant {m:?}: {e}")))?;
-                let category: String = r.try_get(2)?;
-                Ok((m, date(r, 1)?, Some(category).filter(|c| !c.is_empty()), totals(r, 3)?))
-            })
-            .collect()
+        .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            let m: String = r.try_get(0)?;
+            let m = MerchantId::parse(&m).map_err(|e| StoreError::Corrupt(format!("merchant {m:?}: {e}")))?;
+            let category: String = r.try_get(2)?;
+            out.push((m, date(&r, 1)?, Some(category).filter(|c| !c.is_empty()), totals(&r, 3)?));
+        }
+        Ok(out)
     }
 
     /// The merchant's totals per category over `[de, ate]`, by category (`None` first).

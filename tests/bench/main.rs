@@ -246,6 +246,8 @@ async fn run(args: &Args) -> Report {
     p.stages.insert(Role::Consolidate, format!("http://127.0.0.1:{}", cashflow_tests::free_port()));
     p.launch(Role::Consolidate).await;
     wait_consolidated(&mut db, kafka, Duration::from_secs(600)).await;
+    let rss = p.api.metrics(&p.stages[&Role::Consolidate]).await.must("process_resident_memory_bytes");
+    report.add("consolidator RSS after a restart on the loaded store", rss / 1e6, "MB");
     freshness(&p, args, &mut report).await;
     if args.soak > 0.0 {
         eprintln!("11. soak: 1k entries/s for {} s", args.soak);
