@@ -352,17 +352,26 @@ fn subscribed(kafka: impl Fn(&mut ClientConfig), group: &str) -> BaseConsumer {
 
 fn raw_consume(kafka: impl Fn(&mut ClientConfig), want: u64, report: &mut Report) {
     let consumer = subscribed(kafka, "bench-raw");
+    let mut read = 0u64;
+    let started = drain(&consumer, want, |_| read += 1);
+    assert_eq!(read, want, "raw consumer read {read} of {want}");
+    report.add("raw consume records/s", want as f64 / started.unwrap().elapsed().as_secs_f64(), "records/s");
+}
+
+/// Polls until `want` records (or 15 minutes), handing each payload to `each`; returns when the
+/// first one arrived.
+fn drain(consumer: &BaseConsumer, want: u64, mut each: impl FnMut(&[u8])) -> Option<Instant> {
     let (mut read, mut started) = (0u64, None);
     let deadline = Instant::now() + Duration::from_secs(900);
     while read < want && Instant::now() < deadline {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             started.get_or_insert_with(Instant::now);
-            read += u64::from(m.payload().is_some());
+            each(m.payload().unwrap_or_default());
+            read += 1;
         }
     }
-    assert_eq!(read, want, "raw consumer read {read} of {want}");
-    report.add("raw consume records/s", want as f64 / started.unwrap().elapsed().as_secs_f64(), "records/s");
+    started
 }
 
 /// CPU time per item of processes over one phase, from /proc: where a stage's time goes.
@@ -567,21 +576,18 @@ async fn raw_copy(db: &mut PgConnection, entries: &[Lancamento], report: &mut Re
 async fn raw_pipeline(kafka: impl Fn(&mut ClientConfig), db: &mut PgConnection, want: u64, report: &mut Report) {
     let consumer = subscribed(kafka, "bench-raw-pipeline");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(8);
-    let started = Arc::new(std::sync::OnceLock::new());
-    let first = Arc::clone(&started);
     let reader = std::thread::spawn(move || {
-        let (mut read, mut chunk) = (0u64, Vec::with_capacity(10_000));
-        let deadline = Instant::now() + Duration::from_secs(900);
-        while read < want && Instant::now() < deadline {
-            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                first.get_or_init(Instant::now);
-                chunk.push(m.unwrap().payload().unwrap_or_default().to_vec());
-                read += 1;
-                if chunk.len() == 10_000 || read == want {
-                    tx.blocking_send(std::mem::take(&mut chunk)).unwrap();
-                }
+        let mut chunk = Vec::with_capacity(10_000);
+        let started = drain(&consumer, want, |payload| {
+            chunk.push(payload.to_vec());
+            if chunk.len() == 10_000 {
+                tx.blocking_send(std::mem::take(&mut chunk)).unwrap();
             }
+        });
+        if !chunk.is_empty() {
+            tx.blocking_send(chunk).unwrap();
         }
+        started
     });
     let mut copy = copy_into(db, "pipeline_lancamentos").await;
     let mut written = 0;
@@ -594,9 +600,9 @@ async fn raw_pipeline(kafka: impl Fn(&mut ClientConfig), db: &mut PgConnection, 
         copy.send(buf.as_bytes()).await.unwrap();
     }
     let rows = copy.finish().await.unwrap();
-    reader.join().unwrap();
+    let started = reader.join().unwrap();
     assert_eq!(rows, want, "raw pipeline wrote {rows} of {want}");
-    let elapsed = started.get().unwrap().elapsed().as_secs_f64();
+    let elapsed = started.unwrap().elapsed().as_secs_f64();
     report.add("raw consume + COPY at once rows/s", rows as f64 / elapsed, "rows/s");
 }
 

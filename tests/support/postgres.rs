@@ -1,6 +1,6 @@
 //! A PostgreSQL cluster of a test's own, to stop and start under load (an outage).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::free_port;
@@ -91,7 +91,7 @@ impl PgCluster {
 
     /// The postmaster's pid (every backend is its child).
     pub fn pid(&self) -> u32 {
-        let file = std::fs::read_to_string(self.dir.path().join("pg").join("postmaster.pid")).unwrap();
+        let file = std::fs::read_to_string(Path::new(&self.data()).join("postmaster.pid")).unwrap();
         file.lines().next().and_then(|l| l.trim().parse().ok()).unwrap()
     }
 }
