@@ -8,7 +8,7 @@
 //! It starts its own PostgreSQL cluster (default durability: fsync on) and the real `cashflow`
 //! binaries, and measures, in order:
 //! 1. the dataflow core alone: entries per second into one timely worker, in memory; the bytes of
-//!    consolidated state per key (a counting allocator);
+//!    consolidated state per key (a counting allocator: the bytes freed when the worker stops);
 //! 2. the raw producer: the data set produced to the broker with rdkafka (the ingest ceiling);
 //! 3. the raw consumer: the topic read back with rdkafka, no processing (a consolidation ceiling);
 //! 4. consolidation: `cashflow run consolidate`, from the first commit to the last offset stored,
@@ -49,10 +49,11 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Bytes allocated and not yet freed.
+/// Bytes allocated and not yet freed. (`bytes_reallocated` is not added: a realloc's growth or
+/// shrinkage is already counted in `bytes_allocated` or `bytes_deallocated`.)
 fn live_bytes() -> i64 {
     let s = ALLOCATOR.stats();
-    s.bytes_allocated as i64 + s.bytes_reallocated as i64 - s.bytes_deallocated as i64
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64
 }
 
 const TOPIC: &str = "lancamentos";
@@ -258,7 +259,6 @@ async fn run(args: &Args) -> Report {
 }
 
 async fn dataflow_core(entries: &[Lancamento], report: &mut Report) {
-    let before = live_bytes();
     let dataflow = cashflow_dataflow::Consolidator::start(vec![]).unwrap();
     let started = Instant::now();
     for chunk in entries.chunks(5_000) {
@@ -267,7 +267,10 @@ async fn dataflow_core(entries: &[Lancamento], report: &mut Report) {
     }
     let rate = entries.len() as f64 / started.elapsed().as_secs_f64();
     report.add("dataflow core entries/s (1 worker)", rate, "entries/s");
-    let bytes = (live_bytes() - before) as f64;
+    // The state is what stopping the worker frees.
+    let held = live_bytes();
+    drop(dataflow);
+    let bytes = (held - live_bytes()) as f64;
     let category_keys: HashSet<(&str, i32, &str)> = entries
         .iter()
         .map(|e| (e.merchant_id.as_str(), e.data.days(), e.categoria.as_deref().unwrap_or_default()))
@@ -276,7 +279,6 @@ async fn dataflow_core(entries: &[Lancamento], report: &mut Report) {
     report.add("state bytes per (merchant, day, category)", bytes / category_keys.len() as f64, "bytes");
     report.add("state bytes per (merchant, day)", bytes / days.len() as f64, "bytes");
     report.add("(merchant, day) keys", days.len() as f64, "keys");
-    drop(dataflow);
 }
 
 async fn raw_produce(kafka: impl Fn(&mut ClientConfig), records: &[(String, Vec<u8>)], report: &mut Report) {
