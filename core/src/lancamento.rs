@@ -161,18 +161,24 @@ impl BusinessDate {
 
 impl FromStr for BusinessDate {
     type Err = String;
+    /// Exactly `YYYY-MM-DD`, ASCII digits, a real day. (Read on every entry and query: no
+    /// format string is interpreted.)
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let strict = s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-';
-        match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-            Ok(d) if strict => BusinessDate::new(d),
-            _ => Err("must be a date in the form YYYY-MM-DD".into()),
-        }
+        let b = s.as_bytes();
+        let number = |at: std::ops::Range<usize>| {
+            b[at].iter().try_fold(0u32, |n, c| c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0')))
+        };
+        let date = (b.len() == 10 && b[4] == b'-' && b[7] == b'-')
+            .then(|| NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?))
+            .flatten();
+        BusinessDate::new(date.ok_or("must be a date in the form YYYY-MM-DD")?)
     }
 }
 
 impl fmt::Display for BusinessDate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.format("%Y-%m-%d"))
+        // chrono writes a year of four digits as YYYY-MM-DD, without interpreting a format.
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -622,8 +628,29 @@ mod tests {
     fn dates_are_strict_and_map_to_days() {
         let d: BusinessDate = "2026-02-28".parse().unwrap();
         assert_eq!(BusinessDate::from_days(d.days()), Some(d));
-        for bad in ["2026-02-30", "2026-2-1", "26-02-01", "2026/02/01", "0999-01-01", ""] {
+        for bad in [
+            "2026-02-30",
+            "2026-2-1",
+            "26-02-01",
+            "2026/02/01",
+            "0999-01-01",
+            "",
+            "2026-1 -01",
+            "+026-01-01",
+            "2026-0a-01",
+        ] {
             assert!(bad.parse::<BusinessDate>().is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Every business date prints as `%Y-%m-%d` and reads back as itself.
+        #[test]
+        fn dates_print_as_iso_and_read_back(days in -25_567i32..=2_932_896) {
+            let d = BusinessDate::from_days(days).unwrap();
+            let text = d.to_string();
+            proptest::prop_assert_eq!(&text, &d.date().format("%Y-%m-%d").to_string());
+            proptest::prop_assert_eq!(text.parse::<BusinessDate>(), Ok(d));
         }
     }
 }
