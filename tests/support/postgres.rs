@@ -35,7 +35,10 @@ impl PgCluster {
         Self::start_with(false)
     }
 
-    /// With PostgreSQL's default durability (fsync on): for measurements.
+    /// For measurements: PostgreSQL's default durability (fsync and synchronous commit on),
+    /// configured as a write-heavy store is run: shared buffers that hold the working set, and
+    /// checkpoints spread out (by default one every 1 GB of WAL, after which each page written is
+    /// logged whole again).
     pub fn start_durable() -> PgCluster {
         Self::start_with(true)
     }
@@ -70,9 +73,13 @@ impl PgCluster {
     }
 
     pub fn start_server(&self) {
-        let fsync = if self.durable { "on" } else { "off" };
+        let settings = if self.durable {
+            "-c fsync=on -c shared_buffers=1GB -c max_wal_size=8GB -c checkpoint_timeout=30min"
+        } else {
+            "-c fsync=off"
+        };
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=200",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 {settings}",
             self.port,
             self.dir.path().display()
         );
