@@ -5,8 +5,8 @@
 //! cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--json]
 //! ```
 //!
-//! It starts its own PostgreSQL cluster (default durability: fsync on) and the real `cashflow`
-//! binaries, and measures, in order:
+//! It starts its own PostgreSQL cluster (durable, configured for writes: see
+//! `PgCluster::start_durable`) and the real `cashflow` binaries, and measures, in order:
 //! 1. the dataflow core alone: entries per second into one timely worker, in memory; the bytes of
 //!    consolidated state per key (a counting allocator: the bytes freed when the worker stops);
 //! 2. the raw producer: the data set produced to the broker with rdkafka (the ingest ceiling);
@@ -233,7 +233,7 @@ async fn run(args: &Args) -> Report {
     cpu.report("raw consume + COPY at once", entries_n, &mut report);
 
     eprintln!("7. raw producer latency at 2k/s");
-    raw_produce_latency(kafka, &entries, args.seconds, &mut report).await;
+    raw_produce_latency(&p, &entries, args.seconds, &mut report).await;
     drop(entries);
 
     eprintln!("8-9. ingest and balance queries through the HTTP API");
@@ -298,24 +298,19 @@ async fn raw_produce(kafka: impl Fn(&mut ClientConfig), records: &[(String, Vec<
     report.add("raw producer records/s", records.len() as f64 / started.elapsed().as_secs_f64(), "records/s");
 }
 
-/// Records one at a time at 2k/s, with ingest's producer settings, to a topic of their own, each
-/// timed from its scheduled send to its ack: what the broker gives a single POST at best.
-async fn raw_produce_latency(
-    kafka: impl Fn(&mut ClientConfig),
-    entries: &[Lancamento],
-    seconds: f64,
-    report: &mut Report,
-) {
+/// Records one at a time at 2k/s, with ingest's producer (the pipeline's own settings), to a topic
+/// of their own, each timed from its scheduled send to its ack: what the broker gives a single
+/// POST at best.
+async fn raw_produce_latency(p: &Pipeline, entries: &[Lancamento], seconds: f64, report: &mut Report) {
     const LATENCY_TOPIC: &str = "bench.latency";
-    let mut c = ClientConfig::new();
-    kafka(&mut c);
-    let admin: AdminClient<DefaultClientContext> = c.create().unwrap();
+    let config = p.pipeline_config();
+    let admin: AdminClient<DefaultClientContext> = cashflow_core::kafka::client_config(&config).create().unwrap();
     let topic = NewTopic::new(LATENCY_TOPIC, 6, TopicReplication::Fixed(1));
     for r in admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap() {
         r.unwrap();
     }
-    let producer: FutureProducer =
-        c.set("acks", "all").set("linger.ms", "2").set("enable.idempotence", "false").create().unwrap();
+    let ack_timeout = Duration::from_millis(config.services.ingest.ack_timeout_ms);
+    let producer: FutureProducer = cashflow_core::kafka::producer_config(&config, ack_timeout).create().unwrap();
     let hist = Arc::new(std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new(3).unwrap()));
     let n = ((seconds * 2000.0) as usize).min(entries.len());
     let started = tokio::time::Instant::now();

@@ -331,6 +331,11 @@ impl Pipeline {
         partitions.iter().map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)).unwrap().1).sum()
     }
 
+    /// The pipeline file the stages run with.
+    pub fn pipeline_config(&self) -> cashflow_core::config::PipelineConfig {
+        cashflow_core::config::PipelineConfig::load(&self.config).unwrap()
+    }
+
     /// The pid of a running stage's process.
     pub fn pid(&self, role: Role) -> u32 {
         self.children[&role].id()
