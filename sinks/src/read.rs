@@ -90,7 +90,8 @@ impl Store {
     }
 
     /// The merchant's daily totals in `[de, ate]`, the balance before `de`, and when `group`
-    /// last committed: one round trip (a row per day, then the opening row, then the commit time).
+    /// last committed: one round trip, rows in any order (a row per day, the opening row and the
+    /// commit time, told apart by the first column).
     pub async fn daily(
         &self,
         merchant: &MerchantId,
@@ -106,8 +107,7 @@ impl Store {
              CAST(0 AS BIGINT), CAST(0 AS BIGINT) FROM consolidado_diario WHERE merchant_id = $1 AND data < $2 \
              UNION ALL \
              SELECT CAST(2 AS BIGINT), MAX(updated_at), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
-             FROM consumer_progress WHERE consumer_group = $4 \
-             ORDER BY 1, 2",
+             FROM consumer_progress WHERE consumer_group = $4",
         )
         .bind(merchant.to_string())
         .bind(de.to_string())
