@@ -34,6 +34,30 @@ impl Money {
     pub fn checked_add(self, other: Money) -> Option<Money> {
         self.0.checked_add(other.0).map(Money)
     }
+
+    /// The amount as text (`-1234.05`), written digit by digit into `buf` rather than through
+    /// `fmt`: a 31-day balance holds some 150 amounts.
+    fn text(self, buf: &mut [u8; 24]) -> &str {
+        let mut n = self.0.unsigned_abs();
+        let mut i = buf.len();
+        for place in 0.. {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if place == 1 {
+                i -= 1;
+                buf[i] = b'.';
+            }
+            if place >= 2 && n == 0 {
+                break;
+            }
+        }
+        if self.0 < 0 {
+            i -= 1;
+            buf[i] = b'-';
+        }
+        std::str::from_utf8(&buf[i..]).unwrap_or_default()
+    }
 }
 
 impl FromStr for Money {
@@ -65,15 +89,13 @@ impl FromStr for Money {
 
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        write!(f, "{sign}{}.{:02}", abs / 100, abs % 100)
+        f.write_str(self.text(&mut [0; 24]))
     }
 }
 
 impl Serialize for Money {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
+        serializer.serialize_str(self.text(&mut [0; 24]))
     }
 }
 
@@ -121,6 +143,15 @@ mod tests {
         #[test]
         fn display_then_parse_round_trips(cents in -1_000_000_000_000i64..1_000_000_000_000) {
             prop_assert_eq!(Money(cents).to_string().parse::<Money>(), Ok(Money(cents)));
+        }
+
+        #[test]
+        fn text_is_sign_whole_point_two_digits_and_json_is_that_string(cents in any::<i64>()) {
+            let abs = cents.unsigned_abs();
+            let sign = if cents < 0 { "-" } else { "" };
+            let text = format!("{sign}{}.{:02}", abs / 100, abs % 100);
+            prop_assert_eq!(Money(cents).to_string(), text.clone());
+            prop_assert_eq!(serde_json::to_string(&Money(cents)).unwrap(), format!("\"{text}\""));
         }
     }
 }
