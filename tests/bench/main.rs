@@ -16,8 +16,9 @@
 //! 5. the naive design: one consumer, one transaction per entry (insert it, upsert its day);
 //! 6. the store's raw write rate: COPY of the same entries into a copy of the entries table; and
 //!    both ceilings at once: the topic consumed and COPYed into the store, no other processing;
-//!    phases 2, 3, 4 and 6 also give each process's CPU time per entry (from /proc), which says
-//!    where a stage's time goes;
+//!    phases 2, 3, 4, 6 and 7 also give each process's CPU time per entry (from /proc), which
+//!    says where a stage's time goes; then, untimed, `VACUUM ANALYZE`, so that autovacuum does
+//!    not run into the latency phases;
 //! 7. the raw producer's ack latency, one record at a time at 2k/s once it knows the topic (a single
 //!    POST's floor);
 //! 8. ingest through the HTTP API (`cashflow loadgen`): batches, and single POSTs at 2k/s;
@@ -233,8 +234,15 @@ async fn run(args: &Args) -> Report {
     raw_pipeline(kafka, &mut db, args.entries, &mut report).await;
     cpu.report("raw consume + COPY at once", entries_n, &mut report);
 
+    // Untimed: what phases 4 to 6 wrote is vacuumed and analyzed now, so that PostgreSQL's
+    // autovacuum does not take the cores during the latency phases that follow.
+    eprintln!("settling: VACUUM ANALYZE");
+    sqlx::query("VACUUM ANALYZE").execute(&mut db).await.unwrap();
+
     eprintln!("7. raw producer latency at 2k/s");
-    raw_produce_latency(&p, &entries, args.seconds, &mut report).await;
+    let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres), ("client", bench)]);
+    let sent = raw_produce_latency(&p, &entries, args.seconds, &mut report).await;
+    cpu.report("raw producer at 2k/s", sent as f64, &mut report);
     drop(entries);
 
     eprintln!("8-9. ingest and balance queries through the HTTP API");
@@ -302,7 +310,8 @@ async fn raw_produce(kafka: impl Fn(&mut ClientConfig), records: &[(String, Vec<
 /// Records one at a time at 2k/s, with ingest's producer (the pipeline's own settings), to a topic
 /// of their own, each timed from its scheduled send to its ack: what the broker gives a single
 /// POST at best.
-async fn raw_produce_latency(p: &Pipeline, entries: &[Lancamento], seconds: f64, report: &mut Report) {
+/// Returns how many records it timed.
+async fn raw_produce_latency(p: &Pipeline, entries: &[Lancamento], seconds: f64, report: &mut Report) -> usize {
     const LATENCY_TOPIC: &str = "bench.latency";
     let config = p.pipeline_config();
     let admin: AdminClient<DefaultClientContext> = cashflow_core::kafka::client_config(&config).create().unwrap();
@@ -335,6 +344,7 @@ async fn raw_produce_latency(p: &Pipeline, entries: &[Lancamento], seconds: f64,
     let hist = hist.lock().unwrap();
     report.add("raw producer at 2k/s p50 (ack latency)", hist.value_at_quantile(0.5) as f64 / 1e3, "ms");
     report.add("raw producer at 2k/s p99 (ack latency)", hist.value_at_quantile(0.99) as f64 / 1e3, "ms");
+    n
 }
 
 /// A consumer of the topic from its start, in its own group.
