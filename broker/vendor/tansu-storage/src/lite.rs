@@ -271,7 +271,6 @@ impl<T: Debug> Debug for Cached<T> {
     }
 }
 
-
 impl Debug for PoolConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolConnection")
