@@ -13,12 +13,6 @@ use anyhow::Result;
 use cashflow_core::config::PipelineConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// mimalloc rather than the system allocator: batches of entries and balance answers allocate
-/// many small strings and maps across threads, where glibc's malloc and free took ~17% of the
-/// gateway's CPU under batch ingest.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Merchant cash-flow entries in, daily consolidated balances out.
 #[derive(Debug, Parser)]
 #[command(name = "cashflow", version)]
