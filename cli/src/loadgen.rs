@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use cashflow_core::Money;
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::http::{SCOPE_READ, SCOPE_WRITE};
 use chrono::{Days, NaiveDate};
@@ -197,10 +198,9 @@ impl Load {
     }
 
     fn entry(&self, rng: &mut impl Rng) -> Entry {
-        let cents: u32 = rng.gen_range(1..1_000_000);
         Entry {
             tipo: if rng.gen_bool(0.6) { "credito" } else { "debito" },
-            valor: format!("{}.{:02}", cents / 100, cents % 100),
+            valor: Money::from_cents(rng.gen_range(1..1_000_000)),
             data: self.date(rng),
             descricao: "loadgen",
             categoria: CATEGORIES[rng.gen_range(0..CATEGORIES.len())],
@@ -213,7 +213,7 @@ impl Load {
 #[derive(Serialize)]
 struct Entry {
     tipo: &'static str,
-    valor: String,
+    valor: Money,
     data: NaiveDate,
     descricao: &'static str,
     categoria: &'static str,

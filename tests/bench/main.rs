@@ -309,8 +309,7 @@ async fn raw_produce(kafka: impl Fn(&mut ClientConfig), records: &[(String, Vec<
 
 /// Records one at a time at 2k/s, with ingest's producer (the pipeline's own settings), to a topic
 /// of their own, each timed from its scheduled send to its ack: what the broker gives a single
-/// POST at best.
-/// Returns how many records it timed.
+/// POST at best. Returns how many records it timed.
 async fn raw_produce_latency(p: &Pipeline, entries: &[Lancamento], seconds: f64, report: &mut Report) -> usize {
     const LATENCY_TOPIC: &str = "bench.latency";
     let config = p.pipeline_config();
@@ -321,8 +320,8 @@ async fn raw_produce_latency(p: &Pipeline, entries: &[Lancamento], seconds: f64,
     }
     let ack_timeout = Duration::from_millis(config.services.ingest.ack_timeout_ms);
     let producer: FutureProducer = cashflow_core::kafka::producer_config(&config, ack_timeout).create().unwrap();
-    // Warm, as ingest's producer is: the first send to a new topic waits for its metadata, and at
-    // one record per 0.5 ms that wait alone would set the p99.
+    // Warm, as ingest's producer is: the first send to a new topic waits for its metadata, which
+    // is not what a POST waits for.
     let (key, payload) = (entries[0].merchant_id.to_string(), entries[0].encode());
     producer.send(FutureRecord::to(LATENCY_TOPIC).key(&key).payload(&payload), Duration::from_secs(10)).await.unwrap();
     let hist = Arc::new(std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new(3).unwrap()));

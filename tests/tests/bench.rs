@@ -31,6 +31,7 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
         "raw producer at 2k/s p99 (ack latency)",
         "consolidation: CPU per item, broker",
         "consolidation: CPU per item, consolidator",
+        "raw producer at 2k/s: CPU per item, broker",
     ] {
         let v = figures.get(name).unwrap_or_else(|| panic!("{name} missing: {report}"))["value"].as_f64().unwrap();
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
