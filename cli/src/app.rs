@@ -193,7 +193,8 @@ async fn serve_http(
         apis.dlq = Some(Dlq::new(Arc::clone(config), store.clone()));
         let topic = config.ingest_topic();
         let timeout = Duration::from_millis(services.query.aguardar_timeout_ms);
-        apis.query = Some(QueryState::new(store, &services.consolidate.group, topic, timeout));
+        let (group, cache_days) = (&services.consolidate.group, services.query.cache_days);
+        apis.query = Some(QueryState::new(store, group, topic, timeout, cache_days));
     }
     if let (Stage::Gateway, Some(up)) = (stage, &gw.upstreams) {
         let timeout = Duration::from_secs(gw.request_timeout_secs);

@@ -19,4 +19,4 @@ pub use lancamento::{
 };
 pub use money::{Money, MoneyError};
 pub use posicao::Posicao;
-pub use saldo::{DailyBalance, DayTotals, MonthlyBalance, daily_series, monthly_series};
+pub use saldo::{DailyBalance, DayHistory, DayTotals, MonthlyBalance, daily_series, monthly_series};

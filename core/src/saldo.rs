@@ -1,7 +1,5 @@
 //! The daily consolidated balance (*saldo diário consolidado*).
 
-use std::collections::BTreeMap;
-
 use chrono::Datelike as _;
 use serde::Serialize;
 
@@ -38,21 +36,64 @@ pub struct DailyBalance {
     pub projetado: bool,
 }
 
+/// A merchant's consolidated days in date order, each with the balance carried into it: the
+/// days of any range, and the balance before it, without summing every earlier day.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DayHistory {
+    days: Vec<(BusinessDate, DayTotals)>,
+    /// `carried[i]` is the sum of `saldo_cents` over `days[..i]`; one more than `days`.
+    carried: Vec<i64>,
+}
+
+impl DayHistory {
+    /// The history of these days, one row per day, in any order.
+    pub fn new(mut days: Vec<(BusinessDate, DayTotals)>) -> Self {
+        days.sort_unstable_by_key(|(d, _)| *d);
+        let mut carried = Vec::with_capacity(days.len() + 1);
+        let mut balance = 0i64;
+        carried.push(balance);
+        for (_, t) in &days {
+            balance += t.saldo_cents();
+            carried.push(balance);
+        }
+        DayHistory { days, carried }
+    }
+
+    /// How many days have entries.
+    pub fn len(&self) -> usize {
+        self.days.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.days.is_empty()
+    }
+
+    /// The balance carried into `de` (the sum of every earlier day) and the days in `[de, ate]`,
+    /// in order.
+    pub fn range(&self, de: BusinessDate, ate: BusinessDate) -> (i64, &[(BusinessDate, DayTotals)]) {
+        let start = self.days.partition_point(|(d, _)| *d < de);
+        let end = self.days.partition_point(|(d, _)| *d <= ate).max(start);
+        (self.carried[start], &self.days[start..end])
+    }
+}
+
 /// The series for every day in `[de, ate]`, with no gaps: a day without entries shows zero
-/// movement and carries the balance. `opening_cents` is the sum of all days before `de`. Days
-/// after `consolidated_on` (every day, if consolidation never ran) are marked `projetado`.
+/// movement and carries the balance. `opening_cents` is the sum of all days before `de`; `days`
+/// are the days with entries, in date order. Days after `consolidated_on` (every day, if
+/// consolidation never ran) are marked `projetado`.
 pub fn daily_series(
     de: BusinessDate,
     ate: BusinessDate,
     opening_cents: i64,
-    totals: &BTreeMap<BusinessDate, DayTotals>,
+    days: &[(BusinessDate, DayTotals)],
     consolidated_on: Option<BusinessDate>,
 ) -> Vec<DailyBalance> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(usize::try_from((ate.date() - de.date()).num_days() + 1).unwrap_or(0));
     let mut balance = opening_cents;
+    let mut with_entries = days.iter().skip_while(|(d, _)| *d < de).peekable();
     let mut day = Some(de);
     while let Some(d) = day.filter(|d| *d <= ate) {
-        let t = totals.get(&d).copied().unwrap_or_default();
+        let t = with_entries.next_if(|(on, _)| *on == d).map(|(_, t)| *t).unwrap_or_default();
         let inicial = balance;
         balance += t.saldo_cents();
         out.push(DailyBalance {
@@ -88,13 +129,9 @@ pub struct MonthlyBalance {
 
 /// The twelve months of `year`, from its days' totals and the balance carried into it; a month
 /// without entries shows zero movement and carries the balance.
-pub fn monthly_series(
-    year: i32,
-    opening_cents: i64,
-    totals: &BTreeMap<BusinessDate, DayTotals>,
-) -> Vec<MonthlyBalance> {
+pub fn monthly_series(year: i32, opening_cents: i64, days: &[(BusinessDate, DayTotals)]) -> Vec<MonthlyBalance> {
     let mut months = [DayTotals::default(); 12];
-    for (day, t) in totals.iter().filter(|(d, _)| d.date().year() == year) {
+    for (day, t) in days.iter().filter(|(d, _)| d.date().year() == year) {
         let m = &mut months[day.date().month0() as usize];
         m.creditos_cents += t.creditos_cents;
         m.debitos_cents += t.debitos_cents;
@@ -130,10 +167,10 @@ mod tests {
 
     #[test]
     fn carries_the_balance_across_empty_days() {
-        let totals = BTreeMap::from([
+        let totals = [
             (d("2026-01-01"), DayTotals { creditos_cents: 1000, debitos_cents: 0, quantidade: 1 }),
             (d("2026-01-03"), DayTotals { creditos_cents: 0, debitos_cents: 250, quantidade: 2 }),
-        ]);
+        ];
         let s = daily_series(d("2026-01-01"), d("2026-01-04"), 50, &totals, Some(d("2026-01-02")));
         let finals: Vec<String> = s.iter().map(|b| b.saldo_final.to_string()).collect();
         assert_eq!(finals, ["10.50", "10.50", "8.00", "8.00"]);
@@ -143,5 +180,43 @@ mod tests {
         let projected: Vec<bool> = s.iter().map(|b| b.projetado).collect();
         assert_eq!(projected, [false, false, true, true], "days after the last consolidation");
         assert!(daily_series(d("2026-01-01"), d("2026-01-01"), 0, &totals, None)[0].projetado);
+    }
+
+    proptest::proptest! {
+        /// Any range of a history, against a plain recomputation from the days themselves.
+        #[test]
+        fn a_range_of_the_history_is_what_summing_the_days_gives(
+            rows in proptest::collection::btree_map(0i32..120, (0i64..10_000, 0i64..10_000, 1i64..5), 0..60),
+            from in -5i32..125,
+            len in 0i32..40,
+        ) {
+            let base = d("2026-01-01").days();
+            let day = |i: i32| BusinessDate::from_days(base + i).unwrap();
+            let days: Vec<(BusinessDate, DayTotals)> = rows
+                .iter()
+                .rev()
+                .map(|(i, (c, db, q))| (day(*i), DayTotals { creditos_cents: *c, debitos_cents: *db, quantidade: *q }))
+                .collect();
+            let history = DayHistory::new(days.clone());
+            proptest::prop_assert_eq!(history.len(), days.len());
+            let (de, ate) = (day(from), day(from + len));
+            let (opening, in_range) = history.range(de, ate);
+            let expected_opening: i64 = days.iter().filter(|(d, _)| *d < de).map(|(_, t)| t.saldo_cents()).sum();
+            proptest::prop_assert_eq!(opening, expected_opening);
+            let mut expected: Vec<_> = days.iter().filter(|(d, _)| de <= *d && *d <= ate).copied().collect();
+            expected.sort();
+            proptest::prop_assert_eq!(in_range, &expected[..]);
+
+            let series = daily_series(de, ate, opening, in_range, None);
+            proptest::prop_assert_eq!(series.len() as i32, len + 1);
+            let mut balance = expected_opening;
+            for b in &series {
+                let t = days.iter().find(|(d, _)| *d == b.data).map(|(_, t)| *t).unwrap_or_default();
+                proptest::prop_assert_eq!(b.saldo_inicial, Money::from_cents(balance));
+                balance += t.saldo_cents();
+                proptest::prop_assert_eq!(b.saldo_final, Money::from_cents(balance));
+                proptest::prop_assert_eq!(b.lancamentos, t.quantidade);
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! embedded shape) or by proxy to the stages (the distributed shape). Every error is problem+json.
 
 mod admin;
+mod balances;
 mod extrato;
 mod openapi;
 mod progress;

@@ -1,74 +1,130 @@
-//! Read-your-writes: how far consolidation has committed, per partition of the source topic, as
-//! the store records it (`consumer_progress`, written in the same transaction as the balances).
-//! One poller per process reads it while someone waits, so a thousand waiting requests cost one
-//! small query every [`POLL`], not a thousand.
+//! How far consolidation has committed, as the store records it (`consumer_progress`, written in
+//! the same transaction as the balances): per partition of the source topic, for read-your-writes,
+//! and as a [`Mark`], which tells the balances held in memory whether they are still current.
+//! One poller per process reads it while someone waits or reads balances, so a thousand such
+//! requests cost one small query every [`POLL`], not a thousand.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cashflow_core::Posicao;
-use cashflow_sinks::Store;
+use cashflow_sinks::{Mark, Store};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-/// How often the store is read while anyone waits.
+/// How often the store is read while anyone waits or reads balances.
 const POLL: Duration = Duration::from_millis(10);
-/// How often when nobody waits: just enough to notice the first waiter.
+/// How often when nobody does: just enough to notice the first one.
 const IDLE: Duration = Duration::from_millis(100);
+/// Balances read from memory are current only if the poller read the store this recently.
+const TRUSTED_FOR: Duration = Duration::from_millis(200);
+/// After a read of balances, the poller keeps polling this long.
+const KEEP_POLLING: Duration = Duration::from_secs(2);
 
-/// Next offset to consolidate, per partition.
-type Progress = HashMap<i32, i64>;
+/// What the poller last read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Observed {
+    /// Next offset to consolidate, per partition of the source topic.
+    next: HashMap<i32, i64>,
+    mark: Mark,
+}
 
 #[derive(Clone)]
 pub struct ProgressWatch {
-    progress: watch::Receiver<Progress>,
-    /// Requests waiting now; the poller reads the store only while there are some.
-    waiting: Arc<AtomicUsize>,
+    observed: watch::Receiver<Observed>,
+    shared: Arc<Shared>,
     /// The poller stops when the last clone is dropped.
-    _sender: Arc<watch::Sender<Progress>>,
+    _sender: Arc<watch::Sender<Observed>>,
+}
+
+/// What the requests and the poller tell each other.
+struct Shared {
+    /// Requests waiting now; the poller reads the store while there are some.
+    waiting: AtomicUsize,
+    /// When the poller last read the store successfully (when that read began), and when
+    /// balances were last read from memory; in [`Shared::now_ms`], 0 for never.
+    read_ms: AtomicU64,
+    used_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    /// Milliseconds since the watch started, from 1.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Within `span` of `then`, which is 0 for never.
+    fn within(&self, then: u64, span: Duration) -> bool {
+        then > 0 && self.now_ms().saturating_sub(then) <= span.as_millis() as u64
+    }
+
+    /// Someone waits, or read balances lately.
+    fn busy(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0 || self.within(self.used_ms.load(Ordering::Relaxed), KEEP_POLLING)
+    }
 }
 
 impl ProgressWatch {
     /// Starts the poller for `group`'s progress on `topic`.
     pub fn start(store: Store, group: String, topic: String) -> Self {
-        let (sender, _) = watch::channel(Progress::new());
+        let (sender, observed) = watch::channel(Observed::default());
         let sender = Arc::new(sender);
+        let shared = Arc::new(Shared {
+            waiting: AtomicUsize::new(0),
+            read_ms: AtomicU64::new(0),
+            used_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
         let poller = Arc::downgrade(&sender);
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let waiters = Arc::clone(&waiting);
+        let view = Arc::clone(&shared);
         tokio::spawn(async move {
             // Ends when every ProgressWatch is gone.
             while let Some(sender) = poller.upgrade() {
-                let waiting = waiters.load(Ordering::Relaxed) > 0;
-                if waiting {
-                    match store.load_progress(&group).await {
-                        Ok(all) => {
-                            let mine: Progress =
-                                all.into_iter().filter(|((t, _), _)| *t == topic).map(|((_, p), o)| (p, o)).collect();
+                let busy = view.busy();
+                if busy {
+                    let started = view.now_ms();
+                    match store.progress_and_mark(&group).await {
+                        Ok((all, mark)) => {
+                            let next = all.into_iter().filter(|((t, _), _)| *t == topic).map(|((_, p), o)| (p, o));
+                            let now = Observed { next: next.collect(), mark };
                             sender.send_if_modified(|current| {
-                                let changed = *current != mine;
-                                *current = mine;
+                                let changed = *current != now;
+                                *current = now;
                                 changed
                             });
+                            // What the read saw is at least as new as when it began.
+                            view.read_ms.store(started, Ordering::Release);
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot read consolidation progress"),
                     }
                 }
                 drop(sender);
-                tokio::time::sleep(if waiting { POLL } else { IDLE }).await;
+                tokio::time::sleep(if busy { POLL } else { IDLE }).await;
             }
         });
-        ProgressWatch { progress: sender.subscribe(), waiting, _sender: sender }
+        ProgressWatch { observed, shared, _sender: sender }
     }
 
     /// Waits until consolidation has committed past `posicao`, at most `timeout`. True if it has.
     pub async fn wait_past(&self, posicao: Posicao, timeout: Duration) -> bool {
-        let mut rx = self.progress.clone();
-        let passed = |p: &Progress| p.get(&posicao.partition).is_some_and(|next| *next > posicao.offset);
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let mut rx = self.observed.clone();
+        let passed = |o: &Observed| o.next.get(&posicao.partition).is_some_and(|next| *next > posicao.offset);
+        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
         let waited = tokio::time::timeout(timeout, rx.wait_for(passed)).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         waited.is_ok_and(|r| r.is_ok())
+    }
+
+    /// The store's current mark, if the poller read it within [`TRUSTED_FOR`]; also keeps the
+    /// poller reading for [`KEEP_POLLING`].
+    pub fn current_mark(&self) -> Option<Mark> {
+        self.shared.used_ms.store(self.shared.now_ms(), Ordering::Relaxed);
+        // The time before the value: the value is at least as new as the time says.
+        let read = self.shared.read_ms.load(Ordering::Acquire);
+        let mark = self.observed.borrow().mark.clone();
+        self.shared.within(read, TRUSTED_FOR).then_some(mark)
     }
 }

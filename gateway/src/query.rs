@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 
 use cashflow_sinks::Store;
 
+use crate::balances::Balances;
 use crate::progress::ProgressWatch;
 
 /// What the balance queries need.
@@ -28,13 +29,17 @@ pub struct QueryState {
     pub progress: ProgressWatch,
     /// The longest an `aguardar` read waits before answering with the data as it stands.
     pub aguardar_timeout: Duration,
+    /// Daily balances, from memory while they are current.
+    balances: Balances,
 }
 
 impl QueryState {
-    /// Starts watching `group`'s progress on `topic` (the ingest topic).
-    pub fn new(store: Store, group: &str, topic: &str, aguardar_timeout: Duration) -> Self {
+    /// Starts watching `group`'s progress on `topic` (the ingest topic); up to `cache_days` day
+    /// rows of balances are held in memory (0: none).
+    pub fn new(store: Store, group: &str, topic: &str, aguardar_timeout: Duration, cache_days: u64) -> Self {
         let progress = ProgressWatch::start(store.clone(), group.to_owned(), topic.to_owned());
-        QueryState { store, consolidate_group: group.to_owned(), progress, aguardar_timeout }
+        let balances = Balances::new(store.clone(), group.to_owned(), progress.clone(), cache_days);
+        QueryState { store, consolidate_group: group.to_owned(), progress, aguardar_timeout, balances }
     }
 
     /// With `aguardar`, waits (bounded) for consolidation to pass it: `Ok(false)` on timeout.
@@ -199,11 +204,7 @@ async fn monthly(
         return Err(Problem::validation(vec![FieldError::new("ano", "is required: a year from 1900 to 9999")]));
     };
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
-    let rows = state
-        .store
-        .daily(&principal.merchant_id, de, ate, &state.consolidate_group)
-        .await
-        .map_err(store_unavailable)?;
+    let rows = state.balances.daily(&principal.merchant_id, de, ate).await.map_err(store_unavailable)?;
     let meses = monthly_series(year, rows.opening_cents, &rows.days);
     Ok(answer(
         Mensal { comerciante: principal.merchant_id, ano: year, atualizado_ate: rows.consolidated_at, meses },
@@ -332,7 +333,7 @@ async fn consolidado(
     de: BusinessDate,
     ate: BusinessDate,
 ) -> Result<Consolidado, Problem> {
-    let rows = state.store.daily(&merchant, de, ate, &state.consolidate_group).await.map_err(store_unavailable)?;
+    let rows = state.balances.daily(&merchant, de, ate).await.map_err(store_unavailable)?;
     let atualizado_ate = rows.consolidated_at;
     let consolidated_on = atualizado_ate.as_deref().and_then(|t| t.get(..10)).and_then(|d| d.parse().ok());
     Ok(Consolidado {

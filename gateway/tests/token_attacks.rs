@@ -84,7 +84,13 @@ async fn gateway_with_keys_from(created: &[DateTime<Utc>]) -> Gateway {
         apis: Apis {
             auth: Some(Arc::new(auth)),
             ingest: Some(ingest),
-            query: Some(QueryState::new(store.clone(), "cashflow-consolidate", "lancamentos", Duration::from_secs(1))),
+            query: Some(QueryState::new(
+                store.clone(),
+                "cashflow-consolidate",
+                "lancamentos",
+                Duration::from_secs(1),
+                1000,
+            )),
             dlq: Some(Dlq::new(Arc::clone(&config), store.clone())),
             upstreams: None,
         },

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub sink_batch_duration: Histogram,
     pub ingest_broker_errors: IntCounter,
     pub pipeline_stage_up: IntGaugeVec,
+    pub query_cache_lookups: IntCounterVec,
+    pub query_cache_days: IntGauge,
     names: Vec<String>,
 }
 
@@ -208,6 +210,17 @@ impl Metrics {
                 "cashflow_pipeline_stage_up",
                 "1 while a stage of this process works, 0 while it is paused by a failure and retrying.",
                 &["stage"],
+            ),
+            query_cache_lookups: d.counter_vec(
+                "cashflow_query_balance_cache_lookups_total",
+                "Balance reads by where their days came from: memory (hit) or the store (miss: not held, or \
+                 consolidation committed since).",
+                &["outcome"],
+                &[&["hit"], &["miss"]],
+            ),
+            query_cache_days: d.gauge(
+                "cashflow_query_balance_cache_days",
+                "Day rows of balances held in memory, as of the last read from the store.",
             ),
             gateway_upstream_up: d.gauge_vec(
                 "cashflow_gateway_upstream_up",

@@ -13,6 +13,6 @@ mod users;
 
 pub use epoch::{Delivery, EpochTx, Origin, StoredEntry};
 pub use extrato::{ExtratoKey, ExtratoLine, ExtratoQuery};
-pub use read::DailyRows;
+pub use read::{DailyRows, Mark, Progress};
 pub use store::{Store, StoreError};
 pub use users::{Client, User};

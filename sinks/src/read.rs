@@ -1,8 +1,8 @@
 //! Reads: resume positions, the consolidated state, and balances for the API.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use cashflow_core::{BusinessDate, DayTotals, EntryId, LancamentoRecord, MerchantId};
+use cashflow_core::{BusinessDate, DayHistory, DayTotals, EntryId, LancamentoRecord, MerchantId};
 use futures::TryStreamExt;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -15,10 +15,24 @@ use crate::{Store, StoreError};
 pub struct DailyRows {
     /// Sum of every `saldo_do_dia` before the range.
     pub opening_cents: i64,
-    pub days: BTreeMap<BusinessDate, DayTotals>,
+    /// The days with entries, in date order.
+    pub days: Vec<(BusinessDate, DayTotals)>,
     /// When the consumer group last committed, if ever (RFC 3339).
     pub consolidated_at: Option<String>,
 }
+
+/// How far a consumer group has consolidated, as one mark that two reads can compare: the sum
+/// of its next offsets, which only grow and grow with every commit that adds an entry, and the
+/// time of its last commit (RFC 3339), which every commit sets. Two reads with the same mark saw
+/// the same consolidated state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub offsets: i64,
+    pub at: Option<String>,
+}
+
+/// Next offset per (topic, partition) stored for a group.
+pub type Progress = HashMap<(String, i32), i64>;
 
 fn totals(row: &AnyRow, from: usize) -> Result<DayTotals, StoreError> {
     Ok(DayTotals {
@@ -35,12 +49,53 @@ fn date(row: &AnyRow, i: usize) -> Result<BusinessDate, StoreError> {
 
 impl Store {
     /// Next offset per (topic, partition) stored for `group`.
-    pub async fn load_progress(&self, group: &str) -> Result<HashMap<(String, i32), i64>, StoreError> {
-        let rows = sqlx::query("SELECT topic, partition, next_offset FROM consumer_progress WHERE consumer_group = $1")
-            .bind(group.to_owned())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?))).collect()
+    pub async fn load_progress(&self, group: &str) -> Result<Progress, StoreError> {
+        Ok(self.progress_and_mark(group).await?.0)
+    }
+
+    /// `group`'s next offsets and its [`Mark`], read together.
+    pub async fn progress_and_mark(&self, group: &str) -> Result<(Progress, Mark), StoreError> {
+        let rows = sqlx::query(
+            "SELECT topic, partition, next_offset, updated_at FROM consumer_progress WHERE consumer_group = $1",
+        )
+        .bind(group.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut progress = Progress::with_capacity(rows.len());
+        let mut mark = Mark::default();
+        for r in &rows {
+            let next: i64 = r.try_get(2)?;
+            let at: String = r.try_get(3)?;
+            progress.insert((r.try_get(0)?, r.try_get(1)?), next);
+            mark.offsets += next;
+            mark.at = mark.at.max(Some(at));
+        }
+        Ok((progress, mark))
+    }
+
+    /// Every consolidated day of `merchant` and `group`'s [`Mark`], from one snapshot of the store:
+    /// one statement, rows in any order (the days, then the mark, told apart by the first column).
+    pub async fn history(&self, merchant: &MerchantId, group: &str) -> Result<(DayHistory, Mark), StoreError> {
+        let rows = sqlx::query(
+            "SELECT CAST(0 AS BIGINT), data, creditos_cents, debitos_cents, quantidade FROM consolidado_diario \
+             WHERE merchant_id = $1 \
+             UNION ALL \
+             SELECT CAST(1 AS BIGINT), MAX(updated_at), CAST(COALESCE(SUM(next_offset), 0) AS BIGINT), \
+             CAST(0 AS BIGINT), CAST(0 AS BIGINT) FROM consumer_progress WHERE consumer_group = $2",
+        )
+        .bind(merchant.to_string())
+        .bind(group.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut days = Vec::with_capacity(rows.len());
+        let mut mark = Mark::default();
+        for r in &rows {
+            match r.try_get::<i64, _>(0)? {
+                0 => days.push((date(r, 1)?, totals(r, 2)?)),
+                _ => mark = Mark { offsets: r.try_get(2)?, at: r.try_get(1)? },
+            }
+        }
+        Ok((DayHistory::new(days), mark))
     }
 
     /// The whole consolidated state per (merchant, day, category), to rebuild the dataflow on
@@ -118,13 +173,12 @@ impl Store {
         let mut out = DailyRows::default();
         for r in &rows {
             match r.try_get::<i64, _>(0)? {
-                0 => {
-                    out.days.insert(date(r, 1)?, totals(r, 2)?);
-                }
+                0 => out.days.push((date(r, 1)?, totals(r, 2)?)),
                 1 => out.opening_cents = r.try_get(2)?,
                 _ => out.consolidated_at = r.try_get(1)?,
             }
         }
+        out.days.sort_unstable_by_key(|(d, _)| *d);
         Ok(out)
     }
 

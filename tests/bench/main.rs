@@ -250,6 +250,19 @@ async fn run(args: &Args) -> Report {
     let processes =
         [("gateway", p.pid(Role::Gateway)), ("broker", broker), ("PostgreSQL", postgres), ("loadgen", bench)];
     http_load(&p, args, &processes, &mut report);
+    queries(&p, args, &processes, "31-day balance query at 5k/s", &mut report).await;
+
+    eprintln!("9b. the same queries with no balances held in memory (services.query.cache_days: 0)");
+    let cache_on = "cache_days: 1000000";
+    p.interrupt(Role::Gateway).await;
+    p.edit_config(cache_on, "cache_days: 0");
+    p.launch(Role::Gateway).await;
+    let processes =
+        [("gateway", p.pid(Role::Gateway)), ("broker", broker), ("PostgreSQL", postgres), ("loadgen", bench)];
+    queries(&p, args, &processes, "31-day balance query at 5k/s, store only", &mut report).await;
+    p.interrupt(Role::Gateway).await;
+    p.edit_config("cache_days: 0", cache_on);
+    p.launch(Role::Gateway).await;
 
     eprintln!("10. freshness at 1k entries/s");
     // A port chosen at the start may have served as a client port since: take a fresh one.
@@ -685,15 +698,27 @@ fn http_load(p: &Pipeline, args: &Args, processes: &[(&'static str, u32)], repor
         report.add(name, op(&single, "ingest", q), "ms");
     }
     report.add("single POST at 2k/s errors", errors(&single, "ingest"), "requests");
+}
 
+/// Balance queries over 31 days at 5k/s through `cashflow loadgen` as phase `name`, with the CPU
+/// time per request of `processes`, and how many of them the gateway answered from memory.
+async fn queries(p: &Pipeline, args: &Args, processes: &[(&'static str, u32)], name: &str, report: &mut Report) {
+    let op = |v: &Value, field: &str| v["operations"]["query"][field].as_f64().unwrap_or(f64::NAN);
+    let lookups = |m: &cashflow_tests::Metrics, outcome: &str| {
+        m.must(&format!("cashflow_query_balance_cache_lookups_total{{outcome=\"{outcome}\"}}"))
+    };
+    let before = p.api.metrics(&p.api.base).await;
     let cpu = CpuMeter::start(processes);
     let query = loadgen(p, args, &["--rate", "5000", "--mix", "query=1"]);
-    cpu.report("31-day balance query at 5k/s", op(&query, "query", "requests"), report);
-    report.add("31-day balance query at 5k/s: achieved", op(&query, "query", "per_second"), "requests/s");
-    for (q, name) in [("p50_ms", "31-day balance query at 5k/s p50"), ("p99_ms", "31-day balance query at 5k/s p99")] {
-        report.add(name, op(&query, "query", q), "ms");
-    }
-    report.add("31-day balance query at 5k/s errors", errors(&query, "query"), "requests");
+    cpu.report(name, op(&query, "requests"), report);
+    let after = p.api.metrics(&p.api.base).await;
+    report.add(&format!("{name}: achieved"), op(&query, "per_second"), "requests/s");
+    report.add(&format!("{name} p50"), op(&query, "p50_ms"), "ms");
+    report.add(&format!("{name} p99"), op(&query, "p99_ms"), "ms");
+    report.add(&format!("{name} errors"), errors(&query, "query"), "requests");
+    let hits = lookups(&after, "hit") - lookups(&before, "hit");
+    let misses = lookups(&after, "miss") - lookups(&before, "miss");
+    report.add(&format!("{name}: answered from memory"), 100.0 * hits / (hits + misses).max(1.0), "%");
 }
 
 /// Waits until the consolidator's stored progress reaches the topic's end.

@@ -26,6 +26,8 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
         "batch ingest entries/s",
         "single POST at 2k/s p99",
         "31-day balance query at 5k/s p99",
+        "31-day balance query at 5k/s: answered from memory",
+        "31-day balance query at 5k/s, store only p99",
         "freshness at 1k/s p99 (POST to visible)",
         "consolidator RSS after the load",
         "raw producer at 2k/s p99 (ack latency)",
@@ -36,7 +38,13 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
         let v = figures.get(name).unwrap_or_else(|| panic!("{name} missing: {report}"))["value"].as_f64().unwrap();
         assert!(v.is_finite() && v > 0.0, "{name} = {v}");
     }
-    for name in ["batch ingest errors", "single POST at 2k/s errors", "freshness failures (non-202, stale or error)"] {
+    for name in [
+        "batch ingest errors",
+        "single POST at 2k/s errors",
+        "31-day balance query at 5k/s errors",
+        "31-day balance query at 5k/s, store only errors",
+        "freshness failures (non-202, stale or error)",
+    ] {
         assert_eq!(figures[name]["value"].as_f64(), Some(0.0), "{name}: {report}");
     }
     assert_eq!(report["ratios"].as_object().unwrap().len(), 4);

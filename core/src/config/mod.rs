@@ -227,6 +227,11 @@ pub struct QueryConfig {
     /// The longest a read with `aguardar` waits for consolidation before answering stale.
     #[serde(default = "QueryConfig::default_aguardar_timeout_ms")]
     pub aguardar_timeout_ms: u64,
+    /// Day rows of consolidated balances held in memory (about 40 bytes each): a merchant's days
+    /// are read from the store once and answered from memory until consolidation commits again.
+    /// 0 reads the store on every request.
+    #[serde(default = "QueryConfig::default_cache_days")]
+    pub cache_days: u64,
 }
 
 impl Default for QueryConfig {
@@ -234,6 +239,7 @@ impl Default for QueryConfig {
         QueryConfig {
             listen: QueryConfig::default_listen(),
             aguardar_timeout_ms: QueryConfig::default_aguardar_timeout_ms(),
+            cache_days: QueryConfig::default_cache_days(),
         }
     }
 }
@@ -241,6 +247,9 @@ impl Default for QueryConfig {
 impl QueryConfig {
     const fn default_aguardar_timeout_ms() -> u64 {
         5_000
+    }
+    const fn default_cache_days() -> u64 {
+        1_000_000
     }
     fn default_listen() -> String {
         "127.0.0.1:8083".into()
