@@ -1,9 +1,11 @@
-//! Daily balances from memory. A merchant's consolidated days are read from the store in one
-//! statement, with the consolidation [`Mark`] of the snapshot they came from, and every later read
-//! is answered from memory while the store's mark, as the progress poller last read it (at most
-//! 200 ms ago), is still that one. Any commit of consolidation moves the mark, so the next read of
-//! each merchant goes to the store again: memory never answers with less than the store had when
-//! the poller last looked, and `aguardar` (which waits on the same poller) still reads its writes.
+//! Daily balances from memory. A merchant read twice while consolidation has not committed in
+//! between has all its consolidated days read from the store in one statement, with the
+//! consolidation [`Mark`] of the snapshot they came from; every later read is answered from memory
+//! while the store's mark, as the progress poller last read it (at most 200 ms ago), is still that
+//! one. Any commit of consolidation moves the mark, so the next read of each merchant goes to the
+//! store again: memory never answers with less than the store had when the poller last looked,
+//! and `aguardar` (which waits on the same poller) still reads its writes. A merchant read once
+//! between commits costs what it did without memory (its range, not its whole history).
 
 use std::sync::Arc;
 
@@ -14,10 +16,22 @@ use moka::sync::Cache;
 
 use crate::progress::ProgressWatch;
 
-/// One merchant's days, as of `mark`.
-struct Held {
-    mark: Mark,
-    history: DayHistory,
+/// What is held of one merchant.
+enum Held {
+    /// Read once from the store while the poller's mark was this one.
+    Seen(Mark),
+    /// Every consolidated day, as of `mark`.
+    Days { mark: Mark, history: DayHistory },
+}
+
+impl Held {
+    /// Day rows held, for the cache's bound.
+    fn weight(&self) -> u32 {
+        match self {
+            Held::Seen(_) => 1,
+            Held::Days { history, .. } => u32::try_from(history.len() + 1).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 /// The balance reads of one process.
@@ -33,12 +47,8 @@ pub(crate) struct Balances {
 
 impl Balances {
     pub(crate) fn new(store: Store, group: String, progress: ProgressWatch, cache_days: u64) -> Self {
-        let held = (cache_days > 0).then(|| {
-            Cache::builder()
-                .max_capacity(cache_days)
-                .weigher(|_, held: &Arc<Held>| u32::try_from(held.history.len() + 1).unwrap_or(u32::MAX))
-                .build()
-        });
+        let held = (cache_days > 0)
+            .then(|| Cache::builder().max_capacity(cache_days).weigher(|_, held: &Arc<Held>| held.weight()).build());
         Balances { store, group, progress, held }
     }
 
@@ -52,24 +62,39 @@ impl Balances {
     ) -> Result<DailyRows, StoreError> {
         let Some(cache) = &self.held else { return self.store.daily(merchant, de, ate, &self.group).await };
         let lookups = &metrics().query_cache_lookups;
-        let current = self.progress.current_mark();
-        let held = match cache.get(merchant).filter(|held| current.as_ref() == Some(&held.mark)) {
-            Some(held) => {
+        let Some(current) = self.progress.current_mark() else {
+            lookups.with_label_values(&["miss"]).inc();
+            return self.store.daily(merchant, de, ate, &self.group).await;
+        };
+        let held = cache.get(merchant);
+        match held.as_deref() {
+            Some(Held::Days { mark, history }) if *mark == current => {
                 lookups.with_label_values(&["hit"]).inc();
-                held
+                Ok(rows(history, mark, de, ate))
             }
-            None => {
+            // Read again before consolidation committed: worth holding whole.
+            Some(Held::Seen(mark)) if *mark == current => {
                 lookups.with_label_values(&["miss"]).inc();
                 let (history, mark) = self.store.history(merchant, &self.group).await?;
-                let held = Arc::new(Held { mark, history });
-                cache.insert(merchant.clone(), Arc::clone(&held));
+                let answer = rows(&history, &mark, de, ate);
+                cache.insert(merchant.clone(), Arc::new(Held::Days { mark, history }));
                 metrics().query_cache_days.set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));
-                held
+                Ok(answer)
             }
-        };
-        let (opening_cents, days) = held.history.range(de, ate);
-        Ok(DailyRows { opening_cents, days: days.to_vec(), consolidated_at: held.mark.at.clone() })
+            _ => {
+                lookups.with_label_values(&["miss"]).inc();
+                let answer = self.store.daily(merchant, de, ate, &self.group).await?;
+                cache.insert(merchant.clone(), Arc::new(Held::Seen(current)));
+                Ok(answer)
+            }
+        }
     }
+}
+
+/// The range `[de, ate]` of a merchant's history, as the store would answer it at `mark`.
+fn rows(history: &DayHistory, mark: &Mark, de: BusinessDate, ate: BusinessDate) -> DailyRows {
+    let (opening_cents, days) = history.range(de, ate);
+    DailyRows { opening_cents, days: days.to_vec(), consolidated_at: mark.at.clone() }
 }
 
 #[cfg(test)]
@@ -129,16 +154,17 @@ mod tests {
         let progress = ProgressWatch::start(store.clone(), GROUP.into(), "lancamentos".into());
         let balances = Balances::new(store.clone(), GROUP.into(), progress.clone(), 1_000);
 
-        let first = january(&balances).await;
-        assert_eq!(first, (700, vec![("2026-01-05".into(), 100)]));
-        // While the poller's view of the store is current, the days come from memory: a change
-        // made behind consolidation's back is not seen...
-        tamper(&dir, "UPDATE consolidado_diario SET creditos_cents = 999 WHERE data = '2026-01-05'").await;
+        // Once the poller has read the store's mark, a merchant read twice is held...
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while progress.current_mark().is_none() {
             assert!(tokio::time::Instant::now() < deadline, "the poller never read the store");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let first = january(&balances).await;
+        assert_eq!(first, (700, vec![("2026-01-05".into(), 100)]));
+        assert_eq!(january(&balances).await, first);
+        // ...and answered from memory: a change made behind consolidation's back is not seen...
+        tamper(&dir, "UPDATE consolidado_diario SET creditos_cents = 999 WHERE data = '2026-01-05'").await;
         assert_eq!(january(&balances).await, first, "answered from memory");
 
         // ...until consolidation commits: then the next read after `aguardar` sees the commit and

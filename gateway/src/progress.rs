@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use cashflow_core::Posicao;
 use cashflow_sinks::{Mark, Store};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// How often the store is read while anyone waits or reads balances.
 const POLL: Duration = Duration::from_millis(10);
-/// How often when nobody does: just enough to notice the first one.
+/// How often when nobody does (the first one also wakes the poller).
 const IDLE: Duration = Duration::from_millis(100);
 /// Balances read from memory are current only if the poller read the store this recently.
 const TRUSTED_FOR: Duration = Duration::from_millis(200);
@@ -48,6 +48,8 @@ struct Shared {
     read_ms: AtomicU64,
     used_ms: AtomicU64,
     epoch: Instant,
+    /// Cuts the poller's idle sleep short when someone starts waiting or reading.
+    wake: Notify,
 }
 
 impl Shared {
@@ -77,6 +79,7 @@ impl ProgressWatch {
             read_ms: AtomicU64::new(0),
             used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            wake: Notify::new(),
         });
         let poller = Arc::downgrade(&sender);
         let view = Arc::clone(&shared);
@@ -102,7 +105,14 @@ impl ProgressWatch {
                     }
                 }
                 drop(sender);
-                tokio::time::sleep(if busy { POLL } else { IDLE }).await;
+                if busy {
+                    tokio::time::sleep(POLL).await;
+                } else {
+                    tokio::select! {
+                        () = tokio::time::sleep(IDLE) => {}
+                        () = view.wake.notified() => {}
+                    }
+                }
             }
         });
         ProgressWatch { observed, shared, _sender: sender }
@@ -113,6 +123,7 @@ impl ProgressWatch {
         let mut rx = self.observed.clone();
         let passed = |o: &Observed| o.next.get(&posicao.partition).is_some_and(|next| *next > posicao.offset);
         self.shared.waiting.fetch_add(1, Ordering::Relaxed);
+        self.shared.wake.notify_one();
         let waited = tokio::time::timeout(timeout, rx.wait_for(passed)).await;
         self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         waited.is_ok_and(|r| r.is_ok())
@@ -125,6 +136,10 @@ impl ProgressWatch {
         // The time before the value: the value is at least as new as the time says.
         let read = self.shared.read_ms.load(Ordering::Acquire);
         let mark = self.observed.borrow().mark.clone();
-        self.shared.within(read, TRUSTED_FOR).then_some(mark)
+        let trusted = self.shared.within(read, TRUSTED_FOR);
+        if !trusted {
+            self.shared.wake.notify_one();
+        }
+        trusted.then_some(mark)
     }
 }

@@ -171,13 +171,13 @@ fn main() {
             "data set: {} entries, {} merchants, {} days; load phases of {} s",
             args.entries, args.merchants, args.days, args.seconds
         );
-        println!("{:<52} {:>14}  unit", "measure", "value");
+        println!("{:<64} {:>14}  unit", "measure", "value");
         for (name, value, unit) in &report.rows {
-            println!("{name:<52} {:>14}  {unit}", fmt(*value));
+            println!("{name:<64} {:>14}  {unit}", fmt(*value));
         }
-        println!("\n{:<52} {:>14}  target", "ratio (same run)", "value");
+        println!("\n{:<64} {:>14}  target", "ratio (same run)", "value");
         for (name, value, target) in ratios {
-            println!("{name:<52} {:>14.2}  {target}", value);
+            println!("{name:<64} {:>14.2}  {target}", value);
         }
     }
 }
