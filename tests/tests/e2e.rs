@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use cashflow_core::BusinessDate;
+
 use cashflow_tests::{
     MERCHANTS, Oracle, Pipeline, Posted, Store, assert_matches_oracle, d, fresh_postgres_database, login_all, post_all,
     random_entries,
@@ -38,6 +40,21 @@ async fn pipeline_matches_the_oracle(store: Store) {
     let one: serde_json::Value = r.json().await.unwrap();
     let range = p.api.daily(&tokens["loja-a"], "2026-03-03", "2026-03-03").await;
     assert_eq!(one["dia"], range["dias"][0]);
+
+    // With nothing left to consolidate, reads come from memory (the gateway counts them), and
+    // every window of the range, each with its own opening balance, still matches the oracle.
+    let hits = |m: &cashflow_tests::Metrics| m.must("cashflow_query_balance_cache_lookups_total{outcome=\"hit\"}");
+    let before = hits(&p.api.metrics(&p.api.base).await);
+    for m in MERCHANTS {
+        for start in (0..=ate.days() - de.days()).step_by(3) {
+            let from = BusinessDate::from_days(de.days() + start).unwrap();
+            let answer = p.api.daily(&tokens[m], &from.to_string(), &ate.to_string()).await;
+            let mismatches = oracle.mismatches(m, from, ate, &answer);
+            assert!(mismatches.is_empty(), "{m} {from}..{ate}: {:#?}", &mismatches[..mismatches.len().min(5)]);
+        }
+    }
+    let after = hits(&p.api.metrics(&p.api.base).await);
+    assert!(after > before, "no balance was answered from memory ({before} hits before, {after} after)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
