@@ -122,11 +122,23 @@ impl FromStr for Tipo {
     }
 }
 
+/// A valid calendar date, in a const context (where `unwrap` is not).
+const fn date_or_min(date: Option<NaiveDate>) -> NaiveDate {
+    match date {
+        Some(d) => d,
+        None => NaiveDate::MIN,
+    }
+}
+
 /// A business date (`YYYY-MM-DD`), between year 1900 and 9999.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BusinessDate(NaiveDate);
 
 impl BusinessDate {
+    /// The first and the last business date.
+    pub const FIRST: BusinessDate = BusinessDate(date_or_min(NaiveDate::from_ymd_opt(1900, 1, 1)));
+    pub const LAST: BusinessDate = BusinessDate(date_or_min(NaiveDate::from_ymd_opt(9999, 12, 31)));
+
     pub fn new(date: NaiveDate) -> Result<Self, String> {
         if (1900..=9999).contains(&date.year()) {
             Ok(BusinessDate(date))
@@ -542,6 +554,17 @@ mod tests {
             criado_em: DateTime::parse_from_rfc3339("2026-01-31T10:00:00.125Z").unwrap().with_timezone(&Utc),
             estorno_de: None,
         }
+    }
+
+    #[test]
+    fn the_first_and_last_business_dates_are_the_bounds_new_accepts() {
+        assert_eq!(BusinessDate::FIRST.to_string(), "1900-01-01");
+        assert_eq!(BusinessDate::LAST.to_string(), "9999-12-31");
+        for bound in [BusinessDate::FIRST, BusinessDate::LAST] {
+            assert_eq!(BusinessDate::new(bound.date()), Ok(bound));
+        }
+        assert!(BusinessDate::FIRST.date().pred_opt().is_some_and(|d| BusinessDate::new(d).is_err()));
+        assert!(BusinessDate::LAST.date().succ_opt().is_some_and(|d| BusinessDate::new(d).is_err()));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Daily balances from memory. A merchant read twice while consolidation has not committed in
-//! between has all its consolidated days read from the store in one statement, with the
-//! consolidation [`Mark`] of the snapshot they came from; every later read is answered from memory
-//! while the store's mark, as the progress poller last read it (at most 200 ms ago), is still that
-//! one. Any commit of consolidation moves the mark, so the next read of each merchant goes to the
-//! store again: memory never answers with less than the store had when the poller last looked,
-//! and `aguardar` (which waits on the same poller) still reads its writes. A merchant read once
-//! between commits costs what it did without memory (its range, not its whole history).
+//! between has all its consolidated days read from the store in one statement (the range query
+//! over every business date), held under the consolidation [`Mark`] the progress poller showed
+//! before that read; every later read is answered from memory while the poller's mark, read at
+//! most 200 ms ago, is still that one. What was read is at least as new as the mark it is held
+//! under, and any commit of consolidation moves the mark, so memory never answers with less than
+//! the store had when the poller last looked, and `aguardar` (which waits on the same poller)
+//! still reads its writes. A merchant read once between commits costs what it did without memory
+//! (its range, not its whole history).
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use cashflow_core::{BusinessDate, DayHistory, MerchantId};
 use cashflow_observability::metrics;
 use cashflow_sinks::{DailyRows, Mark, Store, StoreError};
 use moka::sync::Cache;
+use prometheus::IntCounter;
 
 use crate::progress::ProgressWatch;
 
@@ -20,8 +22,9 @@ use crate::progress::ProgressWatch;
 enum Held {
     /// Read once from the store while the poller's mark was this one.
     Seen(Mark),
-    /// Every consolidated day, as of `mark`.
-    Days { mark: Mark, history: DayHistory },
+    /// Every consolidated day, read after the poller showed `mark`, and when consolidation had
+    /// last committed as of that read.
+    Days { mark: Mark, history: DayHistory, consolidated_at: Option<String> },
 }
 
 impl Held {
@@ -43,13 +46,18 @@ pub(crate) struct Balances {
     progress: ProgressWatch,
     /// Weighed in day rows; none when the config holds no days in memory.
     held: Option<Cache<MerchantId, Arc<Held>>>,
+    /// Reads answered from memory, and from the store.
+    hits: IntCounter,
+    misses: IntCounter,
 }
 
 impl Balances {
     pub(crate) fn new(store: Store, group: String, progress: ProgressWatch, cache_days: u64) -> Self {
         let held = (cache_days > 0)
             .then(|| Cache::builder().max_capacity(cache_days).weigher(|_, held: &Arc<Held>| held.weight()).build());
-        Balances { store, group, progress, held }
+        let lookups = &metrics().query_cache_lookups;
+        let (hits, misses) = (lookups.with_label_values(&["hit"]), lookups.with_label_values(&["miss"]));
+        Balances { store, group, progress, held, hits, misses }
     }
 
     /// The merchant's days in `[de, ate]`, the balance carried into `de`, and when consolidation
@@ -61,28 +69,28 @@ impl Balances {
         ate: BusinessDate,
     ) -> Result<DailyRows, StoreError> {
         let Some(cache) = &self.held else { return self.store.daily(merchant, de, ate, &self.group).await };
-        let lookups = &metrics().query_cache_lookups;
         let Some(current) = self.progress.current_mark() else {
-            lookups.with_label_values(&["miss"]).inc();
+            self.misses.inc();
             return self.store.daily(merchant, de, ate, &self.group).await;
         };
         let held = cache.get(merchant);
         match held.as_deref() {
-            Some(Held::Days { mark, history }) if *mark == current => {
-                lookups.with_label_values(&["hit"]).inc();
-                Ok(rows(history, mark, de, ate))
+            Some(Held::Days { mark, history, consolidated_at }) if *mark == current => {
+                self.hits.inc();
+                Ok(rows(history, consolidated_at, de, ate))
             }
             // Read again before consolidation committed: worth holding whole.
             Some(Held::Seen(mark)) if *mark == current => {
-                lookups.with_label_values(&["miss"]).inc();
-                let (history, mark) = self.store.history(merchant, &self.group).await?;
-                let answer = rows(&history, &mark, de, ate);
-                cache.insert(merchant.clone(), Arc::new(Held::Days { mark, history }));
+                self.misses.inc();
+                let all = self.store.daily(merchant, BusinessDate::FIRST, BusinessDate::LAST, &self.group).await?;
+                let (history, consolidated_at) = (DayHistory::new(all.days), all.consolidated_at);
+                let answer = rows(&history, &consolidated_at, de, ate);
+                cache.insert(merchant.clone(), Arc::new(Held::Days { mark: current, history, consolidated_at }));
                 metrics().query_cache_days.set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));
                 Ok(answer)
             }
             _ => {
-                lookups.with_label_values(&["miss"]).inc();
+                self.misses.inc();
                 let answer = self.store.daily(merchant, de, ate, &self.group).await?;
                 cache.insert(merchant.clone(), Arc::new(Held::Seen(current)));
                 Ok(answer)
@@ -91,10 +99,10 @@ impl Balances {
     }
 }
 
-/// The range `[de, ate]` of a merchant's history, as the store would answer it at `mark`.
-fn rows(history: &DayHistory, mark: &Mark, de: BusinessDate, ate: BusinessDate) -> DailyRows {
+/// The range `[de, ate]` of a merchant's history, as the store answers it.
+fn rows(history: &DayHistory, consolidated_at: &Option<String>, de: BusinessDate, ate: BusinessDate) -> DailyRows {
     let (opening_cents, days) = history.range(de, ate);
-    DailyRows { opening_cents, days: days.to_vec(), consolidated_at: mark.at.clone() }
+    DailyRows { opening_cents, days: days.to_vec(), consolidated_at: consolidated_at.clone() }
 }
 
 #[cfg(test)]

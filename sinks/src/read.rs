@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use cashflow_core::{BusinessDate, DayHistory, DayTotals, EntryId, LancamentoRecord, MerchantId};
+use cashflow_core::{BusinessDate, DayTotals, EntryId, LancamentoRecord, MerchantId};
 use futures::TryStreamExt;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -71,31 +71,6 @@ impl Store {
             mark.at = mark.at.max(Some(at));
         }
         Ok((progress, mark))
-    }
-
-    /// Every consolidated day of `merchant` and `group`'s [`Mark`], from one snapshot of the store:
-    /// one statement, rows in any order (the days, then the mark, told apart by the first column).
-    pub async fn history(&self, merchant: &MerchantId, group: &str) -> Result<(DayHistory, Mark), StoreError> {
-        let rows = sqlx::query(
-            "SELECT CAST(0 AS BIGINT), data, creditos_cents, debitos_cents, quantidade FROM consolidado_diario \
-             WHERE merchant_id = $1 \
-             UNION ALL \
-             SELECT CAST(1 AS BIGINT), MAX(updated_at), CAST(COALESCE(SUM(next_offset), 0) AS BIGINT), \
-             CAST(0 AS BIGINT), CAST(0 AS BIGINT) FROM consumer_progress WHERE consumer_group = $2",
-        )
-        .bind(merchant.to_string())
-        .bind(group.to_owned())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut days = Vec::with_capacity(rows.len());
-        let mut mark = Mark::default();
-        for r in &rows {
-            match r.try_get::<i64, _>(0)? {
-                0 => days.push((date(r, 1)?, totals(r, 2)?)),
-                _ => mark = Mark { offsets: r.try_get(2)?, at: r.try_get(1)? },
-            }
-        }
-        Ok((DayHistory::new(days), mark))
     }
 
     /// The whole consolidated state per (merchant, day, category), to rebuild the dataflow on
