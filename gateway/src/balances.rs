@@ -69,7 +69,7 @@ impl Balances {
         ate: BusinessDate,
     ) -> Result<DailyRows, StoreError> {
         let Some(cache) = &self.held else { return self.store.daily(merchant, de, ate, &self.group).await };
-        let Some(current) = self.progress.current_mark() else {
+        let Some(current) = self.progress.current_mark().await else {
             self.misses.inc();
             return self.store.daily(merchant, de, ate, &self.group).await;
         };
@@ -115,6 +115,7 @@ mod tests {
     use sqlx::Connection as _;
 
     use super::*;
+    use crate::progress::{KEEP_POLLING, TRUSTED_FOR};
 
     const GROUP: &str = "cashflow-consolidate";
 
@@ -163,11 +164,7 @@ mod tests {
         let balances = Balances::new(store.clone(), GROUP.into(), progress.clone(), 1_000);
 
         // Once the poller has read the store's mark, a merchant read twice is held...
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while progress.current_mark().is_none() {
-            assert!(tokio::time::Instant::now() < deadline, "the poller never read the store");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        polled(&progress).await;
         let first = january(&balances).await;
         assert_eq!(first, (700, vec![("2026-01-05".into(), 100)]));
         assert_eq!(january(&balances).await, first);
@@ -184,6 +181,48 @@ mod tests {
         commit(&store, "2025-06-01", 5, 4).await;
         assert!(progress.wait_past(Posicao { partition: 0, offset: 3 }, Duration::from_secs(5)).await);
         assert_eq!(january(&balances).await.0, 705);
+    }
+
+    /// Until the poller has read the store's mark.
+    async fn polled(progress: &ProgressWatch) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while progress.current_mark().await.is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "the poller never read the store");
+        }
+    }
+
+    /// A merchant read twice (so held), once the poller has read the store.
+    async fn held(store: &Store) -> (ProgressWatch, Balances, (i64, Vec<(String, i64)>)) {
+        let progress = ProgressWatch::start(store.clone(), GROUP.into(), "lancamentos".into());
+        let balances = Balances::new(store.clone(), GROUP.into(), progress.clone(), 1_000);
+        polled(&progress).await;
+        let first = january(&balances).await;
+        assert_eq!(january(&balances).await, first);
+        (progress, balances, first)
+    }
+
+    #[tokio::test]
+    async fn after_the_poller_idled_a_read_waits_for_its_next_look_not_for_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
+        let (_progress, balances, first) = held(&store).await;
+        // Nobody reads: the poller stops, and what it last saw is no longer trusted...
+        tokio::time::sleep(KEEP_POLLING + TRUSTED_FOR * 2).await;
+        tamper(&dir, "UPDATE consolidado_diario SET creditos_cents = 999").await;
+        // ...but the next read needs only its next look at the mark, not its balances.
+        assert_eq!(january(&balances).await, first, "answered from memory once the poller looked again");
+    }
+
+    #[tokio::test]
+    async fn held_balances_are_answered_while_every_pooled_connection_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
+        let (_progress, balances, first) = held(&store).await;
+        // Both connections of the pool are taken (as by requests queued for the store), for
+        // longer than the poller's last look is trusted: it looks through its own connection.
+        let _busy = (store.begin_epoch().await.unwrap(), store.begin_epoch().await.unwrap());
+        tokio::time::sleep(TRUSTED_FOR * 2).await;
+        assert_eq!(january(&balances).await, first);
     }
 
     #[tokio::test]

@@ -19,9 +19,9 @@ const POLL: Duration = Duration::from_millis(10);
 /// How often when nobody does (the first one also wakes the poller).
 const IDLE: Duration = Duration::from_millis(100);
 /// Balances read from memory are current only if the poller read the store this recently.
-const TRUSTED_FOR: Duration = Duration::from_millis(200);
+pub(crate) const TRUSTED_FOR: Duration = Duration::from_millis(200);
 /// After a read of balances, the poller keeps polling this long.
-const KEEP_POLLING: Duration = Duration::from_secs(2);
+pub(crate) const KEEP_POLLING: Duration = Duration::from_secs(2);
 
 /// What the poller last read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,9 +43,9 @@ pub struct ProgressWatch {
 struct Shared {
     /// Requests waiting now; the poller reads the store while there are some.
     waiting: AtomicUsize,
-    /// When the poller last read the store successfully (when that read began), and when
-    /// balances were last read from memory; in [`Shared::now_ms`], 0 for never.
-    read_ms: AtomicU64,
+    /// When the poller's last successful read of the store began, sent after what it read; and
+    /// when balances were last read from memory. In [`Shared::now_ms`], 0 for never.
+    read_ms: watch::Sender<u64>,
     used_ms: AtomicU64,
     epoch: Instant,
     /// Cuts the poller's idle sleep short when someone starts waiting or reading.
@@ -60,7 +60,7 @@ impl Shared {
 
     /// Within `span` of `then`, which is 0 for never.
     fn within(&self, then: u64, span: Duration) -> bool {
-        then > 0 && self.now_ms().saturating_sub(then) <= span.as_millis() as u64
+        within(then, self.now_ms(), span)
     }
 
     /// Someone waits, or read balances lately.
@@ -69,14 +69,24 @@ impl Shared {
     }
 }
 
+/// `then` (0 for never) is at most `span` before `now`.
+fn within(then: u64, now: u64, span: Duration) -> bool {
+    then > 0 && now.saturating_sub(then) <= span.as_millis() as u64
+}
+
 impl ProgressWatch {
-    /// Starts the poller for `group`'s progress on `topic`.
+    /// Starts the poller for `group`'s progress on `topic`. It reads through a connection of its
+    /// own, so that however many requests queue for the store's pool, its reads do not.
     pub fn start(store: Store, group: String, topic: String) -> Self {
+        let store = store.own_pool(1).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no connection of its own for the progress poller; sharing the pool");
+            store
+        });
         let (sender, observed) = watch::channel(Observed::default());
         let sender = Arc::new(sender);
         let shared = Arc::new(Shared {
             waiting: AtomicUsize::new(0),
-            read_ms: AtomicU64::new(0),
+            read_ms: watch::Sender::new(0),
             used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             wake: Notify::new(),
@@ -99,7 +109,7 @@ impl ProgressWatch {
                                 changed
                             });
                             // What the read saw is at least as new as when it began.
-                            view.read_ms.store(started, Ordering::Release);
+                            view.read_ms.send_replace(started);
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot read consolidation progress"),
                     }
@@ -129,17 +139,24 @@ impl ProgressWatch {
         waited.is_ok_and(|r| r.is_ok())
     }
 
-    /// The store's current mark, if the poller read it within [`TRUSTED_FOR`]; also keeps the
-    /// poller reading for [`KEEP_POLLING`].
-    pub fn current_mark(&self) -> Option<Mark> {
-        self.shared.used_ms.store(self.shared.now_ms(), Ordering::Relaxed);
-        // The time before the value: the value is at least as new as the time says.
-        let read = self.shared.read_ms.load(Ordering::Acquire);
-        let mark = self.observed.borrow().mark.clone();
-        let trusted = self.shared.within(read, TRUSTED_FOR);
-        if !trusted {
+    /// The store's current mark, as the poller read it at most [`TRUSTED_FOR`] before; also
+    /// keeps the poller reading for [`KEEP_POLLING`]. When its last read is older (it was idle, or
+    /// the machine or the store is slow), waits up to [`TRUSTED_FOR`] for its next one: readers
+    /// wait for one small query rather than each reading the store, which under load would only
+    /// slow the poller further. None if no read came in time.
+    pub async fn current_mark(&self) -> Option<Mark> {
+        let asked = self.shared.now_ms();
+        self.shared.used_ms.store(asked, Ordering::Relaxed);
+        let recent = |read: &u64| within(*read, asked, TRUSTED_FOR);
+        let mut read = self.shared.read_ms.subscribe();
+        if !recent(&read.borrow_and_update()) {
             self.shared.wake.notify_one();
+            let next = tokio::time::timeout(TRUSTED_FOR, read.wait_for(recent)).await;
+            if !next.is_ok_and(|r| r.is_ok()) {
+                return None;
+            }
         }
-        trusted.then_some(mark)
+        // The time before the value: the value is at least as new as the time says.
+        Some(self.observed.borrow().mark.clone())
     }
 }

@@ -1,4 +1,5 @@
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -57,6 +58,9 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) pool: AnyPool,
+    /// Where `pool` connects, for [`Store::own_pool`].
+    url: Arc<str>,
+    backend: Backend,
 }
 
 impl Store {
@@ -74,30 +78,19 @@ impl Store {
             Backend::Sqlite => sqlite_url(url)?,
             Backend::Postgres => url.to_owned(),
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the one writer; NORMAL is durable across
-                        // process crashes, and a commit lost to power loss takes its offsets with it.
-                        for pragma in
-                            ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"]
-                        {
-                            conn.execute(pragma).await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
+        let pool = pool_options(backend, max_connections).connect(&url).await?;
         match backend {
             Backend::Sqlite => SQLITE.run(&pool).await?,
             Backend::Postgres => POSTGRES.run(&pool).await?,
         }
-        Ok(Store { pool })
+        Ok(Store { pool, url: url.into(), backend })
+    }
+
+    /// The same store through a pool of its own, which connects on first use: for a task whose
+    /// small reads must not queue behind everyone else's.
+    pub fn own_pool(&self, max_connections: u32) -> Result<Store, StoreError> {
+        let pool = pool_options(self.backend, max_connections).connect_lazy(&self.url)?;
+        Ok(Store { pool, url: Arc::clone(&self.url), backend: self.backend })
     }
 
     /// Cheap reachability check for readiness probes.
@@ -109,6 +102,25 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5)).after_connect(
+        move |conn, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL lets readers run beside the one writer; NORMAL is durable across
+                    // process crashes, and a commit lost to power loss takes its offsets with it.
+                    for pragma in
+                        ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"]
+                    {
+                        conn.execute(pragma).await?;
+                    }
+                }
+                Ok(())
+            })
+        },
+    )
 }
 
 /// `sqlite://path` → a URL that creates the file (and its directory) if missing.
