@@ -23,12 +23,14 @@ pub(crate) const TRUSTED_FOR: Duration = Duration::from_millis(200);
 /// After a read of balances, the poller keeps polling this long.
 pub(crate) const KEEP_POLLING: Duration = Duration::from_secs(2);
 
-/// What the poller last read.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the poller last read, and when.
+#[derive(Clone, Debug, Default)]
 struct Observed {
     /// Next offset to consolidate, per partition of the source topic.
     next: HashMap<i32, i64>,
     mark: Mark,
+    /// When the read began, in [`Shared::now_ms`] (0: none yet): what it saw is at least this new.
+    read_ms: u64,
 }
 
 #[derive(Clone)]
@@ -43,9 +45,7 @@ pub struct ProgressWatch {
 struct Shared {
     /// Requests waiting now; the poller reads the store while there are some.
     waiting: AtomicUsize,
-    /// When the poller's last successful read of the store began, sent after what it read; and
-    /// when balances were last read from memory. In [`Shared::now_ms`], 0 for never.
-    read_ms: watch::Sender<u64>,
+    /// When balances were last read from memory, in [`Shared::now_ms`] (0: never).
     used_ms: AtomicU64,
     epoch: Instant,
     /// Cuts the poller's idle sleep short when someone starts waiting or reading.
@@ -58,14 +58,10 @@ impl Shared {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// Within `span` of `then`, which is 0 for never.
-    fn within(&self, then: u64, span: Duration) -> bool {
-        within(then, self.now_ms(), span)
-    }
-
     /// Someone waits, or read balances lately.
     fn busy(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0 || self.within(self.used_ms.load(Ordering::Relaxed), KEEP_POLLING)
+        self.waiting.load(Ordering::Relaxed) > 0
+            || within(self.used_ms.load(Ordering::Relaxed), self.now_ms(), KEEP_POLLING)
     }
 }
 
@@ -78,15 +74,11 @@ impl ProgressWatch {
     /// Starts the poller for `group`'s progress on `topic`. It reads through a connection of its
     /// own, so that however many requests queue for the store's pool, its reads do not.
     pub fn start(store: Store, group: String, topic: String) -> Self {
-        let store = store.own_pool(1).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "no connection of its own for the progress poller; sharing the pool");
-            store
-        });
+        let store = store.own_pool(1);
         let (sender, observed) = watch::channel(Observed::default());
         let sender = Arc::new(sender);
         let shared = Arc::new(Shared {
             waiting: AtomicUsize::new(0),
-            read_ms: watch::Sender::new(0),
             used_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             wake: Notify::new(),
@@ -102,14 +94,7 @@ impl ProgressWatch {
                     match store.progress_and_mark(&group).await {
                         Ok((all, mark)) => {
                             let next = all.into_iter().filter(|((t, _), _)| *t == topic).map(|((_, p), o)| (p, o));
-                            let now = Observed { next: next.collect(), mark };
-                            sender.send_if_modified(|current| {
-                                let changed = *current != now;
-                                *current = now;
-                                changed
-                            });
-                            // What the read saw is at least as new as when it began.
-                            view.read_ms.send_replace(started);
+                            sender.send_replace(Observed { next: next.collect(), mark, read_ms: started });
                         }
                         Err(e) => tracing::warn!(error = %e, "cannot read consolidation progress"),
                     }
@@ -147,16 +132,15 @@ impl ProgressWatch {
     pub async fn current_mark(&self) -> Option<Mark> {
         let asked = self.shared.now_ms();
         self.shared.used_ms.store(asked, Ordering::Relaxed);
-        let recent = |read: &u64| within(*read, asked, TRUSTED_FOR);
-        let mut read = self.shared.read_ms.subscribe();
-        if !recent(&read.borrow_and_update()) {
+        let recent = |o: &Observed| within(o.read_ms, asked, TRUSTED_FOR);
+        let mut observed = self.observed.clone();
+        if !recent(&observed.borrow()) {
             self.shared.wake.notify_one();
-            let next = tokio::time::timeout(TRUSTED_FOR, read.wait_for(recent)).await;
-            if !next.is_ok_and(|r| r.is_ok()) {
-                return None;
-            }
         }
-        // The time before the value: the value is at least as new as the time says.
-        Some(self.observed.borrow().mark.clone())
+        // The mark comes with the time of the read that saw it (at once if that read is recent).
+        match tokio::time::timeout(TRUSTED_FOR, observed.wait_for(recent)).await {
+            Ok(Ok(o)) => Some(o.mark.clone()),
+            _ => None,
+        }
     }
 }

@@ -1,8 +1,7 @@
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
@@ -59,7 +58,7 @@ enum Backend {
 pub struct Store {
     pub(crate) pool: AnyPool,
     /// Where `pool` connects, for [`Store::own_pool`].
-    url: Arc<str>,
+    options: AnyConnectOptions,
     backend: Backend,
 }
 
@@ -78,19 +77,20 @@ impl Store {
             Backend::Sqlite => sqlite_url(url)?,
             Backend::Postgres => url.to_owned(),
         };
-        let pool = pool_options(backend, max_connections).connect(&url).await?;
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = pool_options(backend, max_connections).connect_with(options.clone()).await?;
         match backend {
             Backend::Sqlite => SQLITE.run(&pool).await?,
             Backend::Postgres => POSTGRES.run(&pool).await?,
         }
-        Ok(Store { pool, url: url.into(), backend })
+        Ok(Store { pool, options, backend })
     }
 
     /// The same store through a pool of its own, which connects on first use: for a task whose
     /// small reads must not queue behind everyone else's.
-    pub fn own_pool(&self, max_connections: u32) -> Result<Store, StoreError> {
-        let pool = pool_options(self.backend, max_connections).connect_lazy(&self.url)?;
-        Ok(Store { pool, url: Arc::clone(&self.url), backend: self.backend })
+    pub fn own_pool(&self, max_connections: u32) -> Store {
+        let pool = pool_options(self.backend, max_connections).connect_lazy_with(self.options.clone());
+        Store { pool, options: self.options.clone(), backend: self.backend }
     }
 
     /// Cheap reachability check for readiness probes.
