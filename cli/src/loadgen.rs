@@ -379,16 +379,10 @@ async fn open_loop(
     requests: u64,
     deadline: Instant,
 ) {
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight as usize));
-    let started = Instant::now();
+    let mut schedule = pace(Duration::from_secs_f64(1.0 / f64::from(rate)), requests, deadline);
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..requests {
-        let due = started + interval.mul_f64(i as f64);
-        if due >= deadline {
-            break;
-        }
-        tokio::time::sleep_until(due).await;
+    while let Some(due) = schedule.recv().await {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
         let (load, stats) = (Arc::clone(load), Arc::clone(stats));
         tasks.spawn(async move {
@@ -400,6 +394,28 @@ async fn open_loop(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// The due time of each request, `interval` apart from now until `deadline`, each sent when it
+/// comes. A thread of its own sleeps to each one: the OS wakes it within tens of microseconds,
+/// where the runtime's timer ticks by the millisecond (which would send requests in bursts, up
+/// to a millisecond late, and count that against the gateway).
+fn pace(interval: Duration, requests: u64, deadline: Instant) -> tokio::sync::mpsc::UnboundedReceiver<Instant> {
+    let (schedule, due_times) = tokio::sync::mpsc::unbounded_channel();
+    let (started, deadline) = (std::time::Instant::now(), deadline.into_std());
+    std::thread::spawn(move || {
+        for i in 0..requests {
+            let due = started + interval.mul_f64(i as f64);
+            if due >= deadline {
+                break;
+            }
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            if schedule.send(Instant::from_std(due)).is_err() {
+                break;
+            }
+        }
+    });
+    due_times
 }
 
 async fn closed_loop(load: &Arc<Load>, stats: &Arc<Mutex<Stats>>, connections: u32, requests: u64, deadline: Instant) {

@@ -2,6 +2,8 @@
 //! page of JSON at a time with an opaque keyset cursor, or (`Accept: text/csv`) the whole range as
 //! CSV, streamed page by page so memory stays bounded whatever the range holds.
 
+use std::sync::Arc;
+
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -24,7 +26,7 @@ const MAX_LIMIT: u32 = 1000;
 /// Rows per store read while streaming CSV.
 const CSV_PAGE: u32 = 1000;
 
-pub(crate) fn api() -> OpenApiRouter<QueryState> {
+pub(crate) fn api() -> OpenApiRouter<Arc<QueryState>> {
     OpenApiRouter::new().routes(routes!(extrato))
 }
 
@@ -112,7 +114,7 @@ struct Extrato {
     security(("bearer" = ["consolidado:read"]))
 )]
 async fn extrato(
-    State(state): State<QueryState>,
+    State(state): State<Arc<QueryState>>,
     principal: Principal,
     headers: HeaderMap,
     Query(params): Query<ExtratoParams>,
@@ -126,7 +128,7 @@ async fn extrato(
     if wants_csv {
         query.after = None;
         query.limit = CSV_PAGE;
-        return Ok(csv(state.store, query));
+        return Ok(csv(state.store.clone(), query));
     }
     // One more than asked tells whether another page follows.
     let limit = query.limit;

@@ -1,6 +1,7 @@
 //! Daily balances: `GET /v1/consolidado/diario?de&ate` and `GET /v1/consolidado/diario/{data}`,
 //! each optionally `aguardar`-ing a position: read-your-writes, bounded.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -66,7 +67,7 @@ fn answer<T: Serialize>(body: T, fresh: bool) -> Response {
 /// Longest range one request may ask for.
 pub const MAX_RANGE_DAYS: i64 = 366;
 
-pub(crate) fn api() -> OpenApiRouter<QueryState> {
+pub(crate) fn api() -> OpenApiRouter<Arc<QueryState>> {
     OpenApiRouter::new()
         .routes(routes!(range))
         .routes(routes!(one_day))
@@ -111,7 +112,7 @@ struct Categorias {
     security(("bearer" = ["consolidado:read"]))
 )]
 async fn by_category(
-    State(state): State<QueryState>,
+    State(state): State<Arc<QueryState>>,
     principal: Principal,
     Query(q): Query<RangeQuery>,
 ) -> Result<Response, Problem> {
@@ -190,7 +191,7 @@ struct Mensal {
     security(("bearer" = ["consolidado:read"]))
 )]
 async fn monthly(
-    State(state): State<QueryState>,
+    State(state): State<Arc<QueryState>>,
     principal: Principal,
     Query(q): Query<MonthlyQuery>,
 ) -> Result<Response, Problem> {
@@ -266,7 +267,7 @@ fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> 
     security(("bearer" = ["consolidado:read"]))
 )]
 async fn range(
-    State(state): State<QueryState>,
+    State(state): State<Arc<QueryState>>,
     principal: Principal,
     Query(q): Query<RangeQuery>,
 ) -> Result<Response, Problem> {
@@ -290,7 +291,7 @@ async fn range(
     security(("bearer" = ["consolidado:read"]))
 )]
 async fn one_day(
-    State(state): State<QueryState>,
+    State(state): State<Arc<QueryState>>,
     principal: Principal,
     Path(data): Path<String>,
     Query(q): Query<AguardarQuery>,

@@ -79,8 +79,10 @@ pub fn router(state: GatewayState) -> Router {
         protected = protected.merge(cashflow_ingest::router(ingest.clone()));
     }
     if let Some(query) = &apis.query {
-        protected = protected.merge(Router::from(crate::query::api().with_state(query.clone())));
-        protected = protected.merge(Router::from(crate::extrato::api().with_state(query.clone())));
+        // Shared, not cloned per request: a handler's state is cloned for every call.
+        let query = Arc::new(query.clone());
+        protected = protected.merge(Router::from(crate::query::api().with_state(Arc::clone(&query))));
+        protected = protected.merge(Router::from(crate::extrato::api().with_state(query)));
     }
     if let Some(dlq) = &apis.dlq {
         protected = protected.merge(Router::from(crate::admin::api().with_state(dlq.clone())));
