@@ -49,7 +49,14 @@ pub(crate) struct Balances {
     /// Reads answered from memory, and from the store.
     hits: IntCounter,
     misses: IntCounter,
+    /// One lock per stripe of merchants: a merchant that memory cannot answer is read from the
+    /// store by one request at a time, and those that waited are answered from what it read,
+    /// rather than all reading the store at once (at a cold start, or after each commit).
+    loads: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of [`Balances::loads`].
+const LOAD_STRIPES: usize = 1024;
 
 impl Balances {
     pub(crate) fn new(store: Store, group: String, progress: ProgressWatch, cache_days: u64) -> Self {
@@ -57,7 +64,8 @@ impl Balances {
             .then(|| Cache::builder().max_capacity(cache_days).weigher(|_, held: &Arc<Held>| held.weight()).build());
         let lookups = &metrics().query_cache_lookups;
         let (hits, misses) = (lookups.with_label_values(&["hit"]), lookups.with_label_values(&["miss"]));
-        Balances { store, group, progress, held, hits, misses }
+        let loads = (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Balances { store, group, progress, held, hits, misses, loads }
     }
 
     /// The merchant's days in `[de, ate]`, the balance carried into `de`, and when consolidation
@@ -73,15 +81,18 @@ impl Balances {
             self.misses.inc();
             return self.store.daily(merchant, de, ate, &self.group).await;
         };
-        let held = cache.get(merchant);
-        match held.as_deref() {
-            Some(Held::Days { mark, history, consolidated_at }) if *mark == current => {
-                self.hits.inc();
-                Ok(rows(history, consolidated_at, de, ate))
-            }
+        if let Some(answer) = self.held_range(cache, merchant, &current, de, ate) {
+            return Ok(answer);
+        }
+        let _one_at_a_time = self.loads[stripe(merchant)].lock().await;
+        // A request ahead of this one may have read what this one needs.
+        if let Some(answer) = self.held_range(cache, merchant, &current, de, ate) {
+            return Ok(answer);
+        }
+        self.misses.inc();
+        match cache.get(merchant).as_deref() {
             // Read again before consolidation committed: worth holding whole.
             Some(Held::Seen(mark)) if *mark == current => {
-                self.misses.inc();
                 let all = self.store.daily(merchant, BusinessDate::FIRST, BusinessDate::LAST, &self.group).await?;
                 let (history, consolidated_at) = (DayHistory::new(all.days), all.consolidated_at);
                 let answer = rows(&history, &consolidated_at, de, ate);
@@ -90,13 +101,36 @@ impl Balances {
                 Ok(answer)
             }
             _ => {
-                self.misses.inc();
                 let answer = self.store.daily(merchant, de, ate, &self.group).await?;
                 cache.insert(merchant.clone(), Arc::new(Held::Seen(current)));
                 Ok(answer)
             }
         }
     }
+
+    /// The range from the merchant's days held under `current`, if they are.
+    fn held_range(
+        &self,
+        cache: &Cache<MerchantId, Arc<Held>>,
+        merchant: &MerchantId,
+        current: &Mark,
+        de: BusinessDate,
+        ate: BusinessDate,
+    ) -> Option<DailyRows> {
+        let held = cache.get(merchant)?;
+        let Held::Days { mark, history, consolidated_at } = held.as_ref() else { return None };
+        (mark == current).then(|| {
+            self.hits.inc();
+            rows(history, consolidated_at, de, ate)
+        })
+    }
+}
+
+/// The stripe of [`Balances::loads`] a merchant's reads of the store take turns on.
+fn stripe(merchant: &MerchantId) -> usize {
+    use std::hash::{BuildHasher as _, BuildHasherDefault};
+    let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(merchant);
+    (hash % LOAD_STRIPES as u64) as usize
 }
 
 /// The range `[de, ate]` of a merchant's history, as the store answers it.
@@ -199,6 +233,20 @@ mod tests {
         let first = january(&balances).await;
         assert_eq!(january(&balances).await, first);
         (progress, balances, first)
+    }
+
+    #[tokio::test]
+    async fn reads_of_a_merchant_at_once_read_the_store_twice_not_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
+        let progress = ProgressWatch::start(store.clone(), GROUP.into(), "lancamentos".into());
+        let balances = Balances::new(store.clone(), GROUP.into(), progress.clone(), 1_000);
+        polled(&progress).await;
+        let (misses, hits) = (balances.misses.get(), balances.hits.get());
+        let answers = futures::future::join_all((0..50).map(|_| january(&balances))).await;
+        assert!(answers.iter().all(|a| *a == (0, vec![("2026-01-05".into(), 100)])), "{answers:?}");
+        // The first read of the range, then (read again) the whole history; the rest from memory.
+        assert_eq!((balances.misses.get() - misses, balances.hits.get() - hits), (2, 48));
     }
 
     #[tokio::test]
