@@ -6,7 +6,9 @@
 //! under, and any commit of consolidation moves the mark, so memory never answers with less than
 //! the store had when the poller last looked, and `aguardar` (which waits on the same poller)
 //! still reads its writes. A merchant read once between commits costs what it did without memory
-//! (its range, not its whole history).
+//! (its range, not its whole history). Reads of a merchant that memory cannot answer take turns
+//! on the store, and each looks in memory again first, so reads arriving together (a cold start,
+//! the first reads after a commit) cost two store reads, not one each.
 
 use std::sync::Arc;
 
