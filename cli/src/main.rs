@@ -13,6 +13,11 @@ use anyhow::Result;
 use cashflow_core::config::PipelineConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// jemalloc returns freed memory to the system, where glibc's arenas hold on to it.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Merchant cash-flow entries in, daily consolidated balances out.
 #[derive(Debug, Parser)]
 #[command(name = "cashflow", version)]

@@ -70,26 +70,40 @@ struct Args {
     json: bool,
 }
 
+const USAGE: &str =
+    "usage: cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--json]";
+
 impl Args {
-    fn parse() -> Args {
+    /// The flags, or what is wrong with them.
+    fn parse(mut flags: impl Iterator<Item = String>) -> Result<Args, String> {
         let mut a = Args { entries: 1_000_000, merchants: 10_000, days: 365, seconds: 20.0, soak: 0.0, json: false };
-        let mut it = std::env::args().skip(1);
-        while let Some(flag) = it.next() {
-            let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        while let Some(flag) = flags.next() {
+            let mut value = || flags.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
                 "--quick" => (a.entries, a.merchants, a.days, a.seconds) = (20_000, 200, 60, 2.0),
-                "--entries" => a.entries = value().parse().expect("--entries N"),
-                "--merchants" => a.merchants = value().parse().expect("--merchants N"),
-                "--days" => a.days = value().parse().expect("--days N"),
-                "--seconds" => a.seconds = value().parse().expect("--seconds S"),
-                "--soak" => a.soak = value().parse().expect("--soak S"),
+                "--entries" => a.entries = number(&flag, value()?)?,
+                "--merchants" => a.merchants = number(&flag, value()?)?,
+                "--days" => a.days = number(&flag, value()?)?,
+                "--seconds" => a.seconds = number(&flag, value()?)?,
+                "--soak" => a.soak = number(&flag, value()?)?,
                 "--json" => a.json = true,
-                other => panic!("unknown flag {other}; see the header of tests/bench/main.rs"),
+                "-h" | "--help" => return Err(String::new()),
+                other => return Err(format!("unknown flag {other}")),
             }
         }
-        assert!(a.merchants >= 50, "--merchants: at least 50 (the load generator's merchants)");
-        a
+        if a.merchants < 50 {
+            return Err("--merchants: at least 50 (the load generator's merchants)".into());
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if a.entries == 0 || a.days == 0 || !positive(a.seconds) || !(a.soak == 0.0 || positive(a.soak)) {
+            return Err("--entries, --days and --seconds must be positive, --soak not negative".into());
+        }
+        Ok(a)
     }
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: String) -> Result<T, String> {
+    value.parse().map_err(|_| format!("{flag}: not a number: {value:?}"))
 }
 
 /// Entry `i` of the data set: spread over merchants `loadgen-1..`, days up to today, categories.
@@ -132,7 +146,16 @@ fn fmt(v: f64) -> String {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(problem) => {
+            if !problem.is_empty() {
+                eprintln!("cashflow-bench: {problem}");
+            }
+            eprintln!("{USAGE}\n(the header of tests/bench/main.rs says what each phase measures)");
+            std::process::exit(if problem.is_empty() { 0 } else { 2 });
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let report = runtime.block_on(run(&args));
     let ratios = [
