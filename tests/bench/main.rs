@@ -14,8 +14,10 @@
 //! 4. consolidation: `cashflow run consolidate`, from the first commit to the last offset stored,
 //!    checked against the data set (every entry counted once);
 //! 5. the naive design: one consumer, one transaction per entry (insert it, upsert its day);
-//! 6. the store's raw write rate: COPY of the same entries into a copy of the entries table; and
+//! 6. the store's raw write rate: COPY of the same entries into a copy of the entries table;
 //!    both ceilings at once: the topic consumed and COPYed into the store, no other processing;
+//!    and COPY of every row consolidation writes (the entries, their days' and their (day,
+//!    category) totals, summed before the clock starts): the store's writes alone;
 //!    phases 2, 3, 4, 6 and 7 also give each process's CPU time per entry (from /proc), which
 //!    says where a stage's time goes; then, untimed, `VACUUM ANALYZE`, so that autovacuum does
 //!    not run into the latency phases;
@@ -24,13 +26,14 @@
 //! 8. ingest through the HTTP API (`cashflow loadgen`): batches, and single POSTs at 2k/s;
 //! 9. balance queries over 31 days at 5k/s;
 //! 10. freshness at 1k entries/s: POST, then read the balance with `aguardar`, until visible;
-//! 11. with `--soak S`: entries at 1k/s for S seconds, the RSS of the consolidator and of the
-//!     gateway sampled every 10 s (first and last minute, and the trend after the first minute).
+//! 11. with `--soak S`: entries at 1k/s for S seconds over 50 merchants' last 31 days (a key
+//!     space filled in the first minute), the RSS of the consolidator and of the gateway sampled
+//!     every 10 s (first and last minute, and the trend after the first minute).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::alloc::System;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -176,6 +179,11 @@ fn main() {
             "(both ceilings sharing the machine)",
         ),
         (
+            "consolidation / raw COPY of every row it writes",
+            report.get("consolidation entries/s") / report.get("raw COPY of every row consolidation writes entries/s"),
+            "(the store's writes alone)",
+        ),
+        (
             "batch ingest / raw producer",
             report.get("batch ingest entries/s") / report.get("raw producer records/s"),
             "≥ 0.8",
@@ -256,6 +264,9 @@ async fn run(args: &Args) -> Report {
     let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres), ("client", bench)]);
     raw_pipeline(kafka, &mut db, args.entries, &mut report).await;
     cpu.report("raw consume + COPY at once", entries_n, &mut report);
+    let cpu = CpuMeter::start(&[("PostgreSQL", postgres), ("client", bench)]);
+    raw_copy_written(&mut db, &entries, &mut report).await;
+    cpu.report("raw COPY of every row consolidation writes", entries_n, &mut report);
 
     // Untimed: what phases 4 to 6 wrote is vacuumed and analyzed now, so that PostgreSQL's
     // autovacuum does not take the cores during the latency phases that follow.
@@ -605,7 +616,13 @@ async fn naive(kafka: impl Fn(&mut ClientConfig), db: &mut PgConnection, args: &
 
 async fn raw_copy(db: &mut PgConnection, entries: &[Lancamento], report: &mut Report) {
     let started = Instant::now();
-    let mut copy = copy_into(db, "copy_lancamentos").await;
+    copy_entries(db, "copy_lancamentos", entries).await;
+    report.add("raw COPY rows/s", entries.len() as f64 / started.elapsed().as_secs_f64(), "rows/s");
+}
+
+/// `entries` COPY'd into a new table `table` shaped like the entries table.
+async fn copy_entries(db: &mut PgConnection, table: &str, entries: &[Lancamento]) {
+    let mut copy = copy_into(db, table).await;
     for (n, chunk) in entries.chunks(10_000).enumerate() {
         let mut buf = String::with_capacity(chunk.len() * 200);
         for (i, e) in chunk.iter().enumerate() {
@@ -613,9 +630,54 @@ async fn raw_copy(db: &mut PgConnection, entries: &[Lancamento], report: &mut Re
         }
         copy.send(buf.as_bytes()).await.unwrap();
     }
-    let rows = copy.finish().await.unwrap();
-    assert_eq!(rows, entries.len() as u64);
-    report.add("raw COPY rows/s", rows as f64 / started.elapsed().as_secs_f64(), "rows/s");
+    assert_eq!(copy.finish().await.unwrap(), entries.len() as u64);
+}
+
+/// The store's raw write rate for every row consolidation writes, per entry: the entries, their
+/// days' totals and their (day, category) totals, each `COPY`'d into a new table shaped like ours.
+/// The totals are summed and printed before the clock starts: this times the writes alone.
+async fn raw_copy_written(db: &mut PgConnection, entries: &[Lancamento], report: &mut Report) {
+    use std::fmt::Write as _;
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut days: HashMap<(&str, BusinessDate), [i64; 3]> = HashMap::new();
+    let mut categories: HashMap<(&str, BusinessDate, &str), [i64; 3]> = HashMap::new();
+    for e in entries {
+        let (cents, m) = (e.signed_cents(), e.merchant_id.as_str());
+        for t in [
+            days.entry((m, e.data)).or_default(),
+            categories.entry((m, e.data, e.categoria.as_deref().unwrap_or_default())).or_default(),
+        ] {
+            *t = [t[0] + cents.max(0), t[1] + (-cents).max(0), t[2] + 1];
+        }
+    }
+    let (mut day_rows, mut category_rows) = (String::new(), String::new());
+    for ((m, d), [c, b, n]) in &days {
+        let _ = writeln!(day_rows, "{m}\t{d}\t{c}\t{b}\t{n}\t{now}");
+    }
+    for ((m, d, k), [c, b, n]) in &categories {
+        let _ = writeln!(category_rows, "{m}\t{d}\t{k}\t{c}\t{b}\t{n}\t{now}");
+    }
+    for (table, like) in [("written_diario", "consolidado_diario"), ("written_categoria", "consolidado_categoria")] {
+        let sql = format!("CREATE TABLE {table} (LIKE {like} INCLUDING ALL)");
+        sqlx::query(&sql).execute(&mut *db).await.unwrap();
+    }
+
+    let started = Instant::now();
+    copy_entries(db, "written_lancamentos", entries).await;
+    for (table, columns, rows, want) in [
+        ("written_diario", "merchant_id, data", &day_rows, days.len()),
+        ("written_categoria", "merchant_id, data, categoria", &category_rows, categories.len()),
+    ] {
+        let sql =
+            format!("COPY {table} ({columns}, creditos_cents, debitos_cents, quantidade, atualizado_em) FROM STDIN");
+        let mut copy = db.copy_in_raw(&sql).await.unwrap();
+        for chunk in rows.as_bytes().chunks(1 << 20) {
+            copy.send(chunk).await.unwrap();
+        }
+        assert_eq!(copy.finish().await.unwrap(), want as u64);
+    }
+    let rate = entries.len() as f64 / started.elapsed().as_secs_f64();
+    report.add("raw COPY of every row consolidation writes entries/s", rate, "entries/s");
 }
 
 /// The two ceilings at once, on the same two cores: the topic read with rdkafka (one thread) and
@@ -813,13 +875,20 @@ async fn freshness(p: &Pipeline, args: &Args, report: &mut Report) {
     report.add("freshness failures (non-202, stale or error)", failures.load(Ordering::Relaxed) as f64, "requests");
 }
 
+/// Days of the soak's entries: with 50 merchants and 4 categories, 6,200 (merchant, day,
+/// category) keys, all seen within the soak's first minute, so that what the RSS trend measures
+/// after it is the cost of running, not the state that new keys add (a key's state is measured
+/// in phase 1).
+const SOAK_DAYS: u64 = 31;
+
 /// Entries at 1k/s for `--soak` seconds while the consolidator's and the gateway's RSS are
 /// sampled every 10 s.
 async fn soak(p: &Pipeline, args: &Args, report: &mut Report) {
+    let days = SOAK_DAYS.min(args.days).to_string();
     let mut load = p
         .cashflow()
         .args(["loadgen", "--target", &p.api.base, "--duration", &args.soak.to_string(), "--json"])
-        .args(["--merchants", "50", "--days", &args.days.to_string(), "--rate", "1000", "--mix", "ingest=1"])
+        .args(["--merchants", "50", "--days", &days, "--rate", "1000", "--mix", "ingest=1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
