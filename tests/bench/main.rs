@@ -635,20 +635,22 @@ async fn copy_entries(db: &mut PgConnection, table: &str, entries: &[Lancamento]
 
 /// The store's raw write rate for every row consolidation writes, per entry: the entries, their
 /// days' totals and their (day, category) totals, each `COPY`'d into a new table shaped like ours.
-/// The totals are summed and printed before the clock starts: this times the writes alone.
+/// The totals are summed and formatted before the clock starts: this times the writes alone.
 async fn raw_copy_written(db: &mut PgConnection, entries: &[Lancamento], report: &mut Report) {
     use std::fmt::Write as _;
     let now = chrono::Utc::now().to_rfc3339();
-    let mut days: HashMap<(&str, BusinessDate), [i64; 3]> = HashMap::new();
     let mut categories: HashMap<(&str, BusinessDate, &str), [i64; 3]> = HashMap::new();
     for e in entries {
-        let (cents, m) = (e.signed_cents(), e.merchant_id.as_str());
-        for t in [
-            days.entry((m, e.data)).or_default(),
-            categories.entry((m, e.data, e.categoria.as_deref().unwrap_or_default())).or_default(),
-        ] {
-            *t = [t[0] + cents.max(0), t[1] + (-cents).max(0), t[2] + 1];
-        }
+        let cents = e.signed_cents();
+        let key = (e.merchant_id.as_str(), e.data, e.categoria.as_deref().unwrap_or_default());
+        let t = categories.entry(key).or_default();
+        *t = [t[0] + cents.max(0), t[1] + (-cents).max(0), t[2] + 1];
+    }
+    // A day's totals are the sum of its categories'.
+    let mut days: HashMap<(&str, BusinessDate), [i64; 3]> = HashMap::new();
+    for ((m, d, _), [c, b, n]) in &categories {
+        let t = days.entry((*m, *d)).or_default();
+        *t = [t[0] + c, t[1] + b, t[2] + n];
     }
     let (mut day_rows, mut category_rows) = (String::new(), String::new());
     for ((m, d), [c, b, n]) in &days {
