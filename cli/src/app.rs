@@ -21,7 +21,7 @@ pub async fn connect_store(config: &PipelineConfig, common: &Common) -> Result<S
     let url = config.store.resolved_url(&common.data_dir);
     Store::connect(&url, config.store.max_connections)
         .await
-        .with_context(|| format!("cannot open the store (store.url = {:?})", config.store.url))
+        .with_context(|| format!("cannot open the store (store.url = {:?})", config.store.redacted_url()))
 }
 
 /// Where the signing keys live.

@@ -17,9 +17,15 @@ pub const ALREADY_REVERSED: &str = "already_reversed";
 pub const INVALID_REVERSAL: &str = "invalid_reversal";
 /// A retry record whose failure headers cannot be read: parked.
 pub const INVALID_HEADERS: &str = "invalid_headers";
+/// An entry whose amount would take its merchant's credits or debits beyond 64-bit cents, and
+/// so some day, category, month or running balance: parked, nothing wraps.
+pub const AMOUNT_OVERFLOW: &str = "amount_overflow";
+/// The store refused the one record for its data (a constraint, a value out of range): retried,
+/// then parked, while the records around it are consolidated.
+pub const STORE_REJECTED: &str = "store_rejected";
 
 /// Every code.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 10] = [
     MALFORMED,
     UNKNOWN_VERSION,
     INVALID_FIELD,
@@ -28,4 +34,6 @@ pub const ALL: [&str; 8] = [
     ALREADY_REVERSED,
     INVALID_REVERSAL,
     INVALID_HEADERS,
+    AMOUNT_OVERFLOW,
+    STORE_REJECTED,
 ];

@@ -47,6 +47,13 @@ pub struct Problem {
     /// For validation problems: each invalid field.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// For an entry the broker did not confirm: the id it would have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// For an entry the broker did not confirm: retried with this `Idempotency-Key`, it is
+    /// recorded exactly once, whether or not the first attempt was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
     #[serde(skip)]
     #[schema(ignore)]
     pub retry_after_secs: Option<u64>,
@@ -63,6 +70,8 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             errors: Vec::new(),
+            id: None,
+            idempotency_key: None,
             retry_after_secs: None,
             www_authenticate: false,
         }

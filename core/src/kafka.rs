@@ -1,15 +1,16 @@
 //! Kafka client settings and topic creation, from `pipeline.yaml`.
 
-use std::time::Duration;
-
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::config::PipelineConfig;
 
@@ -72,35 +73,97 @@ pub async fn ensure_topics(config: &PipelineConfig) -> Result<(), KafkaError> {
     Ok(())
 }
 
+/// Where each partition resumes: the next offset per (topic, partition), as the store holds it.
+pub type Positions = HashMap<(String, i32), i64>;
+
 /// A consumer context that notes every assignment or revocation, so a loop that keeps state per
 /// partition knows to drop it and start again from the positions it trusts.
+///
+/// With [`RebalanceWatch::positioned`], it also positions every partition it is assigned at the
+/// position it was given for that partition (or at the log's start when it has none), never at
+/// the group's committed offset: those commits are hints for lag tools, and a store restored
+/// from an older copy, or a fresh store behind a reused group, is behind them.
 #[derive(Default)]
 pub struct RebalanceWatch {
     changed: AtomicBool,
+    positions: Option<Mutex<Positions>>,
 }
 
 impl RebalanceWatch {
+    /// A watch that positions each assigned partition at `positions` (see the type's docs).
+    pub fn positioned(positions: Positions) -> Self {
+        RebalanceWatch { changed: AtomicBool::new(false), positions: Some(Mutex::new(positions)) }
+    }
+
     /// Whether the assignment changed since the last call.
     pub fn take_changed(&self) -> bool {
         self.changed.swap(false, Ordering::SeqCst)
+    }
+
+    /// Moves the positions forward, as a commit to the store did; a position never moves back.
+    pub fn advance(&self, next: impl IntoIterator<Item = ((String, i32), i64)>) {
+        let Some(positions) = &self.positions else { return };
+        let mut positions = positions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (partition, offset) in next {
+            let at = positions.entry(partition).or_insert(offset);
+            *at = (*at).max(offset);
+        }
+    }
+
+    /// Sets each partition's offset in `tpl` to its position.
+    fn position(&self, tpl: &mut TopicPartitionList) {
+        let Some(positions) = &self.positions else { return };
+        let positions = positions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let assigned: Vec<(String, i32)> =
+            tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+        for (topic, partition) in assigned {
+            let offset = match positions.get(&(topic.clone(), partition)) {
+                Some(&next) => Offset::Offset(next),
+                None => Offset::Beginning,
+            };
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
+                tracing::warn!(error = %e, topic, partition, "cannot position a partition");
+            }
+        }
     }
 }
 
 impl ClientContext for RebalanceWatch {}
 
 impl ConsumerContext for RebalanceWatch {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let partitions = |tpl: &TopicPartitionList| {
-            tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect::<Vec<_>>().join(",")
-        };
-        match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(partitions = %partitions(tpl), "partitions assigned"),
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = %partitions(tpl), "partitions revoked"),
-            Rebalance::Error(e) => {
-                tracing::warn!(error = %e, "rebalance failed");
+    /// As rdkafka's own, but each partition assigned starts at its position (when positioned).
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.position(tpl);
+                tracing::info!(partitions = %describe(tpl), "partitions assigned");
+                if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = %describe(tpl), "partitions revoked");
+                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+            }
+            other => {
+                tracing::warn!(error = %RDKafkaErrorCode::from(other), "rebalance failed");
                 return;
             }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "assignment not applied");
         }
         self.changed.store(true, Ordering::SeqCst);
     }
+}
+
+fn describe(tpl: &TopicPartitionList) -> String {
+    let described: Vec<String> = tpl
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => format!("{}/{}@{o}", e.topic(), e.partition()),
+            _ => format!("{}/{}", e.topic(), e.partition()),
+        })
+        .collect();
+    described.join(",")
 }

@@ -284,9 +284,32 @@ impl DecodeError {
 
 /// Limits shared by the HTTP edge and the decoder.
 pub const MAX_DESCRICAO_CHARS: usize = 200;
+/// The largest single amount, in cents (9,999,999,999.99): refused at the HTTP edge, and a
+/// record on the topic above it is an invalid field, whoever produced it.
+pub const MAX_VALOR_CENTS: i64 = 999_999_999_999;
+
+/// Why an amount is not one entry's: `None` when it is in (0, [`MAX_VALOR_CENTS`]].
+pub fn reject_valor_cents(cents: i64) -> Option<String> {
+    if cents <= 0 {
+        Some("must be positive".into())
+    } else if cents > MAX_VALOR_CENTS {
+        Some(format!("must be at most {}", Money::from_cents(MAX_VALOR_CENTS)))
+    } else {
+        None
+    }
+}
 pub const MAX_CATEGORIA_CHARS: usize = 50;
 
 impl Lancamento {
+    /// This entry's effect on any total it counts in: its amount as a credit or a debit, and one.
+    pub fn totals(&self) -> crate::DayTotals {
+        let cents = self.valor.cents();
+        match self.tipo {
+            Tipo::Credito => crate::DayTotals { creditos_cents: cents, debitos_cents: 0, quantidade: 1 },
+            Tipo::Debito => crate::DayTotals { creditos_cents: 0, debitos_cents: cents, quantidade: 1 },
+        }
+    }
+
     pub fn signed_cents(&self) -> i64 {
         match self.tipo {
             Tipo::Credito => self.valor.cents(),
@@ -452,8 +475,10 @@ impl Incoming {
                 let invalid = |field, reason: String| DecodeError::InvalidField { field, reason };
                 let stated = match (tipo, valor_cents) {
                     (None, None) => None,
-                    (Some(t), Some(c)) if c > 0 => Some((t, c)),
-                    (Some(_), Some(_)) => return Err(invalid("valor_cents", "must be positive".into())),
+                    (Some(t), Some(c)) => match reject_valor_cents(c) {
+                        None => Some((t, c)),
+                        Some(why) => return Err(invalid("valor_cents", why)),
+                    },
                     _ => {
                         return Err(invalid(
                             "valor_cents",
@@ -495,6 +520,14 @@ impl Incoming {
             Incoming::Reversal(r) => r.data,
         }
     }
+
+    /// When ingest accepted it.
+    pub fn criado_em(&self) -> DateTime<Utc> {
+        match self {
+            Incoming::Entry(e) => e.criado_em,
+            Incoming::Reversal(r) => r.criado_em,
+        }
+    }
 }
 
 fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
@@ -522,8 +555,8 @@ impl TryFrom<LancamentoRecord> for Lancamento {
     fn try_from(r: LancamentoRecord) -> Result<Self, Self::Error> {
         let invalid = |field, reason: String| DecodeError::InvalidField { field, reason };
         let merchant_id = MerchantId::parse(&r.merchant_id).map_err(|e| invalid("merchant_id", e))?;
-        if r.valor_cents <= 0 {
-            return Err(invalid("valor_cents", "must be positive".into()));
+        if let Some(why) = reject_valor_cents(r.valor_cents) {
+            return Err(invalid("valor_cents", why));
         }
         let data = r.data.parse().map_err(|e| invalid("data", e))?;
         check_text("descricao", &r.descricao, MAX_DESCRICAO_CHARS, true).map_err(|e| invalid("descricao", e))?;

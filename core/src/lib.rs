@@ -15,8 +15,9 @@ mod schema;
 
 pub use lancamento::{
     BusinessDate, DecodeError, EntryId, Incoming, Lancamento, LancamentoRecord, MAX_CATEGORIA_CHARS,
-    MAX_DESCRICAO_CHARS, MerchantId, Reversal, ReversalError, Tipo, WIRE_VERSION, check_text,
+    MAX_DESCRICAO_CHARS, MAX_VALOR_CENTS, MerchantId, Reversal, ReversalError, Tipo, WIRE_VERSION, check_text,
+    reject_valor_cents,
 };
 pub use money::{Money, MoneyError};
 pub use posicao::Posicao;
-pub use saldo::{DailyBalance, DayHistory, DayTotals, MonthlyBalance, daily_series, monthly_series};
+pub use saldo::{DailyBalance, DayHistory, DayTotals, MonthlyBalance, OutOfRange, daily_series, monthly_series};

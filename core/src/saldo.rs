@@ -13,10 +13,31 @@ pub struct DayTotals {
     pub quantidade: i64,
 }
 
+/// A total or balance that does not fit in 64-bit cents. Consolidation parks any entry whose
+/// effect would make one (a merchant's credits and its debits each stay within `i64`, so every
+/// day, month and running balance does); a store that holds one anyway is answered with this,
+/// never with a wrapped figure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a consolidated total does not fit in 64-bit cents")]
+pub struct OutOfRange;
+
 impl DayTotals {
-    pub fn saldo_cents(&self) -> i64 {
-        self.creditos_cents - self.debitos_cents
+    pub fn saldo_cents(&self) -> Result<i64, OutOfRange> {
+        self.creditos_cents.checked_sub(self.debitos_cents).ok_or(OutOfRange)
     }
+
+    /// Both totals added, or [`OutOfRange`].
+    pub fn checked_add(&self, other: &DayTotals) -> Result<DayTotals, OutOfRange> {
+        Ok(DayTotals {
+            creditos_cents: self.creditos_cents.checked_add(other.creditos_cents).ok_or(OutOfRange)?,
+            debitos_cents: self.debitos_cents.checked_add(other.debitos_cents).ok_or(OutOfRange)?,
+            quantidade: self.quantidade.checked_add(other.quantidade).ok_or(OutOfRange)?,
+        })
+    }
+}
+
+fn carry(balance: i64, t: &DayTotals) -> Result<i64, OutOfRange> {
+    balance.checked_add(t.saldo_cents()?).ok_or(OutOfRange)
 }
 
 /// One day of the balance series, as the API shows it.
@@ -47,16 +68,16 @@ pub struct DayHistory {
 
 impl DayHistory {
     /// The history of these days, one row per day, in any order.
-    pub fn new(mut days: Vec<(BusinessDate, DayTotals)>) -> Self {
+    pub fn new(mut days: Vec<(BusinessDate, DayTotals)>) -> Result<Self, OutOfRange> {
         days.sort_unstable_by_key(|(d, _)| *d);
         let mut carried = Vec::with_capacity(days.len() + 1);
         let mut balance = 0i64;
         carried.push(balance);
         for (_, t) in &days {
-            balance += t.saldo_cents();
+            balance = carry(balance, t)?;
             carried.push(balance);
         }
-        DayHistory { days, carried }
+        Ok(DayHistory { days, carried })
     }
 
     /// How many days have entries.
@@ -87,7 +108,7 @@ pub fn daily_series(
     opening_cents: i64,
     days: &[(BusinessDate, DayTotals)],
     consolidated_on: Option<BusinessDate>,
-) -> Vec<DailyBalance> {
+) -> Result<Vec<DailyBalance>, OutOfRange> {
     let mut out = Vec::with_capacity(usize::try_from((ate.date() - de.date()).num_days() + 1).unwrap_or(0));
     let mut balance = opening_cents;
     let mut with_entries = days.iter().skip_while(|(d, _)| *d < de).peekable();
@@ -95,12 +116,12 @@ pub fn daily_series(
     while let Some(d) = day.filter(|d| *d <= ate) {
         let t = with_entries.next_if(|(on, _)| *on == d).map(|(_, t)| *t).unwrap_or_default();
         let inicial = balance;
-        balance += t.saldo_cents();
+        balance = carry(balance, &t)?;
         out.push(DailyBalance {
             data: d,
             creditos: Money::from_cents(t.creditos_cents),
             debitos: Money::from_cents(t.debitos_cents),
-            saldo_do_dia: Money::from_cents(t.saldo_cents()),
+            saldo_do_dia: Money::from_cents(t.saldo_cents()?),
             saldo_inicial: Money::from_cents(inicial),
             saldo_final: Money::from_cents(balance),
             lancamentos: t.quantidade,
@@ -108,7 +129,7 @@ pub fn daily_series(
         });
         day = d.succ();
     }
-    out
+    Ok(out)
 }
 
 /// One month of the balance series.
@@ -129,13 +150,15 @@ pub struct MonthlyBalance {
 
 /// The twelve months of `year`, from its days' totals and the balance carried into it; a month
 /// without entries shows zero movement and carries the balance.
-pub fn monthly_series(year: i32, opening_cents: i64, days: &[(BusinessDate, DayTotals)]) -> Vec<MonthlyBalance> {
+pub fn monthly_series(
+    year: i32,
+    opening_cents: i64,
+    days: &[(BusinessDate, DayTotals)],
+) -> Result<Vec<MonthlyBalance>, OutOfRange> {
     let mut months = [DayTotals::default(); 12];
     for (day, t) in days.iter().filter(|(d, _)| d.date().year() == year) {
         let m = &mut months[day.date().month0() as usize];
-        m.creditos_cents += t.creditos_cents;
-        m.debitos_cents += t.debitos_cents;
-        m.quantidade += t.quantidade;
+        *m = m.checked_add(t)?;
     }
     let mut balance = opening_cents;
     months
@@ -143,16 +166,16 @@ pub fn monthly_series(year: i32, opening_cents: i64, days: &[(BusinessDate, DayT
         .enumerate()
         .map(|(i, t)| {
             let inicial = balance;
-            balance += t.saldo_cents();
-            MonthlyBalance {
+            balance = carry(balance, t)?;
+            Ok(MonthlyBalance {
                 mes: format!("{year:04}-{:02}", i + 1),
                 creditos: Money::from_cents(t.creditos_cents),
                 debitos: Money::from_cents(t.debitos_cents),
-                saldo_do_mes: Money::from_cents(t.saldo_cents()),
+                saldo_do_mes: Money::from_cents(t.saldo_cents()?),
                 saldo_inicial: Money::from_cents(inicial),
                 saldo_final: Money::from_cents(balance),
                 lancamentos: t.quantidade,
-            }
+            })
         })
         .collect()
 }
@@ -171,7 +194,7 @@ mod tests {
             (d("2026-01-01"), DayTotals { creditos_cents: 1000, debitos_cents: 0, quantidade: 1 }),
             (d("2026-01-03"), DayTotals { creditos_cents: 0, debitos_cents: 250, quantidade: 2 }),
         ];
-        let s = daily_series(d("2026-01-01"), d("2026-01-04"), 50, &totals, Some(d("2026-01-02")));
+        let s = daily_series(d("2026-01-01"), d("2026-01-04"), 50, &totals, Some(d("2026-01-02"))).unwrap();
         let finals: Vec<String> = s.iter().map(|b| b.saldo_final.to_string()).collect();
         assert_eq!(finals, ["10.50", "10.50", "8.00", "8.00"]);
         assert_eq!(s[2].saldo_inicial.to_string(), "10.50");
@@ -179,7 +202,22 @@ mod tests {
         assert_eq!(s[1].lancamentos, 0);
         let projected: Vec<bool> = s.iter().map(|b| b.projetado).collect();
         assert_eq!(projected, [false, false, true, true], "days after the last consolidation");
-        assert!(daily_series(d("2026-01-01"), d("2026-01-01"), 0, &totals, None)[0].projetado);
+        assert!(daily_series(d("2026-01-01"), d("2026-01-01"), 0, &totals, None).unwrap()[0].projetado);
+    }
+
+    /// Totals that a store should never hold (two days of i64::MAX credits) are an error on
+    /// every path that sums them, never a wrapped balance.
+    #[test]
+    fn totals_beyond_64_bits_are_an_error_not_a_wrapped_balance() {
+        let max = DayTotals { creditos_cents: i64::MAX, debitos_cents: 0, quantidade: 1 };
+        let days = [(d("2026-01-01"), max), (d("2026-01-02"), max)];
+        assert_eq!(DayHistory::new(days.to_vec()), Err(OutOfRange));
+        assert_eq!(daily_series(d("2026-01-01"), d("2026-01-02"), 0, &days, None), Err(OutOfRange));
+        assert_eq!(monthly_series(2026, 0, &days), Err(OutOfRange));
+        assert_eq!(daily_series(d("2026-01-02"), d("2026-01-02"), 1, &days[1..], None), Err(OutOfRange));
+        let owing = DayTotals { creditos_cents: 0, debitos_cents: i64::MAX, quantidade: 1 };
+        assert_eq!(owing.saldo_cents(), Ok(-i64::MAX));
+        assert_eq!(daily_series(d("2026-01-01"), d("2026-01-01"), -2, &[(d("2026-01-01"), owing)], None), Err(OutOfRange));
     }
 
     proptest::proptest! {
@@ -197,23 +235,23 @@ mod tests {
                 .rev()
                 .map(|(i, (c, db, q))| (day(*i), DayTotals { creditos_cents: *c, debitos_cents: *db, quantidade: *q }))
                 .collect();
-            let history = DayHistory::new(days.clone());
+            let history = DayHistory::new(days.clone()).unwrap();
             proptest::prop_assert_eq!(history.len(), days.len());
             let (de, ate) = (day(from), day(from + len));
             let (opening, in_range) = history.range(de, ate);
-            let expected_opening: i64 = days.iter().filter(|(d, _)| *d < de).map(|(_, t)| t.saldo_cents()).sum();
+            let expected_opening: i64 = days.iter().filter(|(d, _)| *d < de).map(|(_, t)| t.saldo_cents().unwrap()).sum();
             proptest::prop_assert_eq!(opening, expected_opening);
             let mut expected: Vec<_> = days.iter().filter(|(d, _)| de <= *d && *d <= ate).copied().collect();
             expected.sort();
             proptest::prop_assert_eq!(in_range, &expected[..]);
 
-            let series = daily_series(de, ate, opening, in_range, None);
+            let series = daily_series(de, ate, opening, in_range, None).unwrap();
             proptest::prop_assert_eq!(series.len() as i32, len + 1);
             let mut balance = expected_opening;
             for b in &series {
                 let t = days.iter().find(|(d, _)| *d == b.data).map(|(_, t)| *t).unwrap_or_default();
                 proptest::prop_assert_eq!(b.saldo_inicial, Money::from_cents(balance));
-                balance += t.saldo_cents();
+                balance += t.saldo_cents().unwrap();
                 proptest::prop_assert_eq!(b.saldo_final, Money::from_cents(balance));
                 proptest::prop_assert_eq!(b.lancamentos, t.quantidade);
             }

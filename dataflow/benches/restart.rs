@@ -51,7 +51,7 @@ async fn build_history(store: &Store, n: u64) -> f64 {
         let inserted = tx.insert_entries(&batch).await.unwrap();
         let fresh: Vec<&Lancamento> = batch.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
         let changed = dataflow.apply(&fresh).await.unwrap();
-        tx.add_daily(&cashflow_dataflow::daily(&changed)).await.unwrap();
+        tx.add_daily(&cashflow_dataflow::daily(&changed).unwrap()).await.unwrap();
         tx.add_categories(&changed).await.unwrap();
         let next: Vec<(String, i32, i64)> = (0..6).map(|p| ("lancamentos".to_owned(), p, (i / 6) as i64)).collect();
         tx.save_progress("bench", &next).await.unwrap();

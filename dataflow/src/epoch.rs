@@ -4,15 +4,18 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cashflow_core::config::PipelineConfig;
+use cashflow_core::config::{DateWindow, PipelineConfig};
 use cashflow_core::failure::{
-    ALREADY_REVERSED, CONFLICTING_DUPLICATE, INVALID_FIELD, INVALID_REVERSAL, ORIGINAL_NOT_FOUND,
+    ALREADY_REVERSED, AMOUNT_OVERFLOW, CONFLICTING_DUPLICATE, INVALID_FIELD, INVALID_REVERSAL, ORIGINAL_NOT_FOUND,
+    STORE_REJECTED,
 };
-use cashflow_core::{BusinessDate, EntryId, Incoming, Lancamento, LancamentoRecord};
+use cashflow_core::{BusinessDate, EntryId, Incoming, Lancamento, LancamentoRecord, MerchantId, Money, Tipo};
 use cashflow_observability::metrics;
 use cashflow_retry::Failure;
 use cashflow_sinks::{Delivery, EpochTx, Origin, Store, StoredEntry};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -65,24 +68,24 @@ impl Record {
 }
 
 /// A record that will not be counted, and why.
-struct Rejected {
-    record: Record,
+struct Rejected<'r> {
+    record: &'r Record,
     code: &'static str,
     detail: String,
     /// Straight to the parked topic: no retry can fix it.
     park: bool,
 }
 
-impl Rejected {
-    fn retry(record: Record, code: &'static str, detail: String) -> Rejected {
+impl<'r> Rejected<'r> {
+    fn retry(record: &'r Record, code: &'static str, detail: String) -> Self {
         Rejected { record, code, detail, park: false }
     }
 
-    fn park(record: Record, code: &'static str, detail: String) -> Rejected {
+    fn park(record: &'r Record, code: &'static str, detail: String) -> Self {
         Rejected { record, code, detail, park: true }
     }
 
-    fn conflict(record: Record, id: EntryId) -> Rejected {
+    fn conflict(record: &'r Record, id: EntryId) -> Self {
         Rejected::park(record, CONFLICTING_DUPLICATE, format!("entry id {id} was already used for different facts"))
     }
 }
@@ -96,39 +99,74 @@ pub(crate) struct Epoch<'a> {
 }
 
 impl Epoch<'_> {
-    /// Commits one batch; returns the next offsets it committed. Any error leaves the store as it
-    /// was, and the caller restarts from the store.
-    pub(crate) async fn commit(&self, batch: Vec<Record>) -> Result<TopicPartitionList, ConsolidateError> {
-        let m = metrics();
-        m.consolidate_consumed.inc_by(batch.len() as u64);
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for r in &batch {
-            next.insert((r.topic.clone(), r.partition), r.offset + 1);
+    /// Commits `batch`; returns the next offsets it committed. When the store refuses the epoch
+    /// for one record's data (not an outage), the batch is committed in halves, down to that
+    /// record, which goes to the retry topic with its code: no record holds back the others.
+    /// Any other error leaves the store as it was, and the caller restarts from the store.
+    pub(crate) async fn commit(&self, batch: &[Record]) -> Result<TopicPartitionList, ConsolidateError> {
+        metrics().consolidate_consumed.inc_by(batch.len() as u64);
+        let mut offsets = TopicPartitionList::new();
+        // Parts still to commit, the earliest on top: a partition's offsets only move forward.
+        let mut parts = vec![batch];
+        while let Some(part) = parts.pop() {
+            let next = match self.commit_part(part).await {
+                Err(ConsolidateError::Store(e)) if e.is_data_error() => {
+                    if let [record] = part {
+                        tracing::warn!(error = %e, "the store refused one record; routing it");
+                        let detail = format!("the store refused the record: {e}");
+                        self.commit_rejected(Rejected::retry(record, STORE_REJECTED, detail)).await?
+                    } else {
+                        tracing::warn!(error = %e, records = part.len(), "the store refused an epoch; splitting it");
+                        let (first, second) = part.split_at(part.len() / 2);
+                        parts.extend([second, first]);
+                        continue;
+                    }
+                }
+                other => other?,
+            };
+            for ((topic, partition), offset) in next {
+                offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+            }
         }
+        Ok(offsets)
+    }
+
+    /// Commits one record that will not count, alone: to its topic, and past it.
+    async fn commit_rejected(&self, rejected: Rejected<'_>) -> Result<BTreeMap<(String, i32), i64>, ConsolidateError> {
+        let next = next_offsets(std::slice::from_ref(rejected.record));
+        let mut tx = self.store.begin_epoch().await?;
+        self.send_rejected(&[rejected]).await?;
+        tx.save_progress(&self.config.services.consolidate.group, &progress(&next)).await?;
+        tx.commit().await?;
+        metrics().consolidate_epochs.inc();
+        Ok(next)
+    }
+
+    /// Commits one part of a batch in one transaction, its dataflow update taken back on failure.
+    async fn commit_part(&self, batch: &[Record]) -> Result<BTreeMap<(String, i32), i64>, ConsolidateError> {
+        let m = metrics();
+        let next = next_offsets(batch);
         let mut tx = self.store.begin_epoch().await?;
         let tx_opened = std::time::Instant::now();
         let mut duplicates = 0u64;
-        let mut rejected: Vec<Rejected> = Vec::new();
+        let mut rejected: Vec<Rejected<'_>> = Vec::new();
 
         // a retried delivery counts once, however often the retry stage sent it
         let deliveries: Vec<Delivery> = batch.iter().filter_map(Record::delivery).collect();
         let claimed = if deliveries.is_empty() { HashSet::new() } else { tx.claim_deliveries(&deliveries).await? };
         let before = batch.len();
-        let batch: Vec<Record> =
-            batch.into_iter().filter(|r| r.delivery().is_none_or(|d| claimed.contains(&d))).collect();
+        let batch: Vec<&Record> =
+            batch.iter().filter(|r| r.delivery().is_none_or(|d| claimed.contains(&d))).collect();
         duplicates += (before - batch.len()) as u64;
 
         // validate, then resolve reversals against their originals
         let window = &self.config.services.consolidate.date_window;
-        let today = BusinessDate::today();
         let mut incoming = Vec::with_capacity(batch.len());
         for record in batch {
             match Incoming::decode(&record.payload) {
-                Ok(i) => match window.reject(i.data(), today) {
+                Ok(i) => match outside_window(window, &i) {
                     None => incoming.push((i, record)),
-                    Some(why) => {
-                        rejected.push(Rejected::retry(record, INVALID_FIELD, format!("invalid field data: {why}")))
-                    }
+                    Some(why) => rejected.push(Rejected::retry(record, INVALID_FIELD, why)),
                 },
                 Err(e) => rejected.push(Rejected::retry(record, e.code(), e.to_string())),
             }
@@ -139,8 +177,8 @@ impl Epoch<'_> {
         // new. Every other record of an id is judged against what counts for it: the stored
         // record, or else the candidate.
         let mut valid: Vec<StoredEntry> = Vec::with_capacity(entries.len());
-        let mut sources: Vec<Record> = Vec::with_capacity(entries.len());
-        let mut later: Vec<(Lancamento, Record)> = Vec::new();
+        let mut sources: Vec<&Record> = Vec::with_capacity(entries.len());
+        let mut later: Vec<(Lancamento, &Record)> = Vec::new();
         let mut first: HashSet<EntryId> = HashSet::with_capacity(entries.len());
         for (entry, record) in entries {
             if first.insert(entry.id) {
@@ -154,10 +192,12 @@ impl Epoch<'_> {
         let seen_before: Vec<EntryId> = valid.iter().map(|s| s.entry.id).filter(|id| !inserted.contains(id)).collect();
         let mut counted: HashMap<EntryId, LancamentoRecord> =
             if seen_before.is_empty() { HashMap::new() } else { tx.stored_records(&seen_before).await? };
-        let mut repeats: Vec<(Lancamento, Record)> = Vec::new();
+        let mut repeats: Vec<(Lancamento, &Record)> = Vec::new();
+        let mut fresh: Vec<(&Lancamento, &Record)> = Vec::with_capacity(inserted.len());
         for (s, record) in valid.iter().zip(sources) {
             if inserted.contains(&s.entry.id) {
                 counted.insert(s.entry.id, s.entry.to_record());
+                fresh.push((&s.entry, record));
             } else {
                 repeats.push((s.entry.clone(), record));
             }
@@ -168,24 +208,33 @@ impl Epoch<'_> {
                 _ => rejected.push(Rejected::conflict(record, entry.id)),
             }
         }
-        let fresh: Vec<&Lancamento> = valid.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
+        let fresh = within_limits(&mut tx, fresh, &mut rejected).await?;
 
-        // consolidate
+        // consolidate: what the dataflow adds is taken back if the epoch does not commit
         let changed = self.dataflow.apply(&fresh).await?;
-        let days = crate::operator::daily(&changed);
-        tx.add_daily(&days).await?;
-        tx.add_categories(&changed).await?;
-
-        // rejected records are durable on their topics before their offsets are committed
-        self.send_rejected(&rejected).await?;
-        let group = &self.config.services.consolidate.group;
-        let next: Vec<(String, i32, i64)> = next.into_iter().map(|((t, p), o)| (t, p, o)).collect();
-        tx.save_progress(group, &next).await?;
-        tx.commit().await?;
+        let written = async {
+            let days = crate::operator::daily(&changed)?;
+            tx.add_daily(&days).await?;
+            tx.add_categories(&changed).await?;
+            tx.add_merchants(&crate::operator::by_merchant(&days)?).await?;
+            // rejected records are durable on their topics before their offsets are committed
+            self.send_rejected(&rejected).await?;
+            tx.save_progress(&self.config.services.consolidate.group, &progress(&next)).await?;
+            tx.commit().await?;
+            Ok::<_, ConsolidateError>(days.len())
+        }
+        .await;
+        let days = match written {
+            Ok(days) => days,
+            Err(e) => {
+                self.dataflow.revert(&fresh).await?;
+                return Err(e);
+            }
+        };
 
         m.sink_batch_duration.observe(tx_opened.elapsed().as_secs_f64());
         for (table, rows) in
-            [("lancamentos", fresh.len()), ("consolidado_diario", days.len()), ("consolidado_categoria", changed.len())]
+            [("lancamentos", fresh.len()), ("consolidado_diario", days), ("consolidado_categoria", changed.len())]
         {
             m.sink_batch_rows.with_label_values(&[table]).observe(rows as f64);
         }
@@ -197,68 +246,86 @@ impl Epoch<'_> {
         }
         m.consolidate_duplicates.inc_by(duplicates);
         m.consolidate_epochs.inc();
-        let mut offsets = TopicPartitionList::new();
-        for (topic, partition, offset) in &next {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-        }
-        Ok(offsets)
+        Ok(next)
     }
 
-    async fn send_rejected(&self, rejected: &[Rejected]) -> Result<(), ConsolidateError> {
+    async fn send_rejected(&self, rejected: &[Rejected<'_>]) -> Result<(), ConsolidateError> {
         if rejected.is_empty() {
             return Ok(());
         }
-        let services = &self.config.services;
         let now = now_ms();
-        let sends = rejected.iter().map(|r| {
-            let topic = if r.park { services.retry.parked.id() } else { services.consolidate.on_error.id() };
-            let m = metrics();
-            m.consolidate_failed.with_label_values(&[r.code]).inc();
-            if r.park {
-                m.retry_parked.with_label_values(&[r.code]).inc();
-            }
-            let (topic_in, partition, offset) = r.record.position();
-            tracing::warn!(code = r.code, topic = %topic_in, partition, offset, to = topic, "record rejected");
-            // A retry keeps where and when the record first failed, and its count of retries.
-            let failure = match &r.record.failure {
-                Some(f) => {
-                    Failure { code: r.code.to_owned(), stage: STAGE.to_owned(), detail: r.detail.clone(), ..f.clone() }
+        let routed: Vec<(&str, Failure, &Record)> = rejected.iter().map(|r| self.route(r, now)).collect();
+        let sends = routed.iter().map(|(topic, failure, record)| self.send(topic, failure, record, &record.payload));
+        let results = futures::future::join_all(sends).await;
+        for ((_, failure, record), result) in routed.iter().zip(results) {
+            match result {
+                Ok(()) => {}
+                // The value is too large to copy with its headers: park a stand-in that names
+                // where the original is, rather than fail the epoch again and again.
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                    let (topic, partition, offset) = record.position();
+                    tracing::warn!(code = %failure.code, topic, partition, offset, "record too large to copy; parking a stand-in");
+                    let detail = format!(
+                        "{}; the value ({} bytes) is too large to copy here with these headers: read it at {topic} \
+                         partition {partition} offset {offset}",
+                        failure.detail,
+                        record.payload.len()
+                    );
+                    let stand_in = Failure { detail, ..failure.clone() };
+                    self.send(self.config.services.retry.parked.id(), &stand_in, record, &[]).await?;
                 }
-                None => Failure {
-                    code: r.code.to_owned(),
-                    stage: STAGE.to_owned(),
-                    detail: r.detail.clone(),
-                    attempt: 0,
-                    origin_topic: topic_in.to_owned(),
-                    origin_partition: partition,
-                    origin_offset: offset,
-                    first_failed_at_ms: now,
-                    not_before_ms: 0,
-                },
-            };
-            let delay = cashflow_retry::backoff_ms(&services.retry.backoff_ms, failure.attempt) as i64;
-            let failure = Failure { not_before_ms: now + delay, ..failure };
-            let mut out =
-                FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).payload(&r.record.payload).headers(failure.to_headers());
-            if let Some(key) = &r.record.key {
-                out = out.key(key);
+                Err(e) => return Err(e.into()),
             }
-            self.producer.send(out, Duration::from_secs(10))
-        });
-        for result in futures::future::join_all(sends).await {
-            result.map_err(|(e, _)| e)?;
         }
         Ok(())
+    }
+
+    /// Where a rejected record goes, and its failure headers. A retry keeps where and when the
+    /// record first failed, and its count of retries.
+    fn route<'r>(&self, r: &Rejected<'r>, now: i64) -> (&str, Failure, &'r Record) {
+        let services = &self.config.services;
+        let topic = if r.park { services.retry.parked.id() } else { services.consolidate.on_error.id() };
+        let m = metrics();
+        m.consolidate_failed.with_label_values(&[r.code]).inc();
+        if r.park {
+            m.retry_parked.with_label_values(&[r.code]).inc();
+        }
+        let (topic_in, partition, offset) = r.record.position();
+        tracing::warn!(code = r.code, topic = %topic_in, partition, offset, to = topic, "record rejected");
+        let failure = match &r.record.failure {
+            Some(f) => Failure { code: r.code.to_owned(), stage: STAGE.to_owned(), detail: r.detail.clone(), ..f.clone() },
+            None => Failure {
+                code: r.code.to_owned(),
+                stage: STAGE.to_owned(),
+                detail: r.detail.clone(),
+                attempt: 0,
+                origin_topic: topic_in.to_owned(),
+                origin_partition: partition,
+                origin_offset: offset,
+                first_failed_at_ms: now,
+                not_before_ms: 0,
+            },
+        };
+        let delay = cashflow_retry::backoff_ms(&services.retry.backoff_ms, failure.attempt) as i64;
+        (topic, Failure { not_before_ms: now + delay, ..failure }, r.record)
+    }
+
+    async fn send(&self, topic: &str, failure: &Failure, record: &Record, payload: &[u8]) -> Result<(), KafkaError> {
+        let mut out = FutureRecord::<Vec<u8>, [u8]>::to(topic).payload(payload).headers(failure.to_headers());
+        if let Some(key) = &record.key {
+            out = out.key(key);
+        }
+        self.producer.send(out, Duration::from_secs(10)).await.map(|_| ()).map_err(|(e, _)| e)
     }
 }
 
 /// Turns each reversal into its correcting entry, using the original from the store or from this
 /// batch. A reversal whose original is unknown is retried; one that cannot apply is parked.
-async fn resolve(
+async fn resolve<'r>(
     tx: &mut EpochTx,
-    incoming: Vec<(Incoming, Record)>,
-    rejected: &mut Vec<Rejected>,
-) -> Result<Vec<(Lancamento, Record)>, ConsolidateError> {
+    incoming: Vec<(Incoming, &'r Record)>,
+    rejected: &mut Vec<Rejected<'r>>,
+) -> Result<Vec<(Lancamento, &'r Record)>, ConsolidateError> {
     let mut of: Vec<EntryId> =
         incoming.iter().filter_map(|(i, _)| if let Incoming::Reversal(r) = i { Some(r.of) } else { None }).collect();
     if of.is_empty() {
@@ -306,6 +373,71 @@ async fn resolve(
         }
     }
     Ok(out)
+}
+
+/// Why an entry's date is outside the window, judged on the day ingest accepted it
+/// (`criado_em`), not today: an entry accepted at 23:59 with the oldest date allowed is still
+/// valid when consolidated after midnight, or after an outage of days.
+fn outside_window(window: &DateWindow, i: &Incoming) -> Option<String> {
+    match BusinessDate::new(i.criado_em().date_naive()) {
+        Ok(accepted) => window.reject(i.data(), accepted).map(|why| format!("invalid field data: {why}")),
+        Err(why) => Some(format!("invalid field criado_em: {why}")),
+    }
+}
+
+/// Keeps the new entries whose amounts keep their merchant's credits and debits of all time
+/// within 64-bit cents, in the order read; parks the others and takes them out of the store
+/// again. Every day, category, month and running balance is a part of those two totals, so none
+/// of them can overflow either.
+async fn within_limits<'e, 'r>(
+    tx: &mut EpochTx,
+    fresh: Vec<(&'e Lancamento, &'r Record)>,
+    rejected: &mut Vec<Rejected<'r>>,
+) -> Result<Vec<&'e Lancamento>, ConsolidateError> {
+    let mut merchants: Vec<&MerchantId> = fresh.iter().map(|(e, _)| &e.merchant_id).collect();
+    merchants.sort_unstable();
+    merchants.dedup();
+    let mut totals = if merchants.is_empty() { HashMap::new() } else { tx.merchant_totals(&merchants).await? };
+    let mut kept = Vec::with_capacity(fresh.len());
+    let mut refused = Vec::new();
+    for (entry, record) in fresh {
+        let total = totals.entry(entry.merchant_id.clone()).or_default();
+        match total.checked_add(&entry.totals()) {
+            Ok(sum) => {
+                *total = sum;
+                kept.push(entry);
+            }
+            Err(_) => {
+                let detail = format!(
+                    "entry {} of {} would take the merchant's {} beyond {} in all",
+                    entry.id,
+                    Money::from_cents(entry.valor.cents()),
+                    if entry.tipo == Tipo::Credito { "credits" } else { "debits" },
+                    Money::from_cents(i64::MAX)
+                );
+                refused.push(entry.id);
+                rejected.push(Rejected::park(record, AMOUNT_OVERFLOW, detail));
+            }
+        }
+    }
+    if !refused.is_empty() {
+        tx.delete_entries(&refused).await?;
+    }
+    Ok(kept)
+}
+
+/// The next offset of each (topic, partition) in `batch`.
+fn next_offsets(batch: &[Record]) -> BTreeMap<(String, i32), i64> {
+    let mut next = BTreeMap::new();
+    for r in batch {
+        let at = next.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+        *at = (*at).max(r.offset + 1);
+    }
+    next
+}
+
+fn progress(next: &BTreeMap<(String, i32), i64>) -> Vec<(String, i32, i64)> {
+    next.iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect()
 }
 
 fn now_ms() -> i64 {

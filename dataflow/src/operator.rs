@@ -37,15 +37,23 @@ pub type DayChange = (MerchantId, BusinessDate, DayTotals);
 pub type CategoryChange = (MerchantId, BusinessDate, Option<String>, DayTotals);
 
 /// Each day's change: the sum of its categories' changes.
-pub fn daily(changes: &[CategoryChange]) -> Vec<DayChange> {
+pub fn daily(changes: &[CategoryChange]) -> Result<Vec<DayChange>, DataflowError> {
     let mut days: BTreeMap<(MerchantId, BusinessDate), DayTotals> = BTreeMap::new();
     for (m, d, _, t) in changes {
         let day = days.entry((m.clone(), *d)).or_default();
-        day.creditos_cents += t.creditos_cents;
-        day.debitos_cents += t.debitos_cents;
-        day.quantidade += t.quantidade;
+        *day = day.checked_add(t)?;
     }
-    days.into_iter().filter(|(_, t)| *t != DayTotals::default()).map(|((m, d), t)| (m, d, t)).collect()
+    Ok(days.into_iter().filter(|(_, t)| *t != DayTotals::default()).map(|((m, d), t)| (m, d, t)).collect())
+}
+
+/// Each merchant's change: the sum of its days' changes.
+pub fn by_merchant(days: &[DayChange]) -> Result<Vec<(MerchantId, DayTotals)>, DataflowError> {
+    let mut merchants: BTreeMap<&MerchantId, DayTotals> = BTreeMap::new();
+    for (m, _, t) in days {
+        let merchant = merchants.entry(m).or_default();
+        *merchant = merchant.checked_add(t)?;
+    }
+    Ok(merchants.into_iter().map(|(m, t)| (m.clone(), t)).collect())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +62,10 @@ pub enum DataflowError {
     WorkerGone,
     #[error("the dataflow produced an invalid key: {0}")]
     BadKey(String),
+    /// A sum beyond 64 bits. Consolidation parks any entry that would cause one first, so this
+    /// means a broken invariant, and the epoch is not committed.
+    #[error(transparent)]
+    OutOfRange(#[from] cashflow_core::OutOfRange),
 }
 
 enum Command {
@@ -140,15 +152,30 @@ impl Consolidator {
 
     /// Adds one epoch of new entries and returns how each touched (day, category)'s totals changed.
     pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Vec<CategoryChange>, DataflowError> {
+        self.update(entries, false).await
+    }
+
+    /// Takes back what [`Consolidator::apply`] added for `entries`, when their epoch was not
+    /// committed; returns the changes (the negation of those `apply` returned).
+    pub async fn revert(&self, entries: &[&Lancamento]) -> Result<Vec<CategoryChange>, DataflowError> {
+        self.update(entries, true).await
+    }
+
+    async fn update(&self, entries: &[&Lancamento], negate: bool) -> Result<Vec<CategoryChange>, DataflowError> {
         // One update per key and epoch: entries of one (merchant, day, category) add up here.
         let mut sums: HashMap<Key, Totals> = HashMap::with_capacity(entries.len());
         {
             let mut dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for e in entries {
                 let key = dictionary.key(&e.merchant_id, e.data, e.categoria.as_deref());
-                let cents = e.signed_cents();
                 let t = sums.entry(key).or_insert((0, 0, 0));
-                *t = (t.0 + cents.max(0), t.1 + (-cents).max(0), t.2 + 1);
+                let sum = DayTotals { creditos_cents: t.0, debitos_cents: t.1, quantidade: t.2 }.checked_add(&e.totals())?;
+                *t = (sum.creditos_cents, sum.debitos_cents, sum.quantidade);
+            }
+        }
+        if negate {
+            for t in sums.values_mut() {
+                *t = (-t.0, -t.1, -t.2);
             }
         }
         let (reply, answer) = oneshot::channel();

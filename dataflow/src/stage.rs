@@ -1,10 +1,11 @@
 //! The consolidate stage: read an epoch of records, validate, dedupe against the store, update
 //! the dataflow, and commit entries, changed days and offsets in one transaction.
 //!
-//! Progress lives only in the store. The consumer joins the group; on start, after any failure,
-//! and after every rebalance, a session takes its positions from the store and skips whatever the
-//! store already holds (Kafka's committed offsets are hints for lag metrics, never ahead of the
-//! store). A session rebuilds the dataflow from the stored daily totals; nothing in memory outlives
+//! Progress lives only in the store. The consumer joins the group; every partition it is assigned
+//! (on start, after any failure, after every rebalance) is positioned at the store's progress, or
+//! at the log's start when the store has none, never at Kafka's committed offset: those commits
+//! are hints for lag tools, and a store restored from an older copy is behind them. After a
+//! rebalance the session re-reads the store's progress and skips whatever it already holds. A session rebuilds the dataflow from the stored daily totals; nothing in memory outlives
 //! a failed commit. Consolidators of one group split the partitions between them.
 
 use std::sync::Arc;
@@ -103,7 +104,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", "50");
     })
-    .create_with_context(RebalanceWatch::default())?;
+    .create_with_context(RebalanceWatch::positioned(resume.clone()))?;
     let sources = config.consolidate_sources();
     for topic in &sources {
         partitions(&consumer, topic).await?;
@@ -120,10 +121,11 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             batch = next_epoch(&consumer, cons.max_epoch_records, max_wait) => batch?,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        // After a rebalance, positions come from Kafka's committed offsets, which are only hints
-        // and may lag: re-read the store's, and skip what it already holds.
+        // Partitions are positioned at the progress this session knew; another consolidator may
+        // have moved a partition on since: re-read the store's, and skip what it already holds.
         if consumer.context().take_changed() {
             resume = store.load_progress(&cons.group).await?;
+            consumer.context().advance(resume.iter().map(|(k, v)| (k.clone(), *v)));
             tracing::info!(
                 partitions = consumer.assignment().map(|a| a.count()).unwrap_or(0),
                 "partitions reassigned; resuming from the store"
@@ -138,12 +140,13 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
         }
         let timer = Instant::now();
         let epoch = Epoch { config, store, dataflow: &dataflow, producer: &errors };
-        let next = epoch.commit(batch).await?;
+        let next = epoch.commit(&batch).await?;
         for e in next.elements() {
             if let Offset::Offset(o) = e.offset() {
                 resume.insert((e.topic().to_owned(), e.partition()), o);
             }
         }
+        consumer.context().advance(resume.iter().map(|(k, v)| (k.clone(), *v)));
         // Kafka's committed offsets are only a hint for lag metrics; the store is the truth.
         if let Err(e) = consumer.commit(&next, CommitMode::Async) {
             tracing::debug!(error = %e, "offset hint not committed");

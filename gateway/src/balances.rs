@@ -96,7 +96,8 @@ impl Balances {
             // Read again before consolidation committed: worth holding whole.
             Some(Held::Seen(mark)) if *mark == current => {
                 let all = self.store.daily(merchant, BusinessDate::FIRST, BusinessDate::LAST, &self.group).await?;
-                let (history, consolidated_at) = (DayHistory::new(all.days), all.consolidated_at);
+                let history = DayHistory::new(all.days).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let consolidated_at = all.consolidated_at;
                 let answer = rows(&history, &consolidated_at, de, ate);
                 cache.insert(merchant.clone(), Arc::new(Held::Days { mark: current, history, consolidated_at }));
                 metrics().query_cache_days.set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));

@@ -65,6 +65,23 @@ impl Shared {
     }
 }
 
+/// One request waiting, for as long as it is held.
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.waiting.fetch_add(1, Ordering::Relaxed);
+        shared.wake.notify_one();
+        Waiting(shared)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// `then` (0 for never) is at most `span` before `now`.
 fn within(then: u64, now: u64, span: Duration) -> bool {
     then > 0 && now.saturating_sub(then) <= span.as_millis() as u64
@@ -117,10 +134,9 @@ impl ProgressWatch {
     pub async fn wait_past(&self, posicao: Posicao, timeout: Duration) -> bool {
         let mut rx = self.observed.clone();
         let passed = |o: &Observed| o.next.get(&posicao.partition).is_some_and(|next| *next > posicao.offset);
-        self.shared.waiting.fetch_add(1, Ordering::Relaxed);
-        self.shared.wake.notify_one();
+        // Counted while this future lives: a client that disconnects drops it mid-wait.
+        let _waiting = Waiting::new(&self.shared);
         let waited = tokio::time::timeout(timeout, rx.wait_for(passed)).await;
-        self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
         waited.is_ok_and(|r| r.is_ok())
     }
 
@@ -142,5 +158,30 @@ impl ProgressWatch {
             Ok(Ok(o)) => Some(o.mark.clone()),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A client that disconnects while it waits (its handler's future is dropped) no longer
+    /// counts as waiting: the poller goes back to idle instead of reading the store every 10 ms.
+    #[tokio::test]
+    async fn a_waiter_that_disconnects_leaves_the_poller_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}/s.db", dir.path().display()), 2).await.unwrap();
+        let watch = ProgressWatch::start(store, "g".into(), "lancamentos".into());
+        let waiter = watch.clone();
+        let request = tokio::spawn(async move {
+            waiter.wait_past(Posicao { partition: 0, offset: 1_000_000 }, Duration::from_secs(60)).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(watch.shared.busy(), "a request is waiting");
+        request.abort();
+        assert!(request.await.unwrap_err().is_cancelled());
+        assert!(!watch.shared.busy(), "the dropped waiter still keeps the poller busy");
     }
 }

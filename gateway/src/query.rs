@@ -9,6 +9,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_core::{
+    OutOfRange,
     BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, Posicao, daily_series, monthly_series,
 };
 use serde::{Deserialize, Serialize};
@@ -119,18 +120,23 @@ async fn by_category(
     principal.require(SCOPE_READ)?;
     let (de, ate) = range_params(&q)?;
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
-    let rows = state.store.categories(&principal.merchant_id, de, ate).await.map_err(store_unavailable)?;
-    let atualizado_ate = state.store.consolidated_at(&state.consolidate_group).await.map_err(store_unavailable)?;
+    let (rows, atualizado_ate) = state
+        .store
+        .categories(&principal.merchant_id, de, ate, &state.consolidate_group)
+        .await
+        .map_err(store_unavailable)?;
     let categorias = rows
         .into_iter()
-        .map(|(categoria, t)| TotalCategoria {
-            categoria,
-            creditos: Money::from_cents(t.creditos_cents),
-            debitos: Money::from_cents(t.debitos_cents),
-            saldo: Money::from_cents(t.saldo_cents()),
-            lancamentos: t.quantidade,
+        .map(|(categoria, t)| {
+            Ok(TotalCategoria {
+                categoria,
+                creditos: Money::from_cents(t.creditos_cents),
+                debitos: Money::from_cents(t.debitos_cents),
+                saldo: Money::from_cents(t.saldo_cents().map_err(out_of_range)?),
+                lancamentos: t.quantidade,
+            })
         })
-        .collect();
+        .collect::<Result<_, Problem>>()?;
     Ok(answer(Categorias { comerciante: principal.merchant_id, de, ate, atualizado_ate, categorias }, fresh))
 }
 
@@ -206,7 +212,7 @@ async fn monthly(
     };
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
     let rows = state.balances.daily(&principal.merchant_id, de, ate).await.map_err(store_unavailable)?;
-    let meses = monthly_series(year, rows.opening_cents, &rows.days);
+    let meses = monthly_series(year, rows.opening_cents, &rows.days).map_err(out_of_range)?;
     Ok(answer(
         Mensal { comerciante: principal.merchant_id, ano: year, atualizado_ate: rows.consolidated_at, meses },
         fresh,
@@ -324,8 +330,18 @@ fn check_range(de: BusinessDate, ate: BusinessDate, errors: &mut Vec<FieldError>
 }
 
 pub(crate) fn store_unavailable(e: cashflow_sinks::StoreError) -> Problem {
+    if let cashflow_sinks::StoreError::Corrupt(_) = e {
+        tracing::error!(error = %e, "the store holds a row no balance can be made from");
+        return Problem::internal();
+    }
     tracing::error!(error = %e, "cannot read the store");
     Problem::unavailable("the store is unreachable; retry shortly", 5)
+}
+
+/// Totals beyond 64-bit cents: the store holds what consolidation never writes.
+fn out_of_range(e: OutOfRange) -> Problem {
+    tracing::error!(error = %e, "a stored total is out of range");
+    Problem::internal()
 }
 
 async fn consolidado(
@@ -341,7 +357,7 @@ async fn consolidado(
         comerciante: merchant,
         de,
         ate,
-        dias: daily_series(de, ate, rows.opening_cents, &rows.days, consolidated_on),
+        dias: daily_series(de, ate, rows.opening_cents, &rows.days, consolidated_on).map_err(out_of_range)?,
         atualizado_ate,
     })
 }

@@ -14,7 +14,7 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::NovoLancamento;
-use crate::service::{IngestState, check_key, not_recorded, prepare};
+use crate::service::{IngestState, check_key, not_acknowledged, prepare};
 
 /// The most entries one batch may carry.
 pub const MAX_LOTE: usize = 1000;
@@ -62,6 +62,10 @@ struct ResultadoItem {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<EntryId>,
+    /// The item's `idempotency_key`, or one chosen for it: sent again with it, the item is the
+    /// same entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     posicao: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,21 +94,33 @@ pub(crate) async fn create_lote(
     }
     // Each item checked, then every valid one sent at once; the answers keep the items' order.
     let outcomes = join_all(lote.lancamentos.into_iter().map(|item| async {
-        let entry = prepare_item(&state, &principal, item)?;
-        let posicao = state.publisher.publish(&entry).await.map_err(|e| not_recorded(&e))?;
-        Ok::<_, Problem>((entry.id, posicao))
+        let (entry, key) = prepare_item(&state, &principal, item)?;
+        match state.publisher.publish(&entry).await {
+            Ok(posicao) => Ok((entry.id, key, posicao)),
+            Err(e) => Err(not_acknowledged(&e, entry.id, Some(&key))),
+        }
     }))
     .await;
     let resultados: Vec<ResultadoItem> = outcomes
         .into_iter()
         .enumerate()
         .map(|(indice, outcome)| match outcome {
-            Ok((id, posicao)) => {
-                ResultadoItem { indice, status: 202, id: Some(id), posicao: Some(posicao.to_string()), problema: None }
-            }
-            Err(problem) => {
-                ResultadoItem { indice, status: problem.status, id: None, posicao: None, problema: Some(problem) }
-            }
+            Ok((id, key, posicao)) => ResultadoItem {
+                indice,
+                status: 202,
+                id: Some(id),
+                idempotency_key: Some(key),
+                posicao: Some(posicao.to_string()),
+                problema: None,
+            },
+            Err(problem) => ResultadoItem {
+                indice,
+                status: problem.status,
+                id: None,
+                idempotency_key: None,
+                posicao: None,
+                problema: Some(problem),
+            },
         })
         .collect();
     let aceitos = resultados.iter().filter(|r| r.status == 202).count();
@@ -116,11 +132,11 @@ fn prepare_item(
     state: &IngestState,
     principal: &Principal,
     mut item: Value,
-) -> Result<cashflow_core::Lancamento, Problem> {
+) -> Result<(cashflow_core::Lancamento, String), Problem> {
     let key = match item.as_object_mut().and_then(|o| o.remove(ITEM_KEY)) {
         None | Some(Value::Null) => None,
         Some(Value::String(k)) => Some(check_key(ITEM_KEY, &k).map_err(|e| Problem::validation(vec![e]))?),
         Some(_) => return Err(Problem::validation(vec![FieldError::new(ITEM_KEY, "must be a string")])),
     };
-    prepare(state, principal, &item, key.as_deref())
+    prepare(state, principal, &item, key)
 }

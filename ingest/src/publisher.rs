@@ -13,9 +13,23 @@ use rdkafka::{ClientConfig, ClientContext};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// Not acknowledged in time, or the broker refused: the entry is not durable.
+    /// Refused before it reached the broker: the entry is not recorded.
+    #[error("the entry was not sent to the broker: {0}")]
+    NotSent(KafkaError),
+    /// Not acknowledged: the broker may have it (librdkafka reports a message that timed out
+    /// in flight as possibly persisted), or not.
     #[error("the broker did not acknowledge the entry: {0}")]
-    Unavailable(KafkaError),
+    Unconfirmed(KafkaError),
+}
+
+impl IngestError {
+    fn of(e: KafkaError) -> IngestError {
+        use rdkafka::types::RDKafkaErrorCode::{InvalidArgument, MessageSizeTooLarge, QueueFull, UnknownTopic};
+        match e.rdkafka_error_code() {
+            Some(QueueFull | MessageSizeTooLarge | InvalidArgument | UnknownTopic) => IngestError::NotSent(e),
+            _ => IngestError::Unconfirmed(e),
+        }
+    }
 }
 
 /// Counts the errors librdkafka reports on the producer's broker connections.
@@ -72,7 +86,7 @@ impl Publisher {
             Ok(delivery) => Ok(Posicao { partition: delivery.partition, offset: delivery.offset }),
             Err((e, _)) => {
                 self.replace_if_fatal(&producer);
-                Err(IngestError::Unavailable(e))
+                Err(IngestError::of(e))
             }
         }
     }

@@ -57,6 +57,10 @@ pub fn router(state: IngestState) -> Router {
 #[derive(Serialize, utoipa::ToSchema)]
 struct Aceito {
     id: EntryId,
+    /// The key that makes a repeat of this request the same entry: the `Idempotency-Key` sent,
+    /// or one ingest chose. Not sent for a reversal, whose id comes from the entry it reverses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
     /// Always `aceito`.
     #[schema(value_type = String, example = "aceito")]
     status: &'static str,
@@ -74,24 +78,23 @@ fn check_window(window: &DateWindow, data: BusinessDate) -> Result<(), Problem> 
     }
 }
 
-/// A new entry from a request body: the merchant from the token, the id from the idempotency key
-/// (or random), every field checked.
+/// A new entry from a request body, and its idempotency key: the merchant from the token, the
+/// id from the key, every field checked. Without a key, ingest chooses one (a random UUID), so
+/// that every answer, a 202 or a 503 the broker left uncertain, names a key that makes a retry
+/// the same entry.
 pub(crate) fn prepare(
     state: &IngestState,
     principal: &Principal,
     body: &Value,
-    idempotency_key: Option<&str>,
-) -> Result<Lancamento, Problem> {
+    idempotency_key: Option<String>,
+) -> Result<(Lancamento, String), Problem> {
     principal.refuse_foreign(body)?;
     let novo = parse_novo(body).map_err(Problem::validation)?;
     check_window(&state.date_window, novo.data)?;
     let merchant = principal.merchant_id.clone();
-    let id = match idempotency_key {
-        Some(k) => EntryId::from_idempotency_key(&merchant, k),
-        None => EntryId::random(),
-    };
-    Ok(Lancamento {
-        id,
+    let key = idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let entry = Lancamento {
+        id: EntryId::from_idempotency_key(&merchant, &key),
         merchant_id: merchant,
         tipo: novo.tipo,
         valor: novo.valor,
@@ -100,16 +103,35 @@ pub(crate) fn prepare(
         categoria: novo.categoria,
         criado_em: chrono::Utc::now(),
         estorno_de: None,
-    })
+    };
+    Ok((entry, key))
 }
 
-pub(crate) fn not_recorded(e: &IngestError) -> Problem {
-    tracing::warn!(error = %e, "entry not accepted: broker unavailable");
-    Problem::unavailable("the entry was not recorded; retry with the same Idempotency-Key", RETRY_AFTER_SECS)
+/// 503 for an entry the broker did not acknowledge, naming the id and the key (when there is
+/// one) with which a retry is the same entry: a timed-out entry may be in the log, and a retry
+/// without its key would count it twice.
+pub(crate) fn not_acknowledged(e: &IngestError, id: EntryId, key: Option<&str>) -> Problem {
+    tracing::warn!(error = %e, "entry not acknowledged by the broker");
+    let retry = match key {
+        Some(k) => format!("retry with the header Idempotency-Key: {k} (it is entry {id} either way)"),
+        None => format!("retry the same request: it is entry {id} either way"),
+    };
+    let detail = match e {
+        IngestError::NotSent(_) => format!("the entry was not recorded; {retry}"),
+        IngestError::Unconfirmed(_) => {
+            format!("the broker did not confirm the entry: it may or may not be recorded; {retry}, and it counts once")
+        }
+    };
+    let mut problem = Problem::unavailable(detail, RETRY_AFTER_SECS);
+    problem.id = Some(id.to_string());
+    problem.idempotency_key = key.map(str::to_owned);
+    problem
 }
 
 /// Records an entry. Answered only after the broker acknowledged it; repeating the call with the
-/// same `Idempotency-Key` yields the same id, counted once.
+/// same `Idempotency-Key` yields the same id, counted once. Every answer carries the key (the one
+/// sent, or one chosen for the request): a 503 may leave the entry recorded or not, and a retry
+/// with that key is the same entry either way.
 #[utoipa::path(
     post,
     path = "/v1/lancamentos",
@@ -126,17 +148,22 @@ async fn create(
     Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_WRITE)?;
-    let key = idempotency_key(&headers)?;
-    let entry = prepare(&state, &principal, &body, key.as_deref())?;
-    let posicao = state.publisher.publish(&entry).await.map_err(|e| not_recorded(&e))?;
-    let body = Aceito { id: entry.id, status: "aceito", posicao: posicao.to_string(), estorno_de: None };
+    let (entry, key) = prepare(&state, &principal, &body, idempotency_key(&headers)?)?;
+    let posicao = state.publisher.publish(&entry).await.map_err(|e| not_acknowledged(&e, entry.id, Some(&key)))?;
+    let body = Aceito {
+        id: entry.id,
+        idempotency_key: Some(key),
+        status: "aceito",
+        posicao: posicao.to_string(),
+        estorno_de: None,
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// Reverses an entry. The reversal's id is derived from the original, so repeating the call is
 /// safe. What the store already knows is checked here (already reversed: 409; a reversal: 422);
-/// an original not consolidated yet is accepted, and consolidation retries the reversal until
-/// the original arrives.
+/// an original not consolidated yet is accepted, and consolidation retries the reversal with
+/// backoff while the original may still arrive, then parks it (replayable).
 #[utoipa::path(
     post,
     path = "/v1/lancamentos/{id}/estorno",
@@ -187,8 +214,15 @@ async fn reverse(
         criado_em: chrono::Utc::now(),
         stated: original.map(|o| (o.tipo.inverse(), o.valor_cents)),
     };
-    let posicao = state.publisher.publish_reversal(&reversal).await.map_err(|e| not_recorded(&e))?;
-    let body = Aceito { id: reversal_id, status: "aceito", posicao: posicao.to_string(), estorno_de: Some(of) };
+    let posicao =
+        state.publisher.publish_reversal(&reversal).await.map_err(|e| not_acknowledged(&e, reversal_id, None))?;
+    let body = Aceito {
+        id: reversal_id,
+        idempotency_key: None,
+        status: "aceito",
+        posicao: posicao.to_string(),
+        estorno_de: Some(of),
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 

@@ -1,11 +1,9 @@
 //! The body of `POST /v1/lancamentos`, checked field by field so every problem is reported.
 
 use cashflow_core::http::FieldError;
-use cashflow_core::{BusinessDate, MAX_CATEGORIA_CHARS, MAX_DESCRICAO_CHARS, Money, Tipo, check_text};
+use cashflow_core::{BusinessDate, MAX_CATEGORIA_CHARS, MAX_DESCRICAO_CHARS, Money, Tipo, check_text, reject_valor_cents};
 use serde_json::Value;
 
-/// The largest single amount accepted: 9,999,999,999.99.
-pub const MAX_VALOR_CENTS: i64 = 999_999_999_999;
 const FIELDS: [&str; 5] = ["tipo", "valor", "data", "descricao", "categoria"];
 
 /// A new entry as the merchant sends it (the merchant comes from the token).
@@ -52,11 +50,13 @@ pub fn parse_novo(body: &Value) -> Result<NovoLancamento, Vec<FieldError>> {
             errors.push(FieldError::new("valor", "must be greater than zero"));
             None
         }
-        Ok(v) if v.cents() > MAX_VALOR_CENTS => {
-            errors.push(FieldError::new("valor", format!("must be at most {}", Money::from_cents(MAX_VALOR_CENTS))));
-            None
-        }
-        Ok(v) => Some(v),
+        Ok(v) => match reject_valor_cents(v.cents()) {
+            None => Some(v),
+            Some(why) => {
+                errors.push(FieldError::new("valor", why));
+                None
+            }
+        },
         Err(e) => {
             errors.push(FieldError::new("valor", e.to_string()));
             None

@@ -158,6 +158,15 @@ impl Holding {
         self.schedule.insert((h.due_ms(), partition, offset), h);
     }
 
+    /// Keeps only what belongs to `assigned` partitions; returns how many held records it drops.
+    fn keep(&mut self, assigned: &BTreeSet<i32>) -> usize {
+        let before = self.schedule.len();
+        self.schedule.retain(|(_, partition, _), _| assigned.contains(partition));
+        self.held.retain(|partition, _| assigned.contains(partition));
+        self.next.retain(|partition, _| assigned.contains(partition));
+        before - self.schedule.len()
+    }
+
     fn next_due_ms(&self) -> Option<i64> {
         self.schedule.keys().next().map(|k| k.0)
     }
@@ -210,11 +219,20 @@ async fn session(config: &PipelineConfig, dlq: &Dlq, shutdown: &CancellationToke
             _ = shutdown.cancelled() => return Ok(()),
             message = consumer.recv(), if holding.schedule.len() < retry.max_held => {
                 let message = message?;
-                // Partitions moved: what is held may now belong to another member, which reads it
-                // again from the committed offsets. So does this one, for what it kept.
+                // Partitions moved: what is held of a partition this member lost now belongs to
+                // another, which reads it again from the committed offsets. What it keeps stays
+                // held: a cooperative rebalance does not assign a kept partition again, so
+                // nothing would read it again (an eager one does, and holding is idempotent).
                 if consumer.context().take_changed() {
-                    tracing::info!(dropped = holding.schedule.len(), "partitions reassigned; reading again from committed offsets");
-                    holding = Holding::default();
+                    let assigned: BTreeSet<i32> = consumer
+                        .assignment()?
+                        .elements()
+                        .iter()
+                        .filter(|e| e.topic() == source)
+                        .map(|e| e.partition())
+                        .collect();
+                    let dropped = holding.keep(&assigned);
+                    tracing::info!(dropped, kept = holding.schedule.len(), "partitions reassigned");
                 }
                 let held = Held::read(&message, config);
                 holding.hold(message.partition(), message.offset(), held);
@@ -286,5 +304,19 @@ mod tests {
         // Partition 0 still holds offset 10: a restart must read it again.
         assert_eq!(commit_offsets(&h), [(0, Offset::Offset(10)), (1, Offset::Offset(6))]);
         assert_eq!(h.next_due_ms(), Some(60_000));
+    }
+
+    /// A rebalance that takes partition 1 away keeps partition 0's held records: under a
+    /// cooperative protocol partition 0 is not assigned again, so nothing would read them again.
+    #[test]
+    fn a_rebalance_drops_only_the_partitions_lost() {
+        let mut h = Holding::default();
+        h.hold(0, 10, held(5_000));
+        h.hold(1, 3, held(1_000));
+        assert_eq!(h.keep(&BTreeSet::from([0, 2])), 1);
+        assert_eq!(h.next_due_ms(), Some(5_000), "partition 0's record is still held");
+        assert_eq!(commit_offsets(&h), [(0, Offset::Offset(10))]);
+        let due: Vec<(i32, i64)> = h.take_due(10_000).into_iter().map(|((_, p, o), _)| (p, o)).collect();
+        assert_eq!(due, [(0, 10)]);
     }
 }

@@ -7,7 +7,7 @@ use chrono::{SecondsFormat, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::store::values_placeholders;
+use crate::store::{Backend, values_placeholders};
 use crate::{Store, StoreError};
 
 /// Where a record was read from.
@@ -47,8 +47,16 @@ pub struct EpochTx {
 }
 
 impl Store {
+    /// Opens an epoch's transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads before it writes fails with
+    /// `SQLITE_BUSY_SNAPSHOT` when another writer committed in between, which two consolidators
+    /// on one file did on every overlap.
     pub async fn begin_epoch(&self) -> Result<EpochTx, StoreError> {
-        Ok(EpochTx { tx: self.pool.begin().await?, now: now_text() })
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(EpochTx { tx, now: now_text() })
     }
 }
 
@@ -241,8 +249,57 @@ impl EpochTx {
         Ok(())
     }
 
-    /// Records where `group` resumes: the next offset per (topic, partition). It only moves
-    /// forward, so a consolidator that briefly overlapped another on a partition cannot rewind it.
+    /// The consolidated totals of all time of each of `merchants` that has any.
+    pub async fn merchant_totals(
+        &mut self,
+        merchants: &[&MerchantId],
+    ) -> Result<HashMap<MerchantId, DayTotals>, StoreError> {
+        let mut out = HashMap::with_capacity(merchants.len());
+        for chunk in merchants.chunks(ENTRY_CHUNK) {
+            let sql = format!(
+                "SELECT merchant_id, creditos_cents, debitos_cents, quantidade FROM consolidado_comerciante \
+                 WHERE merchant_id IN {}",
+                values_placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for m in chunk {
+                q = q.bind(m.to_string());
+            }
+            for row in q.fetch_all(&mut *self.tx).await? {
+                let id: String = row.try_get(0)?;
+                let merchant = MerchantId::parse(&id).map_err(|e| StoreError::Corrupt(format!("merchant {id:?}: {e}")))?;
+                let totals =
+                    DayTotals { creditos_cents: row.try_get(1)?, debitos_cents: row.try_get(2)?, quantidade: row.try_get(3)? };
+                out.insert(merchant, totals);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds each merchant's change to its totals of all time.
+    pub async fn add_merchants(&mut self, changes: &[(MerchantId, DayTotals)]) -> Result<(), StoreError> {
+        let rows: Vec<_> = changes.iter().map(|(m, t)| (vec![m.to_string()], *t)).collect();
+        self.add_totals("consolidado_comerciante", &["merchant_id"], &rows).await
+    }
+
+    /// Removes entries this transaction inserted and will not count.
+    pub async fn delete_entries(&mut self, ids: &[EntryId]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(ENTRY_CHUNK) {
+            let sql = format!("DELETE FROM lancamentos WHERE id IN {}", values_placeholders(1, chunk.len()));
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            q.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Records where `group` resumes: the next offset per (topic, partition), and the time, taken
+    /// now (the transaction's last write, just before its commit). A partition's offset only
+    /// moves forward, so a consolidator that briefly overlapped another on a partition cannot
+    /// rewind it; its time moves only with its offset, and never back, so the consolidation mark
+    /// (and `atualizado_ate`) changes exactly when a commit moved an offset.
     pub async fn save_progress(&mut self, group: &str, next: &[(String, i32, i64)]) -> Result<(), StoreError> {
         if next.is_empty() {
             return Ok(());
@@ -251,12 +308,16 @@ impl EpochTx {
             "INSERT INTO consumer_progress (consumer_group, topic, partition, next_offset, updated_at) \
              VALUES {} ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET \
              next_offset = CASE WHEN excluded.next_offset > consumer_progress.next_offset \
-             THEN excluded.next_offset ELSE consumer_progress.next_offset END, updated_at = excluded.updated_at",
+             THEN excluded.next_offset ELSE consumer_progress.next_offset END, \
+             updated_at = CASE WHEN excluded.next_offset > consumer_progress.next_offset \
+             AND excluded.updated_at > consumer_progress.updated_at \
+             THEN excluded.updated_at ELSE consumer_progress.updated_at END",
             values_placeholders(next.len(), PROGRESS_COLUMNS)
         );
+        let now = now_text();
         let mut q = sqlx::query(&sql);
         for (topic, partition, offset) in next {
-            q = q.bind(group.to_owned()).bind(topic.clone()).bind(*partition).bind(*offset).bind(self.now.clone());
+            q = q.bind(group.to_owned()).bind(topic.clone()).bind(*partition).bind(*offset).bind(now.clone());
         }
         q.execute(&mut *self.tx).await?;
         Ok(())
@@ -267,3 +328,6 @@ impl EpochTx {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

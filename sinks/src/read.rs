@@ -94,29 +94,40 @@ impl Store {
         Ok(out)
     }
 
-    /// The merchant's totals per category over `[de, ate]`, by category (`None` first).
+    /// The merchant's totals per category over `[de, ate]`, by category (`None` first), and when
+    /// `group` last committed: one statement, so both come from one snapshot of the store.
     pub async fn categories(
         &self,
         merchant: &MerchantId,
         de: BusinessDate,
         ate: BusinessDate,
-    ) -> Result<Vec<(Option<String>, DayTotals)>, StoreError> {
+        group: &str,
+    ) -> Result<(Vec<(Option<String>, DayTotals)>, Option<String>), StoreError> {
         let rows = sqlx::query(
-            "SELECT categoria, CAST(SUM(creditos_cents) AS BIGINT), CAST(SUM(debitos_cents) AS BIGINT), \
-             CAST(SUM(quantidade) AS BIGINT) FROM consolidado_categoria \
-             WHERE merchant_id = $1 AND data >= $2 AND data <= $3 GROUP BY categoria ORDER BY categoria",
+            "SELECT CAST(0 AS BIGINT), categoria, CAST(SUM(creditos_cents) AS BIGINT), \
+             CAST(SUM(debitos_cents) AS BIGINT), CAST(SUM(quantidade) AS BIGINT) FROM consolidado_categoria \
+             WHERE merchant_id = $1 AND data >= $2 AND data <= $3 GROUP BY categoria \
+             UNION ALL \
+             SELECT CAST(1 AS BIGINT), MAX(updated_at), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+             FROM consumer_progress WHERE consumer_group = $4",
         )
         .bind(merchant.to_string())
         .bind(de.to_string())
         .bind(ate.to_string())
+        .bind(group.to_owned())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let category: String = r.try_get(0)?;
-                Ok((Some(category).filter(|c| !c.is_empty()), totals(r, 1)?))
-            })
-            .collect()
+        let (mut categories, mut consolidated_at) = (Vec::new(), None);
+        for r in &rows {
+            let name: Option<String> = r.try_get(1)?;
+            match r.try_get::<i64, _>(0)? {
+                0 => categories.push((name.unwrap_or_default(), totals(r, 2)?)),
+                _ => consolidated_at = name,
+            }
+        }
+        categories.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let categories = categories.into_iter().map(|(c, t)| (Some(c).filter(|c| !c.is_empty()), t)).collect();
+        Ok((categories, consolidated_at))
     }
 
     /// The merchant's daily totals in `[de, ate]`, the balance before `de`, and when `group`
@@ -155,15 +166,6 @@ impl Store {
         }
         out.days.sort_unstable_by_key(|(d, _)| *d);
         Ok(out)
-    }
-
-    /// When `group` last committed, if ever (RFC 3339).
-    pub async fn consolidated_at(&self, group: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT MAX(updated_at) FROM consumer_progress WHERE consumer_group = $1")
-            .bind(group.to_owned())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get(0)?)
     }
 
     /// How many entries are stored; for tests and operators.

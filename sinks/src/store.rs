@@ -29,6 +29,18 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+
+    /// The store refused the data written, not the request: a value out of range, a check or
+    /// unique constraint (PostgreSQL classes 22 and 23; SQLite's constraint, mismatch, range and
+    /// too-big codes). One record's data caused it; the others can go on without it.
+    pub fn is_data_error(&self) -> bool {
+        let StoreError::Query(sqlx::Error::Database(db)) = self else { return false };
+        let code = db.code();
+        let code = code.as_deref().unwrap_or_default();
+        code.starts_with("22")
+            || code.starts_with("23")
+            || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 18 | 19 | 20 | 25))
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -48,7 +60,7 @@ impl From<sqlx::Error> for StoreError {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -59,7 +71,7 @@ pub struct Store {
     pub(crate) pool: AnyPool,
     /// Where `pool` connects, for [`Store::own_pool`].
     options: AnyConnectOptions,
-    backend: Backend,
+    pub(crate) backend: Backend,
 }
 
 impl Store {
@@ -109,10 +121,12 @@ fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
         move |conn, _| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {
-                    // WAL lets readers run beside the one writer; NORMAL is durable across
-                    // process crashes, and a commit lost to power loss takes its offsets with it.
+                    // WAL lets readers run beside the one writer. FULL: a commit is on disk when
+                    // it returns, so a balance read after it survives a power loss (one fsync
+                    // per epoch, not per entry). Were one lost, its offsets would go with it,
+                    // and consolidation would read those records from the log again.
                     for pragma in
-                        ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"]
+                        ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA busy_timeout = 10000"]
                     {
                         conn.execute(pragma).await?;
                     }

@@ -11,6 +11,7 @@ mod kafka;
 mod oracle;
 mod pipeline;
 mod postgres;
+mod store_copy;
 
 pub use flows::{
     MERCHANTS, PASSWORD, assert_matches_oracle, d, login_all, post_all, post_entries, post_until_accepted,
@@ -19,6 +20,7 @@ pub use kafka::Read;
 pub use oracle::{Oracle, Posted, random_entries};
 pub use pipeline::{Api, Metrics, Pipeline, Role, Store};
 pub use postgres::PgCluster;
+pub use store_copy::StoreCopy;
 
 use std::path::PathBuf;
 

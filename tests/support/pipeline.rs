@@ -59,9 +59,9 @@ impl Role {
 }
 
 pub struct Pipeline {
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     config: PathBuf,
-    children: BTreeMap<Role, Child>,
+    pub(crate) children: BTreeMap<Role, Child>,
     /// Base URLs of the listeners of separate stages: auth, ingest and query (distributed shape),
     /// and the consolidator's and retry stage's metrics.
     pub stages: BTreeMap<Role, String>,

@@ -11,6 +11,7 @@ use cashflow_tests::{Pipeline, Role, Store, fresh_postgres_database};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";
+const STORE_PASSWORD: &str = "store-password-never-logged";
 const ALL_SCOPES: &str = "lancamentos:write consolidado:read admin";
 
 /// schemathesis, installed by scripts/test; never skipped.
@@ -97,7 +98,9 @@ fn kid(token: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_distributed_shape_proxies_checks_tokens_at_every_stage_and_rotates_keys_with_overlap() {
-    let p = Pipeline::start_distributed(Store::Postgres(fresh_postgres_database().await)).await;
+    // The store's URL carries a password (the test server trusts every login): no log may show it.
+    let url = fresh_postgres_database().await.replacen("postgres@", &format!("postgres:{STORE_PASSWORD}@"), 1);
+    let p = Pipeline::start_distributed(Store::Postgres(url)).await;
     add_user(&p, "loja-d", "dora", "lancamentos:write consolidado:read");
     let client_out = p.cli(&["clients", "add", "--merchant", "loja-d", "--client-id", "pdv-1"], "");
     assert!(client_out.status.success(), "{}", String::from_utf8_lossy(&client_out.stderr));
@@ -222,5 +225,17 @@ async fn the_distributed_shape_proxies_checks_tokens_at_every_stage_and_rotates_
     assert_eq!(ready.status(), 503);
     assert_eq!(p.api.post_entry(&new, &entry("1.00"), None).await.status(), 202, "ingest is unaffected");
 
-    assert_no_secret_in_logs(&p, &[PASSWORD, &secret, &old, &new, &service]);
+    assert_no_secret_in_logs(&p, &[PASSWORD, STORE_PASSWORD, &secret, &old, &new, &service]);
+}
+
+/// A store that cannot be opened is reported with its URL, the password masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_opened_is_reported_without_its_password() {
+    let url = format!("postgres://cashflow:{STORE_PASSWORD}@127.0.0.1:{}/cashflow", cashflow_tests::free_port());
+    let p = Pipeline::configure(Store::Postgres(url), &[]);
+    let out = p.cli(&["run", "auth"], "");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("cannot open the store") && text.contains("cashflow:***@127.0.0.1"), "{text}");
+    assert!(!text.contains(STORE_PASSWORD), "the store's password was printed:\n{text}");
 }

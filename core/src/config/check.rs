@@ -24,7 +24,8 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     }
     let url = &c.store.url;
     if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        problem_at(&mut out, "store.url", format!("{url:?} must start with sqlite:// or postgres://"));
+        let shown = c.store.redacted_url();
+        problem_at(&mut out, "store.url", format!("{shown:?} must start with sqlite:// or postgres://"));
     }
     if c.store.max_connections == 0 {
         problem_at(&mut out, "store.max_connections", "must be at least 1");

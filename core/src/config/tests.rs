@@ -169,3 +169,16 @@ fn cors_origins_must_be_origins() {
         ]
     );
 }
+
+#[test]
+fn a_store_password_is_redacted_wherever_the_url_carries_it() {
+    use super::redact_password;
+    assert_eq!(redact_password("postgres://app:s3cret@db:5432/cash"), "postgres://app:***@db:5432/cash");
+    assert_eq!(redact_password("postgres://app:p@ss@db/cash"), "postgres://app:***@db/cash");
+    assert_eq!(
+        redact_password("postgresql://db/cash?user=app&password=s3cret&sslmode=require"),
+        "postgresql://db/cash?user=app&password=***&sslmode=require"
+    );
+    assert_eq!(redact_password("postgres://app@db/cash"), "postgres://app@db/cash");
+    assert_eq!(redact_password("sqlite://data/cashflow.db"), "sqlite://data/cashflow.db");
+}

@@ -80,7 +80,7 @@ proptest! {
                 rest = later;
                 let refs: Vec<&Lancamento> = now.iter().collect();
                 let changes = c.apply(&refs).await.unwrap();
-                for (m, d, t) in daily(&changes) {
+                for (m, d, t) in daily(&changes).unwrap() {
                     add(days.entry((m, d)).or_default(), &t);
                 }
                 for (m, d, k, t) in changes {

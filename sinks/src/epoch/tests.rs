@@ -1,0 +1,90 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use cashflow_core::{BusinessDate, EntryId, Lancamento, MerchantId, Money, Tipo};
+
+use super::*;
+
+async fn sqlite(dir: &tempfile::TempDir) -> Store {
+    Store::connect(&format!("sqlite://{}/store.db", dir.path().display()), 4).await.unwrap()
+}
+
+fn entry(estorno_de: Option<EntryId>) -> StoredEntry {
+    let entry = Lancamento {
+        id: EntryId::random(),
+        merchant_id: MerchantId::parse("loja-1").unwrap(),
+        tipo: Tipo::Debito,
+        valor: Money::from_cents(100),
+        data: "2026-01-02".parse::<BusinessDate>().unwrap(),
+        descricao: "x".into(),
+        categoria: None,
+        criado_em: Utc::now(),
+        estorno_de,
+    };
+    StoredEntry { entry, origin: Origin { topic: "lancamentos".into(), partition: 0, offset: 0 } }
+}
+
+/// A commit that does not move a partition's offset leaves its time, and so the consolidation
+/// mark, as it was: a mark changes exactly when consolidation moved on.
+#[tokio::test]
+async fn progress_that_does_not_advance_leaves_the_mark_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let at = |p: i64| vec![("lancamentos".to_owned(), 0, p)];
+    let mut tx = store.begin_epoch().await.unwrap();
+    tx.save_progress("g", &at(10)).await.unwrap();
+    tx.commit().await.unwrap();
+    let (_, before) = store.progress_and_mark("g").await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut tx = store.begin_epoch().await.unwrap();
+    tx.save_progress("g", &at(5)).await.unwrap();
+    tx.commit().await.unwrap();
+    let (progress, after) = store.progress_and_mark("g").await.unwrap();
+    assert_eq!(progress[&("lancamentos".to_owned(), 0)], 10, "the offset never moves back");
+    assert_eq!(after, before, "a commit behind the stored offset changed the mark");
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut tx = store.begin_epoch().await.unwrap();
+    tx.save_progress("g", &at(11)).await.unwrap();
+    tx.commit().await.unwrap();
+    let (_, moved) = store.progress_and_mark("g").await.unwrap();
+    assert!(moved.offsets > before.offsets && moved.at > before.at, "{moved:?} after {before:?}");
+}
+
+/// Two reversals of one entry cannot both be stored, whatever each transaction read before: the
+/// second is a data error, which consolidation routes as that record's.
+#[tokio::test]
+async fn an_entry_is_reversed_at_most_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let original = EntryId::random();
+    let mut tx = store.begin_epoch().await.unwrap();
+    assert_eq!(tx.insert_entries(&[entry(Some(original))]).await.unwrap().len(), 1);
+    tx.commit().await.unwrap();
+    let mut tx = store.begin_epoch().await.unwrap();
+    let e = tx.insert_entries(&[entry(Some(original))]).await.unwrap_err();
+    assert!(e.is_data_error(), "{e}");
+}
+
+/// Two consolidators on one SQLite file: one reads in its epoch while the other commits. With
+/// deferred transactions the first then failed to write (SQLITE_BUSY_SNAPSHOT); an epoch takes
+/// the write lock at its start, so the second waits its turn and both commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_one_sqlite_file_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (sqlite(&dir).await, sqlite(&dir).await);
+    let mut first = a.begin_epoch().await.unwrap();
+    first.stored_records(&[EntryId::random()]).await.unwrap();
+    let second = tokio::spawn(async move {
+        let mut tx = b.begin_epoch().await?;
+        tx.insert_entries(&[entry(None)]).await?;
+        tx.commit().await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.insert_entries(&[entry(None)]).await.unwrap();
+    first.commit().await.unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(a.count_entries().await.unwrap(), 2);
+}
