@@ -20,7 +20,7 @@ fn strace() -> String {
     strace
 }
 
-/// `\xNN` for each byte, as `strace -xx` prints buffers.
+/// `\xNN` for each byte, as `strace -x` prints a buffer that is not all printable.
 fn escaped(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("\\x{b:02x}")).collect()
 }
@@ -41,7 +41,7 @@ async fn the_broker_writes_a_record_to_disk_before_it_acknowledges_it() {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let mut broker = Command::new(strace)
-        .args(["-f", "-y", "-yy", "-xx", "-s", "65536", "-o"])
+        .args(["-f", "-y", "-yy", "-x", "-s", "65536", "-o"])
         .arg(&trace)
         .args([
             "-e",

@@ -28,7 +28,10 @@ pub(crate) struct GroupSync {
 impl GroupSync {
     /// Syncs `database`'s WAL (`<database>-wal`) on demand, from a thread of its own.
     pub(crate) fn start(database: &std::path::Path) -> io::Result<Self> {
-        let wal = PathBuf::from(format!("{}-wal", database.display()));
+        // By components: the engine's path may end in a separator (`sqlite://broker.db`).
+        let name = database.file_name().ok_or_else(|| io::Error::other("the database path has no file name"))?;
+        let mut wal = PathBuf::from(database);
+        wal.set_file_name(format!("{}-wal", name.to_string_lossy()));
         // The WAL's directory entry must be durable too (SQLite does not sync the directory).
         if let Some(dir) = database.parent() {
             File::open(dir)?.sync_all()?;
