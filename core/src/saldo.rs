@@ -217,7 +217,10 @@ mod tests {
         assert_eq!(daily_series(d("2026-01-02"), d("2026-01-02"), 1, &days[1..], None), Err(OutOfRange));
         let owing = DayTotals { creditos_cents: 0, debitos_cents: i64::MAX, quantidade: 1 };
         assert_eq!(owing.saldo_cents(), Ok(-i64::MAX));
-        assert_eq!(daily_series(d("2026-01-01"), d("2026-01-01"), -2, &[(d("2026-01-01"), owing)], None), Err(OutOfRange));
+        assert_eq!(
+            daily_series(d("2026-01-01"), d("2026-01-01"), -2, &[(d("2026-01-01"), owing)], None),
+            Err(OutOfRange)
+        );
     }
 
     proptest::proptest! {

@@ -15,8 +15,8 @@ use cashflow_retry::Failure;
 use cashflow_sinks::{Delivery, EpochTx, Origin, Store, StoredEntry};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::ConsolidateError;
@@ -105,7 +105,7 @@ impl Epoch<'_> {
     /// Any other error leaves the store as it was, and the caller restarts from the store.
     pub(crate) async fn commit(&self, batch: &[Record]) -> Result<TopicPartitionList, ConsolidateError> {
         metrics().consolidate_consumed.inc_by(batch.len() as u64);
-        let mut offsets = TopicPartitionList::new();
+        let mut committed: BTreeMap<(String, i32), i64> = BTreeMap::new();
         // Parts still to commit, the earliest on top: a partition's offsets only move forward.
         let mut parts = vec![batch];
         while let Some(part) = parts.pop() {
@@ -124,9 +124,11 @@ impl Epoch<'_> {
                 }
                 other => other?,
             };
-            for ((topic, partition), offset) in next {
-                offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
-            }
+            committed.extend(next);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), offset) in committed {
+            offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
         }
         Ok(offsets)
     }
@@ -155,8 +157,7 @@ impl Epoch<'_> {
         let deliveries: Vec<Delivery> = batch.iter().filter_map(Record::delivery).collect();
         let claimed = if deliveries.is_empty() { HashSet::new() } else { tx.claim_deliveries(&deliveries).await? };
         let before = batch.len();
-        let batch: Vec<&Record> =
-            batch.iter().filter(|r| r.delivery().is_none_or(|d| claimed.contains(&d))).collect();
+        let batch: Vec<&Record> = batch.iter().filter(|r| r.delivery().is_none_or(|d| claimed.contains(&d))).collect();
         duplicates += (before - batch.len()) as u64;
 
         // validate, then resolve reversals against their originals
@@ -265,13 +266,7 @@ impl Epoch<'_> {
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
                     let (topic, partition, offset) = record.position();
                     tracing::warn!(code = %failure.code, topic, partition, offset, "record too large to copy; parking a stand-in");
-                    let detail = format!(
-                        "{}; the value ({} bytes) is too large to copy here with these headers: read it at {topic} \
-                         partition {partition} offset {offset}",
-                        failure.detail,
-                        record.payload.len()
-                    );
-                    let stand_in = Failure { detail, ..failure.clone() };
+                    let stand_in = cashflow_retry::too_large_to_copy(failure, record.payload.len());
                     self.send(self.config.services.retry.parked.id(), &stand_in, record, &[]).await?;
                 }
                 Err(e) => return Err(e.into()),
@@ -293,7 +288,9 @@ impl Epoch<'_> {
         let (topic_in, partition, offset) = r.record.position();
         tracing::warn!(code = r.code, topic = %topic_in, partition, offset, to = topic, "record rejected");
         let failure = match &r.record.failure {
-            Some(f) => Failure { code: r.code.to_owned(), stage: STAGE.to_owned(), detail: r.detail.clone(), ..f.clone() },
+            Some(f) => {
+                Failure { code: r.code.to_owned(), stage: STAGE.to_owned(), detail: r.detail.clone(), ..f.clone() }
+            }
             None => Failure {
                 code: r.code.to_owned(),
                 stage: STAGE.to_owned(),

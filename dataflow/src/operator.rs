@@ -169,7 +169,8 @@ impl Consolidator {
             for e in entries {
                 let key = dictionary.key(&e.merchant_id, e.data, e.categoria.as_deref());
                 let t = sums.entry(key).or_insert((0, 0, 0));
-                let sum = DayTotals { creditos_cents: t.0, debitos_cents: t.1, quantidade: t.2 }.checked_add(&e.totals())?;
+                let sum =
+                    DayTotals { creditos_cents: t.0, debitos_cents: t.1, quantidade: t.2 }.checked_add(&e.totals())?;
                 *t = (sum.creditos_cents, sum.debitos_cents, sum.quantidade);
             }
         }

@@ -9,8 +9,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_core::{
-    OutOfRange,
-    BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, Posicao, daily_series, monthly_series,
+    BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, OutOfRange, Posicao, daily_series, monthly_series,
 };
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;

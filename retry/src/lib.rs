@@ -115,6 +115,17 @@ pub fn header(headers: &impl Headers, name: &str) -> Option<String> {
 }
 
 /// The delay before retry number `retries + 1`: the schedule's entry, the last one repeating.
+/// The failure headers of a stand-in: what is parked, with an empty value, in place of a record
+/// too large to copy to the error topics with its headers (`bytes` long). It names where the
+/// original value is, so no record too large for the error path can stop the stream.
+pub fn too_large_to_copy(failure: &Failure, bytes: usize) -> Failure {
+    let detail = format!(
+        "{}; the value ({bytes} bytes) is too large to copy with these headers: read it at {} partition {} offset {}",
+        failure.detail, failure.origin_topic, failure.origin_partition, failure.origin_offset
+    );
+    Failure { detail, ..failure.clone() }
+}
+
 pub fn backoff_ms(schedule: &[u64], retries: u32) -> u64 {
     let i = (retries as usize).min(schedule.len().saturating_sub(1));
     schedule.get(i).copied().unwrap_or(0)

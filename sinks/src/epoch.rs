@@ -267,9 +267,13 @@ impl EpochTx {
             }
             for row in q.fetch_all(&mut *self.tx).await? {
                 let id: String = row.try_get(0)?;
-                let merchant = MerchantId::parse(&id).map_err(|e| StoreError::Corrupt(format!("merchant {id:?}: {e}")))?;
-                let totals =
-                    DayTotals { creditos_cents: row.try_get(1)?, debitos_cents: row.try_get(2)?, quantidade: row.try_get(3)? };
+                let merchant =
+                    MerchantId::parse(&id).map_err(|e| StoreError::Corrupt(format!("merchant {id:?}: {e}")))?;
+                let totals = DayTotals {
+                    creditos_cents: row.try_get(1)?,
+                    debitos_cents: row.try_get(2)?,
+                    quantidade: row.try_get(3)?,
+                };
                 out.insert(merchant, totals);
             }
         }

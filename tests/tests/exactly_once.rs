@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use cashflow_core::{BusinessDate, EntryId, Lancamento, MerchantId, Money, Tipo};
 use cashflow_tests::{
-    MERCHANTS, Oracle, PASSWORD, Pipeline, Posted, Store, assert_matches_oracle, d, fresh_postgres_database,
-    login_all, post_all, post_entries, random_entries,
+    MERCHANTS, Oracle, PASSWORD, Pipeline, Posted, Store, assert_matches_oracle, d, fresh_postgres_database, login_all,
+    post_all, post_entries, random_entries,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -108,14 +108,40 @@ async fn poison_records_cannot_stop_consolidation(store: Store) {
         p.produce("lancamentos", &[(None, "loja-b", raw("loja-b", valor, "2026-02-02", &now))]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // A thousand maximum amounts on one day: valid, and counted to the cent.
+    let max: Vec<(Option<i32>, &str, Vec<u8>)> =
+        (0..1000).map(|_| (None, "loja-a", raw("loja-a", 999_999_999_999, "2026-02-05", &now))).collect();
+    p.produce("lancamentos", &max).await;
+    for _ in 0..1000 {
+        oracle.add(Posted { merchant: "loja-a".into(), credit: true, cents: 999_999_999_999, date: d("2026-02-05") });
+    }
     post_all(&p, &tokens, random_entries(&MERCHANTS, 200, first, 20), &mut oracle).await;
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
     p.restart().await;
-    post_all(&p, &tokens, random_entries(&MERCHANTS, 200, first, 20), &mut oracle).await;
+
+    // A rule of the store (a DBA's constraint) refuses one entry: it is found in its epoch and
+    // routed, and the entries around it are consolidated.
+    let rule = match &store {
+        Store::Sqlite => {
+            "CREATE TRIGGER recusa BEFORE INSERT ON lancamentos WHEN NEW.descricao = 'recusado' \
+                          BEGIN SELECT RAISE(ABORT, 'a rule of this store'); END;"
+        }
+        Store::Postgres(_) => "ALTER TABLE lancamentos ADD CONSTRAINT recusa CHECK (descricao <> 'recusado')",
+    };
+    p.store_execute(&store, rule).await;
+    let refused = Posted { merchant: "loja-c".into(), credit: true, cents: 777, date: d("2026-02-03") };
+    let refused_body = refused.body("recusado");
+    let (around, refused_status) = tokio::join!(
+        post_all(&p, &tokens, random_entries(&MERCHANTS, 200, first, 20), &mut oracle),
+        p.api.post_entry(&tokens["loja-c"], &refused_body, None),
+    );
+    let () = around;
+    assert_eq!(refused_status.status(), 202);
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
-    let parked = p.await_parked(4, Duration::from_secs(60)).await;
-    let codes: Vec<&str> = parked.iter().filter_map(|r| r["failure"]["code"].as_str()).collect();
-    assert_eq!(codes, ["invalid_field"; 4], "{parked:#?}");
+    let parked = p.await_parked(5, Duration::from_secs(60)).await;
+    let mut codes: Vec<&str> = parked.iter().filter_map(|r| r["failure"]["code"].as_str()).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, ["invalid_field", "invalid_field", "invalid_field", "invalid_field", "store_rejected"]);
 
     // loja-d has consolidated credits of i64::MAX - 15,000,000,000.00 on 2026-06-15 (a state a
     // test cannot reach by posting: it would take 9.2 million maximum entries).
@@ -140,9 +166,9 @@ async fn poison_records_cannot_stop_consolidation(store: Store) {
     }
     post_all(&p, &tokens, random_entries(&MERCHANTS, 100, first, 20), &mut oracle).await;
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
-    let parked = p.await_parked(5, Duration::from_secs(60)).await;
-    assert_eq!(parked.len(), 5, "{parked:#?}");
-    assert_eq!(parked[4]["failure"]["code"], "amount_overflow", "{parked:#?}");
+    let parked = p.await_parked(6, Duration::from_secs(60)).await;
+    assert_eq!(parked.len(), 6, "{parked:#?}");
+    assert_eq!(parked[5]["failure"]["code"], "amount_overflow", "{parked:#?}");
 
     let day = loop {
         let day = p.api.daily(&token, "2026-06-15", "2026-06-16").await;
@@ -251,4 +277,30 @@ async fn an_entry_accepted_before_midnight_is_judged_on_that_day() {
     oracle.add(Posted { merchant: "loja-a".into(), credit: true, cents: 4_200, date: oldest_then });
     assert_matches_oracle(&p, &tokens, &oracle, oldest_then, oldest_then).await;
     assert_eq!(p.records_in("lancamentos.retry"), 0, "the entry was sent to the retry topic");
+}
+
+/// A record near the broker's size limit cannot be copied to the retry topic with its failure
+/// headers: a stand-in naming where it is gets parked instead, and the records behind it are
+/// consolidated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_to_copy_with_its_headers_does_not_stop_consolidation() {
+    let p = Pipeline::start(Store::Sqlite).await;
+    let tokens = login_all(&p).await;
+    // Fits a producer's message.max.bytes (1,000,000) alone, not with the failure headers.
+    let large = vec![b'x'; 999_900];
+    let at = p.produce("lancamentos", &[(None, "loja-a", large)]).await;
+    let mut oracle = Oracle::default();
+    let (first, de, ate) = (d("2026-04-01"), d("2026-03-31"), d("2026-04-30"));
+    post_all(&p, &tokens, random_entries(&MERCHANTS, 100, first, 20), &mut oracle).await;
+    assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
+
+    let parked = p.read_topic("lancamentos.dlq", 1, Duration::from_secs(30));
+    assert_eq!(parked.len(), 1, "the stand-in is parked");
+    let stand_in = &parked[0];
+    assert_eq!(stand_in.header("x-error-code"), Some("malformed"));
+    assert!(stand_in.payload.is_empty());
+    let (partition, offset) = at[0];
+    assert_eq!(stand_in.header("x-origin-partition"), Some(partition.to_string().as_str()));
+    assert_eq!(stand_in.header("x-origin-offset"), Some(offset.to_string().as_str()));
+    assert!(stand_in.header("x-error-detail").unwrap().contains("too large to copy"), "{stand_in:?}");
 }
