@@ -33,6 +33,18 @@ impl FieldError {
     }
 }
 
+/// An entry the broker did not acknowledge in time: it may be in the log or not.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Unacknowledged {
+    /// The entry's id, whether or not it was recorded.
+    #[schema(required = false)]
+    pub id: String,
+    /// Retried with this `Idempotency-Key`, the entry is recorded exactly once, whether or not
+    /// the first attempt was. Absent for a reversal, whose id comes from the entry it reverses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
 /// An RFC 9457 problem (`application/problem+json`). Internal details are logged by the caller,
 /// never put here.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -47,16 +59,14 @@ pub struct Problem {
     /// For validation problems: each invalid field.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
-    /// For an entry the broker did not confirm: the id it would have.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// For an entry the broker did not confirm: retried with this `Idempotency-Key`, it is
-    /// recorded exactly once, whether or not the first attempt was.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
+    /// For an entry the broker did not acknowledge: its id, and the key that makes a retry the
+    /// same entry.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Unacknowledged)]
+    pub entry: Option<Box<Unacknowledged>>,
     #[serde(skip)]
     #[schema(ignore)]
-    pub retry_after_secs: Option<u64>,
+    pub retry_after_secs: Option<u32>,
     #[serde(skip)]
     #[schema(ignore)]
     pub www_authenticate: bool,
@@ -70,8 +80,7 @@ impl Problem {
             status: status.as_u16(),
             detail: None,
             errors: Vec::new(),
-            id: None,
-            idempotency_key: None,
+            entry: None,
             retry_after_secs: None,
             www_authenticate: false,
         }
@@ -83,7 +92,7 @@ impl Problem {
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after_secs = Some(secs);
+        self.retry_after_secs = Some(u32::try_from(secs).unwrap_or(u32::MAX));
         self
     }
 

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cashflow_core::config::DateWindow;
-use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, SCOPE_WRITE};
+use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, SCOPE_WRITE, Unacknowledged};
 use cashflow_core::{BusinessDate, EntryId, Lancamento, Reversal};
 use cashflow_sinks::{Store, StoreError};
 use serde::Serialize;
@@ -123,8 +123,7 @@ pub(crate) fn not_acknowledged(e: &IngestError, id: EntryId, key: Option<&str>) 
         }
     };
     let mut problem = Problem::unavailable(detail, RETRY_AFTER_SECS);
-    problem.id = Some(id.to_string());
-    problem.idempotency_key = key.map(str::to_owned);
+    problem.entry = Some(Box::new(Unacknowledged { id: id.to_string(), idempotency_key: key.map(str::to_owned) }));
     problem
 }
 

@@ -94,8 +94,7 @@ async fn the_broker_writes_a_record_to_disk_before_it_acknowledges_it() {
         })
         .unwrap_or_else(|| panic!("no produce response on {socket} in the trace"));
     let wal_write = (request..response)
-        .filter(|&i| lines[i].contains("pwrite64(") && lines[i].contains("-wal>"))
-        .next_back()
+        .rfind(|&i| lines[i].contains("pwrite64(") && lines[i].contains("-wal>"))
         .unwrap_or_else(|| panic!("no write to the WAL between the request and its response"));
     // A sync of the WAL that started after the record's write and finished before the response:
     // a whole line returning 0, or an unfinished line whose "resumed" half (same pid) returns 0.
