@@ -214,29 +214,28 @@ impl Epoch<'_> {
         // consolidate: what the dataflow adds is taken back if the epoch does not commit
         let changed = self.dataflow.apply(&fresh).await?;
         let written = async {
-            let days = crate::operator::daily(&changed)?;
-            tx.add_daily(&days).await?;
-            tx.add_categories(&changed).await?;
-            tx.add_merchants(&crate::operator::by_merchant(&days)?).await?;
+            tx.add_daily(&changed.days).await?;
+            tx.add_categories(&changed.categories).await?;
+            tx.add_merchants(&changed.merchants).await?;
             // rejected records are durable on their topics before their offsets are committed
             self.send_rejected(&rejected).await?;
             tx.save_progress(&self.config.services.consolidate.group, &progress(&next)).await?;
             tx.commit().await?;
-            Ok::<_, ConsolidateError>(days.len())
+            Ok::<_, ConsolidateError>(())
         }
         .await;
-        let days = match written {
-            Ok(days) => days,
-            Err(e) => {
-                self.dataflow.revert(&fresh).await?;
-                return Err(e);
-            }
-        };
+        if let Err(e) = written {
+            self.dataflow.revert(&fresh).await?;
+            return Err(e);
+        }
 
         m.sink_batch_duration.observe(tx_opened.elapsed().as_secs_f64());
-        for (table, rows) in
-            [("lancamentos", fresh.len()), ("consolidado_diario", days), ("consolidado_categoria", changed.len())]
-        {
+        for (table, rows) in [
+            ("lancamentos", fresh.len()),
+            ("consolidado_diario", changed.days.len()),
+            ("consolidado_categoria", changed.categories.len()),
+            ("consolidado_comerciante", changed.merchants.len()),
+        ] {
             m.sink_batch_rows.with_label_values(&[table]).observe(rows as f64);
         }
         m.consolidate_committed.inc_by(fresh.len() as u64);

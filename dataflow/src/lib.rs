@@ -7,5 +7,5 @@ mod lag;
 mod operator;
 mod stage;
 
-pub use operator::{CategoryChange, Consolidator, DataflowError, DayChange, daily};
+pub use operator::{CategoryChange, Changes, Consolidator, DataflowError, DayChange, MerchantChange};
 pub use stage::{ConsolidateError, run};

@@ -1,31 +1,44 @@
-//! The daily consolidation as a differential dataflow, run by one timely worker on its own thread.
+//! The consolidation as a differential dataflow, run by one timely worker on its own thread.
 //!
-//! Each epoch's entries are summed per (merchant, day, category) and enter with those sums as
-//! the diff `(credits, debits, count)`; an arrangement keeps each key's totals by differential's
-//! own accumulation, compacted to one update per key as epochs complete. Each epoch is one
-//! timestamp: the input advances past it and the worker steps until the arrangement has taken
-//! it. Since totals add up, a key's change in an epoch (new totals minus old) is the epoch's
-//! update of it. A day's change is the sum of its categories' changes ([`daily`]).
+//! Each epoch's new entries enter one collection, a row per entry: (merchant, day, category),
+//! with the entry's effect `(credits, debits, count)` as its diff. Each state the store keeps is
+//! differential operators over that collection: every row maps to its key in each state (the
+//! day and category of a merchant, its day, the merchant itself), and `consolidate` sums the
+//! diffs per key. Each epoch is one timestamp: the input advances past it and the worker steps
+//! until the output has passed it, so what `consolidate` emits for the epoch is each key's change
+//! in it, and that is what the store adds.
+//!
+//! Every state is additive, so the dataflow holds no history: its arrangement keeps no trace
+//! (nothing reads one), and a restart starts empty, whatever the store holds.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use cashflow_core::{BusinessDate, DayTotals, Lancamento, MerchantId};
-use differential_dataflow::input::Input;
-use differential_dataflow::operators::arrange::Arranged;
-use differential_dataflow::trace::TraceReader;
+use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::operators::Probe;
-use timely::progress::frontier::AntichainRef;
 use tokio::sync::{mpsc, oneshot};
 
-/// (merchant, days since 1970-01-01, category), the names as numbers from a [`Dictionary`]: a
-/// key is 12 bytes and copied, never allocated, so state and work per key stay small.
-type Key = (u32, i32, u32);
-/// (credits, debits, count), in cents and entries.
+/// An entry as the dataflow sees it: (merchant, days since 1970-01-01, category), the names as
+/// numbers from a [`Dictionary`]. Copied, never allocated.
+type Row = (u32, i32, u32);
+/// A key of one state: (state, merchant, day, category), the fields a state does not have 0.
+type Key = (u8, u32, i32, u32);
+/// (credits, debits, count), in cents and entries: the diff.
 type Totals = (i64, i64, i64);
+
+/// The states, as the first field of a [`Key`].
+const CATEGORY: u8 = 0;
+const DAY: u8 = 1;
+const MERCHANT: u8 = 2;
+
+/// The keys of `row` in every state.
+fn keys((merchant, day, category): Row) -> [Key; 3] {
+    [(CATEGORY, merchant, day, category), (DAY, merchant, day, 0), (MERCHANT, merchant, 0, 0)]
+}
 
 /// A day whose totals changed in an epoch, and by how much (new totals minus old).
 ///
@@ -36,24 +49,15 @@ pub type DayChange = (MerchantId, BusinessDate, DayTotals);
 /// The same for one category of a day (`None`: entries without a category).
 pub type CategoryChange = (MerchantId, BusinessDate, Option<String>, DayTotals);
 
-/// Each day's change: the sum of its categories' changes.
-pub fn daily(changes: &[CategoryChange]) -> Result<Vec<DayChange>, DataflowError> {
-    let mut days: BTreeMap<(MerchantId, BusinessDate), DayTotals> = BTreeMap::new();
-    for (m, d, _, t) in changes {
-        let day = days.entry((m.clone(), *d)).or_default();
-        *day = day.checked_add(t)?;
-    }
-    Ok(days.into_iter().filter(|(_, t)| *t != DayTotals::default()).map(|((m, d), t)| (m, d, t)).collect())
-}
+/// A merchant's change in an epoch, of its totals of all time.
+pub type MerchantChange = (MerchantId, DayTotals);
 
-/// Each merchant's change: the sum of its days' changes.
-pub fn by_merchant(days: &[DayChange]) -> Result<Vec<(MerchantId, DayTotals)>, DataflowError> {
-    let mut merchants: BTreeMap<&MerchantId, DayTotals> = BTreeMap::new();
-    for (m, _, t) in days {
-        let merchant = merchants.entry(m).or_default();
-        *merchant = merchant.checked_add(t)?;
-    }
-    Ok(merchants.into_iter().map(|(m, t)| (m.clone(), t)).collect())
+/// What an epoch changed, in every state, read from the dataflow's output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub categories: Vec<CategoryChange>,
+    pub days: Vec<DayChange>,
+    pub merchants: Vec<MerchantChange>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,14 +66,10 @@ pub enum DataflowError {
     WorkerGone,
     #[error("the dataflow produced an invalid key: {0}")]
     BadKey(String),
-    /// A sum beyond 64 bits. Consolidation parks any entry that would cause one first, so this
-    /// means a broken invariant, and the epoch is not committed.
-    #[error(transparent)]
-    OutOfRange(#[from] cashflow_core::OutOfRange),
 }
 
 enum Command {
-    Apply(Vec<(Key, Totals)>, oneshot::Sender<Vec<(Key, Totals)>>),
+    Apply(Vec<(Row, Totals)>, oneshot::Sender<Vec<(Key, Totals)>>),
 }
 
 /// Numbers for merchant ids and categories, in order of first sight. Its size grows with the
@@ -109,17 +109,35 @@ impl<T: Clone> Names<T> {
 }
 
 impl Dictionary {
-    fn key(&mut self, merchant: &MerchantId, day: BusinessDate, category: Option<&str>) -> Key {
+    fn row(&mut self, merchant: &MerchantId, day: BusinessDate, category: Option<&str>) -> Row {
         let m = self.merchants.id(merchant.as_str(), || merchant.clone());
         let c = category.unwrap_or_default();
         (m, day.days(), self.categories.id(c, || c.to_owned()))
     }
 
-    fn change(&self, (m, days, c): Key, (credits, debits, n): Totals) -> Result<CategoryChange, DataflowError> {
-        let day = BusinessDate::from_days(days).ok_or_else(|| DataflowError::BadKey(days.to_string()))?;
-        let category = Some(self.categories.name(c)?).filter(|c| !c.is_empty());
+    fn day(days: i32) -> Result<BusinessDate, DataflowError> {
+        BusinessDate::from_days(days).ok_or_else(|| DataflowError::BadKey(days.to_string()))
+    }
+
+    /// Sorts one output of the dataflow into the state it belongs to.
+    fn record(
+        &self,
+        (state, m, days, c): Key,
+        (credits, debits, n): Totals,
+        into: &mut Changes,
+    ) -> Result<(), DataflowError> {
         let totals = DayTotals { creditos_cents: credits, debitos_cents: debits, quantidade: n };
-        Ok((self.merchants.name(m)?, day, category, totals))
+        let merchant = self.merchants.name(m)?;
+        match state {
+            CATEGORY => {
+                let category = Some(self.categories.name(c)?).filter(|c| !c.is_empty());
+                into.categories.push((merchant, Self::day(days)?, category, totals));
+            }
+            DAY => into.days.push((merchant, Self::day(days)?, totals)),
+            MERCHANT => into.merchants.push((merchant, totals)),
+            other => return Err(DataflowError::BadKey(format!("state {other}"))),
+        }
+        Ok(())
     }
 }
 
@@ -131,63 +149,53 @@ pub struct Consolidator {
 }
 
 impl Consolidator {
-    /// Starts a worker whose state is `snapshot`: the consolidated categories of each day already
-    /// in the store.
-    pub fn start(snapshot: Vec<CategoryChange>) -> Result<Self, DataflowError> {
+    /// Starts a worker. It holds no history: every state it computes is additive, and the store
+    /// adds what each epoch changed.
+    pub fn start() -> Result<Self, DataflowError> {
         let (tx, rx) = mpsc::channel::<Command>(4);
         let mut dictionary = Dictionary::default();
         dictionary.categories.id("", String::new);
-        let seed: Vec<(Key, Totals)> = snapshot
-            .into_iter()
-            .map(|(m, d, c, t)| {
-                (dictionary.key(&m, d, c.as_deref()), (t.creditos_cents, t.debitos_cents, t.quantidade))
-            })
-            .collect();
         let thread = std::thread::Builder::new()
             .name("consolidate-dataflow".into())
-            .spawn(move || timely::execute_directly(move |worker| run_worker(worker, seed, rx)))
+            .spawn(move || timely::execute_directly(move |worker| run_worker(worker, rx)))
             .map_err(|_| DataflowError::WorkerGone)?;
         Ok(Consolidator { commands: Some(tx), thread: Some(thread), dictionary: Mutex::new(dictionary) })
     }
 
-    /// Adds one epoch of new entries and returns how each touched (day, category)'s totals changed.
-    pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Vec<CategoryChange>, DataflowError> {
+    /// Adds one epoch of new entries and returns how each state changed.
+    pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Changes, DataflowError> {
         self.update(entries, false).await
     }
 
     /// Takes back what [`Consolidator::apply`] added for `entries`, when their epoch was not
     /// committed; returns the changes (the negation of those `apply` returned).
-    pub async fn revert(&self, entries: &[&Lancamento]) -> Result<Vec<CategoryChange>, DataflowError> {
+    pub async fn revert(&self, entries: &[&Lancamento]) -> Result<Changes, DataflowError> {
         self.update(entries, true).await
     }
 
-    async fn update(&self, entries: &[&Lancamento], negate: bool) -> Result<Vec<CategoryChange>, DataflowError> {
-        // One update per key and epoch: entries of one (merchant, day, category) add up here.
-        let mut sums: HashMap<Key, Totals> = HashMap::with_capacity(entries.len());
-        {
+    async fn update(&self, entries: &[&Lancamento], negate: bool) -> Result<Changes, DataflowError> {
+        let rows: Vec<(Row, Totals)> = {
             let mut dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            for e in entries {
-                let key = dictionary.key(&e.merchant_id, e.data, e.categoria.as_deref());
-                let t = sums.entry(key).or_insert((0, 0, 0));
-                let sum =
-                    DayTotals { creditos_cents: t.0, debitos_cents: t.1, quantidade: t.2 }.checked_add(&e.totals())?;
-                *t = (sum.creditos_cents, sum.debitos_cents, sum.quantidade);
-            }
-        }
-        if negate {
-            for t in sums.values_mut() {
-                *t = (-t.0, -t.1, -t.2);
-            }
-        }
+            entries
+                .iter()
+                .map(|e| {
+                    let t = e.totals();
+                    let totals = (t.creditos_cents, t.debitos_cents, t.quantidade);
+                    let totals = if negate { (-totals.0, -totals.1, -totals.2) } else { totals };
+                    (dictionary.row(&e.merchant_id, e.data, e.categoria.as_deref()), totals)
+                })
+                .collect()
+        };
         let (reply, answer) = oneshot::channel();
         let commands = self.commands.as_ref().ok_or(DataflowError::WorkerGone)?;
-        commands
-            .send(Command::Apply(sums.into_iter().collect(), reply))
-            .await
-            .map_err(|_| DataflowError::WorkerGone)?;
-        let changed = answer.await.map_err(|_| DataflowError::WorkerGone)?;
+        commands.send(Command::Apply(rows, reply)).await.map_err(|_| DataflowError::WorkerGone)?;
+        let output = answer.await.map_err(|_| DataflowError::WorkerGone)?;
         let dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        changed.into_iter().map(|(key, delta)| dictionary.change(key, delta)).collect()
+        let mut changes = Changes::default();
+        for (key, totals) in output {
+            dictionary.record(key, totals, &mut changes)?;
+        }
+        Ok(changes)
     }
 }
 
@@ -202,49 +210,33 @@ impl Drop for Consolidator {
 }
 
 /// Builds the dataflow (the one place that does) and serves commands until the channel closes.
-fn run_worker(worker: &mut timely::worker::Worker, seed: Vec<(Key, Totals)>, mut rx: mpsc::Receiver<Command>) {
-    // Per key, this epoch's change of its totals: the epoch's update itself, since totals add up.
-    let changes: Rc<RefCell<BTreeMap<Key, Totals>>> = Rc::default();
-    let sink = Rc::clone(&changes);
-    let (mut totals, probe, mut trace) = worker.dataflow::<u64, _, _>(|scope| {
-        // Each key with its totals as the diff: the arrangement's accumulation is the sum, kept
-        // compacted to one update per key.
-        let (totals_in, totals) = scope.new_collection::<Key, Totals>();
-        let Arranged { stream, trace } = totals
-            .inspect(move |(key, _time, delta)| {
-                let mut changes = sink.borrow_mut();
-                let d = changes.entry(*key).or_insert((0, 0, 0));
-                *d = (d.0 + delta.0, d.1 + delta.1, d.2 + delta.2);
-            })
-            .arrange_by_self();
-        let (probe, _) = stream.probe();
-        (totals_in, probe, trace)
+fn run_worker(worker: &mut timely::worker::Worker, mut rx: mpsc::Receiver<Command>) {
+    // What the dataflow emitted for the epoch being stepped: each key's change.
+    let output: Rc<RefCell<Vec<(Key, Totals)>>> = Rc::default();
+    let sink = Rc::clone(&output);
+    let (mut rows, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (rows_in, rows) = scope.new_collection::<Row, Totals>();
+        let changes = rows
+            .flat_map(keys)
+            .consolidate()
+            .inspect(move |(key, _time, totals)| sink.borrow_mut().push((*key, *totals)));
+        let (probe, _) = changes.inner.probe();
+        (rows_in, probe)
     });
-
-    for (key, t) in seed {
-        totals.update(key, t);
-    }
     let mut epoch: u64 = 0;
-    let mut advance = |totals: &mut differential_dataflow::input::InputSession<u64, Key, Totals>| {
+    let mut advance = |rows: &mut InputSession<u64, Row, Totals>| {
         epoch += 1;
-        totals.advance_to(epoch);
-        totals.flush();
+        rows.advance_to(epoch);
+        rows.flush();
         worker.step_while(|| probe.less_than(&epoch));
-        // Nobody reads past times: every key's updates may merge into one.
-        trace.set_logical_compaction(AntichainRef::new(&[epoch]));
-        trace.set_physical_compaction(AntichainRef::new(&[epoch]));
     };
-    advance(&mut totals);
-    changes.borrow_mut().clear();
-
-    while let Some(Command::Apply(sums, reply)) = rx.blocking_recv() {
-        for (key, t) in sums {
-            totals.update(key, t);
+    while let Some(Command::Apply(batch, reply)) = rx.blocking_recv() {
+        for (row, totals) in batch {
+            rows.update(row, totals);
         }
-        advance(&mut totals);
-        let out =
-            std::mem::take(&mut *changes.borrow_mut()).into_iter().filter(|(_, delta)| *delta != (0, 0, 0)).collect();
-        let _ = reply.send(out);
+        advance(&mut rows);
+        let changes: Vec<(Key, Totals)> = std::mem::take(&mut *output.borrow_mut());
+        let _ = reply.send(changes.into_iter().filter(|(_, t)| *t != (0, 0, 0)).collect());
     }
 }
 

@@ -5,8 +5,10 @@
 //! (on start, after any failure, after every rebalance) is positioned at the store's progress, or
 //! at the log's start when the store has none, never at Kafka's committed offset: those commits
 //! are hints for lag tools, and a store restored from an older copy is behind them. After a
-//! rebalance the session re-reads the store's progress and skips whatever it already holds. A session rebuilds the dataflow from the stored daily totals; nothing in memory outlives
-//! a failed commit. Consolidators of one group split the partitions between them.
+//! rebalance the session re-reads the store's progress and skips whatever it already holds. The
+//! dataflow holds no history (every state is additive: the store adds each epoch's changes), so a
+//! session starts it empty, in the same time however long the history; what an epoch that did not
+//! commit added to it is taken back. Consolidators of one group split the partitions between them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,9 +93,7 @@ async fn sessions(config: &PipelineConfig, store: &Store, shutdown: &Cancellatio
 async fn session(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) -> Result<(), ConsolidateError> {
     let cons = &config.services.consolidate;
     let started = Instant::now();
-    let snapshot = store.load_category_totals().await?;
-    let days = snapshot.len();
-    let dataflow = Consolidator::start(snapshot)?;
+    let dataflow = Consolidator::start()?;
     let mut resume = store.load_progress(&cons.group).await?;
 
     let consumer: GroupConsumer = kafka::with_properties(config, |c| {
@@ -112,7 +112,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     let topics: Vec<&str> = sources.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let errors: FutureProducer = kafka::producer_config(config, Duration::from_secs(10)).create()?;
-    tracing::info!(days, ready_ms = started.elapsed().as_millis() as u64, "consolidation ready");
+    tracing::info!(ready_ms = started.elapsed().as_millis() as u64, "consolidation ready");
     metrics().stage_up(STAGE, true);
 
     let max_wait = Duration::from_millis(cons.max_epoch_wait_ms);

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use cashflow_core::{BusinessDate, DayTotals, EntryId, LancamentoRecord, MerchantId};
-use futures::TryStreamExt;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -71,27 +70,6 @@ impl Store {
             mark.at = mark.at.max(Some(at));
         }
         Ok((progress, mark))
-    }
-
-    /// The whole consolidated state per (merchant, day, category), to rebuild the dataflow on
-    /// start (a row per merchant-day-category, small next to the entry history); `''` comes back
-    /// as `None`.
-    pub async fn load_category_totals(
-        &self,
-    ) -> Result<Vec<(MerchantId, BusinessDate, Option<String>, DayTotals)>, StoreError> {
-        // Streamed: a row is converted as it arrives, so the rows are never all held at once.
-        let mut rows = sqlx::query(
-            "SELECT merchant_id, data, categoria, creditos_cents, debitos_cents, quantidade FROM consolidado_categoria",
-        )
-        .fetch(&self.pool);
-        let mut out = Vec::new();
-        while let Some(r) = rows.try_next().await? {
-            let m: String = r.try_get(0)?;
-            let m = MerchantId::parse(&m).map_err(|e| StoreError::Corrupt(format!("merchant {m:?}: {e}")))?;
-            let category: String = r.try_get(2)?;
-            out.push((m, date(&r, 1)?, Some(category).filter(|c| !c.is_empty()), totals(&r, 3)?));
-        }
-        Ok(out)
     }
 
     /// The merchant's totals per category over `[de, ate]`, by category (`None` first), and when

@@ -315,7 +315,7 @@ async fn run(args: &Args) -> Report {
 }
 
 async fn dataflow_core(entries: &[Lancamento], report: &mut Report) {
-    let dataflow = cashflow_dataflow::Consolidator::start(vec![]).unwrap();
+    let dataflow = cashflow_dataflow::Consolidator::start().unwrap();
     let started = Instant::now();
     for chunk in entries.chunks(5_000) {
         let refs: Vec<&Lancamento> = chunk.iter().collect();
