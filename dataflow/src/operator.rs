@@ -2,9 +2,9 @@
 //!
 //! Each epoch's new entries enter one collection, a row per entry: (merchant, day, category),
 //! with the entry's effect `(credits, debits, count)` as its diff. Each state the store keeps is
-//! differential operators over that collection: every row maps to its key in each state (the
-//! day and category of a merchant, its day, the merchant itself), and `consolidate` sums the
-//! diffs per key. Each epoch is one timestamp: the input advances past it and the worker steps
+//! differential operators over that collection: rows map to their key in the state (the day and
+//! category of a merchant, its day, the merchant itself), and `consolidate` sums the diffs per
+//! key; a coarser state maps and consolidates the output of the finer one. Each epoch is one timestamp: the input advances past it and the worker steps
 //! until the output has passed it, so what `consolidate` emits for the epoch is each key's change
 //! in it, and that is what the store adds.
 //!
@@ -34,11 +34,6 @@ type Totals = (i64, i64, i64);
 const CATEGORY: u8 = 0;
 const DAY: u8 = 1;
 const MERCHANT: u8 = 2;
-
-/// The keys of `row` in every state.
-fn keys((merchant, day, category): Row) -> [Key; 3] {
-    [(CATEGORY, merchant, day, category), (DAY, merchant, day, 0), (MERCHANT, merchant, 0, 0)]
-}
 
 /// A day whose totals changed in an epoch, and by how much (new totals minus old).
 ///
@@ -216,9 +211,15 @@ fn run_worker(worker: &mut timely::worker::Worker, mut rx: mpsc::Receiver<Comman
     let sink = Rc::clone(&output);
     let (mut rows, probe) = worker.dataflow::<u64, _, _>(|scope| {
         let (rows_in, rows) = scope.new_collection::<Row, Totals>();
-        let changes = rows
-            .flat_map(keys)
-            .consolidate()
+        // Each state from the one below it: a day's change is the sum of its categories'
+        // changes, a merchant's the sum of its days', so each `consolidate` sorts the keys the
+        // state below emitted, not every entry again.
+        let categories = rows.map(|(merchant, day, category)| (CATEGORY, merchant, day, category)).consolidate();
+        let days = categories.clone().map(|(_, merchant, day, _)| (DAY, merchant, day, 0)).consolidate();
+        let merchants = days.clone().map(|(_, merchant, _, _)| (MERCHANT, merchant, 0, 0)).consolidate();
+        let changes = categories
+            .concat(days)
+            .concat(merchants)
             .inspect(move |(key, _time, totals)| sink.borrow_mut().push((*key, *totals)));
         let (probe, _) = changes.inner.probe();
         (rows_in, probe)
