@@ -284,6 +284,7 @@ impl DecodeError {
 
 /// Limits shared by the HTTP edge and the decoder.
 pub const MAX_DESCRICAO_CHARS: usize = 200;
+pub const MAX_CATEGORIA_CHARS: usize = 50;
 /// The largest single amount, in cents (9,999,999,999.99): refused at the HTTP edge, and a
 /// record on the topic above it is an invalid field, whoever produced it.
 pub const MAX_VALOR_CENTS: i64 = 999_999_999_999;
@@ -291,14 +292,13 @@ pub const MAX_VALOR_CENTS: i64 = 999_999_999_999;
 /// Why an amount is not one entry's: `None` when it is in (0, [`MAX_VALOR_CENTS`]].
 pub fn reject_valor_cents(cents: i64) -> Option<String> {
     if cents <= 0 {
-        Some("must be positive".into())
+        Some("must be greater than zero".into())
     } else if cents > MAX_VALOR_CENTS {
         Some(format!("must be at most {}", Money::from_cents(MAX_VALOR_CENTS)))
     } else {
         None
     }
 }
-pub const MAX_CATEGORIA_CHARS: usize = 50;
 
 impl Lancamento {
     /// This entry's effect on any total it counts in: its amount as a credit or a debit, and one.

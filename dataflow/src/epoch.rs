@@ -2,7 +2,7 @@
 //! store transaction. Records that will never count go to the error topics first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cashflow_core::config::{DateWindow, PipelineConfig};
 use cashflow_core::failure::{
@@ -13,10 +13,8 @@ use cashflow_core::{BusinessDate, EntryId, Incoming, Lancamento, LancamentoRecor
 use cashflow_observability::metrics;
 use cashflow_retry::Failure;
 use cashflow_sinks::{Delivery, EpochTx, Origin, Store, StoredEntry};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::ConsolidateError;
@@ -144,7 +142,7 @@ impl Epoch<'_> {
         Ok(next)
     }
 
-    /// Commits one part of a batch in one transaction, its dataflow update taken back on failure.
+    /// Commits one part of a batch in one transaction.
     async fn commit_part(&self, batch: &[Record]) -> Result<BTreeMap<(String, i32), i64>, ConsolidateError> {
         let m = metrics();
         let next = next_offsets(batch);
@@ -211,23 +209,16 @@ impl Epoch<'_> {
         }
         let fresh = within_limits(&mut tx, fresh, &mut rejected).await?;
 
-        // consolidate: what the dataflow adds is taken back if the epoch does not commit
+        // consolidate: the dataflow holds no history, so an epoch that does not commit leaves
+        // nothing behind in it
         let changed = self.dataflow.apply(&fresh).await?;
-        let written = async {
-            tx.add_daily(&changed.days).await?;
-            tx.add_categories(&changed.categories).await?;
-            tx.add_merchants(&changed.merchants).await?;
-            // rejected records are durable on their topics before their offsets are committed
-            self.send_rejected(&rejected).await?;
-            tx.save_progress(&self.config.services.consolidate.group, &progress(&next)).await?;
-            tx.commit().await?;
-            Ok::<_, ConsolidateError>(())
-        }
-        .await;
-        if let Err(e) = written {
-            self.dataflow.revert(&fresh).await?;
-            return Err(e);
-        }
+        tx.add_daily(&changed.days).await?;
+        tx.add_categories(&changed.categories).await?;
+        tx.add_merchants(&changed.merchants).await?;
+        // rejected records are durable on their topics before their offsets are committed
+        self.send_rejected(&rejected).await?;
+        tx.save_progress(&self.config.services.consolidate.group, &progress(&next)).await?;
+        tx.commit().await?;
 
         m.sink_batch_duration.observe(tx_opened.elapsed().as_secs_f64());
         for (table, rows) in [
@@ -254,22 +245,13 @@ impl Epoch<'_> {
             return Ok(());
         }
         let now = now_ms();
+        let parked = self.config.services.retry.parked.id();
         let routed: Vec<(&str, Failure, &Record)> = rejected.iter().map(|r| self.route(r, now)).collect();
-        let sends = routed.iter().map(|(topic, failure, record)| self.send(topic, failure, record, &record.payload));
-        let results = futures::future::join_all(sends).await;
-        for ((_, failure, record), result) in routed.iter().zip(results) {
-            match result {
-                Ok(()) => {}
-                // The value is too large to copy with its headers: park a stand-in that names
-                // where the original is, rather than fail the epoch again and again.
-                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
-                    let (topic, partition, offset) = record.position();
-                    tracing::warn!(code = %failure.code, topic, partition, offset, "record too large to copy; parking a stand-in");
-                    let stand_in = cashflow_retry::too_large_to_copy(failure, record.payload.len());
-                    self.send(self.config.services.retry.parked.id(), &stand_in, record, &[]).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let sends = routed.iter().map(|(topic, failure, record)| {
+            cashflow_retry::send_failed(self.producer, topic, parked, failure, record.key.as_deref(), &record.payload)
+        });
+        for sent in futures::future::join_all(sends).await {
+            sent?;
         }
         Ok(())
     }
@@ -304,14 +286,6 @@ impl Epoch<'_> {
         };
         let delay = cashflow_retry::backoff_ms(&services.retry.backoff_ms, failure.attempt) as i64;
         (topic, Failure { not_before_ms: now + delay, ..failure }, r.record)
-    }
-
-    async fn send(&self, topic: &str, failure: &Failure, record: &Record, payload: &[u8]) -> Result<(), KafkaError> {
-        let mut out = FutureRecord::<Vec<u8>, [u8]>::to(topic).payload(payload).headers(failure.to_headers());
-        if let Some(key) = &record.key {
-            out = out.key(key);
-        }
-        self.producer.send(out, Duration::from_secs(10)).await.map(|_| ()).map_err(|(e, _)| e)
     }
 }
 
@@ -422,14 +396,17 @@ async fn within_limits<'e, 'r>(
     Ok(kept)
 }
 
-/// The next offset of each (topic, partition) in `batch`.
+/// The next offset of each (topic, partition) in `batch`. A batch holds a few partitions and many
+/// records: each record is matched against the few, and a topic's name is copied once.
 fn next_offsets(batch: &[Record]) -> BTreeMap<(String, i32), i64> {
-    let mut next = BTreeMap::new();
+    let mut next: Vec<(&str, i32, i64)> = Vec::new();
     for r in batch {
-        let at = next.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
-        *at = (*at).max(r.offset + 1);
+        match next.iter_mut().find(|(topic, partition, _)| *topic == r.topic && *partition == r.partition) {
+            Some(at) => at.2 = at.2.max(r.offset + 1),
+            None => next.push((&r.topic, r.partition, r.offset + 1)),
+        }
     }
-    next
+    next.into_iter().map(|(topic, partition, offset)| ((topic.to_owned(), partition), offset)).collect()
 }
 
 fn progress(next: &BTreeMap<(String, i32), i64>) -> Vec<(String, i32, i64)> {

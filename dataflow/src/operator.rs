@@ -157,27 +157,20 @@ impl Consolidator {
         Ok(Consolidator { commands: Some(tx), thread: Some(thread), dictionary: Mutex::new(dictionary) })
     }
 
-    /// Adds one epoch of new entries and returns how each state changed.
+    /// Adds one epoch of new entries and returns how each state changed. What it returns depends
+    /// on these entries alone: the dataflow holds no history, so an epoch whose changes were not
+    /// committed leaves nothing behind, and its entries may simply come again.
     pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Changes, DataflowError> {
-        self.update(entries, false).await
-    }
-
-    /// Takes back what [`Consolidator::apply`] added for `entries`, when their epoch was not
-    /// committed; returns the changes (the negation of those `apply` returned).
-    pub async fn revert(&self, entries: &[&Lancamento]) -> Result<Changes, DataflowError> {
-        self.update(entries, true).await
-    }
-
-    async fn update(&self, entries: &[&Lancamento], negate: bool) -> Result<Changes, DataflowError> {
         let rows: Vec<(Row, Totals)> = {
             let mut dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             entries
                 .iter()
                 .map(|e| {
                     let t = e.totals();
-                    let totals = (t.creditos_cents, t.debitos_cents, t.quantidade);
-                    let totals = if negate { (-totals.0, -totals.1, -totals.2) } else { totals };
-                    (dictionary.row(&e.merchant_id, e.data, e.categoria.as_deref()), totals)
+                    (
+                        dictionary.row(&e.merchant_id, e.data, e.categoria.as_deref()),
+                        (t.creditos_cents, t.debitos_cents, t.quantidade),
+                    )
                 })
                 .collect()
         };

@@ -7,8 +7,8 @@
 //! are hints for lag tools, and a store restored from an older copy is behind them. After a
 //! rebalance the session re-reads the store's progress and skips whatever it already holds. The
 //! dataflow holds no history (every state is additive: the store adds each epoch's changes), so a
-//! session starts it empty, in the same time however long the history; what an epoch that did not
-//! commit added to it is taken back. Consolidators of one group split the partitions between them.
+//! session starts it empty, in the same time however long the history, and an epoch that does not
+//! commit leaves nothing behind in it. Consolidators of one group split the partitions between them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -48,10 +48,6 @@ pub fn parse_novo(body: &Value) -> Result<NovoLancamento, Vec<FieldError>> {
     let tipo = text("tipo", &mut errors)
         .and_then(|s| s.parse::<Tipo>().map_err(|e| errors.push(FieldError::new("tipo", e))).ok());
     let valor = text("valor", &mut errors).and_then(|s| match s.parse::<Money>() {
-        Ok(v) if v.cents() <= 0 => {
-            errors.push(FieldError::new("valor", "must be greater than zero"));
-            None
-        }
         Ok(v) => match reject_valor_cents(v.cents()) {
             None => Some(v),
             Some(why) => {

@@ -12,7 +12,12 @@ mod stage;
 pub use dlq::{Dlq, DlqError, Listing, Parked, Selection};
 pub use stage::run;
 
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 pub const ERROR_CODE: &str = "x-error-code";
 pub const ERROR_STAGE: &str = "x-error-stage";
@@ -114,18 +119,53 @@ pub fn header(headers: &impl Headers, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The delay before retry number `retries + 1`: the schedule's entry, the last one repeating.
-/// The failure headers of a stand-in: what is parked, with an empty value, in place of a record
-/// too large to copy to the error topics with its headers (`bytes` long). It names where the
-/// original value is, so no record too large for the error path can stop the stream.
-pub fn too_large_to_copy(failure: &Failure, bytes: usize) -> Failure {
-    let detail = format!(
-        "{}; the value ({bytes} bytes) is too large to copy with these headers: read it at {} partition {} offset {}",
-        failure.detail, failure.origin_topic, failure.origin_partition, failure.origin_offset
-    );
-    Failure { detail, ..failure.clone() }
+/// How long a send to an error topic may wait for the broker's ack.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends a failed record's value, with `failure` as its headers, to `topic`. A value too large to
+/// copy with its headers is not sent again and again: a stand-in is parked on `parked` instead,
+/// an empty value whose `x-error-detail` names where the original is (its origin topic,
+/// partition and offset). So no record too large for the error path can stop the stream.
+pub async fn send_failed(
+    producer: &FutureProducer,
+    topic: &str,
+    parked: &str,
+    failure: &Failure,
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> Result<(), KafkaError> {
+    match send(producer, topic, failure, key, value).await {
+        Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+            tracing::warn!(code = %failure.code, bytes = value.len(), origin_topic = %failure.origin_topic, origin_partition = failure.origin_partition, origin_offset = failure.origin_offset, "record too large to copy; parking a stand-in");
+            let detail = format!(
+                "{}; the value ({} bytes) is too large to copy with these headers: read it at {} partition {} offset {}",
+                failure.detail,
+                value.len(),
+                failure.origin_topic,
+                failure.origin_partition,
+                failure.origin_offset
+            );
+            send(producer, parked, &Failure { detail, ..failure.clone() }, key, &[]).await
+        }
+        sent => sent,
+    }
 }
 
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    failure: &Failure,
+    key: Option<&[u8]>,
+    value: &[u8],
+) -> Result<(), KafkaError> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(value).headers(failure.to_headers());
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer.send(record, SEND_TIMEOUT).await.map(|_| ()).map_err(|(e, _)| e)
+}
+
+/// The delay before retry number `retries + 1`: the schedule's entry, the last one repeating.
 pub fn backoff_ms(schedule: &[u64], retries: u32) -> u64 {
     let i = (retries as usize).min(schedule.len().saturating_sub(1));
     schedule.get(i).copied().unwrap_or(0)

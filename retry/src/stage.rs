@@ -18,8 +18,7 @@ use cashflow_sinks::Store;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -122,26 +121,8 @@ impl Held {
             }
             Action::Park { .. } => (&config.services.retry.parked.id().to_owned(), self.failure.clone()),
         };
-        let mut record =
-            FutureRecord::<Vec<u8>, Vec<u8>>::to(topic).payload(&self.payload).headers(failure.to_headers());
-        if let Some(key) = &self.key {
-            record = record.key(key);
-        }
-        match producer.send(record, SEND_TIMEOUT).await {
-            Ok(_) => {}
-            // Too large to copy with its headers: park a stand-in that names where it is.
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _)) => {
-                let stand_in = crate::too_large_to_copy(&self.failure, self.payload.len());
-                tracing::warn!(code = %self.failure.code, bytes = self.payload.len(), "record too large to copy; parking a stand-in");
-                let parked = config.services.retry.parked.id();
-                let mut record = FutureRecord::<Vec<u8>, [u8]>::to(parked).payload(&[]).headers(stand_in.to_headers());
-                if let Some(key) = &self.key {
-                    record = record.key(key);
-                }
-                producer.send(record, SEND_TIMEOUT).await.map_err(|(e, _)| e)?;
-            }
-            Err((e, _)) => return Err(e),
-        }
+        let parked = config.services.retry.parked.id();
+        crate::send_failed(producer, topic, parked, &failure, self.key.as_deref(), &self.payload).await?;
         let m = metrics();
         let code = [self.failure.code.as_str()];
         match self.action {

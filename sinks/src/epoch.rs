@@ -269,12 +269,7 @@ impl EpochTx {
                 let id: String = row.try_get(0)?;
                 let merchant =
                     MerchantId::parse(&id).map_err(|e| StoreError::Corrupt(format!("merchant {id:?}: {e}")))?;
-                let totals = DayTotals {
-                    creditos_cents: row.try_get(1)?,
-                    debitos_cents: row.try_get(2)?,
-                    quantidade: row.try_get(3)?,
-                };
-                out.insert(merchant, totals);
+                out.insert(merchant, crate::read::totals(&row, 1)?);
             }
         }
         Ok(out)

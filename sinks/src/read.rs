@@ -33,7 +33,7 @@ pub struct Mark {
 /// Next offset per (topic, partition) stored for a group.
 pub type Progress = HashMap<(String, i32), i64>;
 
-fn totals(row: &AnyRow, from: usize) -> Result<DayTotals, StoreError> {
+pub(crate) fn totals(row: &AnyRow, from: usize) -> Result<DayTotals, StoreError> {
     Ok(DayTotals {
         creditos_cents: row.try_get(from)?,
         debitos_cents: row.try_get(from + 1)?,
