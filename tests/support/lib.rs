@@ -43,6 +43,15 @@ pub fn binary(name: &str) -> PathBuf {
     })
 }
 
+/// The children of process `pid`. A child is listed under the thread that spawned it, so every
+/// thread is looked at.
+pub fn child_pids(pid: u32) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten();
+    let listed: Vec<String> =
+        tasks.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok()).collect();
+    listed.iter().flat_map(|l| l.split_whitespace()).filter_map(|p| p.parse().ok()).collect()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -449,6 +449,11 @@ impl Api {
         Metrics(r.text().await.unwrap())
     }
 
+    /// `GET {base}{path}` as the token's merchant.
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.base)).bearer_auth(token).send().await.unwrap()
+    }
+
     pub async fn daily(&self, token: &str, de: &str, ate: &str) -> Value {
         let r = self
             .client

@@ -110,13 +110,7 @@ impl Pipeline {
     /// processes.
     pub fn broker_pid(&self) -> i32 {
         for child in self.children.values() {
-            // A child is listed under the thread that spawned it: look under every thread.
-            let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).unwrap();
-            let children: String = tasks
-                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-                .collect::<Vec<_>>()
-                .join(" ");
-            for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            for pid in crate::child_pids(child.id()) {
                 let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                 if comm.trim() == "cashflow-broker" {
                     return pid;

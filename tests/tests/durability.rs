@@ -76,11 +76,7 @@ async fn the_broker_writes_a_record_to_disk_before_it_acknowledges_it() {
         .unwrap();
     drop(producer);
     // The broker is strace's child: stop it first, or it outlives the test.
-    let children = std::fs::read_dir(format!("/proc/{}/task", broker.id()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-        .collect::<String>();
-    for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for pid in cashflow_tests::child_pids(broker.id()) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
     broker.kill().unwrap();

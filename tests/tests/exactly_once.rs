@@ -180,14 +180,7 @@ async fn poison_records_cannot_stop_consolidation(store: Store) {
     let expected = Money::from_cents(big + 999_999_999_999).to_string();
     assert_eq!(day["dias"][0]["creditos"], expected, "{day}");
     assert_eq!(day["dias"][1]["saldo_final"], expected, "{day}");
-    let r = p
-        .api
-        .client
-        .get(format!("{}/v1/consolidado/mensal?ano=2026", p.api.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = p.api.get(&token, "/v1/consolidado/mensal?ano=2026").await;
     assert_eq!(r.status(), 200);
     let mensal: Value = r.json().await.unwrap();
     assert_eq!(mensal["meses"][11]["saldo_final"], expected, "{mensal}");
