@@ -31,6 +31,7 @@ pub fn keys_dir(config: &PipelineConfig, common: &Common) -> std::path::PathBuf 
 
 /// The whole pipeline in one process.
 pub async fn up(config: PipelineConfig, common: &Common) -> Result<()> {
+    announce(&config);
     let broker = start_broker(&config, common).await?;
     let result = async {
         let config = Arc::new(config);
@@ -57,8 +58,15 @@ pub async fn up(config: PipelineConfig, common: &Common) -> Result<()> {
     result
 }
 
+/// Exports which pipeline this process runs.
+fn announce(config: &PipelineConfig) {
+    let meta = &config.meta;
+    cashflow_observability::metrics().pipeline_info.with_label_values(&[&meta.name, &meta.version]).set(1);
+}
+
 /// One stage.
 pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Result<()> {
+    announce(&config);
     let config = Arc::new(config);
     match stage {
         Stage::Broker => {
@@ -183,7 +191,7 @@ async fn serve_http(
         apis.ingest = Some(IngestState {
             publisher: Arc::clone(&p),
             store: need_store()?,
-            date_window: services.consolidate.date_window,
+            date_window: services.consolidate.date_window(),
             max_batch_body_bytes: gw.max_batch_body_bytes,
         });
         publisher = Some(p);
@@ -194,7 +202,12 @@ async fn serve_http(
         let topic = config.ingest_topic();
         let timeout = Duration::from_millis(services.query.aguardar_timeout_ms);
         let (group, cache_days) = (&services.consolidate.group, services.query.cache_days);
-        apis.query = Some(QueryState::new(store, group, topic, timeout, cache_days));
+        let states = services
+            .consolidate
+            .aggregated()
+            .into_iter()
+            .map(|(name, s)| (name.to_owned(), s.table.clone(), s.key.clone()));
+        apis.query = Some(QueryState::new(store, group, topic, timeout, cache_days).with_states(states));
     }
     if let (Stage::Gateway, Some(up)) = (stage, &gw.upstreams) {
         let timeout = Duration::from_secs(gw.request_timeout_secs);

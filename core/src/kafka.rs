@@ -25,6 +25,8 @@ pub fn with_properties(config: &PipelineConfig, defaults: impl FnOnce(&mut Clien
     c.set("bootstrap.servers", config.kafka.bootstrap());
     // Brokers that advertise 127.0.0.1 must not be reached through IPv6 first.
     c.set("broker.address.family", "v4");
+    // What brokers log, and set quotas by: the pipeline and its version.
+    c.set("client.id", format!("{}/{}", config.meta.name, config.meta.version));
     defaults(&mut c);
     for (k, v) in &config.kafka.properties {
         c.set(k, v);
@@ -166,4 +168,19 @@ fn describe(tpl: &TopicPartitionList) -> String {
         })
         .collect();
     described.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn every_client_is_named_after_the_pipeline_and_its_version() {
+        let text = include_str!("../../pipeline.yaml").replace("version: 0.1.0", "version: 2.3.4");
+        let config = PipelineConfig::parse("pipeline.yaml", &text, |_| None).unwrap();
+        assert_eq!(with_properties(&config, |_| {}).get("client.id"), Some("cashflow/2.3.4"));
+        assert_eq!(producer_config(&config, Duration::from_secs(1)).get("client.id"), Some("cashflow/2.3.4"));
+    }
 }

@@ -4,6 +4,7 @@
 //! valid, so code that holds one never checks it again.
 
 pub mod config;
+pub mod estado;
 pub mod failure;
 pub mod http;
 pub mod kafka;

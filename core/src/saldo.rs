@@ -1,6 +1,5 @@
 //! The daily consolidated balance (*saldo diário consolidado*).
 
-use chrono::Datelike as _;
 use serde::Serialize;
 
 use crate::{BusinessDate, Money};
@@ -148,16 +147,16 @@ pub struct MonthlyBalance {
     pub lancamentos: i64,
 }
 
-/// The twelve months of `year`, from its days' totals and the balance carried into it; a month
-/// without entries shows zero movement and carries the balance.
+/// The twelve months of `year`, from its months' totals (`1..=12`) and the balance carried into
+/// it; a month without entries shows zero movement and carries the balance.
 pub fn monthly_series(
     year: i32,
     opening_cents: i64,
-    days: &[(BusinessDate, DayTotals)],
+    totals: &[(u32, DayTotals)],
 ) -> Result<Vec<MonthlyBalance>, OutOfRange> {
     let mut months = [DayTotals::default(); 12];
-    for (day, t) in days.iter().filter(|(d, _)| d.date().year() == year) {
-        let m = &mut months[day.date().month0() as usize];
+    for (month, t) in totals {
+        let m = months.get_mut((*month as usize).wrapping_sub(1)).ok_or(OutOfRange)?;
         *m = m.checked_add(t)?;
     }
     let mut balance = opening_cents;
@@ -213,7 +212,8 @@ mod tests {
         let days = [(d("2026-01-01"), max), (d("2026-01-02"), max)];
         assert_eq!(DayHistory::new(days.to_vec()), Err(OutOfRange));
         assert_eq!(daily_series(d("2026-01-01"), d("2026-01-02"), 0, &days, None), Err(OutOfRange));
-        assert_eq!(monthly_series(2026, 0, &days), Err(OutOfRange));
+        assert_eq!(monthly_series(2026, 0, &[(1, max), (1, max)]), Err(OutOfRange));
+        assert_eq!(monthly_series(2026, 0, &[(1, max), (2, max)]), Err(OutOfRange));
         assert_eq!(daily_series(d("2026-01-02"), d("2026-01-02"), 1, &days[1..], None), Err(OutOfRange));
         let owing = DayTotals { creditos_cents: 0, debitos_cents: i64::MAX, quantidade: 1 };
         assert_eq!(owing.saldo_cents(), Ok(-i64::MAX));

@@ -2,8 +2,10 @@
 //!
 //! Builds histories of 10k, 100k and 1M entries through the real epoch path (store insert with
 //! dedupe, dataflow, the states' deltas, progress; no Kafka), then times what a consolidator does
-//! before it can take its first record: open the store, load the offsets, and start the dataflow,
-//! which holds no history (every state is additive). Prints the figures; asserts nothing about
+//! before it can take its first record: open the store, check the declared states against the
+//! store's registry, load the offsets, and start the dataflow, which holds no history (every
+//! state is additive). Then times building a state added to the shipped ones (`por-tipo`, keyed
+//! `[merchant_id, mes, tipo]`) from the stored entries. Prints the figures; asserts nothing about
 //! time.
 //!
 //! `cargo bench -p cashflow-dataflow --bench restart [-- 10000 100000]`
@@ -12,9 +14,11 @@
 
 use std::time::Instant;
 
+use cashflow_core::config::PipelineConfig;
+use cashflow_core::estado::{Field, Key};
 use cashflow_core::{BusinessDate, EntryId, Lancamento, MerchantId, Money, Tipo};
-use cashflow_dataflow::Consolidator;
-use cashflow_sinks::{Origin, Store, StoredEntry};
+use cashflow_dataflow::{Consolidator, Fact};
+use cashflow_sinks::{DeclaredState, Origin, Store, StoredEntry};
 
 const MERCHANTS: u64 = 200;
 const DAYS: u64 = 365;
@@ -41,8 +45,14 @@ fn entry(i: u64) -> StoredEntry {
     }
 }
 
-async fn build_history(store: &Store, n: u64) -> f64 {
-    let dataflow = Consolidator::start().unwrap();
+/// The states the shipped pipeline.yaml declares.
+fn shipped() -> Vec<DeclaredState> {
+    let text = include_str!("../../pipeline.yaml");
+    cashflow_dataflow::declared(&PipelineConfig::parse("pipeline.yaml", text, |_| None).unwrap())
+}
+
+async fn build_history(store: &Store, states: &[DeclaredState], n: u64) -> f64 {
+    let dataflow = Consolidator::start(states.iter().map(|s| s.key.clone()).collect()).unwrap();
     let started = Instant::now();
     let mut i = 0;
     while i < n {
@@ -51,10 +61,10 @@ async fn build_history(store: &Store, n: u64) -> f64 {
         let mut tx = store.begin_epoch().await.unwrap();
         let inserted = tx.insert_entries(&batch).await.unwrap();
         let fresh: Vec<&Lancamento> = batch.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
-        let changed = dataflow.apply(&fresh).await.unwrap();
-        tx.add_daily(&changed.days).await.unwrap();
-        tx.add_categories(&changed.categories).await.unwrap();
-        tx.add_merchants(&changed.merchants).await.unwrap();
+        let changed = dataflow.apply(fresh.iter().map(|e| Fact::from(*e))).await.unwrap();
+        for (state, changes) in states.iter().zip(&changed.0) {
+            tx.add_state(&state.table, &state.key, changes).await.unwrap();
+        }
         let next: Vec<(String, i32, i64)> = (0..6).map(|p| ("lancamentos".to_owned(), p, (i / 6) as i64)).collect();
         tx.save_progress("bench", &next).await.unwrap();
         tx.commit().await.unwrap();
@@ -66,28 +76,42 @@ async fn build_history(store: &Store, n: u64) -> f64 {
 async fn main() {
     let sizes: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![10_000, 100_000, 1_000_000] } else { sizes };
-    println!("{:>10} {:>14} {:>12} {:>12} {:>14}", "entries", "history/s", "restart ms", "db MiB", "bytes/entry");
+    let states = shipped();
+    let por_tipo = DeclaredState {
+        table: "consolidado_por_tipo".into(),
+        key: Key::new(vec![Field::MerchantId, Field::Mes, Field::Tipo]).unwrap(),
+    };
+    println!(
+        "{:>10} {:>14} {:>12} {:>12} {:>14} {:>16}",
+        "entries", "history/s", "restart ms", "db MiB", "bytes/entry", "new state ms"
+    );
     for n in sizes {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bench.db");
         let url = format!("sqlite://{}", path.display());
         let store = Store::connect(&url, 4).await.unwrap();
-        let rate = build_history(&store, n).await;
+        let rate = build_history(&store, &states, n).await;
         store.close().await;
 
         let started = Instant::now();
         let store = Store::connect(&url, 4).await.unwrap();
+        cashflow_dataflow::build(&store, &states).await.unwrap();
         let _progress = store.load_progress("bench").await.unwrap();
-        let dataflow = Consolidator::start().unwrap();
-        dataflow.apply(&[]).await.unwrap();
+        let dataflow = Consolidator::start(states.iter().map(|s| s.key.clone()).collect()).unwrap();
+        dataflow.apply([]).await.unwrap();
         let restart_ms = started.elapsed().as_secs_f64() * 1000.0;
         assert_eq!(store.count_entries().await.unwrap() as u64, n);
+
+        let started = Instant::now();
+        let with_new: Vec<DeclaredState> = states.iter().cloned().chain([por_tipo.clone()]).collect();
+        cashflow_dataflow::build(&store, &with_new).await.unwrap();
+        let build_ms = started.elapsed().as_secs_f64() * 1000.0;
         store.close().await;
 
         let bytes: u64 =
             std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
         println!(
-            "{n:>10} {rate:>14.0} {restart_ms:>12.1} {:>12.1} {:>14.0}",
+            "{n:>10} {rate:>14.0} {restart_ms:>12.1} {:>12.1} {:>14.0} {build_ms:>16.0}",
             bytes as f64 / (1024.0 * 1024.0),
             bytes as f64 / n as f64
         );

@@ -1,5 +1,5 @@
-//! One epoch: validate, dedupe, consolidate, and commit entries, changed days and offsets in one
-//! store transaction. Records that will never count go to the error topics first.
+//! One epoch: validate, dedupe, aggregate, and commit entries, every state's changes and offsets
+//! in one store transaction. Records that will never count go to the error topics first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,13 +12,13 @@ use cashflow_core::failure::{
 use cashflow_core::{BusinessDate, EntryId, Incoming, Lancamento, LancamentoRecord, MerchantId, Money, Tipo};
 use cashflow_observability::metrics;
 use cashflow_retry::Failure;
-use cashflow_sinks::{Delivery, EpochTx, Origin, Store, StoredEntry};
+use cashflow_sinks::{DeclaredState, Delivery, EpochTx, Origin, Store, StoredEntry};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::ConsolidateError;
-use crate::operator::Consolidator;
+use crate::operator::{Consolidator, Fact};
 
 pub(crate) const STAGE: &str = "consolidate";
 
@@ -91,6 +91,8 @@ impl<'r> Rejected<'r> {
 /// What one epoch needs.
 pub(crate) struct Epoch<'a> {
     pub config: &'a PipelineConfig,
+    /// What `aggregate` keeps, in the dataflow's order.
+    pub states: &'a [DeclaredState],
     pub store: &'a Store,
     pub dataflow: &'a Consolidator,
     pub producer: &'a FutureProducer,
@@ -159,7 +161,7 @@ impl Epoch<'_> {
         duplicates += (before - batch.len()) as u64;
 
         // validate, then resolve reversals against their originals
-        let window = &self.config.services.consolidate.date_window;
+        let window = &self.config.services.consolidate.date_window();
         let mut incoming = Vec::with_capacity(batch.len());
         for record in batch {
             match Incoming::decode(&record.payload) {
@@ -188,6 +190,8 @@ impl Epoch<'_> {
             }
         }
         let inserted = tx.insert_entries(&valid).await?;
+        // After the insert: on PostgreSQL, a state being built holds inserts back until it is kept.
+        self.check_kept(&mut tx).await?;
         let seen_before: Vec<EntryId> = valid.iter().map(|s| s.entry.id).filter(|id| !inserted.contains(id)).collect();
         let mut counted: HashMap<EntryId, LancamentoRecord> =
             if seen_before.is_empty() { HashMap::new() } else { tx.stored_records(&seen_before).await? };
@@ -211,23 +215,19 @@ impl Epoch<'_> {
 
         // consolidate: the dataflow holds no history, so an epoch that does not commit leaves
         // nothing behind in it
-        let changed = self.dataflow.apply(&fresh).await?;
-        tx.add_daily(&changed.days).await?;
-        tx.add_categories(&changed.categories).await?;
-        tx.add_merchants(&changed.merchants).await?;
+        let changed = self.dataflow.apply(fresh.iter().map(|e| Fact::from(*e))).await?;
+        for (state, changes) in self.states.iter().zip(&changed.0) {
+            tx.add_state(&state.table, &state.key, changes).await?;
+        }
         // rejected records are durable on their topics before their offsets are committed
         self.send_rejected(&rejected).await?;
         tx.save_progress(&self.config.services.consolidate.group, &progress(&next)).await?;
         tx.commit().await?;
 
         m.sink_batch_duration.observe(tx_opened.elapsed().as_secs_f64());
-        for (table, rows) in [
-            ("lancamentos", fresh.len()),
-            ("consolidado_diario", changed.days.len()),
-            ("consolidado_categoria", changed.categories.len()),
-            ("consolidado_comerciante", changed.merchants.len()),
-        ] {
-            m.sink_batch_rows.with_label_values(&[table]).observe(rows as f64);
+        m.sink_batch_rows.with_label_values(&["lancamentos"]).observe(fresh.len() as f64);
+        for (state, changes) in self.states.iter().zip(&changed.0) {
+            m.sink_batch_rows.with_label_values(&[state.table.as_str()]).observe(changes.len() as f64);
         }
         m.consolidate_committed.inc_by(fresh.len() as u64);
         let committed_at = chrono::Utc::now();
@@ -238,6 +238,19 @@ impl Epoch<'_> {
         m.consolidate_duplicates.inc_by(duplicates);
         m.consolidate_epochs.inc();
         Ok(next)
+    }
+
+    /// Fails the epoch unless the store keeps exactly the states this consolidator computes: a
+    /// consolidator running another `pipeline.yaml` would leave a state short.
+    async fn check_kept(&self, tx: &mut EpochTx) -> Result<(), ConsolidateError> {
+        let kept = tx.kept_states().await?;
+        let same = kept.len() == self.states.len()
+            && self.states.iter().all(|s| kept.get(&s.table).is_some_and(|k| *k == s.key.to_text()));
+        if same {
+            return Ok(());
+        }
+        let kept: Vec<String> = kept.iter().map(|(t, k)| format!("{t} [{k}]")).collect();
+        Err(ConsolidateError::StatesDiffer(kept.join(", ")))
     }
 
     async fn send_rejected(&self, rejected: &[Rejected<'_>]) -> Result<(), ConsolidateError> {

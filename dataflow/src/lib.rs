@@ -2,10 +2,12 @@
 //!
 //! timely and differential types stay inside this crate.
 
+mod build;
 mod epoch;
 mod lag;
 mod operator;
 mod stage;
 
-pub use operator::{CategoryChange, Changes, Consolidator, DataflowError, DayChange, MerchantChange};
+pub use build::{build, declared};
+pub use operator::{Change, Changes, Consolidator, DataflowError, Fact};
 pub use stage::{ConsolidateError, run};

@@ -1,15 +1,16 @@
 //! The consolidation as a differential dataflow, run by one timely worker on its own thread.
 //!
-//! Each epoch's new entries enter one collection, a row per entry: (merchant, day, category),
-//! with the entry's effect `(credits, debits, count)` as its diff. Each state the store keeps is
-//! differential operators over that collection: rows map to their key in the state (the day and
-//! category of a merchant, its day, the merchant itself), and `consolidate` sums the diffs per
-//! key; a coarser state maps and consolidates the output of the finer one. Each epoch is one timestamp: the input advances past it and the worker steps
-//! until the output has passed it, so what `consolidate` emits for the epoch is each key's change
-//! in it, and that is what the store adds.
+//! Each epoch's new entries enter one collection, a row per entry: (merchant, day, category,
+//! tipo), with the entry's effect `(credits, debits, count)` as its diff. Each state that
+//! `pipeline.yaml` declares is differential operators over that collection: rows map to the
+//! state's key (the fields it lacks dropped, its periods as one day), and `consolidate` sums the
+//! diffs per key; a state that follows from a finer one maps and consolidates that one's output.
+//! Each epoch is one timestamp: the input advances past it and the worker steps until the output
+//! has passed it, so what `consolidate` emits for the epoch is each key's change in it, and that
+//! is what the store adds.
 //!
-//! Every state is additive, so the dataflow holds no history: its arrangement keeps no trace
-//! (nothing reads one), and a restart starts empty, whatever the store holds.
+//! Every state is additive, so the dataflow holds no history: nothing keeps a trace, and a
+//! restart starts empty, whatever the store holds.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,43 +18,62 @@ use std::rc::Rc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use cashflow_core::{BusinessDate, DayTotals, Lancamento, MerchantId};
+use cashflow_core::estado::Key;
+use cashflow_core::{BusinessDate, DayTotals, Lancamento, Tipo};
+use chrono::NaiveDate;
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::operators::Probe;
 use tokio::sync::{mpsc, oneshot};
 
-/// An entry as the dataflow sees it: (merchant, days since 1970-01-01, category), the names as
-/// numbers from a [`Dictionary`]. Copied, never allocated.
-type Row = (u32, i32, u32);
-/// A key of one state: (state, merchant, day, category), the fields a state does not have 0.
-type Key = (u8, u32, i32, u32);
+/// An entry as the dataflow sees it: (merchant, days since 1970-01-01, category, tipo), the names
+/// as numbers from a [`Dictionary`]. Copied, never allocated.
+type Row = (u32, i32, u32, u8);
+/// A value of one state's key: the state (its place in [`Consolidator::start`]'s list), and the
+/// row with the fields the key lacks zeroed and its periods as one day (see
+/// [`cashflow_core::estado`]). Entries come in as state [`ENTRIES`].
+type Keyed = (u8, Row);
 /// (credits, debits, count), in cents and entries: the diff.
 type Totals = (i64, i64, i64);
 
-/// The states, as the first field of a [`Key`].
-const CATEGORY: u8 = 0;
-const DAY: u8 = 1;
-const MERCHANT: u8 = 2;
+/// The state of the entries themselves, as they enter.
+const ENTRIES: u8 = u8::MAX;
+/// The most states one dataflow keeps.
+pub const MAX_STATES: usize = ENTRIES as usize;
 
-/// A day whose totals changed in an epoch, and by how much (new totals minus old).
+/// An entry's facts that states are keyed and summed by.
+#[derive(Clone, Copy, Debug)]
+pub struct Fact<'a> {
+    pub merchant_id: &'a str,
+    pub data: BusinessDate,
+    /// `""` for an entry without a category.
+    pub categoria: &'a str,
+    pub tipo: Tipo,
+    pub valor_cents: i64,
+}
+
+impl<'a> From<&'a Lancamento> for Fact<'a> {
+    fn from(e: &'a Lancamento) -> Self {
+        Fact {
+            merchant_id: e.merchant_id.as_str(),
+            data: e.data,
+            categoria: e.categoria.as_deref().unwrap_or_default(),
+            tipo: e.tipo,
+            valor_cents: e.valor.cents(),
+        }
+    }
+}
+
+/// How one key value of a state changed in an epoch: its values in the key's order, and the
+/// change of its totals (new minus old).
 ///
 /// The store adds these deltas, so writers of disjoint entry sets compose: each entry is counted
 /// by the one transaction that inserted its id, whichever consolidator ran it.
-pub type DayChange = (MerchantId, BusinessDate, DayTotals);
+pub type Change = (Vec<String>, DayTotals);
 
-/// The same for one category of a day (`None`: entries without a category).
-pub type CategoryChange = (MerchantId, BusinessDate, Option<String>, DayTotals);
-
-/// A merchant's change in an epoch, of its totals of all time.
-pub type MerchantChange = (MerchantId, DayTotals);
-
-/// What an epoch changed, in every state, read from the dataflow's output.
+/// What an epoch changed, per state in the order the states were given, read from the
+/// dataflow's output.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub categories: Vec<CategoryChange>,
-    pub days: Vec<DayChange>,
-    pub merchants: Vec<MerchantChange>,
-}
+pub struct Changes(pub Vec<Vec<Change>>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataflowError {
@@ -61,79 +81,109 @@ pub enum DataflowError {
     WorkerGone,
     #[error("the dataflow produced an invalid key: {0}")]
     BadKey(String),
+    #[error("a dataflow keeps at most {MAX_STATES} states")]
+    TooManyStates,
 }
 
 enum Command {
-    Apply(Vec<(Row, Totals)>, oneshot::Sender<Vec<(Key, Totals)>>),
+    Apply(Vec<(Keyed, Totals)>, oneshot::Sender<Vec<(Keyed, Totals)>>),
 }
 
 /// Numbers for merchant ids and categories, in order of first sight. Its size grows with the
 /// merchants and categories, not with their days.
 #[derive(Default)]
 struct Dictionary {
-    merchants: Names<MerchantId>,
+    merchants: Names,
     /// `""` (no category) is number 0.
-    categories: Names<String>,
+    categories: Names,
 }
 
-struct Names<T> {
+#[derive(Default)]
+struct Names {
     ids: HashMap<String, u32>,
-    names: Vec<T>,
+    names: Vec<String>,
 }
 
-impl<T> Default for Names<T> {
-    fn default() -> Self {
-        Names { ids: HashMap::new(), names: Vec::new() }
-    }
-}
-
-impl<T: Clone> Names<T> {
-    fn id(&mut self, name: &str, value: impl FnOnce() -> T) -> u32 {
+impl Names {
+    fn id(&mut self, name: &str) -> u32 {
         if let Some(id) = self.ids.get(name) {
             return *id;
         }
         let id = self.names.len() as u32;
         self.ids.insert(name.to_owned(), id);
-        self.names.push(value());
+        self.names.push(name.to_owned());
         id
     }
 
-    fn name(&self, id: u32) -> Result<T, DataflowError> {
-        self.names.get(id as usize).cloned().ok_or_else(|| DataflowError::BadKey(id.to_string()))
+    fn name(&self, id: u32) -> Result<&str, DataflowError> {
+        self.names.get(id as usize).map(String::as_str).ok_or_else(|| DataflowError::BadKey(id.to_string()))
     }
 }
 
 impl Dictionary {
-    fn row(&mut self, merchant: &MerchantId, day: BusinessDate, category: Option<&str>) -> Row {
-        let m = self.merchants.id(merchant.as_str(), || merchant.clone());
-        let c = category.unwrap_or_default();
-        (m, day.days(), self.categories.id(c, || c.to_owned()))
+    fn row(&mut self, f: &Fact<'_>) -> Row {
+        let tipo = match f.tipo {
+            Tipo::Credito => 0,
+            Tipo::Debito => 1,
+        };
+        (self.merchants.id(f.merchant_id), f.data.days(), self.categories.id(f.categoria), tipo)
     }
 
-    fn day(days: i32) -> Result<BusinessDate, DataflowError> {
-        BusinessDate::from_days(days).ok_or_else(|| DataflowError::BadKey(days.to_string()))
-    }
-
-    /// Sorts one output of the dataflow into the state it belongs to.
+    /// Sorts one output of the dataflow into the state it belongs to, as that state's values.
     fn record(
         &self,
-        (state, m, days, c): Key,
+        keys: &[Key],
+        (state, (m, days, c, tipo)): Keyed,
         (credits, debits, n): Totals,
         into: &mut Changes,
     ) -> Result<(), DataflowError> {
+        let bad = || DataflowError::BadKey(format!("state {state}, day {days}"));
+        let key = keys.get(state as usize).ok_or_else(bad)?;
+        let date = day(days).ok_or_else(bad)?;
+        let tipo = if tipo == 0 { Tipo::Credito } else { Tipo::Debito };
+        let values = key.values(self.merchants.name(m)?, date, self.categories.name(c)?, tipo);
         let totals = DayTotals { creditos_cents: credits, debitos_cents: debits, quantidade: n };
-        let merchant = self.merchants.name(m)?;
-        match state {
-            CATEGORY => {
-                let category = Some(self.categories.name(c)?).filter(|c| !c.is_empty());
-                into.categories.push((merchant, Self::day(days)?, category, totals));
-            }
-            DAY => into.days.push((merchant, Self::day(days)?, totals)),
-            MERCHANT => into.merchants.push((merchant, totals)),
-            other => return Err(DataflowError::BadKey(format!("state {other}"))),
-        }
+        into.0.get_mut(state as usize).ok_or_else(bad)?.push((values, totals));
         Ok(())
     }
+}
+
+fn day(days: i32) -> Option<NaiveDate> {
+    NaiveDate::default().checked_add_signed(chrono::TimeDelta::days(i64::from(days)))
+}
+
+/// `row` as a value of `key`: the fields `key` lacks zeroed, its periods as one day.
+fn project(key: &Key, (m, days, c, tipo): Row) -> Row {
+    use cashflow_core::estado::Field;
+    let period = if key.has(Field::Data) {
+        days
+    } else {
+        day(days).map(|d| (key.period_day(d) - NaiveDate::default()).num_days() as i32).unwrap_or(0)
+    };
+    let c = if key.has(Field::Categoria) { c } else { 0 };
+    let tipo = if key.has(Field::Tipo) { tipo } else { 0 };
+    (m, period, c, tipo)
+}
+
+/// Where each state is computed from: the state it follows from with the fewest fields (and,
+/// among those, one without `data`), which emits fewer updates than the entries, or else the
+/// entries. The list is in an order where each
+/// state comes after the one it is computed from.
+fn plan(keys: &[Key]) -> Vec<(usize, Option<usize>)> {
+    use cashflow_core::estado::Field;
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    // finer first: a key can only follow from one with `data`, or with more fields
+    order.sort_by_key(|&i| std::cmp::Reverse((keys[i].has(Field::Data), keys[i].fields().len())));
+    let mut out: Vec<(usize, Option<usize>)> = Vec::with_capacity(keys.len());
+    for i in order {
+        let from = out
+            .iter()
+            .map(|(j, _)| *j)
+            .filter(|&j| keys[i].follows_from(&keys[j]))
+            .min_by_key(|&j| (keys[j].fields().len(), keys[j].has(Field::Data)));
+        out.push((i, from));
+    }
+    out
 }
 
 /// Handle to the worker thread. Dropping it stops the worker.
@@ -141,36 +191,41 @@ pub struct Consolidator {
     commands: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
     dictionary: Mutex<Dictionary>,
+    keys: Vec<Key>,
 }
 
 impl Consolidator {
-    /// Starts a worker. It holds no history: every state it computes is additive, and the store
-    /// adds what each epoch changed.
-    pub fn start() -> Result<Self, DataflowError> {
+    /// Starts a worker that keeps states of these keys. It holds no history: every state is
+    /// additive, and the store adds what each epoch changed.
+    pub fn start(keys: Vec<Key>) -> Result<Self, DataflowError> {
+        if keys.len() > MAX_STATES {
+            return Err(DataflowError::TooManyStates);
+        }
         let (tx, rx) = mpsc::channel::<Command>(4);
         let mut dictionary = Dictionary::default();
-        dictionary.categories.id("", String::new);
+        dictionary.categories.id("");
+        let worker_keys = keys.clone();
         let thread = std::thread::Builder::new()
             .name("consolidate-dataflow".into())
-            .spawn(move || timely::execute_directly(move |worker| run_worker(worker, rx)))
+            .spawn(move || timely::execute_directly(move |worker| run_worker(worker, &worker_keys, rx)))
             .map_err(|_| DataflowError::WorkerGone)?;
-        Ok(Consolidator { commands: Some(tx), thread: Some(thread), dictionary: Mutex::new(dictionary) })
+        Ok(Consolidator { commands: Some(tx), thread: Some(thread), dictionary: Mutex::new(dictionary), keys })
     }
 
     /// Adds one epoch of new entries and returns how each state changed. What it returns depends
     /// on these entries alone: the dataflow holds no history, so an epoch whose changes were not
     /// committed leaves nothing behind, and its entries may simply come again.
-    pub async fn apply(&self, entries: &[&Lancamento]) -> Result<Changes, DataflowError> {
-        let rows: Vec<(Row, Totals)> = {
+    pub async fn apply<'a>(&self, entries: impl IntoIterator<Item = Fact<'a>>) -> Result<Changes, DataflowError> {
+        let rows: Vec<(Keyed, Totals)> = {
             let mut dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             entries
-                .iter()
-                .map(|e| {
-                    let t = e.totals();
-                    (
-                        dictionary.row(&e.merchant_id, e.data, e.categoria.as_deref()),
-                        (t.creditos_cents, t.debitos_cents, t.quantidade),
-                    )
+                .into_iter()
+                .map(|f| {
+                    let totals = match f.tipo {
+                        Tipo::Credito => (f.valor_cents, 0, 1),
+                        Tipo::Debito => (0, f.valor_cents, 1),
+                    };
+                    ((ENTRIES, dictionary.row(&f)), totals)
                 })
                 .collect()
         };
@@ -179,9 +234,9 @@ impl Consolidator {
         commands.send(Command::Apply(rows, reply)).await.map_err(|_| DataflowError::WorkerGone)?;
         let output = answer.await.map_err(|_| DataflowError::WorkerGone)?;
         let dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut changes = Changes::default();
+        let mut changes = Changes(vec![Vec::new(); self.keys.len()]);
         for (key, totals) in output {
-            dictionary.record(key, totals, &mut changes)?;
+            dictionary.record(&self.keys, key, totals, &mut changes)?;
         }
         Ok(changes)
     }
@@ -198,38 +253,43 @@ impl Drop for Consolidator {
 }
 
 /// Builds the dataflow (the one place that does) and serves commands until the channel closes.
-fn run_worker(worker: &mut timely::worker::Worker, mut rx: mpsc::Receiver<Command>) {
+fn run_worker(worker: &mut timely::worker::Worker, keys: &[Key], mut rx: mpsc::Receiver<Command>) {
     // What the dataflow emitted for the epoch being stepped: each key's change.
-    let output: Rc<RefCell<Vec<(Key, Totals)>>> = Rc::default();
+    let output: Rc<RefCell<Vec<(Keyed, Totals)>>> = Rc::default();
     let sink = Rc::clone(&output);
-    let (mut rows, probe) = worker.dataflow::<u64, _, _>(|scope| {
-        let (rows_in, rows) = scope.new_collection::<Row, Totals>();
-        // Each state from the one below it: a day's change is the sum of its categories'
-        // changes, a merchant's the sum of its days', so each `consolidate` sorts the keys the
-        // state below emitted, not every entry again.
-        let categories = rows.map(|(merchant, day, category)| (CATEGORY, merchant, day, category)).consolidate();
-        let days = categories.clone().map(|(_, merchant, day, _)| (DAY, merchant, day, 0)).consolidate();
-        let merchants = days.clone().map(|(_, merchant, _, _)| (MERCHANT, merchant, 0, 0)).consolidate();
-        let changes = categories
-            .concat(days)
-            .concat(merchants)
+    let (mut entries, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (entries_in, entries) = scope.new_collection::<Keyed, Totals>();
+        // Each state maps the rows of its source to its key and sums them with `consolidate`.
+        // Its source is the coarsest state it follows from (a day from its categories, a month
+        // from its days), so each `consolidate` sorts what that state emitted, not every entry.
+        let mut states = vec![None; keys.len()];
+        for (i, from) in plan(keys) {
+            let source = from.and_then(|j| states[j].clone()).unwrap_or_else(|| entries.clone());
+            let (key, state) = (keys[i].clone(), i as u8);
+            states[i] = Some(source.map(move |(_, row)| (state, project(&key, row))).consolidate());
+        }
+        let changes = states
+            .into_iter()
+            .flatten()
+            .reduce(|all, state| all.concat(state))
+            .unwrap_or_else(|| entries.filter(|_| false))
             .inspect(move |(key, _time, totals)| sink.borrow_mut().push((*key, *totals)));
         let (probe, _) = changes.inner.probe();
-        (rows_in, probe)
+        (entries_in, probe)
     });
     let mut epoch: u64 = 0;
-    let mut advance = |rows: &mut InputSession<u64, Row, Totals>| {
+    let mut advance = |entries: &mut InputSession<u64, Keyed, Totals>| {
         epoch += 1;
-        rows.advance_to(epoch);
-        rows.flush();
+        entries.advance_to(epoch);
+        entries.flush();
         worker.step_while(|| probe.less_than(&epoch));
     };
     while let Some(Command::Apply(batch, reply)) = rx.blocking_recv() {
         for (row, totals) in batch {
-            rows.update(row, totals);
+            entries.update(row, totals);
         }
-        advance(&mut rows);
-        let changes: Vec<(Key, Totals)> = std::mem::take(&mut *output.borrow_mut());
+        advance(&mut entries);
+        let changes: Vec<(Keyed, Totals)> = std::mem::take(&mut *output.borrow_mut());
         let _ = reply.send(changes.into_iter().filter(|(_, t)| *t != (0, 0, 0)).collect());
     }
 }

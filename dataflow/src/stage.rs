@@ -1,5 +1,6 @@
 //! The consolidate stage: read an epoch of records, validate, dedupe against the store, update
-//! the dataflow, and commit entries, changed days and offsets in one transaction.
+//! the dataflow, and commit entries, every declared state's changes and offsets in one
+//! transaction. A session first builds any declared state the store does not keep yet.
 //!
 //! Progress lives only in the store. The consumer joins the group; every partition it is assigned
 //! (on start, after any failure, after every rebalance) is positioned at the store's progress, or
@@ -41,6 +42,10 @@ pub enum ConsolidateError {
     Dataflow(#[from] DataflowError),
     #[error("topic {0} has no partitions; is it created?")]
     NoPartitions(String),
+    #[error(
+        "the store keeps other states than pipeline.yaml declares ({0}): is a consolidator with another pipeline.yaml running?"
+    )]
+    StatesDiffer(String),
 }
 
 /// Runs until `shutdown`. Failures restart the session with backoff; they never lose or
@@ -93,7 +98,9 @@ async fn sessions(config: &PipelineConfig, store: &Store, shutdown: &Cancellatio
 async fn session(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) -> Result<(), ConsolidateError> {
     let cons = &config.services.consolidate;
     let started = Instant::now();
-    let dataflow = Consolidator::start()?;
+    let states = crate::build::declared(config);
+    crate::build::build(store, &states).await?;
+    let dataflow = Consolidator::start(states.iter().map(|s| s.key.clone()).collect())?;
     let mut resume = store.load_progress(&cons.group).await?;
 
     let consumer: GroupConsumer = kafka::with_properties(config, |c| {
@@ -139,7 +146,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             continue;
         }
         let timer = Instant::now();
-        let epoch = Epoch { config, store, dataflow: &dataflow, producer: &errors };
+        let epoch = Epoch { config, states: &states, store, dataflow: &dataflow, producer: &errors };
         let next = epoch.commit(&batch).await?;
         for e in next.elements() {
             if let Offset::Offset(o) = e.offset() {

@@ -148,6 +148,7 @@ mod tests {
 
     use std::time::Duration;
 
+    use cashflow_core::estado::{Field, Key};
     use cashflow_core::{DayTotals, Posicao};
     use sqlx::Connection as _;
 
@@ -165,7 +166,9 @@ mod tests {
         let merchant = MerchantId::parse("loja-1").unwrap();
         let totals = DayTotals { creditos_cents: credit, debitos_cents: 0, quantidade: 1 };
         let mut tx = store.begin_epoch().await.unwrap();
-        tx.add_daily(&[(merchant, day(on), totals)]).await.unwrap();
+        let daily = Key::new(vec![Field::MerchantId, Field::Data]).unwrap();
+        let row = (vec![merchant.to_string(), day(on).to_string()], totals);
+        tx.add_state("consolidado_diario", &daily, &[row]).await.unwrap();
         tx.save_progress(GROUP, &[("lancamentos".into(), 0, next_offset)]).await.unwrap();
         tx.commit().await.unwrap();
     }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod balances;
+mod estados;
 mod extrato;
 mod openapi;
 mod progress;

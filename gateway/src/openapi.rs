@@ -7,10 +7,12 @@ use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::http::header::CONTENT_SECURITY_POLICY;
 use axum::response::{IntoResponse, Response};
+use cashflow_core::estado::Key;
 use cashflow_core::http::{Json, Problem};
 use tower_http::set_header::SetResponseHeaderLayer;
-use utoipa::openapi::OpenApi;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{OpenApi, RefOr};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
@@ -49,12 +51,35 @@ pub fn openapi() -> OpenApi {
     api
 }
 
+/// The description with the declared states (name and key) as the values of
+/// `/v1/consolidado/estados/{nome}`.
+pub fn openapi_with_states(states: &[(String, Key)]) -> OpenApi {
+    let mut api = openapi();
+    let operation = api.paths.paths.get_mut(STATES_PATH).and_then(|p| p.get.as_mut());
+    let mut parameters = operation.and_then(|o| o.parameters.as_mut()).into_iter().flatten();
+    let nome = parameters.find_map(|p| match p {
+        RefOr::T(p) if p.name == "nome" => Some(p),
+        _ => None,
+    });
+    if let Some(nome) = nome
+        && !states.is_empty()
+    {
+        let names: Vec<&str> = states.iter().map(|(n, _)| n.as_str()).collect();
+        let keys: Vec<String> = states.iter().map(|(n, k)| format!("`{n}`: {k}")).collect();
+        nome.description = Some(format!("A state declared in pipeline.yaml, with its key: {}", keys.join("; ")));
+        nome.schema = Some(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)).into());
+    }
+    api
+}
+
+const STATES_PATH: &str = "/v1/consolidado/estados/{nome}";
+
 /// `/openapi.json` and Swagger UI at `/docs`. Swagger UI needs scripts and styles from its own
 /// origin, so its pages get their own content security policy.
-pub fn docs() -> Router {
+pub fn docs(states: &[(String, Key)]) -> Router {
     let csp = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
                script-src 'self' 'unsafe-inline'; frame-ancestors 'none'";
-    Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi()))
+    Router::from(SwaggerUi::new("/docs").url("/openapi.json", openapi_with_states(states)))
         .layer(SetResponseHeaderLayer::overriding(CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp)))
 }
 

@@ -1,12 +1,14 @@
 //! Daily balances: `GET /v1/consolidado/diario?de&ate` and `GET /v1/consolidado/diario/{data}`,
 //! each optionally `aguardar`-ing a position: read-your-writes, bounded.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use cashflow_core::estado::Key;
 use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_core::{
     BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, OutOfRange, Posicao, daily_series, monthly_series,
@@ -32,6 +34,8 @@ pub struct QueryState {
     pub aguardar_timeout: Duration,
     /// Daily balances, from memory while they are current.
     balances: Balances,
+    /// The states `pipeline.yaml` declares, by name: each one's table and key.
+    pub(crate) states: Arc<BTreeMap<String, (String, Key)>>,
 }
 
 impl QueryState {
@@ -40,11 +44,23 @@ impl QueryState {
     pub fn new(store: Store, group: &str, topic: &str, aguardar_timeout: Duration, cache_days: u64) -> Self {
         let progress = ProgressWatch::start(store.clone(), group.to_owned(), topic.to_owned());
         let balances = Balances::new(store.clone(), group.to_owned(), progress.clone(), cache_days);
-        QueryState { store, consolidate_group: group.to_owned(), progress, aguardar_timeout, balances }
+        let states = Arc::default();
+        QueryState { store, consolidate_group: group.to_owned(), progress, aguardar_timeout, balances, states }
+    }
+
+    /// Serves these declared states (name, table, key) at `/v1/consolidado/estados/{nome}`.
+    pub fn with_states(mut self, states: impl IntoIterator<Item = (String, String, Key)>) -> Self {
+        self.states = Arc::new(states.into_iter().map(|(name, table, key)| (name, (table, key))).collect());
+        self
+    }
+
+    /// The declared states' names and keys.
+    pub fn states(&self) -> Vec<(String, Key)> {
+        self.states.iter().map(|(name, (_, key))| (name.clone(), key.clone())).collect()
     }
 
     /// With `aguardar`, waits (bounded) for consolidation to pass it: `Ok(false)` on timeout.
-    async fn await_position(&self, aguardar: Option<&str>) -> Result<bool, Problem> {
+    pub(crate) async fn await_position(&self, aguardar: Option<&str>) -> Result<bool, Problem> {
         let Some(token) = aguardar else { return Ok(true) };
         let posicao: Posicao =
             token.parse().map_err(|e: String| Problem::validation(vec![FieldError::new("aguardar", e)]))?;
@@ -56,7 +72,7 @@ impl QueryState {
 pub const STALE_HEADER: &str = "x-cashflow-stale";
 
 /// The answer, marked stale when the wait ran out.
-fn answer<T: Serialize>(body: T, fresh: bool) -> Response {
+pub(crate) fn answer<T: Serialize>(body: T, fresh: bool) -> Response {
     let mut response = Json(body).into_response();
     if !fresh {
         response.headers_mut().insert(STALE_HEADER, HeaderValue::from_static("true"));
@@ -73,6 +89,7 @@ pub(crate) fn api() -> OpenApiRouter<Arc<QueryState>> {
         .routes(routes!(one_day))
         .routes(routes!(monthly))
         .routes(routes!(by_category))
+        .routes(routes!(crate::estados::declared_state))
 }
 
 /// One category's totals over a range.
@@ -183,7 +200,8 @@ struct Mensal {
     meses: Vec<MonthlyBalance>,
 }
 
-/// Monthly totals and each month's closing balance for a year, from the consolidated days.
+/// Monthly totals and each month's closing balance for a year, from the consolidated months
+/// (the state in `consolidado_mensal`).
 #[utoipa::path(
     get,
     path = "/v1/consolidado/mensal",
@@ -202,16 +220,13 @@ async fn monthly(
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
     let year = q.ano.as_deref().and_then(|a| a.parse::<i32>().ok()).filter(|a| (1900..=9999).contains(a));
-    let (Some(year), Some(de), Some(ate)) = (
-        year,
-        year.and_then(|y| chrono::NaiveDate::from_ymd_opt(y, 1, 1)).and_then(|d| BusinessDate::new(d).ok()),
-        year.and_then(|y| chrono::NaiveDate::from_ymd_opt(y, 12, 31)).and_then(|d| BusinessDate::new(d).ok()),
-    ) else {
+    let Some(year) = year else {
         return Err(Problem::validation(vec![FieldError::new("ano", "is required: a year from 1900 to 9999")]));
     };
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
-    let rows = state.balances.daily(&principal.merchant_id, de, ate).await.map_err(store_unavailable)?;
-    let meses = monthly_series(year, rows.opening_cents, &rows.days).map_err(out_of_range)?;
+    let rows =
+        state.store.monthly(&principal.merchant_id, year, &state.consolidate_group).await.map_err(store_unavailable)?;
+    let meses = monthly_series(year, rows.opening_cents, &rows.months).map_err(out_of_range)?;
     Ok(answer(
         Mensal { comerciante: principal.merchant_id, ano: year, atualizado_ate: rows.consolidated_at, meses },
         fresh,
@@ -249,7 +264,7 @@ struct Consolidado {
     dias: Vec<DailyBalance>,
 }
 
-fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<BusinessDate> {
+pub(crate) fn date_param(name: &str, value: Option<&str>, errors: &mut Vec<FieldError>) -> Option<BusinessDate> {
     match value {
         None => {
             errors.push(FieldError::new(name, "is required (YYYY-MM-DD)"));
@@ -338,7 +353,7 @@ pub(crate) fn store_unavailable(e: cashflow_sinks::StoreError) -> Problem {
 }
 
 /// Totals beyond 64-bit cents: the store holds what consolidation never writes.
-fn out_of_range(e: OutOfRange) -> Problem {
+pub(crate) fn out_of_range(e: OutOfRange) -> Problem {
     tracing::error!(error = %e, "a stored total is out of range");
     Problem::internal()
 }

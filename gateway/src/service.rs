@@ -107,7 +107,7 @@ pub fn router(state: GatewayState) -> Router {
         .merge(protected)
         .fallback(|| async { Problem::not_found("no such route") })
         .layer(middleware::from_fn_with_state(per_address, limit_address))
-        .merge(crate::openapi::docs())
+        .merge(crate::openapi::docs(&apis.query.as_ref().map(QueryState::states).unwrap_or_default()))
         .merge(Router::from(crate::openapi::ops().with_state(state.apis.clone())))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn(track_http))

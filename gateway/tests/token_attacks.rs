@@ -15,6 +15,7 @@ use cashflow_auth::{
     AuthState, Claims, Issuer, KeyInfo, KeyRing, KeySource, KeyStatus, KeyStore, LoginLimits, Validator, key_overlap,
 };
 use cashflow_core::config::{LoginLimit, PipelineConfig};
+use cashflow_core::estado::{Field, Key};
 use cashflow_core::{BusinessDate, DayTotals, EntryId, Lancamento, MerchantId, Money, Tipo};
 use cashflow_gateway::{Apis, GatewayState, QueryState, router};
 use cashflow_ingest::{IngestState, Publisher};
@@ -76,7 +77,7 @@ async fn gateway_with_keys_from(created: &[DateTime<Utc>]) -> Gateway {
     let ingest = IngestState {
         publisher: Arc::new(Publisher::new(&config).unwrap()),
         store: store.clone(),
-        date_window: config.services.consolidate.date_window,
+        date_window: config.services.consolidate.date_window(),
         max_batch_body_bytes: 1 << 20,
     };
     let state = GatewayState {
@@ -379,7 +380,10 @@ async fn store_entry_of(store: &Store, merchant: &str, day: &str) -> EntryId {
     let origin = Origin { topic: "lancamentos".into(), partition: 0, offset: 0 };
     tx.insert_entries(&[StoredEntry { entry: entry.clone(), origin }]).await.unwrap();
     let totals = DayTotals { creditos_cents: 70_000, debitos_cents: 0, quantidade: 1 };
-    tx.add_daily(&[(merchant, data, totals)]).await.unwrap();
+    let daily = Key::new(vec![Field::MerchantId, Field::Data]).unwrap();
+    tx.add_state("consolidado_diario", &daily, &[(vec![merchant.to_string(), data.to_string()], totals)])
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     entry.id
 }

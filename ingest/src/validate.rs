@@ -14,7 +14,7 @@ pub struct NovoLancamento {
     pub tipo: Tipo,
     /// Greater than zero, at most 9999999999.99.
     pub valor: Money,
-    /// Inside `services.consolidate.date_window` around today.
+    /// Inside the validate operator's `date_window` around today.
     pub data: BusinessDate,
     #[schema(min_length = 1, max_length = 200)]
     pub descricao: String,

@@ -39,7 +39,7 @@ async fn app(bootstrap: &str, dir: &tempfile::TempDir) -> Router {
     };
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let store = cashflow_sinks::Store::connect(&url, 2).await.unwrap();
-    let date_window = config.services.consolidate.date_window;
+    let date_window = config.services.consolidate.date_window();
     let state = IngestState { publisher, store, date_window, max_batch_body_bytes: 1 << 20 };
     cashflow_ingest::router(state).layer(axum::Extension(principal))
 }

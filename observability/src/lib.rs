@@ -45,6 +45,7 @@ pub struct Metrics {
     pub sink_batch_duration: Histogram,
     pub ingest_broker_errors: IntCounter,
     pub pipeline_stage_up: IntGaugeVec,
+    pub pipeline_info: IntGaugeVec,
     pub query_cache_lookups: IntCounterVec,
     pub query_cache_days: IntGauge,
     names: Vec<String>,
@@ -211,6 +212,11 @@ impl Metrics {
                 "1 while a stage of this process works, 0 while it is paused by a failure and retrying.",
                 &["stage"],
             ),
+            pipeline_info: d.gauge_vec(
+                "cashflow_pipeline_info",
+                "1, labelled with the running pipeline.yaml's meta.name and meta.version.",
+                &["name", "version"],
+            ),
             query_cache_lookups: d.counter_vec(
                 "cashflow_query_balance_cache_lookups_total",
                 "Balance reads by where their days came from: memory (hit) or the store (miss: not held, or \
@@ -364,7 +370,9 @@ pub async fn track_http(req: Request, next: Next) -> Response {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CASHFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours on a terminal only: a log file or a collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).try_init();
 }
 
 #[cfg(test)]

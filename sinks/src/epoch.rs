@@ -1,8 +1,9 @@
 //! One epoch's writes, in one transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cashflow_core::{BusinessDate, DayTotals, EntryId, Lancamento, LancamentoRecord, MerchantId, WIRE_VERSION};
+use cashflow_core::estado::Key;
+use cashflow_core::{DayTotals, EntryId, Lancamento, LancamentoRecord, MerchantId, WIRE_VERSION};
 use chrono::{SecondsFormat, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
@@ -198,55 +199,21 @@ impl EpochTx {
         Ok(claimed)
     }
 
-    /// Adds each day's change to its stored totals. Adding (rather than overwriting) lets
-    /// consolidators of disjoint entries write side by side: each entry is counted once, by the
-    /// transaction whose insert of its id succeeded.
-    pub async fn add_daily(&mut self, days: &[(MerchantId, BusinessDate, DayTotals)]) -> Result<(), StoreError> {
-        let rows: Vec<_> = days.iter().map(|(m, d, t)| (vec![m.to_string(), d.to_string()], *t)).collect();
-        self.add_totals("consolidado_diario", &["merchant_id", "data"], &rows).await
-    }
-
-    /// The same for each (day, category) change; `None` is stored as `''`.
-    pub async fn add_categories(
-        &mut self,
-        changes: &[(MerchantId, BusinessDate, Option<String>, DayTotals)],
-    ) -> Result<(), StoreError> {
-        let rows: Vec<_> = changes
-            .iter()
-            .map(|(m, d, c, t)| (vec![m.to_string(), d.to_string(), c.clone().unwrap_or_default()], *t))
-            .collect();
-        self.add_totals("consolidado_categoria", &["merchant_id", "data", "categoria"], &rows).await
-    }
-
-    /// Upserts `(key..., totals)` rows into `table`, adding the totals to any stored ones.
-    async fn add_totals(
+    /// Adds each change of one state to its stored totals in `table`. Adding (rather than
+    /// overwriting) lets consolidators of disjoint entries write side by side: each entry is
+    /// counted once, by the transaction whose insert of its id succeeded.
+    pub async fn add_state(
         &mut self,
         table: &str,
-        key: &[&str],
-        rows: &[(Vec<String>, DayTotals)],
+        key: &Key,
+        changes: &[(Vec<String>, DayTotals)],
     ) -> Result<(), StoreError> {
-        let columns = key.len() + 4;
-        for chunk in rows.chunks(TOTALS_PARAMS / columns) {
-            let sql = format!(
-                "INSERT INTO {table} ({keys}, creditos_cents, debitos_cents, quantidade, atualizado_em) \
-                 VALUES {values} ON CONFLICT ({keys}) DO UPDATE SET \
-                 creditos_cents = {table}.creditos_cents + excluded.creditos_cents, \
-                 debitos_cents = {table}.debitos_cents + excluded.debitos_cents, \
-                 quantidade = {table}.quantidade + excluded.quantidade, \
-                 atualizado_em = excluded.atualizado_em",
-                keys = key.join(", "),
-                values = values_placeholders(chunk.len(), columns)
-            );
-            let mut q = sqlx::query(&sql);
-            for (key, t) in chunk {
-                for k in key {
-                    q = q.bind(k.clone());
-                }
-                q = q.bind(t.creditos_cents).bind(t.debitos_cents).bind(t.quantidade).bind(self.now.clone());
-            }
-            q.execute(&mut *self.tx).await?;
-        }
-        Ok(())
+        add_totals(&mut self.tx, &self.now, table, key, changes).await
+    }
+
+    /// The tables of the states the store keeps, each with its key as text (`merchant_id,data`).
+    pub async fn kept_states(&mut self) -> Result<BTreeMap<String, String>, StoreError> {
+        crate::states::kept(&mut self.tx).await
     }
 
     /// The consolidated totals of all time of each of `merchants` that has any.
@@ -273,12 +240,6 @@ impl EpochTx {
             }
         }
         Ok(out)
-    }
-
-    /// Adds each merchant's change to its totals of all time.
-    pub async fn add_merchants(&mut self, changes: &[(MerchantId, DayTotals)]) -> Result<(), StoreError> {
-        let rows: Vec<_> = changes.iter().map(|(m, t)| (vec![m.to_string()], *t)).collect();
-        self.add_totals("consolidado_comerciante", &["merchant_id"], &rows).await
     }
 
     /// Removes entries this transaction inserted and will not count.
@@ -326,6 +287,39 @@ impl EpochTx {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// Upserts `(key values, totals)` rows into `table`, whose columns are `key`'s fields, adding
+/// the totals to any stored ones. `table` and the fields are checked names, never input.
+pub(crate) async fn add_totals(
+    tx: &mut Transaction<'static, Any>,
+    now: &str,
+    table: &str,
+    key: &Key,
+    rows: &[(Vec<String>, DayTotals)],
+) -> Result<(), StoreError> {
+    let columns = key.fields().len() + 4;
+    let keys = key.to_text().replace(',', ", ");
+    for chunk in rows.chunks(TOTALS_PARAMS / columns) {
+        let sql = format!(
+            "INSERT INTO {table} ({keys}, creditos_cents, debitos_cents, quantidade, atualizado_em) \
+             VALUES {values} ON CONFLICT ({keys}) DO UPDATE SET \
+             creditos_cents = {table}.creditos_cents + excluded.creditos_cents, \
+             debitos_cents = {table}.debitos_cents + excluded.debitos_cents, \
+             quantidade = {table}.quantidade + excluded.quantidade, \
+             atualizado_em = excluded.atualizado_em",
+            values = values_placeholders(chunk.len(), columns)
+        );
+        let mut q = sqlx::query(&sql);
+        for (values, t) in chunk {
+            for v in values {
+                q = q.bind(v.as_str());
+            }
+            q = q.bind(t.creditos_cents).bind(t.debitos_cents).bind(t.quantidade).bind(now);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,6 +20,17 @@ pub struct DailyRows {
     pub consolidated_at: Option<String>,
 }
 
+/// A merchant's months of one year, plus the balance carried into it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MonthlyRows {
+    /// Sum of every month's balance before the year.
+    pub opening_cents: i64,
+    /// The months with entries, `(1..=12, totals)`, in order.
+    pub months: Vec<(u32, DayTotals)>,
+    /// When the consumer group last committed, if ever (RFC 3339).
+    pub consolidated_at: Option<String>,
+}
+
 /// How far a consumer group has consolidated, as one mark that two reads can compare: the sum
 /// of its next offsets, which only grow and grow with every commit that adds an entry, and the
 /// time of its last commit (RFC 3339), which every commit sets. Two reads with the same mark saw
@@ -143,6 +154,42 @@ impl Store {
             }
         }
         out.days.sort_unstable_by_key(|(d, _)| *d);
+        Ok(out)
+    }
+
+    /// The merchant's months of `year` (at most 12 rows, `(month 1..=12, totals)`), the balance
+    /// before the year, and when `group` last committed: one statement.
+    pub async fn monthly(&self, merchant: &MerchantId, year: i32, group: &str) -> Result<MonthlyRows, StoreError> {
+        let rows = sqlx::query(
+            "SELECT CAST(0 AS BIGINT), mes, creditos_cents, debitos_cents, quantidade FROM consolidado_mensal \
+             WHERE merchant_id = $1 AND mes >= $2 AND mes <= $3 \
+             UNION ALL \
+             SELECT CAST(1 AS BIGINT), NULL, CAST(COALESCE(SUM(creditos_cents - debitos_cents), 0) AS BIGINT), \
+             CAST(0 AS BIGINT), CAST(0 AS BIGINT) FROM consolidado_mensal WHERE merchant_id = $1 AND mes < $2 \
+             UNION ALL \
+             SELECT CAST(2 AS BIGINT), MAX(updated_at), CAST(0 AS BIGINT), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+             FROM consumer_progress WHERE consumer_group = $4",
+        )
+        .bind(merchant.to_string())
+        .bind(format!("{year:04}-01"))
+        .bind(format!("{year:04}-12"))
+        .bind(group.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = MonthlyRows::default();
+        for r in &rows {
+            match r.try_get::<i64, _>(0)? {
+                0 => {
+                    let mes: String = r.try_get(1)?;
+                    let month = mes.get(5..).and_then(|m| m.parse().ok()).filter(|m| (1..=12).contains(m));
+                    let month = month.ok_or_else(|| StoreError::Corrupt(format!("month {mes:?}")))?;
+                    out.months.push((month, totals(r, 2)?));
+                }
+                1 => out.opening_cents = r.try_get(2)?,
+                _ => out.consolidated_at = r.try_get(1)?,
+            }
+        }
+        out.months.sort_unstable_by_key(|(m, _)| *m);
         Ok(out)
     }
 

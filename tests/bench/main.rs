@@ -315,11 +315,14 @@ async fn run(args: &Args) -> Report {
 }
 
 async fn dataflow_core(entries: &[Lancamento], report: &mut Report) {
-    let dataflow = cashflow_dataflow::Consolidator::start().unwrap();
+    // the states the shipped pipeline.yaml declares
+    let shipped = include_str!("../../pipeline.yaml");
+    let config = cashflow_core::config::PipelineConfig::parse("pipeline.yaml", shipped, |_| None).unwrap();
+    let keys = cashflow_dataflow::declared(&config).into_iter().map(|s| s.key).collect();
+    let dataflow = cashflow_dataflow::Consolidator::start(keys).unwrap();
     let started = Instant::now();
     for chunk in entries.chunks(5_000) {
-        let refs: Vec<&Lancamento> = chunk.iter().collect();
-        dataflow.apply(&refs).await.unwrap();
+        dataflow.apply(chunk.iter().map(cashflow_dataflow::Fact::from)).await.unwrap();
     }
     let rate = entries.len() as f64 / started.elapsed().as_secs_f64();
     report.add("dataflow core entries/s (1 worker)", rate, "entries/s");

@@ -153,6 +153,7 @@ async fn poison_records_cannot_stop_consolidation(store: Store) {
         &format!(
             "INSERT INTO consolidado_diario VALUES ('loja-d', '2026-06-15', {big}, 0, 1, {at});
              INSERT INTO consolidado_categoria VALUES ('loja-d', '2026-06-15', '', {big}, 0, 1, {at});
+             INSERT INTO consolidado_mensal VALUES ('loja-d', '2026-06', {big}, 0, 1, {at});
              INSERT INTO consolidado_comerciante VALUES ('loja-d', {big}, 0, 1, {at});"
         ),
     )

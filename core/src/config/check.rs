@@ -1,10 +1,22 @@
 //! Checks that need no I/O: references, ranges and the order of operators.
 
-use super::{Operator, PipelineConfig, Problem, StateConfig, StoreSink, TopicRef};
+use std::collections::BTreeSet;
+
+use super::{ConsolidateConfig, PipelineConfig, Problem, TopicRef, Transform};
+use crate::estado::Field;
 
 const API_VERSION: &str = "cashflow/v1";
-/// Entry fields a keyed state may use as its key.
-const KEY_FIELDS: [&str; 4] = ["merchant_id", "data", "categoria", "tipo"];
+
+/// The states the fixed routes and the amount limit read, by table: each must be declared, with
+/// this key.
+pub(super) const REQUIRED_STATES: [(&str, &[Field], &str); 4] = [
+    ("consolidado_diario", &[Field::MerchantId, Field::Data], "GET /v1/consolidado/diario"),
+    ("consolidado_categoria", &[Field::MerchantId, Field::Data, Field::Categoria], "GET /v1/consolidado/categorias"),
+    ("consolidado_mensal", &[Field::MerchantId, Field::Mes], "GET /v1/consolidado/mensal"),
+    ("consolidado_comerciante", &[Field::MerchantId], "the amount limit (a merchant's totals of all time)"),
+];
+/// The most states one pipeline keeps.
+const MAX_STATES: usize = 64;
 
 pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -137,38 +149,7 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
         }
     }
 
-    for (name, state) in &cons.states {
-        let StateConfig::KeyedState { key } = state;
-        if key.is_empty() {
-            problem_at(&mut out, &format!("services.consolidate.states.{name}.key"), "must name at least one field");
-        }
-        for (i, field) in key.iter().enumerate() {
-            if !KEY_FIELDS.contains(&field.as_str()) {
-                problem_at(
-                    &mut out,
-                    &format!("services.consolidate.states.{name}.key[{i}]"),
-                    format!("unknown field {field:?}, expected one of {KEY_FIELDS:?}"),
-                );
-            }
-        }
-    }
-    let ops: Vec<Operator> = cons.transforms.iter().map(|t| t.operator).collect();
-    let required = [Operator::Validate, Operator::Dedupe, Operator::ConsolidateDaily];
-    if ops != required {
-        problem_at(
-            &mut out,
-            "services.consolidate.transforms",
-            "must be [validate, dedupe, consolidate-daily], in that order: entries are counted once, after they are checked",
-        );
-    }
-    if cons.sinks.is_empty() {
-        problem_at(&mut out, "services.consolidate.sinks", "must list the store");
-    }
-    for (i, StoreSink::Store { tables }) in cons.sinks.iter().enumerate() {
-        if tables.is_empty() {
-            problem_at(&mut out, &format!("services.consolidate.sinks[{i}].tables"), "must list at least one table");
-        }
-    }
+    check_states(&mut out, cons);
     if !(1..=100_000).contains(&cons.max_epoch_records) {
         problem_at(&mut out, "services.consolidate.max_epoch_records", "must be between 1 and 100000");
     }
@@ -192,17 +173,116 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     if retry.max_held == 0 {
         problem_at(&mut out, "services.retry.max_held", "must be at least 1");
     }
-    let window = &cons.date_window;
-    for (name, days) in [("past_days", window.past_days), ("future_days", window.future_days)] {
-        if days > 36_600 {
+    out
+}
+
+/// The states and the operators that keep them.
+fn check_states(out: &mut Vec<Problem>, cons: &ConsolidateConfig) {
+    let at = |rest: &str| format!("services.consolidate.{rest}");
+    if cons.states.len() > MAX_STATES {
+        problem_at(
+            out,
+            &at("states"),
+            format!("declares {} states; at most {MAX_STATES} are allowed", cons.states.len()),
+        );
+    }
+    let mut tables = BTreeSet::new();
+    for (name, state) in &cons.states {
+        let legal = (1..=63).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-');
+        if !legal {
+            problem_at(out, &at(&format!("states.{name}")), "a state's name has 1 to 63 characters of [a-z0-9-]");
+        }
+        let table = &state.table;
+        let path = at(&format!("states.{name}.table"));
+        let legal = table.len() <= 63
+            && table.strip_prefix("consolidado_").is_some_and(|rest| {
+                !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            });
+        if !legal {
             problem_at(
-                &mut out,
-                &format!("services.consolidate.date_window.{name}"),
-                "must be at most 36600 (100 years)",
+                out,
+                &path,
+                format!("{table:?} is not a table name like consolidado_por_tipo ([a-z0-9_], at most 63)"),
+            );
+        } else if !tables.insert(table.as_str()) {
+            problem_at(out, &path, format!("{table:?} holds another state too"));
+        }
+        if let Some((_, key, reader)) = REQUIRED_STATES.iter().find(|(t, _, _)| t == table)
+            && state.key.fields() != *key
+        {
+            let want: Vec<&str> = key.iter().map(|f| f.as_str()).collect();
+            problem_at(
+                out,
+                &at(&format!("states.{name}.key")),
+                format!("{table} is read by {reader} with key [{}]", want.join(", ")),
             );
         }
     }
-    out
+    for (table, key, reader) in REQUIRED_STATES {
+        if !tables.contains(table) {
+            let key: Vec<&str> = key.iter().map(|f| f.as_str()).collect();
+            problem_at(
+                out,
+                &at("states"),
+                format!("{reader} reads the state in {table}: declare it, with key [{}]", key.join(", ")),
+            );
+        }
+    }
+
+    let names: Vec<&str> = cons.transforms.iter().map(Transform::name).collect();
+    if names != ["validate", "dedupe", "aggregate"] {
+        problem_at(
+            out,
+            &at("transforms"),
+            format!(
+                "must be validate, dedupe, aggregate, in that order (found [{}]): entries are counted once, after they are checked",
+                names.join(", ")
+            ),
+        );
+    }
+    let mut kept = BTreeSet::new();
+    for (i, t) in cons.transforms.iter().enumerate() {
+        match t {
+            Transform::Aggregate { into } => {
+                if into.is_empty() {
+                    problem_at(out, &at(&format!("transforms[{i}].into")), "must name at least one state");
+                }
+                for (j, name) in into.iter().enumerate() {
+                    let path = at(&format!("transforms[{i}].into[{j}]"));
+                    if !cons.states.contains_key(name) {
+                        problem_at(
+                            out,
+                            &path,
+                            format!("unknown state {name:?}: declare it under services.consolidate.states"),
+                        );
+                    } else if !kept.insert(name.as_str()) {
+                        problem_at(out, &path, format!("state {name:?} is named twice"));
+                    }
+                }
+            }
+            Transform::Validate { date_window } => {
+                for (name, days) in [("past_days", date_window.past_days), ("future_days", date_window.future_days)] {
+                    if days > 36_600 {
+                        problem_at(
+                            out,
+                            &at(&format!("transforms[{i}].date_window.{name}")),
+                            "must be at most 36600 (100 years)",
+                        );
+                    }
+                }
+            }
+            Transform::Dedupe => {}
+        }
+    }
+    for name in cons.states.keys().filter(|n| !kept.contains(n.as_str())) {
+        problem_at(
+            out,
+            &at(&format!("states.{name}")),
+            "no aggregate operator keeps it: add it to an aggregate's into",
+        );
+    }
 }
 
 fn problem_at(out: &mut Vec<Problem>, path: &str, message: impl Into<String>) {

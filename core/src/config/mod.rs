@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::BusinessDate;
+use crate::estado::Key;
 
 /// One problem in the file, with its YAML path (`services.consolidate.sources[1].id`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,7 +66,11 @@ pub struct PipelineConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Meta {
+    /// The pipeline's name: the Kafka `client.id` of every client (`name/version`, which brokers
+    /// log and set quotas by), and the `name` label of `cashflow_pipeline_info`.
     pub name: String,
+    /// The pipeline's version: in the same `client.id`, and the `version` label of
+    /// `cashflow_pipeline_info`.
     pub version: String,
 }
 
@@ -400,10 +405,11 @@ pub struct ConsolidateConfig {
     #[serde(default = "ConsolidateConfig::default_listen")]
     pub listen: String,
     pub sources: Vec<TopicRef>,
-    #[serde(default)]
+    /// The states the dataflow keeps, by name (the name in
+    /// `GET /v1/consolidado/estados/{nome}`), each in its own table.
     pub states: BTreeMap<String, StateConfig>,
+    /// The operators each record goes through, in order: `validate`, `dedupe`, then `aggregate`.
     pub transforms: Vec<Transform>,
-    pub sinks: Vec<StoreSink>,
     pub on_error: TopicRef,
     /// Consumer group; progress is stored per group, topic and partition.
     #[serde(default = "ConsolidateConfig::default_group")]
@@ -414,10 +420,6 @@ pub struct ConsolidateConfig {
     /// Longest wait to fill an epoch once its first record arrived.
     #[serde(default = "ConsolidateConfig::default_max_epoch_wait_ms")]
     pub max_epoch_wait_ms: u64,
-    /// Business dates accepted, relative to today (UTC). Ingest answers 422 outside it; a record
-    /// outside it on the topic is rejected as `invalid_field`.
-    #[serde(default)]
-    pub date_window: DateWindow,
 }
 
 /// The accepted range of business dates: from `past_days` ago to `future_days` ahead.
@@ -439,8 +441,13 @@ impl DateWindow {
     pub fn reject(&self, date: BusinessDate, today: BusinessDate) -> Option<String> {
         let (from, to) = (today.days() - self.past_days as i32, today.days() + self.future_days as i32);
         let show = |d| BusinessDate::from_days(d).map(|d| d.to_string()).unwrap_or_default();
-        (!(from..=to).contains(&date.days()))
-            .then(|| format!("must be between {} and {} (services.consolidate.date_window)", show(from), show(to)))
+        (!(from..=to).contains(&date.days())).then(|| {
+            format!(
+                "must be between {} and {} (services.consolidate.transforms: validate's date_window)",
+                show(from),
+                show(to)
+            )
+        })
     }
 }
 
@@ -457,42 +464,64 @@ impl ConsolidateConfig {
     const fn default_max_epoch_wait_ms() -> u64 {
         50
     }
+
+    /// The business dates `validate` accepts (ingest answers 422 outside them).
+    pub fn date_window(&self) -> DateWindow {
+        let window = self.transforms.iter().find_map(|t| match t {
+            Transform::Validate { date_window } => Some(*date_window),
+            _ => None,
+        });
+        window.unwrap_or_default()
+    }
+
+    /// The states `aggregate` keeps, in the order it names them, each with its name.
+    pub fn aggregated(&self) -> Vec<(&str, &StateConfig)> {
+        let into = self.transforms.iter().flat_map(|t| match t {
+            Transform::Aggregate { into } => into.as_slice(),
+            _ => &[],
+        });
+        into.filter_map(|name| self.states.get_key_value(name).map(|(n, s)| (n.as_str(), s))).collect()
+    }
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum StateConfig {
-    KeyedState { key: Vec<String> },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Operator {
-    /// Decode and check each record; bad ones go to `on_error`.
-    Validate,
-    /// Count each entry id once.
-    Dedupe,
-    /// Keep credits, debits and count per (merchant, day).
-    ConsolidateDaily,
-}
-
+/// A state: credits, debits and a count of entries per value of its key, kept in its table.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Transform {
-    pub operator: Operator,
+pub struct StateConfig {
+    /// Fields of the entry: `merchant_id` first, then any of `data`, `categoria`, `tipo`, `mes`,
+    /// `ano`, `semana`.
+    pub key: Key,
+    /// The table that holds it, `consolidado_<name>`: created at start, and filled from the
+    /// stored entries when the state is new. Its columns are the key's fields, `creditos_cents`,
+    /// `debitos_cents`, `quantidade` and `atualizado_em`.
+    pub table: String,
 }
 
+/// One operator of `transforms`, from the built-ins.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum StoreSink {
-    Store { tables: Vec<Table> },
+#[serde(tag = "operator", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Transform {
+    /// Decode and check each record; bad ones go to `on_error`.
+    Validate {
+        /// Business dates accepted, relative to the day ingest accepted the entry (UTC). Ingest
+        /// answers 422 outside it; a record outside it on the topic is retried, then parked.
+        #[serde(default)]
+        date_window: DateWindow,
+    },
+    /// Count each entry id once: the store's primary key on `lancamentos` decides.
+    Dedupe,
+    /// Add each new entry to these states.
+    Aggregate { into: Vec<String> },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Table {
-    Lancamentos,
-    ConsolidadoDiario,
+impl Transform {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transform::Validate { .. } => "validate",
+            Transform::Dedupe => "dedupe",
+            Transform::Aggregate { .. } => "aggregate",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -63,21 +63,40 @@ fn every_bad_reference_is_reported_at_once() {
 #[test]
 fn unknown_operator_is_rejected() {
     let p = problems(&edit("- operator: dedupe ", "- operator: explode "));
-    assert_eq!(p.len(), 1);
     assert!(p[0].starts_with("services.consolidate.transforms[1].operator: unknown variant `explode`"), "{p:?}");
 }
 
 #[test]
 fn operators_out_of_order_are_rejected() {
-    let yaml = edit("      - operator: validate ", "      - operator: dedupeX ")
-        .replacen("      - operator: dedupe ", "      - operator: validate ", 1)
-        .replacen("      - operator: dedupeX ", "      - operator: dedupe ", 1);
+    let yaml = edit(
+        "      - operator: dedupe ",
+        "      - operator: aggregate\n        into: [saldo-mensal]\n      - operator: dedupe ",
+    );
     let p = problems(&yaml);
-    assert_eq!(p.len(), 1, "{p:?}");
     assert!(
-        p[0].starts_with("services.consolidate.transforms: must be [validate, dedupe, consolidate-daily]"),
+        p.iter().any(|p| p.starts_with("services.consolidate.transforms: must be validate, dedupe, aggregate")),
         "{p:?}"
     );
+    assert!(p.iter().any(|p| p.starts_with("services.consolidate.transforms[3].into[2]: state \"saldo-mensal\" is named twice")), "{p:?}");
+}
+
+#[test]
+fn the_shipped_states_are_the_ones_the_routes_read() {
+    let c = PipelineConfig::parse("pipeline.yaml", DEFAULT, no_env).unwrap();
+    let kept: Vec<(&str, String, &str)> = c
+        .services
+        .consolidate
+        .aggregated()
+        .into_iter()
+        .map(|(n, s)| (n, s.key.to_string(), s.table.as_str()))
+        .collect();
+    let want = check::REQUIRED_STATES
+        .map(|(table, key, _)| (table, format!("[{}]", key.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", "))));
+    assert_eq!(kept.len(), want.len());
+    for (table, key) in want {
+        assert!(kept.iter().any(|(_, k, t)| *t == table && *k == key), "{table} {key} not in {kept:?}");
+    }
+    assert_eq!(c.services.consolidate.date_window(), DateWindow { past_days: 3660, future_days: 366 });
 }
 
 #[test]
@@ -181,4 +200,120 @@ fn a_store_password_is_redacted_wherever_the_url_carries_it() {
     );
     assert_eq!(redact_password("postgres://app@db/cash"), "postgres://app@db/cash");
     assert_eq!(redact_password("sqlite://data/cashflow.db"), "sqlite://data/cashflow.db");
+}
+
+/// A step of a path into the YAML document: a mapping's key, or a sequence's index.
+#[derive(Clone, Debug)]
+enum Step {
+    Key(serde_norway::Value),
+    Index(usize),
+}
+
+fn show(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k.as_str().unwrap_or("?"));
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Every path to a mapping key of `value`, parents before children.
+fn key_paths(value: &serde_norway::Value, at: Vec<Step>, out: &mut Vec<Vec<Step>>) {
+    match value {
+        serde_norway::Value::Mapping(m) => {
+            for (k, v) in m {
+                let mut path = at.clone();
+                path.push(Step::Key(k.clone()));
+                out.push(path.clone());
+                key_paths(v, path, out);
+            }
+        }
+        serde_norway::Value::Sequence(s) => {
+            for (i, v) in s.iter().enumerate() {
+                let mut path = at.clone();
+                path.push(Step::Index(i));
+                key_paths(v, path, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn at_mut<'v>(value: &'v mut serde_norway::Value, path: &[Step]) -> &'v mut serde_norway::Value {
+    path.iter().fold(value, |v, step| match step {
+        Step::Key(k) => v.as_mapping_mut().and_then(|m| m.get_mut(k)).unwrap(),
+        Step::Index(i) => v.as_sequence_mut().and_then(|s| s.get_mut(*i)).unwrap(),
+    })
+}
+
+/// `value` changed into something else of its kind: a number plus one, a string with a suffix, a
+/// list without its last item (or with one item, when empty), a map with one more entry.
+fn changed(path: &str, value: &serde_norway::Value) -> serde_norway::Value {
+    use serde_norway::Value;
+    match value {
+        Value::Number(n) => Value::from(n.as_u64().unwrap() + 1),
+        Value::Bool(b) => Value::Bool(!b),
+        Value::String(s) if s.contains(':') && s.parse::<std::net::SocketAddr>().is_ok() => {
+            Value::from(s.replace(':', ":1"))
+        }
+        Value::String(s) => Value::from(format!("{s}x")),
+        Value::Sequence(items) if items.is_empty() => {
+            let item = if path.ends_with("trusted_proxies") { "10.0.0.2" } else { "https://app.example" };
+            Value::Sequence(vec![Value::from(item)])
+        }
+        Value::Sequence(items) => Value::Sequence(items[..items.len() - 1].to_vec()),
+        Value::Mapping(m) => {
+            let mut m = m.clone();
+            m.insert(Value::from("added"), Value::from("1"));
+            Value::Mapping(m)
+        }
+        other => panic!("{path}: no change for {other:?}"),
+    }
+}
+
+/// No key of the shipped file is dropped on the way in: changing its value, or its name when it
+/// names a topic or a state, gives another typed config, or a config error. (`deny_unknown_fields`
+/// refuses a key the types do not have; this shows each key the file has is one the types read.
+/// What each typed field does is shown by the tests of the stage that uses it.)
+#[test]
+fn every_key_of_the_shipped_file_is_read_into_the_typed_config() {
+    let parse = |doc: &serde_norway::Value| {
+        let text = serde_norway::to_string(doc).unwrap();
+        PipelineConfig::parse("pipeline.yaml", &text, no_env).map(|c| format!("{c:?}"))
+    };
+    let doc: serde_norway::Value = serde_norway::from_str(DEFAULT).unwrap();
+    let shipped = parse(&doc).unwrap();
+    let mut paths = Vec::new();
+    key_paths(&doc, Vec::new(), &mut paths);
+    assert!(paths.len() > 90, "{} keys", paths.len());
+    for path in paths {
+        let shown = show(&path);
+        let mut edited = doc.clone();
+        let value = at_mut(&mut edited, &path);
+        *value = changed(&shown, value);
+        let outcome = parse(&edited);
+        assert!(outcome.as_ref() != Ok(&shipped), "{shown}: changing its value changed nothing");
+
+        // a key that names something (a topic, a state): renamed
+        let (parent, Some(Step::Key(name))) = (&path[..path.len() - 1], path.last()) else { continue };
+        let names =
+            |p: &Step| matches!(p, Step::Key(k) if k.as_str() == Some("topics") || k.as_str() == Some("states"));
+        if !parent.last().is_some_and(names) {
+            continue;
+        }
+        let mut renamed = doc.clone();
+        let map = at_mut(&mut renamed, parent).as_mapping_mut().unwrap();
+        let value = map.remove(name).unwrap();
+        map.insert(serde_norway::Value::from(format!("{}x", name.as_str().unwrap())), value);
+        let outcome = parse(&renamed);
+        assert!(outcome.as_ref() != Ok(&shipped), "{shown}: renaming it changed nothing");
+    }
 }

@@ -1,10 +1,12 @@
-//! The dataflow against a plain recomputation, on random entry streams: backdated days, many
-//! epochs of random size, epochs that did not commit and come again, and restarts (an empty
-//! dataflow: it holds no history).
+//! The dataflow against a plain recomputation, on random entry streams and random state
+//! declarations: backdated days, many epochs of random size, epochs that did not commit and come
+//! again, and restarts (an empty dataflow: it holds no history).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
-use cashflow_core::{EntryId, Money, Tipo};
+use cashflow_core::estado::Field;
+use cashflow_core::{EntryId, MerchantId, Money, Tipo};
+use chrono::Datelike as _;
 use chrono::Utc;
 use proptest::prelude::*;
 
@@ -28,24 +30,72 @@ fn categorised(merchant: u8, day: i32, credit: bool, cents: i64, categoria: Opti
     }
 }
 
-/// The oracle: totals per (merchant, day, category), summed plainly.
-fn oracle(entries: &[Lancamento]) -> BTreeMap<(MerchantId, BusinessDate, Option<String>), DayTotals> {
-    let mut out: BTreeMap<_, DayTotals> = BTreeMap::new();
-    for e in entries {
-        let t = out.entry((e.merchant_id.clone(), e.data, e.categoria.clone())).or_default();
-        match e.tipo {
-            Tipo::Credito => t.creditos_cents += e.valor.cents(),
-            Tipo::Debito => t.debitos_cents += e.valor.cents(),
-        }
-        t.quantidade += 1;
+/// A field of an entry, computed plainly from the entry (not from the dataflow's period day).
+fn field(e: &Lancamento, f: Field) -> String {
+    let date = e.data.date();
+    match f {
+        Field::MerchantId => e.merchant_id.to_string(),
+        Field::Data => date.format("%Y-%m-%d").to_string(),
+        Field::Categoria => e.categoria.clone().unwrap_or_default(),
+        Field::Tipo => e.tipo.as_str().to_owned(),
+        Field::Mes => date.format("%Y-%m").to_string(),
+        Field::Ano => date.year().to_string(),
+        Field::Semana => format!("{}-W{:02}", date.iso_week().year(), date.iso_week().week()),
     }
-    out
+}
+
+/// What a store holds: per (state, key values), the totals.
+type Held = BTreeMap<(usize, Vec<String>), DayTotals>;
+
+/// The oracle: each state's totals per key, summed plainly from the entries, zeros left out (as
+/// a store that added a change and its reversal would hold zeros, these hold nothing).
+fn oracle(keys: &[Key], entries: &[Lancamento]) -> Held {
+    let mut out = Held::new();
+    for e in entries {
+        for (i, key) in keys.iter().enumerate() {
+            let values = key.fields().iter().map(|f| field(e, *f)).collect();
+            add(out.entry((i, values)).or_default(), &e.totals());
+        }
+    }
+    without_zeros(out)
+}
+
+fn without_zeros(mut held: Held) -> Held {
+    held.retain(|_, t| *t != DayTotals::default());
+    held
+}
+
+fn held_add(held: &mut Held, changes: Changes) {
+    for (i, state) in changes.0.into_iter().enumerate() {
+        for (values, t) in state {
+            add(held.entry((i, values)).or_default(), &t);
+        }
+    }
 }
 
 fn arb_entry() -> impl Strategy<Value = Lancamento> {
     let amount = prop_oneof![Just(1i64), Just(9_999_999_999i64), 1i64..1_000_000];
     let category = prop_oneof![Just(None), Just(Some("aluguel")), Just(Some("vendas"))];
-    (0u8..4, 0i32..40, any::<bool>(), amount, category).prop_map(|(m, d, c, v, k)| categorised(m, d, c, v, k))
+    // days around New Year, across months and years, or a few close together
+    let day = prop_oneof![0i32..40, 0i32..800];
+    (0u8..4, day, any::<bool>(), amount, category).prop_map(|(m, d, c, v, k)| categorised(m, d, c, v, k))
+}
+
+/// A random key: `merchant_id`, then any of the other fields, in any order.
+fn arb_key() -> impl Strategy<Value = Key> {
+    let others = Just(Field::ALL[1..].to_vec()).prop_shuffle();
+    (others, 0usize..=6).prop_map(|(others, n)| {
+        Key::new([Field::MerchantId].into_iter().chain(others.into_iter().take(n)).collect()).unwrap()
+    })
+}
+
+/// The shipped states: day and category, day, month, merchant.
+fn shipped() -> Vec<Key> {
+    use Field::*;
+    [vec![MerchantId, Data, Categoria], vec![MerchantId, Data], vec![MerchantId, Mes], vec![MerchantId]]
+        .into_iter()
+        .map(|k| Key::new(k).unwrap())
+        .collect()
 }
 
 fn add(to: &mut DayTotals, t: &DayTotals) {
@@ -54,62 +104,17 @@ fn add(to: &mut DayTotals, t: &DayTotals) {
     to.quantidade += t.quantidade;
 }
 
-/// What a store would hold: the emitted changes of every state, added up.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Held {
-    categories: BTreeMap<(MerchantId, BusinessDate, Option<String>), DayTotals>,
-    days: BTreeMap<(MerchantId, BusinessDate), DayTotals>,
-    merchants: BTreeMap<MerchantId, DayTotals>,
-}
-
 /// One change per key and state in an epoch: a store adds it with one upsert per row.
 fn one_change_per_key(changes: &Changes) -> bool {
-    let categories: std::collections::HashSet<_> = changes.categories.iter().map(|(m, d, k, _)| (m, d, k)).collect();
-    let days: std::collections::HashSet<_> = changes.days.iter().map(|(m, d, _)| (m, d)).collect();
-    let merchants: std::collections::HashSet<_> = changes.merchants.iter().map(|(m, _)| m).collect();
-    categories.len() == changes.categories.len()
-        && days.len() == changes.days.len()
-        && merchants.len() == changes.merchants.len()
-}
-
-impl Held {
-    fn add(&mut self, changes: Changes) {
-        for (m, d, k, t) in changes.categories {
-            add(self.categories.entry((m, d, k)).or_default(), &t);
-        }
-        for (m, d, t) in changes.days {
-            add(self.days.entry((m, d)).or_default(), &t);
-        }
-        for (m, t) in changes.merchants {
-            add(self.merchants.entry(m).or_default(), &t);
-        }
-    }
-
-    /// The plain recomputation, with zero totals left out (as a store that added a change and
-    /// its reversal would hold zeros, these hold nothing).
-    fn of(entries: &[Lancamento]) -> Held {
-        let mut held = Held::default();
-        for ((m, d, k), t) in oracle(entries) {
-            add(held.days.entry((m.clone(), d)).or_default(), &t);
-            add(held.merchants.entry(m.clone()).or_default(), &t);
-            held.categories.insert((m, d, k), t);
-        }
-        held
-    }
-
-    fn without_zeros(mut self) -> Held {
-        self.categories.retain(|_, t| *t != DayTotals::default());
-        self.days.retain(|_, t| *t != DayTotals::default());
-        self.merchants.retain(|_, t| *t != DayTotals::default());
-        self
-    }
+    changes.0.iter().all(|state| state.iter().map(|(values, _)| values).collect::<HashSet<_>>().len() == state.len())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn every_state_matches_a_plain_recomputation(
+        keys in prop_oneof![Just(shipped()), prop::collection::vec(arb_key(), 1..6)],
         entries in prop::collection::vec(arb_entry(), 0..300),
         cuts in prop::collection::vec(1usize..60, 1..20),
         restart_at in prop::option::of(0usize..20),
@@ -117,57 +122,78 @@ proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let held = rt.block_on(async {
-            let mut held = Held::default();
-            let mut c = Consolidator::start().unwrap();
+            let mut held = Held::new();
+            let mut c = Consolidator::start(keys.clone()).unwrap();
             let mut rest = &entries[..];
             for (i, cut) in cuts.iter().cycle().enumerate() {
                 if rest.is_empty() { break; }
                 if restart_at == Some(i) {
                     drop(c);
-                    c = Consolidator::start().unwrap();
+                    c = Consolidator::start(keys.clone()).unwrap();
                 }
                 let (now, later) = rest.split_at((*cut).min(rest.len()));
-                let refs: Vec<&Lancamento> = now.iter().collect();
-                let changes = c.apply(&refs).await.unwrap();
+                let changes = c.apply(now.iter().map(Fact::from)).await.unwrap();
+                prop_assert_eq!(changes.0.len(), keys.len());
                 prop_assert!(one_change_per_key(&changes), "{changes:?}");
                 if not_committed == Some(i) {
                     // The epoch did not commit: nothing reaches the store, and the next epoch
                     // carries the same entries again. It yields the same changes: the epoch that
                     // failed left nothing behind in the dataflow.
-                    let again = c.apply(&refs).await.unwrap();
-                    let (mut first, mut second) = (Held::default(), Held::default());
-                    first.add(changes);
-                    second.add(again);
+                    let again = c.apply(now.iter().map(Fact::from)).await.unwrap();
+                    let (mut first, mut second) = (Held::new(), Held::new());
+                    held_add(&mut first, changes);
+                    held_add(&mut second, again);
                     prop_assert_eq!(first, second);
                     continue;
                 }
                 rest = later;
-                held.add(changes);
+                held_add(&mut held, changes);
             }
             Ok(held)
         })?;
-        prop_assert_eq!(held.without_zeros(), Held::of(&entries).without_zeros());
+        prop_assert_eq!(without_zeros(held), oracle(&keys, &entries));
     }
 }
 
 #[test]
-fn each_epoch_yields_the_change_of_each_day() {
+fn each_epoch_yields_the_change_of_each_key() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
-        let c = Consolidator::start().unwrap();
-        assert_eq!(c.apply(&[]).await.unwrap(), Changes::default());
+        let c = Consolidator::start(shipped()).unwrap();
+        assert_eq!(c.apply([]).await.unwrap(), Changes(vec![vec![]; 4]));
         let e = entry(1, 3, true, 500);
-        let changed = c.apply(&[&e]).await.unwrap();
+        let changed = c.apply([Fact::from(&e)]).await.unwrap();
         let five = DayTotals { creditos_cents: 500, debitos_cents: 0, quantidade: 1 };
-        assert_eq!(changed.categories, vec![(e.merchant_id.clone(), e.data, None, five)]);
-        assert_eq!(changed.days, vec![(e.merchant_id.clone(), e.data, five)]);
-        assert_eq!(changed.merchants, vec![(e.merchant_id.clone(), five)]);
-        let d = categorised(1, 3, false, 200, Some("aluguel"));
-        let changed = c.apply(&[&d, &e]).await.unwrap();
+        let (m, d) = (e.merchant_id.to_string(), e.data.to_string());
+        assert_eq!(changed.0[0], vec![(vec![m.clone(), d.clone(), String::new()], five)]);
+        assert_eq!(changed.0[1], vec![(vec![m.clone(), d.clone()], five)]);
+        assert_eq!(changed.0[2], vec![(vec![m.clone(), d[..7].to_owned()], five)]);
+        assert_eq!(changed.0[3], vec![(vec![m.clone()], five)]);
+        let debit = categorised(1, 3, false, 200, Some("aluguel"));
+        let changed = c.apply([Fact::from(&debit), Fact::from(&e)]).await.unwrap();
         let two = DayTotals { creditos_cents: 0, debitos_cents: 200, quantidade: 1 };
-        assert_eq!(changed.categories.len(), 2, "{changed:?}");
-        assert!(changed.categories.contains(&(d.merchant_id.clone(), d.data, Some("aluguel".into()), two)));
+        assert_eq!(changed.0[0].len(), 2, "{changed:?}");
+        assert!(changed.0[0].contains(&(vec![m.clone(), d.clone(), "aluguel".into()], two)));
         let both = DayTotals { creditos_cents: 500, debitos_cents: 200, quantidade: 2 };
-        assert_eq!(changed.days, vec![(e.merchant_id.clone(), e.data, both)], "one change per day");
+        assert_eq!(changed.0[1], vec![(vec![m, d], both)], "one change per day");
     });
+}
+
+#[test]
+fn each_state_is_computed_from_the_coarsest_state_it_follows_from() {
+    use Field::*;
+    let key = |fields: &[Field]| Key::new(fields.to_vec()).unwrap();
+    let keys = [
+        key(&[MerchantId]),
+        key(&[MerchantId, Mes]),
+        key(&[MerchantId, Data]),
+        key(&[MerchantId, Data, Categoria]),
+        key(&[MerchantId, Mes, Tipo]),
+    ];
+    let from: BTreeMap<usize, Option<usize>> = plan(&keys).into_iter().collect();
+    assert_eq!(from[&3], None, "the finest state reads the entries");
+    assert_eq!(from[&2], Some(3), "a day from its categories");
+    assert_eq!(from[&1], Some(2), "a month from its days");
+    assert_eq!(from[&0], Some(1), "a merchant from its months (fewer than its days)");
+    assert_eq!(from[&4], None, "no other state has tipo");
 }

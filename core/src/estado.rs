@@ -1,0 +1,219 @@
+//! Declared states (*estados*): credits, debits and counts of entries, per key, where a key is a
+//! tuple of fields of the entry. `pipeline.yaml` declares them; the dataflow keeps them, the store
+//! holds each in its table, and `GET /v1/consolidado/estados/{nome}` serves them.
+//!
+//! A key's period fields (`data`, `mes`, `ano`, `semana`) are all functions of the entry's date,
+//! so a key value has one date for all of them: the first day of the intersection of its periods
+//! (a day, the first of a month, a Monday, ...). Two dates of one entry stream have the same
+//! periods exactly when they have the same such day, so that day is the key's period.
+
+use std::fmt;
+
+use chrono::{Datelike as _, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+use crate::{BusinessDate, Tipo};
+
+/// A field a state's key may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    /// The merchant: every key has it first, because a state belongs to one merchant.
+    MerchantId,
+    /// The business date, `YYYY-MM-DD`.
+    Data,
+    /// The category, `""` for entries without one.
+    Categoria,
+    /// `credito` or `debito`.
+    Tipo,
+    /// The month of `data`, `YYYY-MM`.
+    Mes,
+    /// The year of `data`, `YYYY`.
+    Ano,
+    /// The ISO week of `data`, `YYYY-Www` (ISO week-numbering year).
+    Semana,
+}
+
+impl Field {
+    pub const ALL: [Field; 7] =
+        [Field::MerchantId, Field::Data, Field::Categoria, Field::Tipo, Field::Mes, Field::Ano, Field::Semana];
+
+    /// Its name in `pipeline.yaml`, and its column in the state's table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Field::MerchantId => "merchant_id",
+            Field::Data => "data",
+            Field::Categoria => "categoria",
+            Field::Tipo => "tipo",
+            Field::Mes => "mes",
+            Field::Ano => "ano",
+            Field::Semana => "semana",
+        }
+    }
+
+    /// A period: a function of the date.
+    pub fn is_period(self) -> bool {
+        matches!(self, Field::Data | Field::Mes | Field::Ano | Field::Semana)
+    }
+
+    /// The first day of this period that holds `date`.
+    fn start(self, date: NaiveDate) -> NaiveDate {
+        match self {
+            Field::Mes => date.with_day(1).unwrap_or(date),
+            Field::Ano => date.with_ordinal(1).unwrap_or(date),
+            Field::Semana => date - chrono::Days::new(u64::from(date.weekday().num_days_from_monday())),
+            _ => date,
+        }
+    }
+
+    /// This period of `date`, as stored and served.
+    fn period(self, date: NaiveDate) -> String {
+        match self {
+            Field::Mes => format!("{:04}-{:02}", date.year(), date.month()),
+            Field::Ano => format!("{:04}", date.year()),
+            Field::Semana => {
+                let w = date.iso_week();
+                format!("{:04}-W{:02}", w.year(), w.week())
+            }
+            _ => date.format("%Y-%m-%d").to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state's key: `merchant_id` first, then distinct fields.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "Vec<Field>")]
+pub struct Key(Vec<Field>);
+
+impl TryFrom<Vec<Field>> for Key {
+    type Error = String;
+
+    fn try_from(fields: Vec<Field>) -> Result<Key, String> {
+        Key::new(fields)
+    }
+}
+
+impl Key {
+    /// The key of these fields, or why it is not one.
+    pub fn new(fields: Vec<Field>) -> Result<Key, String> {
+        if fields.first() != Some(&Field::MerchantId) {
+            return Err("must start with merchant_id: a state belongs to one merchant".into());
+        }
+        for (i, f) in fields.iter().enumerate() {
+            if fields[..i].contains(f) {
+                return Err(format!("names {f} twice"));
+            }
+        }
+        Ok(Key(fields))
+    }
+
+    pub fn fields(&self) -> &[Field] {
+        &self.0
+    }
+
+    pub fn has(&self, field: Field) -> bool {
+        self.0.contains(&field)
+    }
+
+    /// Its fields as stored in the store's registry of states: `merchant_id,data`.
+    pub fn to_text(&self) -> String {
+        self.0.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Whether a value of this key follows from a value of `finer`: each of its fields is one of
+    /// `finer`'s, or a period that holds every date of one of `finer`'s periods.
+    pub fn follows_from(&self, finer: &Key) -> bool {
+        self.0.iter().all(|f| {
+            finer.has(*f) || (f.is_period() && finer.has(Field::Data)) || (*f == Field::Ano && finer.has(Field::Mes))
+        })
+    }
+
+    /// The period day of `date` under this key (see the module's doc): `date` itself when the key
+    /// has `data`, and 1970-01-01 when it has no period.
+    pub fn period_day(&self, date: NaiveDate) -> NaiveDate {
+        if self.has(Field::Data) {
+            return date;
+        }
+        let periods = self.0.iter().filter(|f| f.is_period());
+        periods.map(|f| f.start(date)).max().unwrap_or_default()
+    }
+
+    /// The key's values of one entry, or of a period day, in the key's order.
+    pub fn values(&self, merchant: &str, date: NaiveDate, categoria: &str, tipo: Tipo) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|f| match f {
+                Field::MerchantId => merchant.to_owned(),
+                Field::Categoria => categoria.to_owned(),
+                Field::Tipo => tipo.as_str().to_owned(),
+                period => period.period(date),
+            })
+            .collect()
+    }
+
+    /// For each period field, the first and last of its values that overlap `[de, ate]`.
+    pub fn period_bounds(&self, de: BusinessDate, ate: BusinessDate) -> Vec<(Field, String, String)> {
+        let periods = self.0.iter().filter(|f| f.is_period());
+        periods.map(|f| (*f, f.period(de.date()), f.period(ate.date()))).collect()
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]", self.0.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(fields: &[Field]) -> Key {
+        Key::new(fields.to_vec()).unwrap()
+    }
+
+    fn d(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_key_starts_with_the_merchant_and_names_each_field_once() {
+        assert!(Key::new(vec![Field::Data]).unwrap_err().contains("merchant_id"));
+        assert!(Key::new(vec![Field::MerchantId, Field::Mes, Field::Mes]).unwrap_err().contains("twice"));
+        assert!(Key::new(vec![]).is_err());
+    }
+
+    #[test]
+    fn the_period_day_is_the_start_of_the_intersection_of_the_periods() {
+        use Field::*;
+        // Thursday 2026-01-01 is in ISO week 2026-W01, which began on Monday 2025-12-29.
+        assert_eq!(key(&[MerchantId, Semana]).period_day(d("2026-01-01")), d("2025-12-29"));
+        assert_eq!(key(&[MerchantId, Mes, Semana]).period_day(d("2026-01-01")), d("2026-01-01"));
+        assert_eq!(key(&[MerchantId, Mes, Semana]).period_day(d("2025-12-30")), d("2025-12-29"));
+        assert_eq!(key(&[MerchantId, Ano]).period_day(d("2026-07-09")), d("2026-01-01"));
+        assert_eq!(key(&[MerchantId, Tipo]).period_day(d("2026-07-09")), NaiveDate::default());
+        let k = key(&[MerchantId, Mes, Semana, Ano, Tipo]);
+        assert_eq!(
+            k.values("loja", k.period_day(d("2025-12-31")), "", crate::Tipo::Debito),
+            ["loja", "2025-12", "2026-W01", "2025", "debito"]
+        );
+    }
+
+    #[test]
+    fn a_key_follows_from_a_finer_one() {
+        use Field::*;
+        let daily = key(&[MerchantId, Data]);
+        assert!(key(&[MerchantId, Mes]).follows_from(&daily));
+        assert!(key(&[MerchantId, Semana, Ano]).follows_from(&daily));
+        assert!(key(&[MerchantId, Ano]).follows_from(&key(&[MerchantId, Mes])));
+        assert!(!key(&[MerchantId, Semana]).follows_from(&key(&[MerchantId, Mes])));
+        assert!(!key(&[MerchantId, Mes, Tipo]).follows_from(&daily));
+        assert!(key(&[MerchantId]).follows_from(&key(&[MerchantId, Tipo])));
+    }
+}

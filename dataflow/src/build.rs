@@ -1,0 +1,62 @@
+//! Building a declared state's table from the stored entries: when `pipeline.yaml` adds a state
+//! (or changes its key), the next session's start feeds every stored entry through a dataflow of
+//! that state alone, page by page, and adds its output, as an epoch would. The build is one store
+//! transaction that no epoch runs beside, so every entry is counted exactly once: by the build if
+//! it was stored before, by its epoch if after.
+
+use std::time::Instant;
+
+use cashflow_core::config::PipelineConfig;
+use cashflow_sinks::{DeclaredState, EntryFacts, Store};
+
+use crate::ConsolidateError;
+use crate::operator::{Consolidator, Fact};
+
+/// Stored entries read and fed to the dataflow at a time.
+const PAGE: usize = 50_000;
+
+/// The states `aggregate` keeps, in its order.
+pub fn declared(config: &PipelineConfig) -> Vec<DeclaredState> {
+    let states = config.services.consolidate.aggregated();
+    states.into_iter().map(|(_, s)| DeclaredState { table: s.table.clone(), key: s.key.clone() }).collect()
+}
+
+/// Builds each of `declared` that the store does not keep (with that key), and stops keeping
+/// states no longer declared.
+pub async fn build(store: &Store, declared: &[DeclaredState]) -> Result<(), ConsolidateError> {
+    for state in store.states_to_build(declared).await? {
+        let (table, key) = (&state.table, state.key.to_string());
+        tracing::info!(table = %table, key = %key, "building a state from the stored entries");
+        let started = Instant::now();
+        let dataflow = Consolidator::start(vec![state.key.clone()])?;
+        let mut build = store.begin_build(&state).await?;
+        let mut entries = 0usize;
+        loop {
+            let page = build.next_entries(PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            entries += page.len();
+            let changes = dataflow.apply(page.iter().map(Fact::from)).await?;
+            for state_changes in &changes.0 {
+                build.add(state_changes).await?;
+            }
+        }
+        build.finish().await?;
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(table = %table, key = %key, entries, took_ms, "state built");
+    }
+    Ok(())
+}
+
+impl<'a> From<&'a EntryFacts> for Fact<'a> {
+    fn from(e: &'a EntryFacts) -> Self {
+        Fact {
+            merchant_id: &e.merchant_id,
+            data: e.data,
+            categoria: &e.categoria,
+            tipo: e.tipo,
+            valor_cents: e.valor_cents,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The declared states' tables: which the store keeps (the `estados` registry), building a new
+//! one from the stored entries exactly once, and reading one for the API.
+
+use std::collections::BTreeMap;
+
+use cashflow_core::estado::{Field, Key};
+use cashflow_core::{BusinessDate, DayTotals, Tipo};
+use sqlx::{Any, Row, Transaction};
+
+use crate::epoch::{add_totals, now_text};
+use crate::store::Backend;
+use crate::{Store, StoreError};
+
+/// A state as `pipeline.yaml` declares it: its table and its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredState {
+    pub table: String,
+    pub key: Key,
+}
+
+/// A stored entry's facts that states are keyed and summed by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryFacts {
+    pub merchant_id: String,
+    pub data: BusinessDate,
+    /// `""` for an entry without a category.
+    pub categoria: String,
+    pub tipo: Tipo,
+    pub valor_cents: i64,
+}
+
+/// One state's rows of a merchant, and when consolidation last committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateRows {
+    /// The key's values after `merchant_id`, and the totals, ordered by key.
+    pub rows: Vec<(Vec<String>, DayTotals)>,
+    pub consolidated_at: Option<String>,
+}
+
+pub(crate) async fn kept(tx: &mut Transaction<'static, Any>) -> Result<BTreeMap<String, String>, StoreError> {
+    let rows = sqlx::query("SELECT tabela, chave FROM estados WHERE pronto = 1").fetch_all(&mut **tx).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+impl Store {
+    /// Lines the registry up with `declared`: a kept state that is no longer declared is no longer
+    /// kept (its table stays, and is rebuilt if declared again); returns the declared states the
+    /// store does not keep with that key, which [`Store::begin_build`] builds.
+    pub async fn states_to_build(&self, declared: &[DeclaredState]) -> Result<Vec<DeclaredState>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let kept = kept(&mut tx).await?;
+        for table in kept.keys().filter(|t| !declared.iter().any(|d| d.table == **t)) {
+            tracing::warn!(table = %table, "a state is no longer declared: its table is no longer kept");
+            sqlx::query("UPDATE estados SET pronto = 0, atualizado_em = $1 WHERE tabela = $2")
+                .bind(now_text())
+                .bind(table.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(declared.iter().filter(|d| kept.get(&d.table) != Some(&d.key.to_text())).cloned().collect())
+    }
+
+    /// Starts building `state`'s table from the stored entries, in one transaction that no epoch
+    /// runs beside: SQLite's write lock, or on PostgreSQL a lock on `lancamentos` that waits for
+    /// epochs in flight and holds back the next ones. Every entry stored before it is counted by
+    /// the build, every later one by the epoch that stores it, which sees the state kept.
+    pub async fn begin_build(&self, state: &DeclaredState) -> Result<Build, StoreError> {
+        let mut tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        if self.backend == Backend::Postgres {
+            sqlx::query("LOCK TABLE lancamentos IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
+        let table = &state.table;
+        sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(&mut *tx).await?;
+        sqlx::query(&create_table(self.backend, table, &state.key)).execute(&mut *tx).await?;
+        Ok(Build { tx, state: state.clone(), now: now_text(), after: None })
+    }
+
+    /// `merchant`'s rows of the state in `table`, when the store keeps it with `key`: those whose
+    /// periods overlap `bounds` (each period field with its first and last value), ordered by key.
+    pub async fn state_rows(
+        &self,
+        table: &str,
+        key: &Key,
+        merchant: &str,
+        bounds: &[(Field, String, String)],
+        group: &str,
+    ) -> Result<Option<StateRows>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let chave: Option<String> = sqlx::query_scalar("SELECT chave FROM estados WHERE tabela = $1 AND pronto = 1")
+            .bind(table)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if chave != Some(key.to_text()) {
+            return Ok(None);
+        }
+        let columns: Vec<&str> = key.fields()[1..].iter().map(|f| f.as_str()).collect();
+        let mut filter = String::from("merchant_id = $1");
+        for (i, (field, _, _)) in bounds.iter().enumerate() {
+            filter.push_str(&format!(" AND {field} >= ${} AND {field} <= ${}", 2 * i + 2, 2 * i + 3));
+        }
+        let selected: String = columns.iter().map(|c| format!("{c}, ")).collect();
+        let order = if columns.is_empty() { String::new() } else { format!(" ORDER BY {}", columns.join(", ")) };
+        let sql =
+            format!("SELECT {selected}creditos_cents, debitos_cents, quantidade FROM {table} WHERE {filter}{order}");
+        let mut q = sqlx::query(&sql).bind(merchant);
+        for (_, first, last) in bounds {
+            q = q.bind(first.as_str()).bind(last.as_str());
+        }
+        let mut out = StateRows::default();
+        for row in q.fetch_all(&mut *tx).await? {
+            let values = (0..columns.len()).map(|i| row.try_get(i)).collect::<Result<Vec<String>, _>>()?;
+            out.rows.push((values, crate::read::totals(&row, columns.len())?));
+        }
+        out.consolidated_at =
+            sqlx::query_scalar("SELECT MAX(updated_at) FROM consumer_progress WHERE consumer_group = $1")
+                .bind(group)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Some(out))
+    }
+}
+
+/// `CREATE TABLE` for a state: its key's fields as text, then its totals, never negative and
+/// (on SQLite, whose `+` turns an overflowing sum into a float) always integers.
+fn create_table(backend: Backend, table: &str, key: &Key) -> String {
+    let keys: String = key.fields().iter().map(|f| format!("{f} TEXT NOT NULL, ")).collect();
+    let total = |c: &str| match backend {
+        Backend::Sqlite => format!("{c} INTEGER NOT NULL CHECK (typeof({c}) = 'integer' AND {c} >= 0), "),
+        Backend::Postgres => format!("{c} BIGINT NOT NULL CHECK ({c} >= 0), "),
+    };
+    format!(
+        "CREATE TABLE {table} ({keys}{}{}{}atualizado_em TEXT NOT NULL, PRIMARY KEY ({}))",
+        total("creditos_cents"),
+        total("debitos_cents"),
+        total("quantidade"),
+        key.to_text().replace(',', ", ")
+    )
+}
+
+/// A state's table being built; dropped without [`Build::finish`], it rolls back.
+pub struct Build {
+    tx: Transaction<'static, Any>,
+    state: DeclaredState,
+    now: String,
+    /// The last entry id read.
+    after: Option<String>,
+}
+
+impl Build {
+    /// The next stored entries, up to `limit`, in id order; empty when all were read.
+    pub async fn next_entries(&mut self, limit: usize) -> Result<Vec<EntryFacts>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, merchant_id, data, COALESCE(categoria, ''), tipo, valor_cents FROM lancamentos \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(self.after.clone().unwrap_or_default())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("{what} {v:?}"));
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let (data, tipo): (String, String) = (r.try_get(2)?, r.try_get(4)?);
+            out.push(EntryFacts {
+                merchant_id: r.try_get(1)?,
+                data: data.parse().map_err(|_| corrupt("data", &data))?,
+                categoria: r.try_get(3)?,
+                tipo: tipo.parse().map_err(|_| corrupt("tipo", &tipo))?,
+                valor_cents: r.try_get(5)?,
+            });
+        }
+        if let Some(last) = rows.last() {
+            self.after = Some(last.try_get(0)?);
+        }
+        Ok(out)
+    }
+
+    /// Adds changes of the state, as an epoch does.
+    pub async fn add(&mut self, changes: &[(Vec<String>, DayTotals)]) -> Result<(), StoreError> {
+        add_totals(&mut self.tx, &self.now, &self.state.table, &self.state.key, changes).await
+    }
+
+    /// Records the state as kept, and commits.
+    pub async fn finish(mut self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO estados (tabela, chave, pronto, atualizado_em) VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (tabela) DO UPDATE SET chave = excluded.chave, pronto = 1, atualizado_em = excluded.atualizado_em",
+        )
+        .bind(self.state.table.as_str())
+        .bind(self.state.key.to_text())
+        .bind(now_text())
+        .execute(&mut *self.tx)
+        .await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
