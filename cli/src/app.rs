@@ -202,11 +202,9 @@ async fn serve_http(
         let topic = config.ingest_topic();
         let timeout = Duration::from_millis(services.query.aguardar_timeout_ms);
         let (group, cache_days) = (&services.consolidate.group, services.query.cache_days);
-        let states = services
-            .consolidate
-            .aggregated()
-            .into_iter()
-            .map(|(name, s)| (name.to_owned(), s.table.clone(), s.key.clone()));
+        let declared = cashflow_dataflow::declared(config);
+        let names = services.consolidate.aggregated().into_iter().map(|(name, _)| name.to_owned());
+        let states = names.zip(declared);
         apis.query = Some(QueryState::new(store, group, topic, timeout, cache_days).with_states(states));
     }
     if let (Stage::Gateway, Some(up)) = (stage, &gw.upstreams) {

@@ -1,5 +1,5 @@
-//! Declared states (*estados*): credits, debits and counts of entries, per key, where a key is a
-//! tuple of fields of the entry. `pipeline.yaml` declares them; the dataflow keeps them, the store
+//! Declared states (*estados*): credits, debits and counts of entries (the state's values), per
+//! key, where a key is a tuple of fields of the entry. `pipeline.yaml` declares them; the dataflow keeps them, the store
 //! holds each in its table, and `GET /v1/consolidado/estados/{nome}` serves them.
 //!
 //! A key's period fields (`data`, `mes`, `ano`, `semana`) are all functions of the entry's date,
@@ -12,7 +12,7 @@ use std::fmt;
 use chrono::{Datelike as _, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::{BusinessDate, Tipo};
+use crate::{BusinessDate, DayTotals, Tipo};
 
 /// A field a state's key may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -126,6 +126,11 @@ impl Key {
         self.0.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
     }
 
+    /// The key [`Key::to_text`] wrote.
+    pub fn from_text(text: &str) -> Result<Key, String> {
+        Key::new(named(text, &Field::ALL, |f| f.as_str())?)
+    }
+
     /// Whether a value of this key follows from a value of `finer`: each of its fields is one of
     /// `finer`'s, or a period that holds every date of one of `finer`'s periods.
     pub fn follows_from(&self, finer: &Key) -> bool {
@@ -161,6 +166,118 @@ impl Key {
     pub fn period_bounds(&self, de: BusinessDate, ate: BusinessDate) -> Vec<(Field, String, String)> {
         let periods = self.0.iter().filter(|f| f.is_period());
         periods.map(|f| (*f, f.period(de.date()), f.period(ate.date()))).collect()
+    }
+}
+
+/// A value a state keeps per key: a sum or a count of its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// The sum of its credits, in cents.
+    Creditos,
+    /// The sum of its debits, in cents.
+    Debitos,
+    /// How many entries it has.
+    Lancamentos,
+}
+
+impl Measure {
+    pub const ALL: [Measure; 3] = [Measure::Creditos, Measure::Debitos, Measure::Lancamentos];
+
+    /// Its name in `pipeline.yaml` and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Measure::Creditos => "creditos",
+            Measure::Debitos => "debitos",
+            Measure::Lancamentos => "lancamentos",
+        }
+    }
+
+    /// Its column in the state's table.
+    pub fn column(self) -> &'static str {
+        match self {
+            Measure::Creditos => "creditos_cents",
+            Measure::Debitos => "debitos_cents",
+            Measure::Lancamentos => "quantidade",
+        }
+    }
+
+    /// Its figure in `totals`.
+    pub fn of(self, totals: &DayTotals) -> i64 {
+        match self {
+            Measure::Creditos => totals.creditos_cents,
+            Measure::Debitos => totals.debitos_cents,
+            Measure::Lancamentos => totals.quantidade,
+        }
+    }
+
+    /// `totals` with this figure set to `value`.
+    pub fn set(self, totals: &mut DayTotals, value: i64) {
+        match self {
+            Measure::Creditos => totals.creditos_cents = value,
+            Measure::Debitos => totals.debitos_cents = value,
+            Measure::Lancamentos => totals.quantidade = value,
+        }
+    }
+}
+
+/// The values a state keeps: at least one, each once, in the order of [`Measure::ALL`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "Vec<Measure>")]
+pub struct Values(Vec<Measure>);
+
+impl TryFrom<Vec<Measure>> for Values {
+    type Error = String;
+
+    fn try_from(mut measures: Vec<Measure>) -> Result<Values, String> {
+        if measures.is_empty() {
+            return Err("must name at least one of creditos, debitos, lancamentos".into());
+        }
+        let named = measures.len();
+        measures.sort_unstable();
+        measures.dedup();
+        if measures.len() < named {
+            return Err("names a value twice".into());
+        }
+        Ok(Values(measures))
+    }
+}
+
+impl Default for Values {
+    fn default() -> Self {
+        Values(Measure::ALL.to_vec())
+    }
+}
+
+impl Values {
+    pub fn measures(&self) -> &[Measure] {
+        &self.0
+    }
+
+    pub fn has(&self, m: Measure) -> bool {
+        self.0.contains(&m)
+    }
+
+    /// As stored in the registry of states: `creditos,debitos,lancamentos`.
+    pub fn to_text(&self) -> String {
+        self.0.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The values [`Values::to_text`] wrote.
+    pub fn from_text(text: &str) -> Result<Values, String> {
+        Values::try_from(named(text, &Measure::ALL, |m| m.as_str())?)
+    }
+}
+
+/// `a,b,c` as items of `all`, by name.
+fn named<T: Copy>(text: &str, all: &[T], name: impl Fn(T) -> &'static str) -> Result<Vec<T>, String> {
+    let find = |n: &str| all.iter().copied().find(|t| name(*t) == n).ok_or_else(|| format!("unknown name {n:?}"));
+    text.split(',').map(find).collect()
+}
+
+impl fmt::Display for Values {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]", self.0.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "))
     }
 }
 

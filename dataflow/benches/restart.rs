@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::estado::{Field, Key};
+use cashflow_core::estado::{Field, Key, Values};
 use cashflow_core::{BusinessDate, EntryId, Lancamento, MerchantId, Money, Tipo};
 use cashflow_dataflow::{Consolidator, Fact};
 use cashflow_sinks::{DeclaredState, Origin, Store, StoredEntry};
@@ -63,7 +63,7 @@ async fn build_history(store: &Store, states: &[DeclaredState], n: u64) -> f64 {
         let fresh: Vec<&Lancamento> = batch.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
         let changed = dataflow.apply(fresh.iter().map(|e| Fact::from(*e))).await.unwrap();
         for (state, changes) in states.iter().zip(&changed.0) {
-            tx.add_state(&state.table, &state.key, changes).await.unwrap();
+            tx.add_state(state, changes).await.unwrap();
         }
         let next: Vec<(String, i32, i64)> = (0..6).map(|p| ("lancamentos".to_owned(), p, (i / 6) as i64)).collect();
         tx.save_progress("bench", &next).await.unwrap();
@@ -80,6 +80,7 @@ async fn main() {
     let por_tipo = DeclaredState {
         table: "consolidado_por_tipo".into(),
         key: Key::new(vec![Field::MerchantId, Field::Mes, Field::Tipo]).unwrap(),
+        values: Values::default(),
     };
     println!(
         "{:>10} {:>14} {:>12} {:>12} {:>14} {:>16}",

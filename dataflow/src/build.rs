@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use cashflow_core::config::PipelineConfig;
+use cashflow_core::config::{PipelineConfig, StateConfig};
 use cashflow_sinks::{DeclaredState, EntryFacts, Store};
 
 use crate::ConsolidateError;
@@ -18,15 +18,17 @@ const PAGE: usize = 50_000;
 /// The states `aggregate` keeps, in its order.
 pub fn declared(config: &PipelineConfig) -> Vec<DeclaredState> {
     let states = config.services.consolidate.aggregated();
-    states.into_iter().map(|(_, s)| DeclaredState { table: s.table.clone(), key: s.key.clone() }).collect()
+    let state =
+        |s: &StateConfig| DeclaredState { table: s.table.clone(), key: s.key.clone(), values: s.values.clone() };
+    states.into_iter().map(|(_, s)| state(s)).collect()
 }
 
 /// Builds each of `declared` that the store does not keep (with that key), and stops keeping
 /// states no longer declared.
 pub async fn build(store: &Store, declared: &[DeclaredState]) -> Result<(), ConsolidateError> {
     for state in store.states_to_build(declared).await? {
-        let (table, key) = (&state.table, state.key.to_string());
-        tracing::info!(table = %table, key = %key, "building a state from the stored entries");
+        let (table, key, values) = (&state.table, state.key.to_string(), state.values.to_string());
+        tracing::info!(table = %table, key = %key, values = %values, "building a state from the stored entries");
         let started = Instant::now();
         let dataflow = Consolidator::start(vec![state.key.clone()])?;
         let mut build = store.begin_build(&state).await?;

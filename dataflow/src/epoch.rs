@@ -217,7 +217,7 @@ impl Epoch<'_> {
         // nothing behind in it
         let changed = self.dataflow.apply(fresh.iter().map(|e| Fact::from(*e))).await?;
         for (state, changes) in self.states.iter().zip(&changed.0) {
-            tx.add_state(&state.table, &state.key, changes).await?;
+            tx.add_state(state, changes).await?;
         }
         // rejected records are durable on their topics before their offsets are committed
         self.send_rejected(&rejected).await?;
@@ -244,12 +244,11 @@ impl Epoch<'_> {
     /// consolidator running another `pipeline.yaml` would leave a state short.
     async fn check_kept(&self, tx: &mut EpochTx) -> Result<(), ConsolidateError> {
         let kept = tx.kept_states().await?;
-        let same = kept.len() == self.states.len()
-            && self.states.iter().all(|s| kept.get(&s.table).is_some_and(|k| *k == s.key.to_text()));
+        let same = kept.len() == self.states.len() && self.states.iter().all(|s| kept.get(&s.table) == Some(s));
         if same {
             return Ok(());
         }
-        let kept: Vec<String> = kept.iter().map(|(t, k)| format!("{t} [{k}]")).collect();
+        let kept: Vec<String> = kept.values().map(|s| format!("{} {} {}", s.table, s.key, s.values)).collect();
         Err(ConsolidateError::StatesDiffer(kept.join(", ")))
     }
 

@@ -148,12 +148,13 @@ mod tests {
 
     use std::time::Duration;
 
-    use cashflow_core::estado::{Field, Key};
+    use cashflow_core::estado::{Field, Key, Values};
     use cashflow_core::{DayTotals, Posicao};
     use sqlx::Connection as _;
 
     use super::*;
     use crate::progress::{KEEP_POLLING, TRUSTED_FOR};
+    use cashflow_sinks::DeclaredState;
 
     const GROUP: &str = "cashflow-consolidate";
 
@@ -166,9 +167,10 @@ mod tests {
         let merchant = MerchantId::parse("loja-1").unwrap();
         let totals = DayTotals { creditos_cents: credit, debitos_cents: 0, quantidade: 1 };
         let mut tx = store.begin_epoch().await.unwrap();
-        let daily = Key::new(vec![Field::MerchantId, Field::Data]).unwrap();
+        let key = Key::new(vec![Field::MerchantId, Field::Data]).unwrap();
+        let daily = DeclaredState { table: "consolidado_diario".into(), key, values: Values::default() };
         let row = (vec![merchant.to_string(), day(on).to_string()], totals);
-        tx.add_state("consolidado_diario", &daily, &[row]).await.unwrap();
+        tx.add_state(&daily, &[row]).await.unwrap();
         tx.save_progress(GROUP, &[("lancamentos".into(), 0, next_offset)]).await.unwrap();
         tx.commit().await.unwrap();
     }

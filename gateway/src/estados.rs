@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use cashflow_core::estado::{Field, Key};
+use cashflow_core::estado::{Field, Key, Measure};
 use cashflow_core::http::{FieldError, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_core::{BusinessDate, Money};
 use serde::{Deserialize, Serialize};
@@ -29,16 +29,20 @@ pub(crate) struct StateQuery {
     aguardar: Option<String>,
 }
 
-/// One key value of a state: its fields (all but `merchant_id`, as text) and its totals.
+/// One key value of a state: its fields (all but `merchant_id`, as text) and the values the
+/// state keeps.
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"mes": "2026-12", "tipo": "credito", "creditos": "150.25", "debitos": "0.00", "lancamentos": 3}))]
 pub(crate) struct Linha {
     #[serde(flatten)]
     #[schema(value_type = Object)]
     chave: serde_json::Map<String, serde_json::Value>,
-    creditos: Money,
-    debitos: Money,
-    lancamentos: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    creditos: Option<Money>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debitos: Option<Money>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lancamentos: Option<i64>,
 }
 
 /// A declared state of the token's merchant.
@@ -48,6 +52,9 @@ pub(crate) struct Estado {
     /// The key's fields, `merchant_id` first.
     #[schema(value_type = Vec<String>)]
     chave: Vec<Field>,
+    /// The values each row has: `creditos`, `debitos`, `lancamentos`.
+    #[schema(value_type = Vec<String>)]
+    valores: Vec<Measure>,
     /// When consolidation last committed (RFC 3339), or null if it never has.
     atualizado_ate: Option<String>,
     /// Ordered by key.
@@ -74,15 +81,16 @@ pub(crate) async fn declared_state(
     Query(q): Query<StateQuery>,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
-    let Some((table, key)) = state.states.get(&nome) else {
+    let Some(declared) = state.states.get(&nome) else {
         return Err(Problem::not_found(format!("no state named {nome:?} is declared in pipeline.yaml")));
     };
+    let key = &declared.key;
     let bounds = bounds(key, q.de.as_deref(), q.ate.as_deref())?;
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
     let merchant = principal.merchant_id;
     let rows = state
         .store
-        .state_rows(table, key, merchant.as_str(), &bounds, &state.consolidate_group)
+        .state_rows(declared, merchant.as_str(), &bounds, &state.consolidate_group)
         .await
         .map_err(store_unavailable)?
         .ok_or_else(|| Problem::unavailable(format!("the state {nome:?} is being built; retry shortly"), 5))?;
@@ -92,15 +100,17 @@ pub(crate) async fn declared_state(
         .into_iter()
         .map(|(values, t)| {
             let chave = fields.iter().zip(values).map(|(f, v)| (f.as_str().to_owned(), v.into())).collect();
+            let kept = |m: Measure| declared.values.has(m);
             Linha {
                 chave,
-                creditos: Money::from_cents(t.creditos_cents),
-                debitos: Money::from_cents(t.debitos_cents),
-                lancamentos: t.quantidade,
+                creditos: kept(Measure::Creditos).then(|| Money::from_cents(t.creditos_cents)),
+                debitos: kept(Measure::Debitos).then(|| Money::from_cents(t.debitos_cents)),
+                lancamentos: kept(Measure::Lancamentos).then_some(t.quantidade),
             }
         })
         .collect();
-    let body = Estado { estado: nome, chave: key.fields().to_vec(), atualizado_ate: rows.consolidated_at, linhas };
+    let (chave, valores) = (key.fields().to_vec(), declared.values.measures().to_vec());
+    let body = Estado { estado: nome, chave, valores, atualizado_ate: rows.consolidated_at, linhas };
     Ok(answer(body, fresh))
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use cashflow_sinks::Store;
+use cashflow_sinks::{DeclaredState, Store};
 
 use crate::balances::Balances;
 use crate::progress::ProgressWatch;
@@ -34,8 +34,8 @@ pub struct QueryState {
     pub aguardar_timeout: Duration,
     /// Daily balances, from memory while they are current.
     balances: Balances,
-    /// The states `pipeline.yaml` declares, by name: each one's table and key.
-    pub(crate) states: Arc<BTreeMap<String, (String, Key)>>,
+    /// The states `pipeline.yaml` declares, by name.
+    pub(crate) states: Arc<BTreeMap<String, DeclaredState>>,
 }
 
 impl QueryState {
@@ -48,15 +48,15 @@ impl QueryState {
         QueryState { store, consolidate_group: group.to_owned(), progress, aguardar_timeout, balances, states }
     }
 
-    /// Serves these declared states (name, table, key) at `/v1/consolidado/estados/{nome}`.
-    pub fn with_states(mut self, states: impl IntoIterator<Item = (String, String, Key)>) -> Self {
-        self.states = Arc::new(states.into_iter().map(|(name, table, key)| (name, (table, key))).collect());
+    /// Serves these declared states, by name, at `/v1/consolidado/estados/{nome}`.
+    pub fn with_states(mut self, states: impl IntoIterator<Item = (String, DeclaredState)>) -> Self {
+        self.states = Arc::new(states.into_iter().collect());
         self
     }
 
     /// The declared states' names and keys.
     pub fn states(&self) -> Vec<(String, Key)> {
-        self.states.iter().map(|(name, (_, key))| (name.clone(), key.clone())).collect()
+        self.states.iter().map(|(name, s)| (name.clone(), s.key.clone())).collect()
     }
 
     /// With `aguardar`, waits (bounded) for consolidation to pass it: `Ok(false)` on timeout.

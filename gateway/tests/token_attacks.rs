@@ -15,12 +15,12 @@ use cashflow_auth::{
     AuthState, Claims, Issuer, KeyInfo, KeyRing, KeySource, KeyStatus, KeyStore, LoginLimits, Validator, key_overlap,
 };
 use cashflow_core::config::{LoginLimit, PipelineConfig};
-use cashflow_core::estado::{Field, Key};
+use cashflow_core::estado::{Field, Key, Values};
 use cashflow_core::{BusinessDate, DayTotals, EntryId, Lancamento, MerchantId, Money, Tipo};
 use cashflow_gateway::{Apis, GatewayState, QueryState, router};
 use cashflow_ingest::{IngestState, Publisher};
 use cashflow_retry::Dlq;
-use cashflow_sinks::{Origin, Store, StoredEntry};
+use cashflow_sinks::{DeclaredState, Origin, Store, StoredEntry};
 use chrono::{DateTime, Utc};
 use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -380,10 +380,9 @@ async fn store_entry_of(store: &Store, merchant: &str, day: &str) -> EntryId {
     let origin = Origin { topic: "lancamentos".into(), partition: 0, offset: 0 };
     tx.insert_entries(&[StoredEntry { entry: entry.clone(), origin }]).await.unwrap();
     let totals = DayTotals { creditos_cents: 70_000, debitos_cents: 0, quantidade: 1 };
-    let daily = Key::new(vec![Field::MerchantId, Field::Data]).unwrap();
-    tx.add_state("consolidado_diario", &daily, &[(vec![merchant.to_string(), data.to_string()], totals)])
-        .await
-        .unwrap();
+    let key = Key::new(vec![Field::MerchantId, Field::Data]).unwrap();
+    let daily = DeclaredState { table: "consolidado_diario".into(), key, values: Values::default() };
+    tx.add_state(&daily, &[(vec![merchant.to_string(), data.to_string()], totals)]).await.unwrap();
     tx.commit().await.unwrap();
     entry.id
 }

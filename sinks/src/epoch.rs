@@ -2,14 +2,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cashflow_core::estado::Key;
 use cashflow_core::{DayTotals, EntryId, Lancamento, LancamentoRecord, MerchantId, WIRE_VERSION};
 use chrono::{SecondsFormat, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use crate::store::{Backend, values_placeholders};
-use crate::{Store, StoreError};
+use crate::{DeclaredState, Store, StoreError};
 
 /// Where a record was read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,20 +198,19 @@ impl EpochTx {
         Ok(claimed)
     }
 
-    /// Adds each change of one state to its stored totals in `table`. Adding (rather than
-    /// overwriting) lets consolidators of disjoint entries write side by side: each entry is
-    /// counted once, by the transaction whose insert of its id succeeded.
+    /// Adds each change of one state to its stored values. Adding (rather than overwriting) lets
+    /// consolidators of disjoint entries write side by side: each entry is counted once, by the
+    /// transaction whose insert of its id succeeded.
     pub async fn add_state(
         &mut self,
-        table: &str,
-        key: &Key,
+        state: &DeclaredState,
         changes: &[(Vec<String>, DayTotals)],
     ) -> Result<(), StoreError> {
-        add_totals(&mut self.tx, &self.now, table, key, changes).await
+        add_totals(&mut self.tx, &self.now, state, changes).await
     }
 
-    /// The tables of the states the store keeps, each with its key as text (`merchant_id,data`).
-    pub async fn kept_states(&mut self) -> Result<BTreeMap<String, String>, StoreError> {
+    /// The states the store keeps, by table.
+    pub async fn kept_states(&mut self) -> Result<BTreeMap<String, DeclaredState>, StoreError> {
         crate::states::kept(&mut self.tx).await
     }
 
@@ -289,33 +287,36 @@ impl EpochTx {
     }
 }
 
-/// Upserts `(key values, totals)` rows into `table`, whose columns are `key`'s fields, adding
-/// the totals to any stored ones. `table` and the fields are checked names, never input.
+/// Upserts `(key values, totals)` rows into the state's table, adding its values to any stored
+/// ones. The table and its columns are checked names, never input.
 pub(crate) async fn add_totals(
     tx: &mut Transaction<'static, Any>,
     now: &str,
-    table: &str,
-    key: &Key,
+    state: &DeclaredState,
     rows: &[(Vec<String>, DayTotals)],
 ) -> Result<(), StoreError> {
-    let columns = key.fields().len() + 4;
-    let keys = key.to_text().replace(',', ", ");
+    let (table, measures) = (&state.table, state.values.measures());
+    let columns = state.key.fields().len() + measures.len() + 1;
+    let keys = state.key.to_text().replace(',', ", ");
+    let values: Vec<&str> = measures.iter().map(|m| m.column()).collect();
+    let added: Vec<String> = values.iter().map(|c| format!("{c} = {table}.{c} + excluded.{c}")).collect();
     for chunk in rows.chunks(TOTALS_PARAMS / columns) {
         let sql = format!(
-            "INSERT INTO {table} ({keys}, creditos_cents, debitos_cents, quantidade, atualizado_em) \
-             VALUES {values} ON CONFLICT ({keys}) DO UPDATE SET \
-             creditos_cents = {table}.creditos_cents + excluded.creditos_cents, \
-             debitos_cents = {table}.debitos_cents + excluded.debitos_cents, \
-             quantidade = {table}.quantidade + excluded.quantidade, \
-             atualizado_em = excluded.atualizado_em",
-            values = values_placeholders(chunk.len(), columns)
+            "INSERT INTO {table} ({keys}, {values}, atualizado_em) VALUES {rows} ON CONFLICT ({keys}) DO UPDATE SET \
+             {added}, atualizado_em = excluded.atualizado_em",
+            values = values.join(", "),
+            rows = values_placeholders(chunk.len(), columns),
+            added = added.join(", "),
         );
         let mut q = sqlx::query(&sql);
-        for (values, t) in chunk {
-            for v in values {
+        for (key, t) in chunk {
+            for v in key {
                 q = q.bind(v.as_str());
             }
-            q = q.bind(t.creditos_cents).bind(t.debitos_cents).bind(t.quantidade).bind(now);
+            for m in measures {
+                q = q.bind(m.of(t));
+            }
+            q = q.bind(now);
         }
         q.execute(&mut **tx).await?;
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cashflow_core::estado::{Field, Key};
+use cashflow_core::estado::{Field, Key, Values};
 use cashflow_core::{BusinessDate, DayTotals, Tipo};
 use sqlx::{Any, Row, Transaction};
 
@@ -11,11 +11,12 @@ use crate::epoch::{add_totals, now_text};
 use crate::store::Backend;
 use crate::{Store, StoreError};
 
-/// A state as `pipeline.yaml` declares it: its table and its key.
+/// A state as `pipeline.yaml` declares it: its table, its key and its values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeclaredState {
     pub table: String,
     pub key: Key,
+    pub values: Values,
 }
 
 /// A stored entry's facts that states are keyed and summed by.
@@ -32,14 +33,24 @@ pub struct EntryFacts {
 /// One state's rows of a merchant, and when consolidation last committed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateRows {
-    /// The key's values after `merchant_id`, and the totals, ordered by key.
+    /// The key's values after `merchant_id`, and the totals (0 where the state keeps no such
+    /// value), ordered by key.
     pub rows: Vec<(Vec<String>, DayTotals)>,
     pub consolidated_at: Option<String>,
 }
 
-pub(crate) async fn kept(tx: &mut Transaction<'static, Any>) -> Result<BTreeMap<String, String>, StoreError> {
-    let rows = sqlx::query("SELECT tabela, chave FROM estados WHERE pronto = 1").fetch_all(&mut **tx).await?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+/// The states the store keeps, by table.
+pub(crate) async fn kept(tx: &mut Transaction<'static, Any>) -> Result<BTreeMap<String, DeclaredState>, StoreError> {
+    let rows = sqlx::query("SELECT tabela, chave, valores FROM estados WHERE pronto = 1").fetch_all(&mut **tx).await?;
+    let mut out = BTreeMap::new();
+    for r in &rows {
+        let (table, key, values): (String, String, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let corrupt = |e: String| StoreError::Corrupt(format!("state {table}: {e}"));
+        let key = Key::from_text(&key).map_err(corrupt)?;
+        let values = Values::from_text(&values).map_err(corrupt)?;
+        out.insert(table.clone(), DeclaredState { table, key, values });
+    }
+    Ok(out)
 }
 
 impl Store {
@@ -58,7 +69,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        Ok(declared.iter().filter(|d| kept.get(&d.table) != Some(&d.key.to_text())).cloned().collect())
+        Ok(declared.iter().filter(|d| kept.get(&d.table) != Some(*d)).cloned().collect())
     }
 
     /// Starts building `state`'s table from the stored entries, in one transaction that no epoch
@@ -75,37 +86,32 @@ impl Store {
         }
         let table = &state.table;
         sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(&mut *tx).await?;
-        sqlx::query(&create_table(self.backend, table, &state.key)).execute(&mut *tx).await?;
+        sqlx::query(&create_table(self.backend, state)).execute(&mut *tx).await?;
         Ok(Build { tx, state: state.clone(), now: now_text(), after: None })
     }
 
-    /// `merchant`'s rows of the state in `table`, when the store keeps it with `key`: those whose
-    /// periods overlap `bounds` (each period field with its first and last value), ordered by key.
+    /// `merchant`'s rows of `state`, when the store keeps it: those whose periods overlap
+    /// `bounds` (each period field with its first and last value), ordered by key.
     pub async fn state_rows(
         &self,
-        table: &str,
-        key: &Key,
+        state: &DeclaredState,
         merchant: &str,
         bounds: &[(Field, String, String)],
         group: &str,
     ) -> Result<Option<StateRows>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let chave: Option<String> = sqlx::query_scalar("SELECT chave FROM estados WHERE tabela = $1 AND pronto = 1")
-            .bind(table)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if chave != Some(key.to_text()) {
+        if kept(&mut tx).await?.get(&state.table) != Some(state) {
             return Ok(None);
         }
-        let columns: Vec<&str> = key.fields()[1..].iter().map(|f| f.as_str()).collect();
+        let (table, measures) = (&state.table, state.values.measures());
+        let columns: Vec<&str> = state.key.fields()[1..].iter().map(|f| f.as_str()).collect();
         let mut filter = String::from("merchant_id = $1");
         for (i, (field, _, _)) in bounds.iter().enumerate() {
             filter.push_str(&format!(" AND {field} >= ${} AND {field} <= ${}", 2 * i + 2, 2 * i + 3));
         }
-        let selected: String = columns.iter().map(|c| format!("{c}, ")).collect();
+        let selected: Vec<&str> = columns.iter().copied().chain(measures.iter().map(|m| m.column())).collect();
         let order = if columns.is_empty() { String::new() } else { format!(" ORDER BY {}", columns.join(", ")) };
-        let sql =
-            format!("SELECT {selected}creditos_cents, debitos_cents, quantidade FROM {table} WHERE {filter}{order}");
+        let sql = format!("SELECT {} FROM {table} WHERE {filter}{order}", selected.join(", "));
         let mut q = sqlx::query(&sql).bind(merchant);
         for (_, first, last) in bounds {
             q = q.bind(first.as_str()).bind(last.as_str());
@@ -113,7 +119,11 @@ impl Store {
         let mut out = StateRows::default();
         for row in q.fetch_all(&mut *tx).await? {
             let values = (0..columns.len()).map(|i| row.try_get(i)).collect::<Result<Vec<String>, _>>()?;
-            out.rows.push((values, crate::read::totals(&row, columns.len())?));
+            let mut totals = DayTotals::default();
+            for (i, m) in measures.iter().enumerate() {
+                m.set(&mut totals, row.try_get(columns.len() + i)?);
+            }
+            out.rows.push((values, totals));
         }
         out.consolidated_at =
             sqlx::query_scalar("SELECT MAX(updated_at) FROM consumer_progress WHERE consumer_group = $1")
@@ -125,21 +135,21 @@ impl Store {
     }
 }
 
-/// `CREATE TABLE` for a state: its key's fields as text, then its totals, never negative and
+/// `CREATE TABLE` for a state: its key's fields as text, then its values, never negative and
 /// (on SQLite, whose `+` turns an overflowing sum into a float) always integers.
-fn create_table(backend: Backend, table: &str, key: &Key) -> String {
-    let keys: String = key.fields().iter().map(|f| format!("{f} TEXT NOT NULL, ")).collect();
-    let total = |c: &str| match backend {
-        Backend::Sqlite => format!("{c} INTEGER NOT NULL CHECK (typeof({c}) = 'integer' AND {c} >= 0), "),
-        Backend::Postgres => format!("{c} BIGINT NOT NULL CHECK ({c} >= 0), "),
-    };
-    format!(
-        "CREATE TABLE {table} ({keys}{}{}{}atualizado_em TEXT NOT NULL, PRIMARY KEY ({}))",
-        total("creditos_cents"),
-        total("debitos_cents"),
-        total("quantidade"),
-        key.to_text().replace(',', ", ")
-    )
+fn create_table(backend: Backend, state: &DeclaredState) -> String {
+    let keys: String = state.key.fields().iter().map(|f| format!("{f} TEXT NOT NULL, ")).collect();
+    let values: String = state
+        .values
+        .measures()
+        .iter()
+        .map(|m| match (backend, m.column()) {
+            (Backend::Sqlite, c) => format!("{c} INTEGER NOT NULL CHECK (typeof({c}) = 'integer' AND {c} >= 0), "),
+            (Backend::Postgres, c) => format!("{c} BIGINT NOT NULL CHECK ({c} >= 0), "),
+        })
+        .collect();
+    let primary = state.key.to_text().replace(',', ", ");
+    format!("CREATE TABLE {} ({keys}{values}atualizado_em TEXT NOT NULL, PRIMARY KEY ({primary}))", state.table)
 }
 
 /// A state's table being built; dropped without [`Build::finish`], it rolls back.
@@ -182,17 +192,19 @@ impl Build {
 
     /// Adds changes of the state, as an epoch does.
     pub async fn add(&mut self, changes: &[(Vec<String>, DayTotals)]) -> Result<(), StoreError> {
-        add_totals(&mut self.tx, &self.now, &self.state.table, &self.state.key, changes).await
+        add_totals(&mut self.tx, &self.now, &self.state, changes).await
     }
 
     /// Records the state as kept, and commits.
     pub async fn finish(mut self) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO estados (tabela, chave, pronto, atualizado_em) VALUES ($1, $2, 1, $3) \
-             ON CONFLICT (tabela) DO UPDATE SET chave = excluded.chave, pronto = 1, atualizado_em = excluded.atualizado_em",
+            "INSERT INTO estados (tabela, chave, valores, pronto, atualizado_em) VALUES ($1, $2, $3, 1, $4) \
+             ON CONFLICT (tabela) DO UPDATE SET chave = excluded.chave, valores = excluded.valores, pronto = 1, \
+             atualizado_em = excluded.atualizado_em",
         )
         .bind(self.state.table.as_str())
         .bind(self.state.key.to_text())
+        .bind(self.state.values.to_text())
         .bind(now_text())
         .execute(&mut *self.tx)
         .await?;

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use chrono::Datelike as _;
 use serde_json::{Value, json};
 
 use cashflow_tests::{
@@ -17,6 +18,8 @@ use cashflow_tests::{
 const INTO: &str = "into: [saldo-diario, saldo-categoria, saldo-mensal, saldo-comerciante]";
 const LAST_STATE: &str = "      saldo-comerciante: {";
 const POR_TIPO: &str = "por-tipo: { key: [merchant_id, mes, tipo], table: consolidado_por_tipo }";
+const WEEKLY: &str =
+    "contagem-semanal: { key: [merchant_id, semana], values: [lancamentos], table: consolidado_contagem_semanal }";
 
 /// (mes, tipo) -> (credits, debits, count) of one merchant, recomputed plainly.
 fn by_month_and_type(oracle: &Oracle, merchant: &str) -> BTreeMap<(String, String), (i64, i64, u64)> {
@@ -97,11 +100,50 @@ async fn assert_monthly_matches(p: &Pipeline, tokens: &HashMap<&'static str, Str
     }
 }
 
-/// Adds `por-tipo` to the stopped pipeline's states and aggregate, and starts it.
-async fn declare_por_tipo(p: &mut Pipeline) {
+/// Adds `por-tipo` (and, the first time, `contagem-semanal`) to the stopped pipeline's states and
+/// aggregate, and starts it.
+async fn declare_por_tipo(p: &mut Pipeline, weekly: bool) {
+    let shipped_into = INTO.trim_end_matches(']');
     p.edit_config(LAST_STATE, &format!("      {POR_TIPO}\n{LAST_STATE}"));
-    p.edit_config(INTO, &INTO.replace(']', ", por-tipo]"));
+    p.edit_config(shipped_into, &format!("{shipped_into}, por-tipo"));
+    if weekly {
+        p.edit_config(LAST_STATE, &format!("      {WEEKLY}\n{LAST_STATE}"));
+        p.edit_config(shipped_into, &format!("{shipped_into}, contagem-semanal"));
+    }
     p.launch(Role::Up).await;
+}
+
+/// Each ISO week's count of one merchant's entries: from the oracle, and as served.
+async fn assert_weekly_matches(p: &Pipeline, tokens: &HashMap<&'static str, String>, oracle: &Oracle) {
+    for m in MERCHANTS {
+        let mut want: BTreeMap<String, u64> = BTreeMap::new();
+        for e in oracle.entries(m) {
+            let week = e.date.date().iso_week();
+            *want.entry(format!("{}-W{:02}", week.year(), week.week())).or_default() += 1;
+        }
+        let path = "/v1/consolidado/estados/contagem-semanal?de=2025-01-01&ate=2026-12-31";
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let r = loop {
+            let r = p.api.get(&tokens[m], path).await;
+            if r.status() != 503 || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["valores"], json!(["lancamentos"]));
+        let got: BTreeMap<String, u64> = body["linhas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                assert!(row.get("creditos").is_none() && row.get("debitos").is_none(), "only its values: {row}");
+                (row["semana"].as_str().unwrap().to_owned(), row["lancamentos"].as_u64().unwrap())
+            })
+            .collect();
+        assert_eq!(got, want, "{m}");
+    }
 }
 
 async fn a_state_added_to_pipeline_yaml_is_built_then_kept(store: Store) {
@@ -116,15 +158,16 @@ async fn a_state_added_to_pipeline_yaml_is_built_then_kept(store: Store) {
     let r = p.api.get(&tokens["loja-a"], "/v1/consolidado/estados/por-tipo?de=2026-01-01&ate=2026-01-31").await;
     assert_eq!(r.status(), 404, "not declared yet");
 
-    // 2. stop, declare `por-tipo`, start again
+    // 2. stop, declare `por-tipo` (and a weekly count), start again
     p.stop().await;
-    declare_por_tipo(&mut p).await;
+    declare_por_tipo(&mut p, true).await;
 
-    // 3. its build from the stored entries equals the oracle
+    // 3. their builds from the stored entries equal the oracle
     assert_state_matches(&p, &tokens, &oracle).await;
+    assert_weekly_matches(&p, &tokens, &oracle).await;
     let built = p.log_matching("state built");
-    assert_eq!(built.len(), 1, "built once: {built:?}");
-    assert!(built[0].contains("entries=400"), "{}", built[0]);
+    assert_eq!(built.len(), 2, "each built once: {built:?}");
+    assert!(built.iter().all(|b| b.contains("entries=400")), "{built:?}");
 
     // 4. new entries, backdated ones and reversals keep it equal
     post_all(&p, &tokens, random_entries(&MERCHANTS, 150, d("2026-01-25"), 40), &mut oracle).await;
@@ -141,12 +184,14 @@ async fn a_state_added_to_pipeline_yaml_is_built_then_kept(store: Store) {
         oracle.add(Posted { credit: !original.credit, date: d("2026-01-31"), ..original });
     }
     assert_state_matches(&p, &tokens, &oracle).await;
+    assert_weekly_matches(&p, &tokens, &oracle).await;
 
-    // 5. a restart builds nothing again, and the state stays equal
+    // 5. a restart builds nothing again, and the states stay equal
     p.restart().await;
     let tokens = login_all(&p).await;
     assert_state_matches(&p, &tokens, &oracle).await;
-    assert_eq!(p.log_matching("state built").len(), 1, "a kept state is not built again");
+    assert_weekly_matches(&p, &tokens, &oracle).await;
+    assert_eq!(p.log_matching("state built").len(), 2, "a kept state is not built again");
 
     // 6. the fixed states and routes are unchanged
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
@@ -189,23 +234,24 @@ async fn a_state_added_to_pipeline_yaml_is_built_then_kept(store: Store) {
     let nome = &api["paths"]["/v1/consolidado/estados/{nome}"]["get"]["parameters"][0];
     assert_eq!(nome["name"], "nome");
     let names = nome["schema"]["enum"].as_array().unwrap();
-    assert_eq!(names.len(), 5, "{nome}");
+    assert_eq!(names.len(), 6, "{nome}");
     assert!(names.contains(&json!("por-tipo")), "{nome}");
     assert!(nome["description"].as_str().unwrap().contains("`por-tipo`: [merchant_id, mes, tipo]"), "{nome}");
 
     // 7. removed, the state is no longer kept (entries go on without it); declared again, it is
     // rebuilt, and counts what came while it was gone
     p.stop().await;
-    p.edit_config(&INTO.replace(']', ", por-tipo]"), INTO);
+    p.edit_config(", por-tipo", "");
     p.edit_config(&format!("      {POR_TIPO}\n"), "");
     p.launch(Role::Up).await;
     let extra = vec![Posted { merchant: "loja-b".into(), credit: true, cents: 777, date: d("2026-03-03") }];
     post_all(&p, &tokens, extra, &mut oracle).await;
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
     p.stop().await;
-    declare_por_tipo(&mut p).await;
+    declare_por_tipo(&mut p, false).await;
     assert_state_matches(&p, &tokens, &oracle).await;
-    assert_eq!(p.log_matching("state built").len(), 2, "rebuilt once when declared again");
+    assert_weekly_matches(&p, &tokens, &oracle).await;
+    assert_eq!(p.log_matching("state built").len(), 3, "rebuilt once when declared again");
     p.stop().await;
 }
 
@@ -284,8 +330,8 @@ fn validate_refuses_bad_state_and_transform_declarations() {
         ),
         (
             "an unknown key of a state",
-            add_kept("x: { key: [merchant_id, tipo], table: consolidado_x, values: [creditos] }", "x"),
-            "services.consolidate.states.x.values: unknown field `values`",
+            add_kept("x: { key: [merchant_id, tipo], table: consolidado_x, valores: [creditos] }", "x"),
+            "services.consolidate.states.x.valores: unknown field `valores`",
         ),
         (
             "a state's name that is no URL segment",
@@ -296,7 +342,7 @@ fn validate_refuses_bad_state_and_transform_declarations() {
             "a fixed route's state removed",
             shipped
                 .replacen(
-                    "      saldo-mensal:      { key: [merchant_id, mes],             table: consolidado_mensal }",
+                    "      saldo-mensal:      { key: [merchant_id, mes],             values: [creditos, debitos, lancamentos], table: consolidado_mensal }",
                     "",
                     1,
                 )
@@ -305,8 +351,31 @@ fn validate_refuses_bad_state_and_transform_declarations() {
         ),
         (
             "a fixed route's state rekeyed",
-            shipped.replacen("key: [merchant_id, data],  ", "key: [merchant_id, data, tipo],", 1),
+            shipped.replacen(
+                "key: [merchant_id, data],            values",
+                "key: [merchant_id, data, tipo],      values",
+                1,
+            ),
             "services.consolidate.states.saldo-diario.key: consolidado_diario is read by GET /v1/consolidado/diario with key [merchant_id, data]",
+        ),
+        (
+            "a state without values",
+            add_kept("x: { key: [merchant_id, tipo], values: [], table: consolidado_x }", "x"),
+            "services.consolidate.states.x.values: must name at least one of creditos, debitos, lancamentos",
+        ),
+        (
+            "a value named twice",
+            add_kept("x: { key: [merchant_id, tipo], values: [debitos, debitos], table: consolidado_x }", "x"),
+            "services.consolidate.states.x.values: names a value twice",
+        ),
+        (
+            "a fixed route's state cut down",
+            shipped.replacen(
+                "values: [creditos, debitos, lancamentos], table: consolidado_mensal",
+                "values: [creditos], table: consolidado_mensal",
+                1,
+            ),
+            "services.consolidate.states.saldo-mensal.values: consolidado_mensal is read by GET /v1/consolidado/mensal with values [creditos, debitos, lancamentos]",
         ),
         (
             "a date window beyond a century",

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::{ConsolidateConfig, PipelineConfig, Problem, TopicRef, Transform};
-use crate::estado::Field;
+use crate::estado::{Field, Values};
 
 const API_VERSION: &str = "cashflow/v1";
 
@@ -209,15 +209,16 @@ fn check_states(out: &mut Vec<Problem>, cons: &ConsolidateConfig) {
         } else if !tables.insert(table.as_str()) {
             problem_at(out, &path, format!("{table:?} holds another state too"));
         }
-        if let Some((_, key, reader)) = REQUIRED_STATES.iter().find(|(t, _, _)| t == table)
-            && state.key.fields() != *key
-        {
-            let want: Vec<&str> = key.iter().map(|f| f.as_str()).collect();
-            problem_at(
-                out,
-                &at(&format!("states.{name}.key")),
-                format!("{table} is read by {reader} with key [{}]", want.join(", ")),
-            );
+        if let Some((_, key, reader)) = REQUIRED_STATES.iter().find(|(t, _, _)| t == table) {
+            if state.key.fields() != *key {
+                let want: Vec<&str> = key.iter().map(|f| f.as_str()).collect();
+                let path = at(&format!("states.{name}.key"));
+                problem_at(out, &path, format!("{table} is read by {reader} with key [{}]", want.join(", ")));
+            }
+            if state.values != Values::default() {
+                let path = at(&format!("states.{name}.values"));
+                problem_at(out, &path, format!("{table} is read by {reader} with values {}", Values::default()));
+            }
         }
     }
     for (table, key, reader) in REQUIRED_STATES {

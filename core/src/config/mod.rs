@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::BusinessDate;
-use crate::estado::Key;
+use crate::estado::{Key, Values};
 
 /// One problem in the file, with its YAML path (`services.consolidate.sources[1].id`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -491,9 +491,14 @@ pub struct StateConfig {
     /// Fields of the entry: `merchant_id` first, then any of `data`, `categoria`, `tipo`, `mes`,
     /// `ano`, `semana`.
     pub key: Key,
+    /// What it keeps per key: any of `creditos` (the credits' sum), `debitos` (the debits' sum)
+    /// and `lancamentos` (how many entries); all three when absent. Its table has a column for
+    /// each, and the API shows each.
+    #[serde(default)]
+    pub values: Values,
     /// The table that holds it, `consolidado_<name>`: created at start, and filled from the
     /// stored entries when the state is new. Its columns are the key's fields, `creditos_cents`,
-    /// `debitos_cents`, `quantidade` and `atualizado_em`.
+    /// `debitos_cents`, `quantidade` (those of its values) and `atualizado_em`.
     pub table: String,
 }
 

@@ -14,18 +14,20 @@ SELECT merchant_id, substr(data, 1, 7), SUM(creditos_cents), SUM(debitos_cents),
 FROM consolidado_diario
 GROUP BY merchant_id, substr(data, 1, 7);
 
--- The states the store keeps, by table: the key they were built with (`merchant_id,data`), and
--- whether the table holds every stored entry (1) or is not kept any more (0). A state declared
+-- The states the store keeps, by table: the key and values they were built with
+-- (`merchant_id,data`, `creditos,debitos,lancamentos`), and whether the table holds every stored
+-- entry (1) or is not kept any more (0). A state declared
 -- in pipeline.yaml and not kept here is built from the stored entries at the consolidator's
 -- start; every epoch checks that the states kept here are the ones it computes.
 CREATE TABLE estados (
     tabela        TEXT    PRIMARY KEY,
     chave         TEXT    NOT NULL,
+    valores       TEXT    NOT NULL,
     pronto        INTEGER NOT NULL,
     atualizado_em TEXT    NOT NULL
 );
 INSERT INTO estados VALUES
-    ('consolidado_diario', 'merchant_id,data', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    ('consolidado_categoria', 'merchant_id,data,categoria', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    ('consolidado_mensal', 'merchant_id,mes', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    ('consolidado_comerciante', 'merchant_id', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+    ('consolidado_diario', 'merchant_id,data', 'creditos,debitos,lancamentos', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    ('consolidado_categoria', 'merchant_id,data,categoria', 'creditos,debitos,lancamentos', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    ('consolidado_mensal', 'merchant_id,mes', 'creditos,debitos,lancamentos', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    ('consolidado_comerciante', 'merchant_id', 'creditos,debitos,lancamentos', 1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
