@@ -31,7 +31,10 @@ pub async fn build(store: &Store, declared: &[DeclaredState]) -> Result<(), Cons
         tracing::info!(table = %table, key = %key, values = %values, "building a state from the stored entries");
         let started = Instant::now();
         let dataflow = Consolidator::start(vec![state.key.clone()])?;
-        let mut build = store.begin_build(&state).await?;
+        let Some(mut build) = store.begin_build(&state).await? else {
+            tracing::info!(table = %table, "another consolidator built the state");
+            continue;
+        };
         let mut entries = 0usize;
         loop {
             let page = build.next_entries(PAGE).await?;

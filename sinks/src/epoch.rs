@@ -52,11 +52,15 @@ impl Store {
     /// `SQLITE_BUSY_SNAPSHOT` when another writer committed in between, which two consolidators
     /// on one file did on every overlap.
     pub async fn begin_epoch(&self) -> Result<EpochTx, StoreError> {
-        let tx = match self.backend {
+        Ok(EpochTx { tx: self.begin_write().await?, now: now_text() })
+    }
+
+    /// A transaction that will write: on SQLite it takes the write lock at once.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
-        };
-        Ok(EpochTx { tx, now: now_text() })
+        })
     }
 }
 

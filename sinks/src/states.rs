@@ -58,7 +58,7 @@ impl Store {
     /// kept (its table stays, and is rebuilt if declared again); returns the declared states the
     /// store does not keep with that key, which [`Store::begin_build`] builds.
     pub async fn states_to_build(&self, declared: &[DeclaredState]) -> Result<Vec<DeclaredState>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let kept = kept(&mut tx).await?;
         for table in kept.keys().filter(|t| !declared.iter().any(|d| d.table == **t)) {
             tracing::warn!(table = %table, "a state is no longer declared: its table is no longer kept");
@@ -75,19 +75,21 @@ impl Store {
     /// Starts building `state`'s table from the stored entries, in one transaction that no epoch
     /// runs beside: SQLite's write lock, or on PostgreSQL a lock on `lancamentos` that waits for
     /// epochs in flight and holds back the next ones. Every entry stored before it is counted by
-    /// the build, every later one by the epoch that stores it, which sees the state kept.
-    pub async fn begin_build(&self, state: &DeclaredState) -> Result<Build, StoreError> {
-        let mut tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
+    /// the build, every later one by the epoch that stores it, which sees the state kept. `None`
+    /// when another consolidator built it while this one waited for the lock.
+    pub async fn begin_build(&self, state: &DeclaredState) -> Result<Option<Build>, StoreError> {
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
+            // conflicts with every insert, and with another build
             sqlx::query("LOCK TABLE lancamentos IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
+        if kept(&mut tx).await?.get(&state.table) == Some(state) {
+            return Ok(None);
         }
         let table = &state.table;
         sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(&mut *tx).await?;
         sqlx::query(&create_table(self.backend, state)).execute(&mut *tx).await?;
-        Ok(Build { tx, state: state.clone(), now: now_text(), after: None })
+        Ok(Some(Build { tx, state: state.clone(), now: now_text(), after: None }))
     }
 
     /// `merchant`'s rows of `state`, when the store keeps it: those whose periods overlap

@@ -88,3 +88,53 @@ async fn two_writers_on_one_sqlite_file_take_turns() {
     second.await.unwrap().unwrap();
     assert_eq!(a.count_entries().await.unwrap(), 2);
 }
+
+/// A state built while an epoch waits: the entry stored before the build is counted by the
+/// build, the one the epoch stores after it by the epoch (which sees the state kept), each once;
+/// a second build of the same state, waiting behind the first, finds it kept and builds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_built_beside_an_epoch_counts_each_entry_once() {
+    use cashflow_core::estado::{Field, Key, Values};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, other) = (sqlite(&dir).await, sqlite(&dir).await);
+    let state = DeclaredState {
+        table: "consolidado_por_tipo".into(),
+        key: Key::new(vec![Field::MerchantId, Field::Tipo]).unwrap(),
+        values: Values::default(),
+    };
+    let mut tx = store.begin_epoch().await.unwrap();
+    tx.insert_entries(&[entry(None)]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.states_to_build(std::slice::from_ref(&state)).await.unwrap(), [state.clone()]);
+
+    let mut build = store.begin_build(&state).await.unwrap().unwrap();
+    let (epoch_store, epoch_state) = (other.clone(), state.clone());
+    let epoch = tokio::spawn(async move {
+        let mut tx = epoch_store.begin_epoch().await?;
+        tx.insert_entries(&[entry(None)]).await?;
+        let kept = tx.kept_states().await?.contains_key(&epoch_state.table);
+        if kept {
+            let one = DayTotals { creditos_cents: 0, debitos_cents: 100, quantidade: 1 };
+            tx.add_state(&epoch_state, &[(vec!["loja-1".into(), "debito".into()], one)]).await?;
+        }
+        tx.commit().await.map(|()| kept)
+    });
+    let again = tokio::spawn({
+        let (store, state) = (other.clone(), state.clone());
+        async move { store.begin_build(&state).await.map(|b| b.is_none()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let entries = build.next_entries(10).await.unwrap();
+    assert_eq!(entries.len(), 1, "the epoch waits for the build");
+    let one = DayTotals { creditos_cents: 0, debitos_cents: 100, quantidade: 1 };
+    build.add(&[(vec!["loja-1".into(), "debito".into()], one)]).await.unwrap();
+    assert!(build.next_entries(10).await.unwrap().is_empty());
+    build.finish().await.unwrap();
+    assert!(epoch.await.unwrap().unwrap(), "the epoch after the build sees the state kept");
+    assert!(again.await.unwrap().unwrap(), "a second build finds the state kept");
+
+    let rows = store.state_rows(&state, "loja-1", &[], "g").await.unwrap().unwrap();
+    let two = DayTotals { creditos_cents: 0, debitos_cents: 200, quantidade: 2 };
+    assert_eq!(rows.rows, [(vec!["debito".to_owned()], two)]);
+    assert!(store.states_to_build(std::slice::from_ref(&state)).await.unwrap().is_empty());
+}
