@@ -66,8 +66,8 @@ impl Field {
         }
     }
 
-    /// This period of `date`, as stored and served.
-    fn period(self, date: NaiveDate) -> String {
+    /// This period of `date`, as stored and served (`data` for any field that is not a period).
+    pub fn period(self, date: NaiveDate) -> String {
         match self {
             Field::Mes => format!("{:04}-{:02}", date.year(), date.month()),
             Field::Ano => format!("{:04}", date.year()),

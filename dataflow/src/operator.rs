@@ -14,31 +14,35 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::rc::Rc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use cashflow_core::estado::Key;
+use cashflow_core::estado::{Field, Key};
 use cashflow_core::{BusinessDate, DayTotals, Lancamento, Tipo};
 use chrono::NaiveDate;
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::operators::Probe;
 use tokio::sync::{mpsc, oneshot};
 
-/// An entry as the dataflow sees it: (merchant, days since 1970-01-01, category, tipo), the names
-/// as numbers from a [`Dictionary`]. Copied, never allocated.
-type Row = (u32, i32, u32, u8);
-/// A value of one state's key: the state (its place in [`Consolidator::start`]'s list), and the
-/// row with the fields the key lacks zeroed and its periods as one day (see
-/// [`cashflow_core::estado`]). Entries come in as state [`ENTRIES`].
-type Keyed = (u8, Row);
+/// A value of one state's key, or an entry: (tag, merchant, days since 1970-01-01, category), the
+/// names as numbers from a [`Dictionary`], the tag the state (its place in
+/// [`Consolidator::start`]'s list, or [`ENTRIES`]) and the tipo (its lowest bit). A state's value
+/// has the fields its key lacks zeroed and its periods as one day (see
+/// [`cashflow_core::estado`]). Sixteen bytes, copied, never allocated.
+type Keyed = (u8, u32, i32, u32);
 /// (credits, debits, count), in cents and entries: the diff.
 type Totals = (i64, i64, i64);
 
 /// The state of the entries themselves, as they enter.
-const ENTRIES: u8 = u8::MAX;
+const ENTRIES: u8 = 127;
 /// The most states one dataflow keeps.
 pub const MAX_STATES: usize = ENTRIES as usize;
+
+fn tag(state: u8, tipo: u8) -> u8 {
+    (state << 1) | tipo
+}
 
 /// An entry's facts that states are keyed and summed by.
 #[derive(Clone, Copy, Debug)]
@@ -63,12 +67,12 @@ impl<'a> From<&'a Lancamento> for Fact<'a> {
     }
 }
 
-/// How one key value of a state changed in an epoch: its values in the key's order, and the
-/// change of its totals (new minus old).
+/// How one key value of a state changed in an epoch: its values in the key's order (shared with
+/// the dataflow's dictionary, not copied), and the change of its totals (new minus old).
 ///
 /// The store adds these deltas, so writers of disjoint entry sets compose: each entry is counted
 /// by the one transaction that inserted its id, whichever consolidator ran it.
-pub type Change = (Vec<String>, DayTotals);
+pub type Change = (Vec<Arc<str>>, DayTotals);
 
 /// What an epoch changed, per state in the order the states were given, read from the
 /// dataflow's output.
@@ -89,19 +93,22 @@ enum Command {
     Apply(Vec<(Keyed, Totals)>, oneshot::Sender<Vec<(Keyed, Totals)>>),
 }
 
-/// Numbers for merchant ids and categories, in order of first sight. Its size grows with the
-/// merchants and categories, not with their days.
-#[derive(Default)]
+/// Numbers for merchant ids and categories, in order of first sight, and the text of each period
+/// a state's key showed. Its size grows with the merchants, categories and periods, not with
+/// their entries.
 struct Dictionary {
     merchants: Names,
     /// `""` (no category) is number 0.
     categories: Names,
+    /// (field, period day) → the period as text, e.g. (`mes`, 2026-12-01) → `2026-12`.
+    periods: HashMap<(Field, i32), Arc<str>>,
+    tipos: [Arc<str>; 2],
 }
 
 #[derive(Default)]
 struct Names {
-    ids: HashMap<String, u32>,
-    names: Vec<String>,
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
 }
 
 impl Names {
@@ -110,40 +117,62 @@ impl Names {
             return *id;
         }
         let id = self.names.len() as u32;
-        self.ids.insert(name.to_owned(), id);
-        self.names.push(name.to_owned());
+        let name: Arc<str> = name.into();
+        self.ids.insert(Arc::clone(&name), id);
+        self.names.push(name);
         id
     }
 
-    fn name(&self, id: u32) -> Result<&str, DataflowError> {
-        self.names.get(id as usize).map(String::as_str).ok_or_else(|| DataflowError::BadKey(id.to_string()))
+    fn name(&self, id: u32) -> Result<Arc<str>, DataflowError> {
+        self.names.get(id as usize).cloned().ok_or_else(|| DataflowError::BadKey(id.to_string()))
     }
 }
 
 impl Dictionary {
-    fn row(&mut self, f: &Fact<'_>) -> Row {
+    fn new() -> Self {
+        let mut categories = Names::default();
+        categories.id("");
+        Dictionary {
+            merchants: Names::default(),
+            categories,
+            periods: HashMap::new(),
+            tipos: [Tipo::Credito.as_str().into(), Tipo::Debito.as_str().into()],
+        }
+    }
+
+    fn entry(&mut self, f: &Fact<'_>) -> Keyed {
         let tipo = match f.tipo {
             Tipo::Credito => 0,
             Tipo::Debito => 1,
         };
-        (self.merchants.id(f.merchant_id), f.data.days(), self.categories.id(f.categoria), tipo)
+        (tag(ENTRIES, tipo), self.merchants.id(f.merchant_id), f.data.days(), self.categories.id(f.categoria))
     }
 
     /// Sorts one output of the dataflow into the state it belongs to, as that state's values.
     fn record(
-        &self,
+        &mut self,
         keys: &[Key],
-        (state, (m, days, c, tipo)): Keyed,
+        (tag, m, days, c): Keyed,
         (credits, debits, n): Totals,
         into: &mut Changes,
     ) -> Result<(), DataflowError> {
+        let (state, tipo) = (usize::from(tag >> 1), usize::from(tag & 1));
         let bad = || DataflowError::BadKey(format!("state {state}, day {days}"));
-        let key = keys.get(state as usize).ok_or_else(bad)?;
-        let date = day(days).ok_or_else(bad)?;
-        let tipo = if tipo == 0 { Tipo::Credito } else { Tipo::Debito };
-        let values = key.values(self.merchants.name(m)?, date, self.categories.name(c)?, tipo);
+        let key = keys.get(state).ok_or_else(bad)?;
+        let mut values = Vec::with_capacity(key.fields().len());
+        for field in key.fields() {
+            values.push(match field {
+                Field::MerchantId => self.merchants.name(m)?,
+                Field::Categoria => self.categories.name(c)?,
+                Field::Tipo => Arc::clone(&self.tipos[tipo]),
+                period => match self.periods.entry((*period, days)) {
+                    Entry::Occupied(text) => Arc::clone(text.get()),
+                    Entry::Vacant(slot) => Arc::clone(slot.insert(period.period(day(days).ok_or_else(bad)?).into())),
+                },
+            });
+        }
         let totals = DayTotals { creditos_cents: credits, debitos_cents: debits, quantidade: n };
-        into.0.get_mut(state as usize).ok_or_else(bad)?.push((values, totals));
+        into.0.get_mut(state).ok_or_else(bad)?.push((values, totals));
         Ok(())
     }
 }
@@ -152,17 +181,17 @@ fn day(days: i32) -> Option<NaiveDate> {
     NaiveDate::default().checked_add_signed(chrono::TimeDelta::days(i64::from(days)))
 }
 
-/// `row` as a value of `key`: the fields `key` lacks zeroed, its periods as one day.
-fn project(key: &Key, (m, days, c, tipo): Row) -> Row {
-    use cashflow_core::estado::Field;
+/// An entry or a finer state's value as a value of state `state`, keyed by `key`: the fields
+/// `key` lacks zeroed, its periods as one day.
+fn project(state: u8, key: &Key, (tag, m, days, c): Keyed) -> Keyed {
     let period = if key.has(Field::Data) {
         days
     } else {
         day(days).map(|d| (key.period_day(d) - NaiveDate::default()).num_days() as i32).unwrap_or(0)
     };
     let c = if key.has(Field::Categoria) { c } else { 0 };
-    let tipo = if key.has(Field::Tipo) { tipo } else { 0 };
-    (m, period, c, tipo)
+    let tipo = if key.has(Field::Tipo) { tag & 1 } else { 0 };
+    (self::tag(state, tipo), m, period, c)
 }
 
 /// Where each state is computed from: the state it follows from with the fewest fields (and,
@@ -170,7 +199,6 @@ fn project(key: &Key, (m, days, c, tipo): Row) -> Row {
 /// entries. The list is in an order where each
 /// state comes after the one it is computed from.
 fn plan(keys: &[Key]) -> Vec<(usize, Option<usize>)> {
-    use cashflow_core::estado::Field;
     let mut order: Vec<usize> = (0..keys.len()).collect();
     // finer first: a key can only follow from one with `data`, or with more fields
     order.sort_by_key(|&i| std::cmp::Reverse((keys[i].has(Field::Data), keys[i].fields().len())));
@@ -202,8 +230,7 @@ impl Consolidator {
             return Err(DataflowError::TooManyStates);
         }
         let (tx, rx) = mpsc::channel::<Command>(4);
-        let mut dictionary = Dictionary::default();
-        dictionary.categories.id("");
+        let dictionary = Dictionary::new();
         let worker_keys = keys.clone();
         let thread = std::thread::Builder::new()
             .name("consolidate-dataflow".into())
@@ -225,7 +252,7 @@ impl Consolidator {
                         Tipo::Credito => (f.valor_cents, 0, 1),
                         Tipo::Debito => (0, f.valor_cents, 1),
                     };
-                    ((ENTRIES, dictionary.row(&f)), totals)
+                    (dictionary.entry(&f), totals)
                 })
                 .collect()
         };
@@ -233,7 +260,7 @@ impl Consolidator {
         let commands = self.commands.as_ref().ok_or(DataflowError::WorkerGone)?;
         commands.send(Command::Apply(rows, reply)).await.map_err(|_| DataflowError::WorkerGone)?;
         let output = answer.await.map_err(|_| DataflowError::WorkerGone)?;
-        let dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut changes = Changes(vec![Vec::new(); self.keys.len()]);
         for (key, totals) in output {
             dictionary.record(&self.keys, key, totals, &mut changes)?;
@@ -266,7 +293,7 @@ fn run_worker(worker: &mut timely::worker::Worker, keys: &[Key], mut rx: mpsc::R
         for (i, from) in plan(keys) {
             let source = from.and_then(|j| states[j].clone()).unwrap_or_else(|| entries.clone());
             let (key, state) = (keys[i].clone(), i as u8);
-            states[i] = Some(source.map(move |(_, row)| (state, project(&key, row))).consolidate());
+            states[i] = Some(source.map(move |keyed| project(state, &key, keyed)).consolidate());
         }
         let changes = states
             .into_iter()

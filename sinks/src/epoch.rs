@@ -205,10 +205,10 @@ impl EpochTx {
     /// Adds each change of one state to its stored values. Adding (rather than overwriting) lets
     /// consolidators of disjoint entries write side by side: each entry is counted once, by the
     /// transaction whose insert of its id succeeded.
-    pub async fn add_state(
+    pub async fn add_state<K: AsRef<str>>(
         &mut self,
         state: &DeclaredState,
-        changes: &[(Vec<String>, DayTotals)],
+        changes: &[(Vec<K>, DayTotals)],
     ) -> Result<(), StoreError> {
         add_totals(&mut self.tx, &self.now, state, changes).await
     }
@@ -293,11 +293,11 @@ impl EpochTx {
 
 /// Upserts `(key values, totals)` rows into the state's table, adding its values to any stored
 /// ones. The table and its columns are checked names, never input.
-pub(crate) async fn add_totals(
+pub(crate) async fn add_totals<K: AsRef<str>>(
     tx: &mut Transaction<'static, Any>,
     now: &str,
     state: &DeclaredState,
-    rows: &[(Vec<String>, DayTotals)],
+    rows: &[(Vec<K>, DayTotals)],
 ) -> Result<(), StoreError> {
     let (table, measures) = (&state.table, state.values.measures());
     let columns = state.key.fields().len() + measures.len() + 1;
@@ -315,7 +315,7 @@ pub(crate) async fn add_totals(
         let mut q = sqlx::query(&sql);
         for (key, t) in chunk {
             for v in key {
-                q = q.bind(v.as_str());
+                q = q.bind(v.as_ref());
             }
             for m in measures {
                 q = q.bind(m.of(t));

@@ -193,7 +193,7 @@ impl Build {
     }
 
     /// Adds changes of the state, as an epoch does.
-    pub async fn add(&mut self, changes: &[(Vec<String>, DayTotals)]) -> Result<(), StoreError> {
+    pub async fn add<K: AsRef<str>>(&mut self, changes: &[(Vec<K>, DayTotals)]) -> Result<(), StoreError> {
         add_totals(&mut self.tx, &self.now, &self.state, changes).await
     }
 
