@@ -101,13 +101,17 @@ struct Dictionary {
     /// `""` (no category) is number 0.
     categories: Names,
     /// (field, period day) → the period as text, e.g. (`mes`, 2026-12-01) → `2026-12`.
-    periods: HashMap<(Field, i32), Arc<str>>,
+    periods: Map<(Field, i32), Arc<str>>,
     tipos: [Arc<str>; 2],
 }
 
+/// The dictionary's maps: looked up for every entry and every output, with a fast hash (the keys
+/// are the pipeline's own names and days).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Names {
-    ids: HashMap<Arc<str>, u32>,
+    ids: Map<Arc<str>, u32>,
     names: Vec<Arc<str>>,
 }
 
@@ -135,7 +139,7 @@ impl Dictionary {
         Dictionary {
             merchants: Names::default(),
             categories,
-            periods: HashMap::new(),
+            periods: Map::default(),
             tipos: [Tipo::Credito.as_str().into(), Tipo::Debito.as_str().into()],
         }
     }
@@ -181,17 +185,33 @@ fn day(days: i32) -> Option<NaiveDate> {
     NaiveDate::default().checked_add_signed(chrono::TimeDelta::days(i64::from(days)))
 }
 
-/// An entry or a finer state's value as a value of state `state`, keyed by `key`: the fields
-/// `key` lacks zeroed, its periods as one day.
-fn project(state: u8, key: &Key, (tag, m, days, c): Keyed) -> Keyed {
-    let period = if key.has(Field::Data) {
-        days
-    } else {
-        day(days).map(|d| (key.period_day(d) - NaiveDate::default()).num_days() as i32).unwrap_or(0)
-    };
-    let c = if key.has(Field::Categoria) { c } else { 0 };
-    let tipo = if key.has(Field::Tipo) { tag & 1 } else { 0 };
-    (self::tag(state, tipo), m, period, c)
+/// How the values of one state are made from an entry or a finer state's value.
+#[derive(Clone)]
+struct Projection {
+    state: u8,
+    key: Key,
+    data: bool,
+    categoria: bool,
+    tipo: bool,
+}
+
+impl Projection {
+    fn new(state: u8, key: Key) -> Self {
+        let (data, categoria, tipo) = (key.has(Field::Data), key.has(Field::Categoria), key.has(Field::Tipo));
+        Projection { state, key, data, categoria, tipo }
+    }
+
+    /// `(tag, m, days, c)` as a value of this state: the fields its key lacks zeroed, its periods
+    /// as one day.
+    fn apply(&self, (tag, m, days, c): Keyed) -> Keyed {
+        let period = if self.data {
+            days
+        } else {
+            day(days).map(|d| (self.key.period_day(d) - NaiveDate::default()).num_days() as i32).unwrap_or(0)
+        };
+        let tipo = if self.tipo { tag & 1 } else { 0 };
+        (self::tag(self.state, tipo), m, period, if self.categoria { c } else { 0 })
+    }
 }
 
 /// Where each state is computed from: the state it follows from with the fewest fields (and,
@@ -292,8 +312,8 @@ fn run_worker(worker: &mut timely::worker::Worker, keys: &[Key], mut rx: mpsc::R
         let mut states = vec![None; keys.len()];
         for (i, from) in plan(keys) {
             let source = from.and_then(|j| states[j].clone()).unwrap_or_else(|| entries.clone());
-            let (key, state) = (keys[i].clone(), i as u8);
-            states[i] = Some(source.map(move |keyed| project(state, &key, keyed)).consolidate());
+            let projection = Projection::new(i as u8, keys[i].clone());
+            states[i] = Some(source.map(move |keyed| projection.apply(keyed)).consolidate());
         }
         let changes = states
             .into_iter()
