@@ -52,6 +52,13 @@ pub fn child_pids(pid: u32) -> Vec<i32> {
     listed.iter().flat_map(|l| l.split_whitespace()).filter_map(|p| p.parse().ok()).collect()
 }
 
+/// `N` distinct free TCP ports on 127.0.0.1: each is held until all are chosen, so two of one
+/// pipeline never get the same port.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [std::net::TcpListener; N] = std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
 
-use crate::{binary, free_port};
+use crate::{binary, free_ports};
 
 /// Which store the pipeline uses.
 #[derive(Clone, Debug)]
@@ -95,7 +95,8 @@ impl Pipeline {
     /// The distributed shape: broker, auth, ingest, query, a proxying gateway, consolidator and
     /// retry stage, each its own process.
     pub async fn start_distributed(store: Store) -> Pipeline {
-        let ports = [(Role::Auth, free_port()), (Role::Ingest, free_port()), (Role::Query, free_port())];
+        let [auth, ingest, query] = free_ports();
+        let ports = [(Role::Auth, auth), (Role::Ingest, ingest), (Role::Query, query)];
         let url = |role: Role| format!("http://127.0.0.1:{}", ports.iter().find(|(r, _)| *r == role).unwrap().1);
         let upstreams = format!(
             "upstreams: {{ auth: \"{}\", ingest: \"{}\", query: \"{}\", health_check_secs: 1 }}",
@@ -125,7 +126,7 @@ impl Pipeline {
     /// The shipped pipeline.yaml with free ports, `store` and `edits`; nothing started yet.
     pub fn configure(store: Store, edits: &[(&str, &str)]) -> Pipeline {
         let dir = tempfile::tempdir().unwrap();
-        let (http, kafka, consolidate, retry) = (free_port(), free_port(), free_port(), free_port());
+        let [http, kafka, consolidate, retry, second] = free_ports();
         let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.yaml")).unwrap();
         let url = match &store {
             Store::Sqlite => "sqlite://cashflow.db".to_owned(),
@@ -155,7 +156,7 @@ impl Pipeline {
             stages: BTreeMap::from([
                 (Role::Consolidate, format!("http://127.0.0.1:{consolidate}")),
                 (Role::Retry, format!("http://127.0.0.1:{retry}")),
-                (Role::SecondConsolidator, format!("http://127.0.0.1:{}", free_port())),
+                (Role::SecondConsolidator, format!("http://127.0.0.1:{second}")),
             ]),
             kafka: format!("127.0.0.1:{kafka}"),
             api: Api { base: format!("http://127.0.0.1:{http}"), client: reqwest::Client::new() },
