@@ -12,7 +12,7 @@ use std::fmt;
 use chrono::{Datelike as _, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::{BusinessDate, DayTotals, Tipo};
+use crate::{BusinessDate, DayTotals};
 
 /// A field a state's key may have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
@@ -147,19 +147,6 @@ impl Key {
         }
         let periods = self.0.iter().filter(|f| f.is_period());
         periods.map(|f| f.start(date)).max().unwrap_or_default()
-    }
-
-    /// The key's values of one entry, or of a period day, in the key's order.
-    pub fn values(&self, merchant: &str, date: NaiveDate, categoria: &str, tipo: Tipo) -> Vec<String> {
-        self.0
-            .iter()
-            .map(|f| match f {
-                Field::MerchantId => merchant.to_owned(),
-                Field::Categoria => categoria.to_owned(),
-                Field::Tipo => tipo.as_str().to_owned(),
-                period => period.period(date),
-            })
-            .collect()
     }
 
     /// For each period field, the first and last of its values that overlap `[de, ate]`.
@@ -315,11 +302,8 @@ mod tests {
         assert_eq!(key(&[MerchantId, Mes, Semana]).period_day(d("2025-12-30")), d("2025-12-29"));
         assert_eq!(key(&[MerchantId, Ano]).period_day(d("2026-07-09")), d("2026-01-01"));
         assert_eq!(key(&[MerchantId, Tipo]).period_day(d("2026-07-09")), NaiveDate::default());
-        let k = key(&[MerchantId, Mes, Semana, Ano, Tipo]);
-        assert_eq!(
-            k.values("loja", k.period_day(d("2025-12-31")), "", crate::Tipo::Debito),
-            ["loja", "2025-12", "2026-W01", "2025", "debito"]
-        );
+        let day = key(&[MerchantId, Mes, Semana, Ano, Tipo]).period_day(d("2025-12-31"));
+        assert_eq!([Mes, Semana, Ano].map(|f| f.period(day)), ["2025-12", "2026-W01", "2025"]);
     }
 
     #[test]

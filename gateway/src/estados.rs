@@ -9,7 +9,7 @@ use cashflow_core::http::{FieldError, Principal, Problem, Problems, Query, SCOPE
 use cashflow_core::{BusinessDate, Money};
 use serde::{Deserialize, Serialize};
 
-use crate::query::{MAX_RANGE_DAYS, QueryState, answer, date_param, store_unavailable};
+use crate::query::{MAX_RANGE_DAYS, QueryState, answer, check_range, date_param, store_unavailable};
 
 /// The longest range over a state whose periods are months, weeks or years.
 pub const MAX_PERIOD_RANGE_DAYS: i64 = 3_660;
@@ -129,11 +129,6 @@ fn bounds(key: &Key, de: Option<&str>, ate: Option<&str>) -> Result<Vec<(Field, 
     let (de, ate) = (date_param("de", de, &mut errors), date_param("ate", ate, &mut errors));
     let (Some(de), Some(ate)) = (de, ate) else { return Err(Problem::validation(errors)) };
     let max = if key.has(Field::Data) { MAX_RANGE_DAYS } else { MAX_PERIOD_RANGE_DAYS };
-    let days = (ate.date() - de.date()).num_days() + 1;
-    if ate < de {
-        errors.push(FieldError::new("ate", "must not be before de"));
-    } else if days > max {
-        errors.push(FieldError::new("ate", format!("the range is {days} days; at most {max} are allowed for {key}")));
-    }
+    check_range(de, ate, max, &mut errors);
     if errors.is_empty() { Ok(key.period_bounds(de, ate)) } else { Err(Problem::validation(errors)) }
 }

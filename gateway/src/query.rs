@@ -176,7 +176,7 @@ pub(crate) fn date_range(
     let ate = date_param("ate", ate, errors);
     let (de, ate) = (de?, ate?);
     let before = errors.len();
-    check_range(de, ate, errors);
+    check_range(de, ate, MAX_RANGE_DAYS, errors);
     (errors.len() == before).then_some((de, ate))
 }
 
@@ -333,13 +333,13 @@ struct UmDia {
     dia: DailyBalance,
 }
 
-/// `ate` not before `de`, and at most [`MAX_RANGE_DAYS`] days in all.
-fn check_range(de: BusinessDate, ate: BusinessDate, errors: &mut Vec<FieldError>) {
+/// `ate` not before `de`, and at most `max_days` days in all.
+pub(crate) fn check_range(de: BusinessDate, ate: BusinessDate, max_days: i64, errors: &mut Vec<FieldError>) {
     let days = (ate.date() - de.date()).num_days() + 1;
     if ate < de {
         errors.push(FieldError::new("ate", "must not be before de"));
-    } else if days > MAX_RANGE_DAYS {
-        errors.push(FieldError::new("ate", format!("the range is {days} days; at most {MAX_RANGE_DAYS} are allowed")));
+    } else if days > max_days {
+        errors.push(FieldError::new("ate", format!("the range is {days} days; at most {max_days} are allowed")));
     }
 }
 
