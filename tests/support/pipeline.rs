@@ -1,7 +1,7 @@
 //! A running `cashflow up`, in its own temp data dir, on free ports.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,7 @@ impl Pipeline {
     pub fn configure(store: Store, edits: &[(&str, &str)]) -> Pipeline {
         let dir = tempfile::tempdir().unwrap();
         let [http, kafka, consolidate, retry, second] = free_ports();
-        let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.yaml")).unwrap();
+        let shipped = include_str!("../../pipeline.yaml");
         let url = match &store {
             Store::Sqlite => "sqlite://cashflow.db".to_owned(),
             Store::Postgres(url) => url.clone(),

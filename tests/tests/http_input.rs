@@ -102,7 +102,7 @@ async fn expect_problem(r: reqwest::Response, status: u16, case: &str) -> Value 
 #[test]
 fn validate_names_the_yaml_path_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../pipeline.yaml")).unwrap();
+    let shipped = include_str!("../../pipeline.yaml");
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,

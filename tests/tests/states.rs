@@ -270,7 +270,7 @@ async fn a_state_added_on_postgres_is_built_from_the_stored_entries_then_kept() 
 /// YAML path of its problem.
 #[test]
 fn validate_refuses_bad_state_and_transform_declarations() {
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../pipeline.yaml")).unwrap();
+    let shipped = include_str!("../../pipeline.yaml");
     let add_state = |decl: &str| shipped.replacen(LAST_STATE, &format!("      {decl}\n{LAST_STATE}"), 1);
     let add_kept =
         |decl: &str, name: &str| add_state(decl).replacen(INTO, &INTO.replace(']', &format!(", {name}]")), 1);
