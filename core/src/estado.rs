@@ -274,6 +274,73 @@ impl fmt::Display for Key {
     }
 }
 
+/// Rows of one state: each row's key values, in the key's order, and its totals. Stored flat, so
+/// an epoch's changes of a state are two allocations, not one per row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rows<K> {
+    width: usize,
+    values: Vec<K>,
+    totals: Vec<DayTotals>,
+}
+
+impl<K> Rows<K> {
+    /// No rows yet, of keys with `width` fields.
+    pub fn new(width: usize) -> Self {
+        Rows { width, values: Vec::new(), totals: Vec::new() }
+    }
+
+    /// One row, of its values' width.
+    pub fn single(values: Vec<K>, totals: DayTotals) -> Self {
+        Rows { width: values.len(), values, totals: vec![totals] }
+    }
+
+    /// Adds a row, if `values` has as many items as the width.
+    pub fn push(&mut self, values: impl IntoIterator<Item = K>, totals: DayTotals) -> Result<(), RowWidth> {
+        let before = self.values.len();
+        self.values.extend(values);
+        let got = self.values.len() - before;
+        if got != self.width {
+            self.values.truncate(before);
+            return Err(RowWidth { expected: self.width, got });
+        }
+        self.totals.push(totals);
+        Ok(())
+    }
+
+    /// The number of fields of each row's key.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn len(&self) -> usize {
+        self.totals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.totals.is_empty()
+    }
+
+    /// The same rows, each value mapped by `f`; the first error, if any.
+    pub fn try_map<U, E>(&self, f: impl FnMut(&K) -> Result<U, E>) -> Result<Rows<U>, E> {
+        let values = self.values.iter().map(f).collect::<Result<_, _>>()?;
+        Ok(Rows { width: self.width, values, totals: self.totals.clone() })
+    }
+
+    /// Each row's values and totals, in the order they were added.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&[K], &DayTotals)> {
+        let w = self.width;
+        self.totals.iter().enumerate().map(move |(i, t)| (&self.values[i * w..(i + 1) * w], t))
+    }
+}
+
+/// A row of another width than its [`Rows`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a row of {got} key values among rows of {expected}")]
+pub struct RowWidth {
+    pub expected: usize,
+    pub got: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +351,19 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn rows_keep_each_row_apart_and_refuse_a_row_of_another_width() {
+        let t = |n| DayTotals { creditos_cents: n, debitos_cents: 0, quantidade: 1 };
+        let mut rows = Rows::new(2);
+        rows.push(["m", "2026-01"], t(1)).unwrap();
+        assert_eq!(rows.push(["m"], t(2)), Err(RowWidth { expected: 2, got: 1 }));
+        assert_eq!(rows.push(["m", "2026-02", "x"], t(3)), Err(RowWidth { expected: 2, got: 3 }));
+        rows.push(["n", "2026-02"], t(4)).unwrap();
+        let all: Vec<_> = rows.iter().map(|(v, t)| (v.to_vec(), t.creditos_cents)).collect();
+        assert_eq!(all, vec![(vec!["m", "2026-01"], 1), (vec!["n", "2026-02"], 4)]);
+        assert_eq!(Rows::single(vec!["m"], t(5)).iter().len(), 1);
     }
 
     #[test]

@@ -65,7 +65,7 @@ async fn build_history(store: &Store, states: &[DeclaredState], n: u64) -> f64 {
         let inserted = tx.insert_entries(&batch).await.unwrap();
         let fresh: Vec<&Lancamento> = batch.iter().map(|s| &s.entry).filter(|e| inserted.contains(&e.id)).collect();
         let changed = dataflow.apply(fresh.iter().map(|e| Fact::from(*e))).await.unwrap();
-        for (state, changes) in states.iter().zip(&changed.0) {
+        for (state, changes) in states.iter().zip(&changed.rows().unwrap()) {
             tx.add_state(state, changes).await.unwrap();
         }
         let next: Vec<(String, i32, i64)> = (0..6).map(|p| ("lancamentos".to_owned(), p, (i / 6) as i64)).collect();

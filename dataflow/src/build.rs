@@ -43,7 +43,7 @@ pub async fn build(store: &Store, declared: &[DeclaredState]) -> Result<(), Cons
             }
             entries += page.len();
             let changes = dataflow.apply(page.iter().map(Fact::from)).await?;
-            for state_changes in &changes.0 {
+            for state_changes in &changes.rows()? {
                 build.add(state_changes).await?;
             }
         }

@@ -216,7 +216,8 @@ impl Epoch<'_> {
         // consolidate: the dataflow holds no history, so an epoch that does not commit leaves
         // nothing behind in it
         let changed = self.dataflow.apply(fresh.iter().map(|e| Fact::from(*e))).await?;
-        for (state, changes) in self.states.iter().zip(&changed.0) {
+        let changed = changed.rows()?;
+        for (state, changes) in self.states.iter().zip(&changed) {
             tx.add_state(state, changes).await?;
         }
         // rejected records are durable on their topics before their offsets are committed
@@ -226,7 +227,7 @@ impl Epoch<'_> {
 
         m.sink_batch_duration.observe(tx_opened.elapsed().as_secs_f64());
         m.sink_batch_rows.with_label_values(&["lancamentos"]).observe(fresh.len() as f64);
-        for (state, changes) in self.states.iter().zip(&changed.0) {
+        for (state, changes) in self.states.iter().zip(&changed) {
             m.sink_batch_rows.with_label_values(&[state.table.as_str()]).observe(changes.len() as f64);
         }
         m.consolidate_committed.inc_by(fresh.len() as u64);

@@ -9,5 +9,5 @@ mod operator;
 mod stage;
 
 pub use build::{build, declared};
-pub use operator::{Change, Changes, Consolidator, DataflowError, Fact};
+pub use operator::{Changes, Consolidator, DataflowError, Fact};
 pub use stage::{ConsolidateError, run};

@@ -19,10 +19,11 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use cashflow_core::estado::{Field, Key};
+use cashflow_core::estado::{Field, Key, Rows};
 use cashflow_core::{BusinessDate, DayTotals, Lancamento, Tipo};
 use chrono::NaiveDate;
 use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
 use timely::dataflow::operators::Probe;
 use tokio::sync::{mpsc, oneshot};
 
@@ -67,17 +68,27 @@ impl<'a> From<&'a Lancamento> for Fact<'a> {
     }
 }
 
-/// How one key value of a state changed in an epoch: its values in the key's order (shared with
-/// the dataflow's dictionary, not copied), and the change of its totals (new minus old).
+/// What an epoch changed, per state in the order the states were given, read from the
+/// dataflow's output: each key value that changed, and the change of its totals (new minus old).
+/// The values are numbers in the dataflow's dictionary; [`Changes::rows`] gives their text.
 ///
 /// The store adds these deltas, so writers of disjoint entry sets compose: each entry is counted
 /// by the one transaction that inserted its id, whichever consolidator ran it.
-pub type Change = (Vec<Arc<str>>, DayTotals);
+#[derive(Clone, Debug)]
+pub struct Changes {
+    texts: Texts,
+    states: Vec<Rows<u32>>,
+}
 
-/// What an epoch changed, per state in the order the states were given, read from the
-/// dataflow's output.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Changes(pub Vec<Vec<Change>>);
+impl Changes {
+    /// Each state's changes, its values as text, in the key's order.
+    pub fn rows(&self) -> Result<Vec<Rows<&str>>, DataflowError> {
+        let text = |n: &u32| {
+            self.texts.get(*n as usize).map(|t| &**t).ok_or_else(|| DataflowError::BadKey(format!("text {n}")))
+        };
+        self.states.iter().map(|rows| rows.try_map(text)).collect()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataflowError {
@@ -87,97 +98,97 @@ pub enum DataflowError {
     BadKey(String),
     #[error("a dataflow keeps at most {MAX_STATES} states")]
     TooManyStates,
+    #[error("the dataflow's dictionary is full ({} texts)", u32::MAX)]
+    DictionaryFull,
 }
 
 enum Command {
     Apply(Vec<(Keyed, Totals)>, oneshot::Sender<Vec<(Keyed, Totals)>>),
 }
 
-/// Numbers for merchant ids and categories, in order of first sight, and the text of each period
-/// a state's key showed. Its size grows with the merchants, categories and periods, not with
-/// their entries.
+/// Every text of a key value, by number, in order of first sight: appended by the dictionary,
+/// read by each epoch's [`Changes`] without a lock or a copy.
+type Texts = Arc<boxcar::Vec<Arc<str>>>;
+
+/// Numbers for merchant ids, categories, tipos and the text of each period a state's key
+/// showed. Its size grows with the merchants, categories and periods, not with their entries.
 struct Dictionary {
-    merchants: Names,
-    /// `""` (no category) is number 0.
-    categories: Names,
-    /// (field, period day) → the period as text, e.g. (`mes`, 2026-12-01) → `2026-12`.
-    periods: Map<(Field, i32), Arc<str>>,
-    tipos: [Arc<str>; 2],
+    texts: Texts,
+    merchants: Map<Arc<str>, u32>,
+    categories: Map<Arc<str>, u32>,
+    /// (field, period day) → the period's text, e.g. (`mes`, 2026-12-01) → `2026-12`.
+    periods: Map<(Field, i32), u32>,
+    tipos: [u32; 2],
 }
 
 /// The dictionary's maps: looked up for every entry and every output, with a fast hash (the keys
 /// are the pipeline's own names and days).
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-#[derive(Default)]
-struct Names {
-    ids: Map<Arc<str>, u32>,
-    names: Vec<Arc<str>>,
+/// Appends `text`, and gives its number.
+fn append(texts: &Texts, text: Arc<str>) -> Result<u32, DataflowError> {
+    u32::try_from(texts.push(text)).map_err(|_| DataflowError::DictionaryFull)
 }
 
-impl Names {
-    fn id(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.ids.get(name) {
-            return *id;
-        }
-        let id = self.names.len() as u32;
-        let name: Arc<str> = name.into();
-        self.ids.insert(Arc::clone(&name), id);
-        self.names.push(name);
-        id
+/// The number of `name` in `names`, given one the first time.
+fn number(texts: &Texts, names: &mut Map<Arc<str>, u32>, name: &str) -> Result<u32, DataflowError> {
+    if let Some(n) = names.get(name) {
+        return Ok(*n);
     }
-
-    fn name(&self, id: u32) -> Result<Arc<str>, DataflowError> {
-        self.names.get(id as usize).cloned().ok_or_else(|| DataflowError::BadKey(id.to_string()))
-    }
+    let name: Arc<str> = name.into();
+    let n = append(texts, Arc::clone(&name))?;
+    names.insert(name, n);
+    Ok(n)
 }
 
 impl Dictionary {
-    fn new() -> Self {
-        let mut categories = Names::default();
-        categories.id("");
-        Dictionary {
-            merchants: Names::default(),
-            categories,
-            periods: Map::default(),
-            tipos: [Tipo::Credito.as_str().into(), Tipo::Debito.as_str().into()],
-        }
+    fn new() -> Result<Self, DataflowError> {
+        let texts = Texts::default();
+        let tipos = [append(&texts, Tipo::Credito.as_str().into())?, append(&texts, Tipo::Debito.as_str().into())?];
+        Ok(Dictionary { texts, merchants: Map::default(), categories: Map::default(), periods: Map::default(), tipos })
     }
 
-    fn entry(&mut self, f: &Fact<'_>) -> Keyed {
+    fn entry(&mut self, f: &Fact<'_>) -> Result<Keyed, DataflowError> {
         let tipo = match f.tipo {
             Tipo::Credito => 0,
             Tipo::Debito => 1,
         };
-        (tag(ENTRIES, tipo), self.merchants.id(f.merchant_id), f.data.days(), self.categories.id(f.categoria))
+        let merchant = number(&self.texts, &mut self.merchants, f.merchant_id)?;
+        let category = number(&self.texts, &mut self.categories, f.categoria)?;
+        Ok((tag(ENTRIES, tipo), merchant, f.data.days(), category))
     }
 
-    /// Sorts one output of the dataflow into the state it belongs to, as that state's values.
+    /// Sorts one output of the dataflow into the state it belongs to, as the numbers of that
+    /// state's values.
     fn record(
         &mut self,
         keys: &[Key],
         (tag, m, days, c): Keyed,
         (credits, debits, n): Totals,
-        into: &mut Changes,
+        into: &mut [Rows<u32>],
     ) -> Result<(), DataflowError> {
         let (state, tipo) = (usize::from(tag >> 1), usize::from(tag & 1));
         let bad = || DataflowError::BadKey(format!("state {state}, day {days}"));
         let key = keys.get(state).ok_or_else(bad)?;
-        let mut values = Vec::with_capacity(key.fields().len());
-        for field in key.fields() {
-            values.push(match field {
-                Field::MerchantId => self.merchants.name(m)?,
-                Field::Categoria => self.categories.name(c)?,
-                Field::Tipo => Arc::clone(&self.tipos[tipo]),
+        // a key names each field at most once
+        let mut values = [0u32; Field::ALL.len()];
+        for (value, field) in values.iter_mut().zip(key.fields()) {
+            *value = match field {
+                Field::MerchantId => m,
+                Field::Categoria => c,
+                Field::Tipo => self.tipos[tipo],
                 period => match self.periods.entry((*period, days)) {
-                    Entry::Occupied(text) => Arc::clone(text.get()),
-                    Entry::Vacant(slot) => Arc::clone(slot.insert(period.period(day(days).ok_or_else(bad)?).into())),
+                    Entry::Occupied(n) => *n.get(),
+                    Entry::Vacant(slot) => {
+                        let text = period.period(day(days).ok_or_else(bad)?);
+                        *slot.insert(append(&self.texts, text.into())?)
+                    }
                 },
-            });
+            };
         }
         let totals = DayTotals { creditos_cents: credits, debitos_cents: debits, quantidade: n };
-        into.0.get_mut(state).ok_or_else(bad)?.push((values, totals));
-        Ok(())
+        let rows = into.get_mut(state).ok_or_else(bad)?;
+        rows.push(values.into_iter().take(key.fields().len()), totals).map_err(|e| DataflowError::BadKey(e.to_string()))
     }
 }
 
@@ -190,24 +201,40 @@ fn day(days: i32) -> Option<NaiveDate> {
 struct Projection {
     state: u8,
     key: Key,
-    data: bool,
+    /// How its period day is found: the day itself (it has `data`), 1970-01-01 (it has no
+    /// period), or from the day's date.
+    period: Period,
     categoria: bool,
     tipo: bool,
 }
 
+#[derive(Clone, Copy)]
+enum Period {
+    Day,
+    None,
+    Of,
+}
+
 impl Projection {
     fn new(state: u8, key: Key) -> Self {
-        let (data, categoria, tipo) = (key.has(Field::Data), key.has(Field::Categoria), key.has(Field::Tipo));
-        Projection { state, key, data, categoria, tipo }
+        let period = match (key.has(Field::Data), key.fields().iter().any(|f| f.is_period())) {
+            (true, _) => Period::Day,
+            (false, false) => Period::None,
+            (false, true) => Period::Of,
+        };
+        let (categoria, tipo) = (key.has(Field::Categoria), key.has(Field::Tipo));
+        Projection { state, key, period, categoria, tipo }
     }
 
     /// `(tag, m, days, c)` as a value of this state: the fields its key lacks zeroed, its periods
     /// as one day.
     fn apply(&self, (tag, m, days, c): Keyed) -> Keyed {
-        let period = if self.data {
-            days
-        } else {
-            day(days).map(|d| (self.key.period_day(d) - NaiveDate::default()).num_days() as i32).unwrap_or(0)
+        let period = match self.period {
+            Period::Day => days,
+            Period::None => 0,
+            Period::Of => {
+                day(days).map(|d| (self.key.period_day(d) - NaiveDate::default()).num_days() as i32).unwrap_or(0)
+            }
         };
         let tipo = if self.tipo { tag & 1 } else { 0 };
         (self::tag(self.state, tipo), m, period, if self.categoria { c } else { 0 })
@@ -250,7 +277,7 @@ impl Consolidator {
             return Err(DataflowError::TooManyStates);
         }
         let (tx, rx) = mpsc::channel::<Command>(4);
-        let dictionary = Dictionary::new();
+        let dictionary = Dictionary::new()?;
         let worker_keys = keys.clone();
         let thread = std::thread::Builder::new()
             .name("consolidate-dataflow".into())
@@ -263,7 +290,7 @@ impl Consolidator {
     /// on these entries alone: the dataflow holds no history, so an epoch whose changes were not
     /// committed leaves nothing behind, and its entries may simply come again.
     pub async fn apply<'a>(&self, entries: impl IntoIterator<Item = Fact<'a>>) -> Result<Changes, DataflowError> {
-        let rows: Vec<(Keyed, Totals)> = {
+        let rows = {
             let mut dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             entries
                 .into_iter()
@@ -272,20 +299,20 @@ impl Consolidator {
                         Tipo::Credito => (f.valor_cents, 0, 1),
                         Tipo::Debito => (0, f.valor_cents, 1),
                     };
-                    (dictionary.entry(&f), totals)
+                    Ok((dictionary.entry(&f)?, totals))
                 })
-                .collect()
+                .collect::<Result<Vec<(Keyed, Totals)>, DataflowError>>()?
         };
         let (reply, answer) = oneshot::channel();
         let commands = self.commands.as_ref().ok_or(DataflowError::WorkerGone)?;
         commands.send(Command::Apply(rows, reply)).await.map_err(|_| DataflowError::WorkerGone)?;
         let output = answer.await.map_err(|_| DataflowError::WorkerGone)?;
         let mut dictionary = self.dictionary.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut changes = Changes(vec![Vec::new(); self.keys.len()]);
+        let mut states: Vec<Rows<u32>> = self.keys.iter().map(|k| Rows::new(k.fields().len())).collect();
         for (key, totals) in output {
-            dictionary.record(&self.keys, key, totals, &mut changes)?;
+            dictionary.record(&self.keys, key, totals, &mut states)?;
         }
-        Ok(changes)
+        Ok(Changes { texts: Arc::clone(&dictionary.texts), states })
     }
 }
 
@@ -306,14 +333,19 @@ fn run_worker(worker: &mut timely::worker::Worker, keys: &[Key], mut rx: mpsc::R
     let sink = Rc::clone(&output);
     let (mut entries, probe) = worker.dataflow::<u64, _, _>(|scope| {
         let (entries_in, entries) = scope.new_collection::<Keyed, Totals>();
-        // Each state maps the rows of its source to its key and sums them with `consolidate`.
-        // Its source is the coarsest state it follows from (a day from its categories, a month
-        // from its days), so each `consolidate` sorts what that state emitted, not every entry.
+        // Each state maps the rows of its source to its key and sums them: `consolidate`, with
+        // the key's `()` value added by the state's own map rather than by a second one. Its
+        // source is the coarsest state it follows from (a day from its categories, a month from
+        // its days), so each state sorts what that state emitted, not every entry.
         let mut states = vec![None; keys.len()];
         for (i, from) in plan(keys) {
             let source = from.and_then(|j| states[j].clone()).unwrap_or_else(|| entries.clone());
             let projection = Projection::new(i as u8, keys[i].clone());
-            states[i] = Some(source.map(move |keyed| projection.apply(keyed)).consolidate());
+            let summed = source
+                .map(move |keyed| (projection.apply(keyed), ()))
+                .arrange_named::<KeyBatcher<_, _, _>, KeySpine<_, _, _>>("Consolidate", KeyBatcher::new)
+                .as_collection(|key: &Keyed, &()| *key);
+            states[i] = Some(summed);
         }
         let changes = states
             .into_iter()

@@ -148,7 +148,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use cashflow_core::estado::{Field, Key, Values};
+    use cashflow_core::estado::{Field, Key, Rows, Values};
     use cashflow_core::{DayTotals, Posicao};
     use sqlx::Connection as _;
 
@@ -169,8 +169,8 @@ mod tests {
         let mut tx = store.begin_epoch().await.unwrap();
         let key = Key::new(vec![Field::MerchantId, Field::Data]).unwrap();
         let daily = DeclaredState { table: "consolidado_diario".into(), key, values: Values::default() };
-        let row = (vec![merchant.to_string(), day(on).to_string()], totals);
-        tx.add_state(&daily, &[row]).await.unwrap();
+        let row = Rows::single(vec![merchant.to_string(), day(on).to_string()], totals);
+        tx.add_state(&daily, &row).await.unwrap();
         tx.save_progress(GROUP, &[("lancamentos".into(), 0, next_offset)]).await.unwrap();
         tx.commit().await.unwrap();
     }

@@ -15,7 +15,7 @@ use cashflow_auth::{
     AuthState, Claims, Issuer, KeyInfo, KeyRing, KeySource, KeyStatus, KeyStore, LoginLimits, Validator, key_overlap,
 };
 use cashflow_core::config::{LoginLimit, PipelineConfig};
-use cashflow_core::estado::{Field, Key, Values};
+use cashflow_core::estado::{Field, Key, Rows, Values};
 use cashflow_core::{BusinessDate, DayTotals, EntryId, Lancamento, MerchantId, Money, Tipo};
 use cashflow_gateway::{Apis, GatewayState, QueryState, router};
 use cashflow_ingest::{IngestState, Publisher};
@@ -382,7 +382,7 @@ async fn store_entry_of(store: &Store, merchant: &str, day: &str) -> EntryId {
     let totals = DayTotals { creditos_cents: 70_000, debitos_cents: 0, quantidade: 1 };
     let key = Key::new(vec![Field::MerchantId, Field::Data]).unwrap();
     let daily = DeclaredState { table: "consolidado_diario".into(), key, values: Values::default() };
-    tx.add_state(&daily, &[(vec![merchant.to_string(), data.to_string()], totals)]).await.unwrap();
+    tx.add_state(&daily, &Rows::single(vec![merchant.to_string(), data.to_string()], totals)).await.unwrap();
     tx.commit().await.unwrap();
     entry.id
 }

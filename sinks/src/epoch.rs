@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use cashflow_core::estado::Rows;
 use cashflow_core::{DayTotals, EntryId, Lancamento, LancamentoRecord, MerchantId, WIRE_VERSION};
 use chrono::{SecondsFormat, Utc};
 use sqlx::any::AnyRow;
@@ -208,7 +209,7 @@ impl EpochTx {
     pub async fn add_state<K: AsRef<str>>(
         &mut self,
         state: &DeclaredState,
-        changes: &[(Vec<K>, DayTotals)],
+        changes: &Rows<K>,
     ) -> Result<(), StoreError> {
         add_totals(&mut self.tx, &self.now, state, changes).await
     }
@@ -297,10 +298,15 @@ pub(crate) async fn add_totals<K: AsRef<str>>(
     tx: &mut Transaction<'static, Any>,
     now: &str,
     state: &DeclaredState,
-    rows: &[(Vec<K>, DayTotals)],
+    rows: &Rows<K>,
 ) -> Result<(), StoreError> {
     let (table, measures) = (&state.table, state.values.measures());
-    let columns = state.key.fields().len() + measures.len() + 1;
+    let width = state.key.fields().len();
+    if rows.width() != width && !rows.is_empty() {
+        return Err(StoreError::RowWidth { table: table.clone(), expected: width, got: rows.width() });
+    }
+    let rows: Vec<_> = rows.iter().collect();
+    let columns = width + measures.len() + 1;
     let keys = state.key.to_text().replace(',', ", ");
     let values: Vec<&str> = measures.iter().map(|m| m.column()).collect();
     let added: Vec<String> = values.iter().map(|c| format!("{c} = {table}.{c} + excluded.{c}")).collect();
@@ -314,7 +320,7 @@ pub(crate) async fn add_totals<K: AsRef<str>>(
         );
         let mut q = sqlx::query(&sql);
         for (key, t) in chunk {
-            for v in key {
+            for v in *key {
                 q = q.bind(v.as_ref());
             }
             for m in measures {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use cashflow_core::estado::{Field, Key, Values};
+use cashflow_core::estado::{Field, Key, Rows, Values};
 use cashflow_core::{BusinessDate, DayTotals, Tipo};
 use sqlx::{Any, Row, Transaction};
 
@@ -193,7 +193,7 @@ impl Build {
     }
 
     /// Adds changes of the state, as an epoch does.
-    pub async fn add<K: AsRef<str>>(&mut self, changes: &[(Vec<K>, DayTotals)]) -> Result<(), StoreError> {
+    pub async fn add<K: AsRef<str>>(&mut self, changes: &Rows<K>) -> Result<(), StoreError> {
         add_totals(&mut self.tx, &self.now, &self.state, changes).await
     }
 

@@ -23,6 +23,9 @@ pub enum StoreError {
     Url(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Rows given for a state with another number of key fields: a caller's mistake.
+    #[error("rows of {got} key values for {table}, whose key has {expected}")]
+    RowWidth { table: String, expected: usize, got: usize },
 }
 
 impl StoreError {

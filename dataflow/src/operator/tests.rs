@@ -66,15 +66,15 @@ fn without_zeros(mut held: Held) -> Held {
 }
 
 fn held_add(held: &mut Held, changes: Changes) {
-    for (i, state) in changes.0.into_iter().enumerate() {
-        for (values, t) in text(&state) {
+    for (i, state) in changes.rows().unwrap().iter().enumerate() {
+        for (values, t) in text(state) {
             add(held.entry((i, values)).or_default(), &t);
         }
     }
 }
 
 /// One state's changes with its values as owned text.
-fn text(changes: &[Change]) -> Vec<(Vec<String>, DayTotals)> {
+fn text(changes: &Rows<&str>) -> Vec<(Vec<String>, DayTotals)> {
     changes.iter().map(|(values, t)| (values.iter().map(|v| v.to_string()).collect(), *t)).collect()
 }
 
@@ -111,7 +111,11 @@ fn add(to: &mut DayTotals, t: &DayTotals) {
 
 /// One change per key and state in an epoch: a store adds it with one upsert per row.
 fn one_change_per_key(changes: &Changes) -> bool {
-    changes.0.iter().all(|state| state.iter().map(|(values, _)| values).collect::<HashSet<_>>().len() == state.len())
+    changes
+        .rows()
+        .unwrap()
+        .iter()
+        .all(|state| state.iter().map(|(values, _)| values).collect::<HashSet<_>>().len() == state.len())
 }
 
 proptest! {
@@ -138,7 +142,7 @@ proptest! {
                 }
                 let (now, later) = rest.split_at((*cut).min(rest.len()));
                 let changes = c.apply(now.iter().map(Fact::from)).await.unwrap();
-                prop_assert_eq!(changes.0.len(), keys.len());
+                prop_assert_eq!(changes.rows().unwrap().len(), keys.len());
                 prop_assert!(one_change_per_key(&changes), "{changes:?}");
                 if not_committed == Some(i) {
                     // The epoch did not commit: nothing reaches the store, and the next epoch
@@ -165,22 +169,25 @@ fn each_epoch_yields_the_change_of_each_key() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
         let c = Consolidator::start(shipped()).unwrap();
-        assert_eq!(c.apply([]).await.unwrap(), Changes(vec![vec![]; 4]));
+        let none = c.apply([]).await.unwrap();
+        assert_eq!(none.rows().unwrap().iter().map(Rows::len).collect::<Vec<_>>(), vec![0; 4]);
         let e = entry(1, 3, true, 500);
         let changed = c.apply([Fact::from(&e)]).await.unwrap();
+        let changed = changed.rows().unwrap();
         let five = DayTotals { creditos_cents: 500, debitos_cents: 0, quantidade: 1 };
         let (m, d) = (e.merchant_id.to_string(), e.data.to_string());
-        assert_eq!(text(&changed.0[0]), vec![(vec![m.clone(), d.clone(), String::new()], five)]);
-        assert_eq!(text(&changed.0[1]), vec![(vec![m.clone(), d.clone()], five)]);
-        assert_eq!(text(&changed.0[2]), vec![(vec![m.clone(), d[..7].to_owned()], five)]);
-        assert_eq!(text(&changed.0[3]), vec![(vec![m.clone()], five)]);
+        assert_eq!(text(&changed[0]), vec![(vec![m.clone(), d.clone(), String::new()], five)]);
+        assert_eq!(text(&changed[1]), vec![(vec![m.clone(), d.clone()], five)]);
+        assert_eq!(text(&changed[2]), vec![(vec![m.clone(), d[..7].to_owned()], five)]);
+        assert_eq!(text(&changed[3]), vec![(vec![m.clone()], five)]);
         let debit = categorised(1, 3, false, 200, Some("aluguel"));
         let changed = c.apply([Fact::from(&debit), Fact::from(&e)]).await.unwrap();
+        let changed = changed.rows().unwrap();
         let two = DayTotals { creditos_cents: 0, debitos_cents: 200, quantidade: 1 };
-        assert_eq!(changed.0[0].len(), 2, "{changed:?}");
-        assert!(text(&changed.0[0]).contains(&(vec![m.clone(), d.clone(), "aluguel".into()], two)));
+        assert_eq!(changed[0].len(), 2, "{changed:?}");
+        assert!(text(&changed[0]).contains(&(vec![m.clone(), d.clone(), "aluguel".into()], two)));
         let both = DayTotals { creditos_cents: 500, debitos_cents: 200, quantidade: 2 };
-        assert_eq!(text(&changed.0[1]), vec![(vec![m, d], both)], "one change per day");
+        assert_eq!(text(&changed[1]), vec![(vec![m, d], both)], "one change per day");
     });
 }
 

@@ -94,7 +94,7 @@ async fn two_writers_on_one_sqlite_file_take_turns() {
 /// a second build of the same state, waiting behind the first, finds it kept and builds nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_built_beside_an_epoch_counts_each_entry_once() {
-    use cashflow_core::estado::{Field, Key, Values};
+    use cashflow_core::estado::{Field, Key, Rows, Values};
     let dir = tempfile::tempdir().unwrap();
     let (store, other) = (sqlite(&dir).await, sqlite(&dir).await);
     let state = DeclaredState {
@@ -116,7 +116,7 @@ async fn a_state_built_beside_an_epoch_counts_each_entry_once() {
         let kept = tx.kept_states().await?.contains_key(&epoch_state.table);
         if kept {
             let one = DayTotals { creditos_cents: 0, debitos_cents: 100, quantidade: 1 };
-            tx.add_state(&epoch_state, &[(vec!["loja-1", "debito"], one)]).await?;
+            tx.add_state(&epoch_state, &Rows::single(vec!["loja-1", "debito"], one)).await?;
         }
         tx.commit().await.map(|()| kept)
     });
@@ -128,7 +128,7 @@ async fn a_state_built_beside_an_epoch_counts_each_entry_once() {
     let entries = build.next_entries(10).await.unwrap();
     assert_eq!(entries.len(), 1, "the epoch waits for the build");
     let one = DayTotals { creditos_cents: 0, debitos_cents: 100, quantidade: 1 };
-    build.add(&[(vec!["loja-1", "debito"], one)]).await.unwrap();
+    build.add(&Rows::single(vec!["loja-1", "debito"], one)).await.unwrap();
     assert!(build.next_entries(10).await.unwrap().is_empty());
     build.finish().await.unwrap();
     assert!(epoch.await.unwrap().unwrap(), "the epoch after the build sees the state kept");
