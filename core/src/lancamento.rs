@@ -243,7 +243,9 @@ pub struct Lancamento {
     pub estorno_de: Option<EntryId>,
 }
 
-/// The JSON value on the `lancamentos` topic (DESIGN §4).
+/// The JSON value on the `lancamentos` topic: `{v: 1, id, merchant_id, tipo, valor_cents, data,
+/// descricao, categoria, criado_em, estorno_de?}`, keyed by the merchant id. `v` is the wire
+/// version; a reader refuses one it does not know (`unknown_version`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LancamentoRecord {
     pub v: u32,
@@ -273,11 +275,12 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// A short, stable code for the `x-error-code` header and metric labels.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::failure::Code {
+        use crate::failure::Code;
         match self {
-            DecodeError::Malformed(_) => crate::failure::MALFORMED,
-            DecodeError::UnknownVersion(_) => crate::failure::UNKNOWN_VERSION,
-            DecodeError::InvalidField { .. } => crate::failure::INVALID_FIELD,
+            DecodeError::Malformed(_) => Code::Malformed,
+            DecodeError::UnknownVersion(_) => Code::UnknownVersion,
+            DecodeError::InvalidField { .. } => Code::InvalidField,
         }
     }
 }
@@ -333,8 +336,7 @@ impl Lancamento {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        // Serializing a struct of strings and integers cannot fail.
-        serde_json::to_vec(&self.to_record()).unwrap_or_default()
+        serde_json::to_vec(&self.to_record()).expect("a record of strings and integers serializes")
     }
 
     /// Decodes and validates a record from the topic that is a plain entry (not a reversal).
@@ -418,7 +420,7 @@ impl Reversal {
             criado_em: self.criado_em.to_rfc3339_opts(SecondsFormat::Millis, true),
             estorno_de: Some(self.of),
         };
-        serde_json::to_vec(&wire).unwrap_or_default()
+        serde_json::to_vec(&wire).expect("a record of strings and integers serializes")
     }
 }
 
@@ -596,6 +598,7 @@ pub fn check_text(_field: &str, value: &str, max_chars: usize, required: bool) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failure::Code;
 
     fn sample() -> Lancamento {
         Lancamento {
@@ -640,7 +643,7 @@ mod tests {
 
     #[test]
     fn decode_classifies_bad_records() {
-        assert_eq!(Lancamento::decode(b"{not json").unwrap_err().code(), "malformed");
+        assert_eq!(Lancamento::decode(b"{not json").unwrap_err().code(), Code::Malformed);
         let mut v = serde_json::to_value(sample().to_record()).unwrap();
         v["v"] = 2.into();
         let e = Lancamento::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
@@ -648,7 +651,7 @@ mod tests {
         v["v"] = 1.into();
         v["valor_cents"] = 0.into();
         let e = Lancamento::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert_eq!(e.code(), "invalid_field");
+        assert_eq!(e.code(), Code::InvalidField);
         assert!(e.to_string().contains("valor_cents"), "{e}");
     }
 
@@ -687,7 +690,7 @@ mod tests {
     fn an_entry_without_type_or_amount_is_malformed_unless_it_reverses_one() {
         let mut v = serde_json::to_value(sample().to_record()).unwrap();
         v.as_object_mut().unwrap().remove("tipo");
-        assert_eq!(Incoming::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err().code(), "malformed");
+        assert_eq!(Incoming::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err().code(), Code::Malformed);
         v["estorno_de"] = serde_json::to_value(EntryId::random()).unwrap();
         let e = Incoming::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(e.to_string().contains("both tipo and valor_cents or neither"), "{e}");

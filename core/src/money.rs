@@ -56,7 +56,7 @@ impl Money {
             i -= 1;
             buf[i] = b'-';
         }
-        std::str::from_utf8(&buf[i..]).unwrap_or_default()
+        std::str::from_utf8(&buf[i..]).expect("digits, a point and a sign are ASCII")
     }
 }
 

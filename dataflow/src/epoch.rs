@@ -5,13 +5,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cashflow_core::config::{DateWindow, PipelineConfig};
-use cashflow_core::failure::{
-    ALREADY_REVERSED, AMOUNT_OVERFLOW, CONFLICTING_DUPLICATE, INVALID_FIELD, INVALID_REVERSAL, ORIGINAL_NOT_FOUND,
-    STORE_REJECTED,
-};
+use cashflow_core::failure::{Code, Disposition, Failure, retry_delay_ms};
+use cashflow_core::kafka::{read_failure, send_failed};
 use cashflow_core::{BusinessDate, EntryId, Incoming, Lancamento, LancamentoRecord, MerchantId, Money, Tipo};
 use cashflow_observability::metrics;
-use cashflow_retry::Failure;
 use cashflow_sinks::{DeclaredState, Delivery, EpochTx, Origin, Store, StoredEntry};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
@@ -46,7 +43,7 @@ impl Record {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            failure: m.headers().and_then(Failure::from_headers),
+            failure: m.headers().and_then(read_failure),
         }
     }
 
@@ -65,26 +62,20 @@ impl Record {
     }
 }
 
-/// A record that will not be counted, and why.
+/// A record that will not be counted, and why: its code decides whether it is retried or parked.
 struct Rejected<'r> {
     record: &'r Record,
-    code: &'static str,
+    code: Code,
     detail: String,
-    /// Straight to the parked topic: no retry can fix it.
-    park: bool,
 }
 
 impl<'r> Rejected<'r> {
-    fn retry(record: &'r Record, code: &'static str, detail: String) -> Self {
-        Rejected { record, code, detail, park: false }
-    }
-
-    fn park(record: &'r Record, code: &'static str, detail: String) -> Self {
-        Rejected { record, code, detail, park: true }
+    fn new(record: &'r Record, code: Code, detail: String) -> Self {
+        Rejected { record, code, detail }
     }
 
     fn conflict(record: &'r Record, id: EntryId) -> Self {
-        Rejected::park(record, CONFLICTING_DUPLICATE, format!("entry id {id} was already used for different facts"))
+        Rejected::new(record, Code::ConflictingDuplicate, format!("entry id {id} was already used for different facts"))
     }
 }
 
@@ -114,7 +105,7 @@ impl Epoch<'_> {
                     if let [record] = part {
                         tracing::warn!(error = %e, "the store refused one record; routing it");
                         let detail = format!("the store refused the record: {e}");
-                        self.commit_rejected(Rejected::retry(record, STORE_REJECTED, detail)).await?
+                        self.commit_rejected(Rejected::new(record, Code::StoreRejected, detail)).await?
                     } else {
                         tracing::warn!(error = %e, records = part.len(), "the store refused an epoch; splitting it");
                         let (first, second) = part.split_at(part.len() / 2);
@@ -167,9 +158,9 @@ impl Epoch<'_> {
             match Incoming::decode(&record.payload) {
                 Ok(i) => match outside_window(window, &i) {
                     None => incoming.push((i, record)),
-                    Some(why) => rejected.push(Rejected::retry(record, INVALID_FIELD, why)),
+                    Some(why) => rejected.push(Rejected::new(record, Code::InvalidField, why)),
                 },
-                Err(e) => rejected.push(Rejected::retry(record, e.code(), e.to_string())),
+                Err(e) => rejected.push(Rejected::new(record, e.code(), e.to_string())),
             }
         }
         let entries = resolve(&mut tx, incoming, &mut rejected).await?;
@@ -261,7 +252,7 @@ impl Epoch<'_> {
         let parked = self.config.services.retry.parked.id();
         let routed: Vec<(&str, Failure, &Record)> = rejected.iter().map(|r| self.route(r, now)).collect();
         let sends = routed.iter().map(|(topic, failure, record)| {
-            cashflow_retry::send_failed(self.producer, topic, parked, failure, record.key.as_deref(), &record.payload)
+            send_failed(self.producer, topic, parked, failure, record.key.as_deref(), &record.payload)
         });
         for sent in futures::future::join_all(sends).await {
             sent?;
@@ -273,20 +264,19 @@ impl Epoch<'_> {
     /// record first failed, and its count of retries.
     fn route<'r>(&self, r: &Rejected<'r>, now: i64) -> (&str, Failure, &'r Record) {
         let services = &self.config.services;
-        let topic = if r.park { services.retry.parked.id() } else { services.consolidate.on_error.id() };
+        let park = r.code.disposition() == Disposition::Park;
+        let topic = if park { services.retry.parked.id() } else { services.consolidate.on_error.id() };
         let m = metrics();
-        m.consolidate_failed.with_label_values(&[r.code]).inc();
-        if r.park {
-            m.retry_parked.with_label_values(&[r.code]).inc();
+        m.consolidate_failed.with_label_values(&[r.code.as_str()]).inc();
+        if park {
+            m.retry_parked.with_label_values(&[r.code.as_str()]).inc();
         }
         let (topic_in, partition, offset) = r.record.position();
-        tracing::warn!(code = r.code, topic = %topic_in, partition, offset, to = topic, "record rejected");
+        tracing::warn!(code = %r.code, topic = %topic_in, partition, offset, to = topic, "record rejected");
         let failure = match &r.record.failure {
-            Some(f) => {
-                Failure { code: r.code.to_owned(), stage: STAGE.to_owned(), detail: r.detail.clone(), ..f.clone() }
-            }
+            Some(f) => Failure { code: r.code, stage: STAGE.to_owned(), detail: r.detail.clone(), ..f.clone() },
             None => Failure {
-                code: r.code.to_owned(),
+                code: r.code,
                 stage: STAGE.to_owned(),
                 detail: r.detail.clone(),
                 attempt: 0,
@@ -297,7 +287,7 @@ impl Epoch<'_> {
                 not_before_ms: 0,
             },
         };
-        let delay = cashflow_retry::backoff_ms(&services.retry.backoff_ms, failure.attempt) as i64;
+        let delay = retry_delay_ms(&services.retry.backoff_ms, failure.attempt) as i64;
         (topic, Failure { not_before_ms: now + delay, ..failure }, r.record)
     }
 }
@@ -340,14 +330,14 @@ async fn resolve<'r>(
             stored.get(&r.of).or_else(|| in_batch.get(&r.of)).filter(|o| o.merchant_id == r.merchant_id.as_str());
         let Some(original) = original else {
             let detail = format!("entry {} is not consolidated (yet) for merchant {}", r.of, r.merchant_id);
-            rejected.push(Rejected::retry(record, ORIGINAL_NOT_FOUND, detail));
+            rejected.push(Rejected::new(record, Code::OriginalNotFound, detail));
             continue;
         };
         match (r.apply_to(original), reversed_by.get(&r.of)) {
-            (Err(e), _) => rejected.push(Rejected::park(record, INVALID_REVERSAL, e.to_string())),
+            (Err(e), _) => rejected.push(Rejected::new(record, Code::InvalidReversal, e.to_string())),
             (Ok(_), Some(&other)) if other != r.id => {
                 let detail = format!("entry {} was already reversed by {other}", r.of);
-                rejected.push(Rejected::park(record, ALREADY_REVERSED, detail));
+                rejected.push(Rejected::new(record, Code::AlreadyReversed, detail));
             }
             (Ok(entry), _) => {
                 reversed_by.insert(r.of, r.id);
@@ -399,7 +389,7 @@ async fn within_limits<'e, 'r>(
                     Money::from_cents(i64::MAX)
                 );
                 refused.push(entry.id);
-                rejected.push(Rejected::park(record, AMOUNT_OVERFLOW, detail));
+                rejected.push(Rejected::new(record, Code::AmountOverflow, detail));
             }
         }
     }

@@ -28,10 +28,6 @@ use tokio_util::sync::CancellationToken;
 use crate::epoch::{Epoch, Record, STAGE};
 use crate::operator::{Consolidator, DataflowError};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConsolidateError {
     #[error(transparent)]
@@ -51,7 +47,7 @@ pub enum ConsolidateError {
 /// Runs until `shutdown`. Failures restart the session with backoff; they never lose or
 /// double-count an entry, because a session only trusts what the store committed.
 pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: CancellationToken) {
-    metrics().failure_codes(&cashflow_core::failure::ALL);
+    metrics().failure_codes(&cashflow_core::failure::Code::ALL.map(|c| c.as_str()));
     let lag_stop = shutdown.child_token();
     let lag = tokio::spawn(crate::lag::report(Arc::clone(&config), store.clone(), lag_stop.clone()));
     sessions(&config, &store, &shutdown).await;
@@ -60,39 +56,22 @@ pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: Cancellati
 }
 
 async fn sessions(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) {
-    let mut backoff = MIN_BACKOFF;
-    metrics().stage_up(STAGE, false);
-    while !shutdown.is_cancelled() {
-        let started = Instant::now();
-        let result = session(config, store, shutdown).await;
-        metrics().stage_up(STAGE, false);
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                // A session that ran a while was healthy: start the schedule over.
-                if started.elapsed() > HEALTHY_SESSION {
-                    backoff = MIN_BACKOFF;
-                }
-                let retry_in_ms = backoff.as_millis() as u64;
-                match &e {
-                    ConsolidateError::Store(s) if !s.is_transient() => {
-                        metrics().consolidate_store_errors.inc();
-                        tracing::error!(error = %e, retry_in_ms, "store rejected an epoch; retrying from the store");
-                    }
-                    ConsolidateError::Store(_) => {
-                        metrics().consolidate_store_errors.inc();
-                        tracing::warn!(error = %e, retry_in_ms, "store unavailable; consolidation paused");
-                    }
-                    _ => tracing::warn!(error = %e, retry_in_ms, "consolidation paused; resuming from the store"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+    let session = || session(config, store, shutdown);
+    cashflow_observability::restarting(STAGE, shutdown, session, |e: &ConsolidateError, wait| {
+        let retry_in_ms = wait.as_millis() as u64;
+        match e {
+            ConsolidateError::Store(s) if !s.is_transient() => {
+                metrics().consolidate_store_errors.inc();
+                tracing::error!(error = %e, retry_in_ms, "store rejected an epoch; retrying from the store");
             }
+            ConsolidateError::Store(_) => {
+                metrics().consolidate_store_errors.inc();
+                tracing::warn!(error = %e, retry_in_ms, "store unavailable; consolidation paused");
+            }
+            _ => tracing::warn!(error = %e, retry_in_ms, "consolidation paused; resuming from the store"),
         }
-    }
+    })
+    .await
 }
 
 async fn session(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) -> Result<(), ConsolidateError> {

@@ -249,10 +249,9 @@ fn spreadsheet_safe(cell: &str) -> String {
 fn csv_rows(rows: &[Vec<String>]) -> Bytes {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for row in rows {
-        // Writing to a Vec cannot fail.
-        let _ = writer.write_record(row);
+        writer.write_record(row).expect("writing to a Vec does not fail");
     }
-    Bytes::from(writer.into_inner().unwrap_or_default())
+    Bytes::from(writer.into_inner().expect("flushing into a Vec does not fail"))
 }
 
 #[cfg(test)]

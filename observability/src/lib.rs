@@ -1,5 +1,10 @@
 //! Telemetry: every Prometheus metric is declared here, once, and named
 //! `cashflow_<component>_<what>_<unit>[_total]`. Labels have few values; never a merchant id.
+//! And a stage's life: [`restarting`] runs its sessions, down while it waits to start again.
+
+mod restart;
+
+pub use restart::{Backoff, restarting};
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -51,6 +56,11 @@ pub struct Metrics {
     names: Vec<String>,
 }
 
+/// Every metric is declared once, with a constant name, help and labels, when [`metrics`] is
+/// first called; the tests declare them all.
+const DECLARED: &str = "a metric's constant name, help and labels are valid, and declared once";
+const BUCKETS: &str = "constant buckets: a positive start, a factor above 1, at least one";
+
 /// Registers metrics and remembers their names, so dashboards and rules can be checked against
 /// what the app exports.
 struct Declare {
@@ -60,21 +70,20 @@ struct Declare {
 
 impl Declare {
     fn register<C: prometheus::core::Collector + Clone + 'static>(&mut self, name: &str, c: C) -> C {
-        self.registry.register(Box::new(c.clone())).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        self.registry.register(Box::new(c.clone())).expect(DECLARED);
         self.names.push(name.to_owned());
         c
     }
 
     fn counter(&mut self, name: &str, help: &str) -> IntCounter {
-        let c = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        let c = IntCounter::new(name, help).expect(DECLARED);
         self.register(name, c)
     }
 
     /// A counter per label set; `known` label sets start at zero, so they are exported before the
     /// first event.
     fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str], known: &[&[&str]]) -> IntCounterVec {
-        let c =
-            IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect(DECLARED);
         for values in known {
             c.with_label_values(values);
         }
@@ -82,24 +91,23 @@ impl Declare {
     }
 
     fn gauge(&mut self, name: &str, help: &str) -> IntGauge {
-        let g = IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        let g = IntGauge::new(name, help).expect(DECLARED);
         self.register(name, g)
     }
 
     fn gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect(DECLARED);
         self.register(name, g)
     }
 
     fn histogram_with(&mut self, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-            .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+        let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect(DECLARED);
         self.register(name, h)
     }
 
     /// Seconds, 0.5 ms to ~16 s.
     fn histogram(&mut self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-        self.histogram_with(name, help, labels, exponential_buckets(0.0005, 2.0, 16).unwrap_or_default())
+        self.histogram_with(name, help, labels, exponential_buckets(0.0005, 2.0, 16).expect(BUCKETS))
     }
 }
 
@@ -171,7 +179,7 @@ impl Metrics {
                 "cashflow_sink_batch_rows",
                 "Rows one epoch's transaction wrote, by table.",
                 &["table"],
-                exponential_buckets(1.0, 4.0, 9).unwrap_or_default(),
+                exponential_buckets(1.0, 4.0, 9).expect(BUCKETS),
             ),
             sink_batch_duration: d
                 .histogram(
@@ -320,7 +328,7 @@ impl Metrics {
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
-        String::from_utf8(buf).unwrap_or_default()
+        String::from_utf8(buf).expect("the text exposition is UTF-8")
     }
 }
 

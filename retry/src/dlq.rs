@@ -20,7 +20,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::{Failure, REPLAYED_FROM};
+use cashflow_core::failure::header::REPLAYED_FROM;
+use cashflow_core::kafka::read_failure;
+
+use crate::Failure;
 
 /// (partition, end offset) per partition.
 type Ends = Vec<(i32, i64)>;
@@ -105,7 +108,7 @@ pub struct Dlq {
 
 impl Dlq {
     pub fn new(config: Arc<PipelineConfig>, store: Store) -> Dlq {
-        cashflow_observability::metrics().failure_codes(&cashflow_core::failure::ALL);
+        cashflow_observability::metrics().failure_codes(&cashflow_core::failure::Code::ALL.map(|c| c.as_str()));
         Dlq { config, store }
     }
 
@@ -280,7 +283,7 @@ fn read_partitions(
                 partition: m.partition(),
                 offset: m.offset(),
                 merchant: key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
-                failure: m.headers().and_then(Failure::from_headers),
+                failure: m.headers().and_then(read_failure),
                 payload: String::from_utf8_lossy(&value).into_owned(),
                 key,
                 value,

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::kafka::{self, RebalanceWatch};
@@ -22,38 +22,23 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Dlq, Failure, INVALID_HEADERS, now_ms};
+use cashflow_core::failure::Code;
+use cashflow_core::kafka::{read_failure, send_failed};
+
+use crate::{Dlq, Failure, now_ms};
 
 const STAGE: &str = "retry";
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const DEPTH_EVERY: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown`, restarting its session with backoff after a broker error.
 pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: CancellationToken) {
     let dlq = Dlq::new(Arc::clone(&config), store);
-    let mut backoff = MIN_BACKOFF;
-    metrics().stage_up(STAGE, false);
-    while !shutdown.is_cancelled() {
-        let started = Instant::now();
-        let result = session(&config, &dlq, &shutdown).await;
-        metrics().stage_up(STAGE, false);
-        match result {
-            Ok(()) => return,
-            Err(e) => {
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff = MIN_BACKOFF;
-                }
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "retry stage paused; resuming from committed offsets");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
-    }
+    let session = || session(&config, &dlq, &shutdown);
+    cashflow_observability::restarting(STAGE, &shutdown, session, |e: &KafkaError, wait| {
+        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "retry stage paused; resuming from committed offsets");
+    })
+    .await
 }
 
 /// A record read from the retry topic, and what to do with it when it is due.
@@ -77,7 +62,7 @@ impl Held {
         let retry = &config.services.retry;
         let key = m.key().map(<[u8]>::to_vec);
         let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
-        let found = m.headers().and_then(Failure::from_headers);
+        let found = m.headers().and_then(read_failure);
         let (failure, action) = match found {
             Some(f) if f.attempt >= retry.max_attempts => (f, Action::Park { expired: true }),
             Some(f) if config.services.consolidate.sources.iter().any(|t| t.id() == f.origin_topic) => {
@@ -90,7 +75,7 @@ impl Held {
                     None => "the x-error-* headers are missing or unreadable".to_owned(),
                 };
                 let failure = Failure {
-                    code: INVALID_HEADERS.to_owned(),
+                    code: Code::InvalidHeaders,
                     stage: "retry".to_owned(),
                     detail,
                     attempt: found.as_ref().map_or(0, |f| f.attempt),
@@ -122,7 +107,7 @@ impl Held {
             Action::Park { .. } => (&config.services.retry.parked.id().to_owned(), self.failure.clone()),
         };
         let parked = config.services.retry.parked.id();
-        crate::send_failed(producer, topic, parked, &failure, self.key.as_deref(), &self.payload).await?;
+        send_failed(producer, topic, parked, &failure, self.key.as_deref(), &self.payload).await?;
         let m = metrics();
         let code = [self.failure.code.as_str()];
         match self.action {
@@ -268,7 +253,7 @@ mod tests {
 
     fn held(due_ms: i64) -> Held {
         let failure = Failure {
-            code: "malformed".into(),
+            code: Code::Malformed,
             stage: "consolidate".into(),
             detail: String::new(),
             attempt: 0,

@@ -146,5 +146,9 @@ async fn redelivered_and_conflicting_records_count_once() {
     assert_eq!(r.header("x-origin-partition"), Some("2"));
     let first: i64 = r.header("x-first-failed-at").unwrap().parse().unwrap();
     let not_before: i64 = r.header("x-not-before").unwrap().parse().unwrap();
-    assert_eq!(not_before - first, 1000, "the first backoff step of pipeline.yaml");
+    let delay = not_before - first;
+    assert!(
+        (1000..=1250).contains(&delay),
+        "{delay} ms: the first backoff step of pipeline.yaml, up to a quarter more"
+    );
 }

@@ -535,7 +535,8 @@ pub struct RetryConfig {
     /// Where `cashflow run retry` serves `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "RetryConfig::default_listen")]
     pub listen: String,
-    /// Delay before each retry; the last value repeats.
+    /// Delay before each retry; the last value repeats. Each delay is drawn up to a quarter
+    /// longer, at random, so records that failed together do not return together.
     pub backoff_ms: Vec<u64>,
     /// Retries of a failed record before it is parked.
     pub max_attempts: u32,

@@ -1,4 +1,8 @@
-//! Kafka client settings and topic creation, from `pipeline.yaml`.
+//! Kafka client settings and topic creation, from `pipeline.yaml`, and the error topics' records.
+
+mod failed;
+
+pub use failed::{failure_headers, header, read_failure, send_failed};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -178,7 +182,7 @@ mod tests {
 
     #[test]
     fn every_client_is_named_after_the_pipeline_and_its_version() {
-        let text = include_str!("../../pipeline.yaml").replace("version: 0.1.0", "version: 2.3.4");
+        let text = include_str!("../../../pipeline.yaml").replace("version: 0.1.0", "version: 2.3.4");
         let config = PipelineConfig::parse("pipeline.yaml", &text, |_| None).unwrap();
         assert_eq!(with_properties(&config, |_| {}).get("client.id"), Some("cashflow/2.3.4"));
         assert_eq!(producer_config(&config, Duration::from_secs(1)).get("client.id"), Some("cashflow/2.3.4"));
