@@ -4,6 +4,7 @@
 
 mod build;
 mod epoch;
+mod events;
 mod lag;
 mod operator;
 mod stage;

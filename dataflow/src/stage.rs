@@ -26,6 +26,7 @@ use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
 use crate::epoch::{Epoch, Record, STAGE};
+use crate::events::SessionFailed;
 use crate::operator::{Consolidator, DataflowError};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,21 +58,8 @@ pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: Cancellati
 
 async fn sessions(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) {
     let session = || session(config, store, shutdown);
-    cashflow_observability::restarting(STAGE, shutdown, session, |e: &ConsolidateError, wait| {
-        let retry_in_ms = wait.as_millis() as u64;
-        match e {
-            ConsolidateError::Store(s) if !s.is_transient() => {
-                metrics().consolidate_store_errors.inc();
-                tracing::error!(error = %e, retry_in_ms, "store rejected an epoch; retrying from the store");
-            }
-            ConsolidateError::Store(_) => {
-                metrics().consolidate_store_errors.inc();
-                tracing::warn!(error = %e, retry_in_ms, "store unavailable; consolidation paused");
-            }
-            _ => tracing::warn!(error = %e, retry_in_ms, "consolidation paused; resuming from the store"),
-        }
-    })
-    .await
+    let failed = |error: &ConsolidateError, wait| SessionFailed { error, wait }.emit();
+    cashflow_observability::restarting(STAGE, shutdown, session, failed).await
 }
 
 async fn session(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) -> Result<(), ConsolidateError> {

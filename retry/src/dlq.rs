@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::kafka;
-use cashflow_observability::metrics;
 use cashflow_sinks::{Store, StoreError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -24,6 +23,7 @@ use cashflow_core::failure::header::REPLAYED_FROM;
 use cashflow_core::kafka::read_failure;
 
 use crate::Failure;
+use crate::events::ParkedReplayed;
 
 /// (partition, end offset) per partition.
 type Ends = Vec<(i32, i64)>;
@@ -196,8 +196,7 @@ impl Dlq {
         let positions: Vec<(i32, i64)> = sent.iter().map(|p| (p.partition, p.offset)).collect();
         self.store.mark_replayed(self.topic(), &positions).await?;
         for p in &sent {
-            metrics().retry_replayed.with_label_values(&[p.code()]).inc();
-            tracing::info!(position = %p.position, code = p.code(), "parked record replayed");
+            ParkedReplayed { position: &p.position, code: p.code() }.emit();
         }
         match failed {
             Some(e) => Err(e.into()),

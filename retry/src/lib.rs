@@ -5,6 +5,7 @@
 //! and purges what is parked.
 
 mod dlq;
+mod events;
 mod stage;
 
 pub use dlq::{Dlq, DlqError, Listing, Parked, Selection};

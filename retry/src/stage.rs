@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use cashflow_core::failure::Code;
 use cashflow_core::kafka::{read_failure, send_failed};
 
+use crate::events::{RecordParked, RecordRetried};
 use crate::{Dlq, Failure, now_ms};
 
 const STAGE: &str = "retry";
@@ -108,17 +109,9 @@ impl Held {
         };
         let parked = config.services.retry.parked.id();
         send_failed(producer, topic, parked, &failure, self.key.as_deref(), &self.payload).await?;
-        let m = metrics();
-        let code = [self.failure.code.as_str()];
         match self.action {
-            Action::Retry => m.retry_retried.with_label_values(&code).inc(),
-            Action::Park { expired } => {
-                m.retry_parked.with_label_values(&code).inc();
-                if expired {
-                    m.retry_expired.with_label_values(&code).inc();
-                }
-                tracing::warn!(code = %self.failure.code, attempts = self.failure.attempt, origin_topic = %self.failure.origin_topic, origin_partition = self.failure.origin_partition, origin_offset = self.failure.origin_offset, "record parked");
-            }
+            Action::Retry => RecordRetried { failure: &self.failure }.emit(),
+            Action::Park { expired } => RecordParked { failure: &self.failure, expired }.emit(),
         }
         Ok(())
     }
