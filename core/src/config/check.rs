@@ -167,6 +167,15 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     if retry.backoff_ms.is_empty() {
         problem_at(&mut out, "services.retry.backoff_ms", "must list at least one delay");
     }
+    for (i, delay) in retry.backoff_ms.iter().enumerate() {
+        if *delay > MAX_BACKOFF_MS {
+            problem_at(
+                &mut out,
+                &format!("services.retry.backoff_ms[{i}]"),
+                format!("at most {MAX_BACKOFF_MS} (a week)"),
+            );
+        }
+    }
     if retry.max_attempts == 0 {
         problem_at(&mut out, "services.retry.max_attempts", "must be at least 1");
     }
@@ -175,6 +184,10 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     }
     out
 }
+
+/// The longest retry delay: a record held longer is better parked and replayed by an operator,
+/// and a due time (now + delay, with its jitter) stays far inside 64-bit milliseconds.
+const MAX_BACKOFF_MS: u64 = 7 * 24 * 3_600 * 1_000;
 
 /// The states and the operators that keep them.
 fn check_states(out: &mut Vec<Problem>, cons: &ConsolidateConfig) {

@@ -511,7 +511,8 @@ pub struct RetryConfig {
     #[serde(default = "RetryConfig::default_listen")]
     pub listen: String,
     /// Delay before each retry; the last value repeats. Each delay is drawn up to a quarter
-    /// longer, at random, so records that failed together do not return together.
+    /// longer, at random, so records that failed together do not return together. Each is at
+    /// most a week (604800000).
     pub backoff_ms: Vec<u64>,
     /// Retries of a failed record before it is parked.
     pub max_attempts: u32,

@@ -317,3 +317,11 @@ fn every_key_of_the_shipped_file_is_read_into_the_typed_config() {
         assert!(outcome.as_ref() != Ok(&shipped), "{shown}: renaming it changed nothing");
     }
 }
+
+#[test]
+fn a_backoff_delay_beyond_a_week_is_refused_rather_than_wrapping_the_due_time() {
+    let shipped = "backoff_ms: [1000, 10000, 60000]";
+    let p = problems(&edit(shipped, "backoff_ms: [1000, 18446744073709551615]"));
+    assert_eq!(p, ["services.retry.backoff_ms[1]: at most 604800000 (a week)"]);
+    assert!(problems(&edit(shipped, "backoff_ms: [1000, 604800000]")).is_empty());
+}

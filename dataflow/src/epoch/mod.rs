@@ -236,8 +236,9 @@ impl Epoch<'_> {
                 not_before_ms: 0,
             },
         };
-        let delay = retry_delay_ms(&services.retry.backoff_ms, failure.attempt) as i64;
-        (topic, Failure { not_before_ms: now + delay, ..failure }, r.record)
+        // `validate` keeps each delay within a week, so the due time cannot overflow
+        let delay = i64::try_from(retry_delay_ms(&services.retry.backoff_ms, failure.attempt)).unwrap_or(i64::MAX);
+        (topic, Failure { not_before_ms: now.saturating_add(delay), ..failure }, r.record)
     }
 }
 
