@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cashflow_core::MerchantId;
-use cashflow_core::http::Principal;
+use cashflow_http::Principal;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, decode, decode_header, encode};
 use moka::Expiry;
 use moka::sync::Cache;

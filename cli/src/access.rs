@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cashflow_auth::{KeyRing, KeyStatus, key_overlap};
 use cashflow_core::MerchantId;
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::http::{SCOPE_READ, SCOPE_WRITE};
+use cashflow_http::{SCOPE_READ, SCOPE_WRITE};
 use clap::Subcommand;
 
 use crate::Common;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use cashflow_core::Money;
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::http::{SCOPE_READ, SCOPE_WRITE};
+use cashflow_http::{SCOPE_READ, SCOPE_WRITE};
 use chrono::{Days, NaiveDate};
 use clap::Args;
 use hdrhistogram::Histogram;

@@ -13,7 +13,8 @@ use rand::Rng as _;
 use serde::Serialize;
 
 /// Why a record was not counted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Code {
     /// Not JSON, or not the record's shape.
@@ -131,7 +132,8 @@ pub mod header {
 const MAX_DETAIL_BYTES: usize = 512;
 
 /// Why a record failed and where it came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Failure {
     pub code: Code,
     pub stage: String,

@@ -6,12 +6,11 @@
 pub mod config;
 pub mod estado;
 pub mod failure;
-pub mod http;
-pub mod kafka;
 mod lancamento;
 mod money;
 mod posicao;
 mod saldo;
+#[cfg(feature = "openapi")]
 mod schema;
 
 pub use lancamento::{

@@ -40,7 +40,8 @@ fn carry(balance: i64, t: &DayTotals) -> Result<i64, OutOfRange> {
 }
 
 /// One day of the balance series, as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DailyBalance {
     pub data: BusinessDate,
     pub creditos: Money,
@@ -132,10 +133,11 @@ pub fn daily_series(
 }
 
 /// One month of the balance series.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MonthlyBalance {
     /// `YYYY-MM`.
-    #[schema(example = "2026-11")]
+    #[cfg_attr(feature = "openapi", schema(example = "2026-11"))]
     pub mes: String,
     pub creditos: Money,
     pub debitos: Money,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::kafka;
+use cashflow_kafka as kafka;
 use cashflow_observability::metrics;
 use cashflow_sinks::Store;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::kafka::{self, RebalanceWatch};
+use cashflow_kafka::{self as kafka, RebalanceWatch};
 use cashflow_observability::metrics;
 use cashflow_sinks::{Store, StoreError};
 

@@ -4,7 +4,7 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, SCOPE_ADMIN};
+use cashflow_http::{FieldError, Json, Principal, Problem, Problems, SCOPE_ADMIN};
 use cashflow_retry::{Dlq, DlqError, Parked, Selection};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;

@@ -8,7 +8,7 @@ use axum::http::HeaderValue;
 use axum::http::header::CONTENT_SECURITY_POLICY;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::estado::Key;
-use cashflow_core::http::{Json, Problem};
+use cashflow_http::{Json, Problem};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -43,7 +43,7 @@ pub fn openapi() -> OpenApi {
     api.merge(cashflow_auth::api().into_openapi());
     api.merge(cashflow_ingest::api().into_openapi());
     api.merge(crate::query::api().into_openapi());
-    api.merge(crate::extrato::api().into_openapi());
+    api.merge(crate::query::extrato::api().into_openapi());
     api.merge(crate::admin::api().into_openapi());
     api.merge(ops().into_openapi());
     let bearer = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build();

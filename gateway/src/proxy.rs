@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cashflow_core::http::Problem;
+use cashflow_http::Problem;
 use tokio_util::sync::CancellationToken;
 
 /// Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1), plus those the proxy sets.

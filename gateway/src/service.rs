@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use cashflow_auth::{AuthState, Validator};
-use cashflow_core::http::{MERCHANT_NAMES, Principal, Problem};
+use cashflow_http::{MERCHANT_NAMES, Principal, Problem};
 use cashflow_ingest::IngestState;
 use cashflow_observability::track_http;
 use cashflow_retry::Dlq;
@@ -82,7 +82,7 @@ pub fn router(state: GatewayState) -> Router {
         // Shared, not cloned per request: a handler's state is cloned for every call.
         let query = Arc::new(query.clone());
         protected = protected.merge(Router::from(crate::query::api().with_state(Arc::clone(&query))));
-        protected = protected.merge(Router::from(crate::extrato::api().with_state(query)));
+        protected = protected.merge(Router::from(crate::query::extrato::api().with_state(query)));
     }
     if let Some(dlq) = &apis.dlq {
         protected = protected.merge(Router::from(crate::admin::api().with_state(dlq.clone())));

@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::EntryId;
-use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, SCOPE_WRITE};
+use cashflow_http::{FieldError, Json, Principal, Problem, Problems, SCOPE_WRITE};
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

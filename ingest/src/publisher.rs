@@ -4,7 +4,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::{Lancamento, MerchantId, Posicao, Reversal, kafka};
+use cashflow_core::{Lancamento, MerchantId, Posicao, Reversal};
+use cashflow_kafka as kafka;
 use cashflow_observability::metrics;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

@@ -1,9 +1,9 @@
 //! The body of `POST /v1/lancamentos`, checked field by field so every problem is reported.
 
-use cashflow_core::http::FieldError;
 use cashflow_core::{
     BusinessDate, MAX_CATEGORIA_CHARS, MAX_DESCRICAO_CHARS, Money, Tipo, check_text, reject_valor_cents,
 };
+use cashflow_http::FieldError;
 use serde_json::Value;
 
 const FIELDS: [&str; 5] = ["tipo", "valor", "data", "descricao", "categoria"];

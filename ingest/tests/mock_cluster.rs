@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use cashflow_core::MerchantId;
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::http::{Principal, SCOPE_WRITE};
+use cashflow_http::{Principal, SCOPE_WRITE};
 use cashflow_ingest::{IngestState, Publisher};
 use http_body_util::BodyExt as _;
 use rdkafka::consumer::{BaseConsumer, Consumer};

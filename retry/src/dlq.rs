@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::kafka;
+use cashflow_kafka as kafka;
 use cashflow_sinks::{Store, StoreError};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use cashflow_core::failure::header::REPLAYED_FROM;
-use cashflow_core::kafka::read_failure;
+use cashflow_kafka::read_failure;
 
 use crate::Failure;
 use crate::events::ParkedReplayed;

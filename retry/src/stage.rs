@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::kafka::{self, RebalanceWatch};
+use cashflow_kafka::{self as kafka, RebalanceWatch};
 use cashflow_observability::metrics;
 use cashflow_sinks::Store;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use cashflow_core::failure::Code;
-use cashflow_core::kafka::{read_failure, send_failed};
+use cashflow_kafka::{read_failure, send_failed};
 
 use crate::events::{RecordParked, RecordRetried};
 use crate::{Dlq, Failure, now_ms};

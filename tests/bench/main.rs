@@ -373,13 +373,13 @@ async fn raw_produce(kafka: impl Fn(&mut ClientConfig), records: &[(String, Vec<
 async fn raw_produce_latency(p: &Pipeline, entries: &[Lancamento], seconds: f64, report: &mut Report) -> usize {
     const LATENCY_TOPIC: &str = "bench.latency";
     let config = p.pipeline_config();
-    let admin: AdminClient<DefaultClientContext> = cashflow_core::kafka::client_config(&config).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = cashflow_kafka::client_config(&config).create().unwrap();
     let topic = NewTopic::new(LATENCY_TOPIC, 6, TopicReplication::Fixed(1));
     for r in admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap() {
         r.unwrap();
     }
     let ack_timeout = Duration::from_millis(config.services.ingest.ack_timeout_ms);
-    let producer: FutureProducer = cashflow_core::kafka::producer_config(&config, ack_timeout).create().unwrap();
+    let producer: FutureProducer = cashflow_kafka::producer_config(&config, ack_timeout).create().unwrap();
     // Warm, as ingest's producer is: the first send to a new topic waits for its metadata, which
     // is not what a POST waits for.
     let (key, payload) = (entries[0].merchant_id.to_string(), entries[0].encode());

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::failure::{Code, Disposition, Failure, retry_delay_ms};
-use cashflow_core::kafka::{read_failure, send_failed};
+use cashflow_kafka::{read_failure, send_failed};
 use cashflow_observability::metrics;
 use cashflow_sinks::{DeclaredState, Delivery, EpochTx, Origin, Store};
 use rdkafka::message::{BorrowedMessage, Message};

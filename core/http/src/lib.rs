@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::MerchantId;
+use cashflow_core::MerchantId;
 
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 

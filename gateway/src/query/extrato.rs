@@ -10,15 +10,15 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_core::{BusinessDate, EntryId, MerchantId, Money, Tipo};
+use cashflow_http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_sinks::{ExtratoKey, ExtratoLine, ExtratoQuery, Store};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::query::{QueryState, date_range, store_unavailable};
+use super::{QueryState, date_range, store_unavailable};
 
 /// Entries per page by default, and at most.
 const DEFAULT_LIMIT: u32 = 100;

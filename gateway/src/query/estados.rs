@@ -5,11 +5,11 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use cashflow_core::estado::{Field, Key, Measure};
-use cashflow_core::http::{FieldError, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_core::{BusinessDate, Money};
+use cashflow_http::{FieldError, Principal, Problem, Problems, Query, SCOPE_READ};
 use serde::{Deserialize, Serialize};
 
-use crate::query::{MAX_RANGE_DAYS, QueryState, answer, check_range, date_param, store_unavailable};
+use super::{MAX_RANGE_DAYS, QueryState, answer, check_range, date_param, store_unavailable};
 
 /// The longest range over a state whose periods are months, weeks or years.
 pub const MAX_PERIOD_RANGE_DAYS: i64 = 3_660;

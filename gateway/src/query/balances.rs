@@ -18,7 +18,7 @@ use cashflow_sinks::{DailyRows, Mark, Store, StoreError};
 use moka::sync::Cache;
 use prometheus::IntCounter;
 
-use crate::progress::ProgressWatch;
+use super::progress::ProgressWatch;
 
 /// What is held of one merchant.
 enum Held {
@@ -152,8 +152,8 @@ mod tests {
     use cashflow_core::{DayTotals, Posicao};
     use sqlx::Connection as _;
 
+    use crate::query::progress::{KEEP_POLLING, TRUSTED_FOR};
     use super::*;
-    use crate::progress::{KEEP_POLLING, TRUSTED_FOR};
     use cashflow_sinks::DeclaredState;
 
     const GROUP: &str = "cashflow-consolidate";

@@ -16,7 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
-use crate::config::PipelineConfig;
+use cashflow_core::config::PipelineConfig;
 
 /// A client config with the bootstrap list and the passthrough properties.
 pub fn client_config(config: &PipelineConfig) -> ClientConfig {

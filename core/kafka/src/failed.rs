@@ -8,7 +8,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::failure::Failure;
+use cashflow_core::failure::Failure;
 
 /// How long a send to an error topic may wait for the broker's ack.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,7 +82,7 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::failure::Code;
+    use cashflow_core::failure::Code;
 
     #[test]
     fn a_failure_reads_back_from_its_kafka_headers() {

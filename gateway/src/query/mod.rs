@@ -1,5 +1,16 @@
-//! Daily balances: `GET /v1/consolidado/diario?de&ate` and `GET /v1/consolidado/diario/{data}`,
-//! each optionally `aguardar`-ing a position: read-your-writes, bounded.
+//! The query stage: balances and statements read from the store, each optionally `aguardar`-ing a
+//! position (read-your-writes, bounded).
+//!
+//! This module holds the daily balances (`GET /v1/consolidado/diario?de&ate`, `…/diario/{data}`)
+//! and the monthly summary; [`extrato`] the statement, [`estados`] the states `pipeline.yaml`
+//! declares, [`balances`] the cache of current days and [`progress`] consolidation's progress.
+
+mod balances;
+mod estados;
+pub(crate) mod extrato;
+mod progress;
+
+pub use progress::ProgressWatch;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,18 +20,17 @@ use axum::extract::{Path, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::estado::Key;
-use cashflow_core::http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_core::{
     BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, OutOfRange, Posicao, daily_series, monthly_series,
 };
+use cashflow_http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use cashflow_sinks::{DeclaredState, Store};
 
-use crate::balances::Balances;
-use crate::progress::ProgressWatch;
+use balances::Balances;
 
 /// What the balance queries need.
 #[derive(Clone)]
@@ -89,7 +99,7 @@ pub(crate) fn api() -> OpenApiRouter<Arc<QueryState>> {
         .routes(routes!(one_day))
         .routes(routes!(monthly))
         .routes(routes!(by_category))
-        .routes(routes!(crate::estados::declared_state))
+        .routes(routes!(estados::declared_state))
 }
 
 /// One category's totals over a range.
