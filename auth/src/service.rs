@@ -14,6 +14,8 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use cashflow_core::config::LoginLimit;
+use cashflow_core::failure::Transient;
+use cashflow_http::Cause;
 use cashflow_sinks::Store;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -121,12 +123,26 @@ struct OAuthErrorBody {
     error_description: String,
 }
 
-/// An RFC 6749 §5.2 error.
+/// An RFC 6749 §5.2 error: the token endpoint's own format, not problem+json. A server-side
+/// failure's [`Cause`] rides on the response like a problem's, for the same log line.
 struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: &'static str,
     retry_after_secs: Option<u64>,
+    cause: Option<Cause>,
+}
+
+/// The store unreachable is `temporarily_unavailable` (503); anything else a `server_error` (500).
+impl<E: Transient> From<E> for OAuthError {
+    fn from(error: E) -> Self {
+        let (status, code) = if error.is_transient() {
+            (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+        } else {
+            (StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+        };
+        OAuthError { cause: Some(Cause::new(error, status)), ..oauth(status, code, "try again later") }
+    }
 }
 
 impl IntoResponse for OAuthError {
@@ -138,6 +154,9 @@ impl IntoResponse for OAuthError {
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
+        }
         if self.error == "invalid_client" {
             response
                 .headers_mut()
@@ -148,7 +167,7 @@ impl IntoResponse for OAuthError {
 }
 
 fn oauth(status: StatusCode, error: &'static str, description: &'static str) -> OAuthError {
-    OAuthError { status, error, description, retry_after_secs: None }
+    OAuthError { status, error, description, retry_after_secs: None, cause: None }
 }
 
 /// Who asks for a token, and the hash their secret must match.
@@ -210,15 +229,11 @@ async fn token(
             ..oauth(StatusCode::TOO_MANY_REQUESTS, "invalid_request", slow_down)
         });
     }
-    let unavailable = |e: cashflow_sinks::StoreError| {
-        tracing::error!(error = %e, "cannot read credentials");
-        oauth(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "try again later")
-    };
     let (hash, grant) = if client {
-        let found = state.store.find_client(&credentials.subject).await.map_err(unavailable)?;
+        let found = state.store.find_client(&credentials.subject).await?;
         found.map(|c| (c.secret_hash, Grant { merchant_id: c.merchant_id, scopes: c.scopes })).unzip()
     } else {
-        let found = state.store.find_user(&credentials.subject).await.map_err(unavailable)?;
+        let found = state.store.find_user(&credentials.subject).await?;
         found.map(|u| (u.password_hash, Grant { merchant_id: u.merchant_id, scopes: u.scopes })).unzip()
     };
     let rejected = if client {
@@ -232,8 +247,8 @@ async fn token(
     let grant = grant.ok_or(rejected)?;
     let scopes = narrow(grant.scopes, request.scope.as_deref())?;
     let token = state.issuer.issue(&credentials.subject, &grant.merchant_id, &scopes).map_err(|e| {
-        tracing::error!(error = %e, "cannot sign a token");
-        oauth(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "cannot issue a token")
+        let status = StatusCode::INTERNAL_SERVER_ERROR;
+        OAuthError { cause: Some(Cause::new(e, status)), ..oauth(status, "server_error", "cannot issue a token") }
     })?;
     cashflow_observability::metrics().auth_tokens_issued.with_label_values(&[request.grant_type.as_str()]).inc();
     let body = TokenResponse {

@@ -50,6 +50,13 @@ pub enum Disposition {
     Park,
 }
 
+/// An error that knows whether time can fix it: the store or the broker unreachable, or timed
+/// out. The stages retry those in place; the HTTP edge answers them with 503 and a `Retry-After`,
+/// and every other error with 500.
+pub trait Transient: std::error::Error + Send + Sync + 'static {
+    fn is_transient(&self) -> bool;
+}
+
 impl Code {
     pub const ALL: [Code; 10] = [
         Code::Malformed,

@@ -20,6 +20,12 @@ pub struct DayTotals {
 #[error("a consolidated total does not fit in 64-bit cents")]
 pub struct OutOfRange;
 
+impl crate::failure::Transient for OutOfRange {
+    fn is_transient(&self) -> bool {
+        false
+    }
+}
+
 impl DayTotals {
     pub fn saldo_cents(&self) -> Result<i64, OutOfRange> {
         self.creditos_cents.checked_sub(self.debitos_cents).ok_or(OutOfRange)

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cashflow_core::Lancamento;
-use cashflow_core::failure::Code;
+use cashflow_core::failure::{Code, Transient as _};
 use cashflow_observability::metrics;
 
 use crate::ConsolidateError;

@@ -90,9 +90,6 @@ fn selection(body: ReplayRequest) -> Result<Selection, FieldError> {
 fn problem(e: DlqError) -> Problem {
     match e {
         DlqError::NotFound(_) => Problem::not_found(e.to_string()),
-        e => {
-            tracing::warn!(error = %e, "dead-letter topic unavailable");
-            Problem::unavailable("the dead-letter topic or the store is unavailable", 5)
-        }
+        e => e.into(),
     }
 }

@@ -8,7 +8,7 @@ use axum::http::HeaderValue;
 use axum::http::header::CONTENT_SECURITY_POLICY;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::estado::Key;
-use cashflow_http::{Json, Problem};
+use cashflow_http::{Json, Problem, RETRY_AFTER_SECS};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -126,13 +126,13 @@ async fn ready(State(apis): State<Apis>) -> Response {
     if let Some(store) = store
         && let Err(e) = store.ping().await
     {
-        tracing::warn!(error = %e, "not ready: store unreachable");
-        return Problem::unavailable("the store is unreachable", 5).into_response();
+        return Problem::unavailable("the store is unreachable", RETRY_AFTER_SECS).caused_by(e).into_response();
     }
     if let Some(upstreams) = &apis.upstreams {
         let down: Vec<_> = upstreams.all().iter().filter(|u| !u.is_up()).map(|u| u.name()).collect();
         if !down.is_empty() {
-            return Problem::unavailable(format!("stages not ready: {}", down.join(", ")), 5).into_response();
+            let detail = format!("stages not ready: {}", down.join(", "));
+            return Problem::unavailable(detail, RETRY_AFTER_SECS).into_response();
         }
     }
     Json(Status { status: "ready" }).into_response()

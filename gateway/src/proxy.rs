@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use cashflow_http::Problem;
+use cashflow_http::{Problem, RETRY_AFTER_SECS};
 use tokio_util::sync::CancellationToken;
 
 /// Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1), plus those the proxy sets.
@@ -117,7 +117,8 @@ impl Upstreams {
     /// Sends `req` to `to` and streams its answer back.
     pub async fn forward(&self, to: &Upstream, req: Request) -> Response {
         if !to.is_up() {
-            return Problem::unavailable(format!("the {} stage is not ready", to.name), 5).into_response();
+            return Problem::unavailable(format!("the {} stage is not ready", to.name), RETRY_AFTER_SECS)
+                .into_response();
         }
         let (parts, body) = req.into_parts();
         let Ok(body) = axum::body::to_bytes(body, self.max_body_bytes).await else {
@@ -154,11 +155,11 @@ impl Upstreams {
                     .unwrap_or_else(|_| Problem::internal().into_response())
             }
             Err(e) => {
-                tracing::warn!(stage = to.name, error = %e, "stage did not answer");
                 let detail = format!("the {} stage did not answer; retry shortly", to.name);
                 Problem::new(StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway")
                     .detail(detail)
-                    .retry_after(5)
+                    .retry_after(RETRY_AFTER_SECS)
+                    .caused_by(e)
                     .into_response()
             }
         }

@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use cashflow_auth::{AuthState, Validator};
-use cashflow_http::{MERCHANT_NAMES, Principal, Problem};
+use cashflow_http::{MERCHANT_NAMES, Principal, Problem, log_failures};
 use cashflow_ingest::IngestState;
 use cashflow_observability::track_http;
 use cashflow_retry::Dlq;
@@ -110,6 +110,7 @@ pub fn router(state: GatewayState) -> Router {
         .merge(crate::openapi::docs(&apis.query.as_ref().map(QueryState::states).unwrap_or_default()))
         .merge(Router::from(crate::openapi::ops().with_state(state.apis.clone())))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn(log_failures))
         .layer(middleware::from_fn(track_http))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.request_timeout))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))

@@ -97,7 +97,7 @@ pub(crate) async fn create_lote(
         let (entry, key) = prepare_item(&state, &principal, item)?;
         match state.publisher.publish(&entry).await {
             Ok(posicao) => Ok((entry.id, key, posicao)),
-            Err(e) => Err(not_acknowledged(&e, entry.id, Some(&key))),
+            Err(e) => Err(not_acknowledged(e, entry.id, Some(&key))),
         }
     }))
     .await;
@@ -124,8 +124,14 @@ pub(crate) async fn create_lote(
         })
         .collect();
     let aceitos = resultados.iter().filter(|r| r.status == 202).count();
+    // The first item the server failed is the batch's cause in the log.
+    let cause = resultados.iter().find_map(|r| r.problema.as_ref()?.cause()).cloned();
     let body = ResultadoLote { aceitos, rejeitados: resultados.len() - aceitos, resultados };
-    Ok(Json(body).into_response())
+    let mut response = Json(body).into_response();
+    if let Some(cause) = cause {
+        response.extensions_mut().insert(cause);
+    }
+    Ok(response)
 }
 
 fn prepare_item(

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cashflow_core::config::DateWindow;
 use cashflow_core::{BusinessDate, EntryId, Lancamento, Reversal};
-use cashflow_http::{FieldError, Json, Principal, Problem, Problems, SCOPE_WRITE, Unacknowledged};
-use cashflow_sinks::{Store, StoreError};
+use cashflow_http::{FieldError, Json, Principal, Problem, Problems, RETRY_AFTER_SECS, SCOPE_WRITE, Unacknowledged};
+use cashflow_sinks::Store;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -20,8 +20,6 @@ use utoipa_axum::routes;
 use crate::{IngestError, NovoEstorno, NovoLancamento, Publisher, parse_estorno, parse_novo};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
-/// Seconds a client should wait before retrying when the broker is unreachable.
-const RETRY_AFTER_SECS: u64 = 5;
 
 /// What ingest needs: the producer, the store (to refuse a reversal it knows is wrong) and the
 /// accepted dates.
@@ -110,8 +108,7 @@ pub(crate) fn prepare(
 /// 503 for an entry the broker did not acknowledge, naming the id and the key (when there is
 /// one) with which a retry is the same entry: a timed-out entry may be in the log, and a retry
 /// without its key would count it twice.
-pub(crate) fn not_acknowledged(e: &IngestError, id: EntryId, key: Option<&str>) -> Problem {
-    tracing::warn!(error = %e, "entry not acknowledged by the broker");
+pub(crate) fn not_acknowledged(e: IngestError, id: EntryId, key: Option<&str>) -> Problem {
     let retry = match key {
         Some(k) => format!("retry with the header Idempotency-Key: {k} (it is entry {id} either way)"),
         None => format!("retry the same request: it is entry {id} either way"),
@@ -122,7 +119,7 @@ pub(crate) fn not_acknowledged(e: &IngestError, id: EntryId, key: Option<&str>) 
             format!("the broker did not confirm the entry: it may or may not be recorded; {retry}, and it counts once")
         }
     };
-    let mut problem = Problem::unavailable(detail, RETRY_AFTER_SECS);
+    let mut problem = Problem::unavailable(detail, RETRY_AFTER_SECS).caused_by(e);
     problem.entry = Some(Box::new(Unacknowledged { id: id.to_string(), idempotency_key: key.map(str::to_owned) }));
     problem
 }
@@ -148,7 +145,7 @@ async fn create(
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_WRITE)?;
     let (entry, key) = prepare(&state, &principal, &body, idempotency_key(&headers)?)?;
-    let posicao = state.publisher.publish(&entry).await.map_err(|e| not_acknowledged(&e, entry.id, Some(&key)))?;
+    let posicao = state.publisher.publish(&entry).await.map_err(|e| not_acknowledged(e, entry.id, Some(&key)))?;
     let body = Aceito {
         id: entry.id,
         idempotency_key: Some(key),
@@ -191,7 +188,7 @@ async fn reverse(
     check_window(&state.date_window, data)?;
     let merchant = principal.merchant_id;
     let reversal_id = EntryId::reversal_of(&merchant, of);
-    let original = state.store.find_entry(of).await.map_err(|e| store_problem(&e))?;
+    let original = state.store.find_entry(of).await?;
     if original.as_ref().is_some_and(|o| o.merchant_id != merchant.as_str()) {
         return Err(Problem::foreign_merchant());
     }
@@ -199,7 +196,7 @@ async fn reverse(
         return Err(Problem::validation(vec![FieldError::new("id", "is itself a reversal and cannot be reversed")]));
     }
     if original.is_some()
-        && let Some(by) = state.store.reversal_of(of).await.map_err(|e| store_problem(&e))?
+        && let Some(by) = state.store.reversal_of(of).await?
     {
         return Err(Problem::new(StatusCode::CONFLICT, "already-reversed", "Entry already reversed")
             .detail(format!("entry {of} was already reversed by {by}")));
@@ -214,7 +211,7 @@ async fn reverse(
         stated: original.map(|o| (o.tipo.inverse(), o.valor_cents)),
     };
     let posicao =
-        state.publisher.publish_reversal(&reversal).await.map_err(|e| not_acknowledged(&e, reversal_id, None))?;
+        state.publisher.publish_reversal(&reversal).await.map_err(|e| not_acknowledged(e, reversal_id, None))?;
     let body = Aceito {
         id: reversal_id,
         idempotency_key: None,
@@ -223,11 +220,6 @@ async fn reverse(
         estorno_de: Some(of),
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-fn store_problem(e: &StoreError) -> Problem {
-    tracing::warn!(error = %e, "reversal not checked: store unavailable");
-    Problem::unavailable("the entry store is unavailable; retry shortly", RETRY_AFTER_SECS)
 }
 
 /// The `Idempotency-Key` header, if present.

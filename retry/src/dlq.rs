@@ -19,6 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use cashflow_core::failure::Transient;
 use cashflow_core::failure::header::REPLAYED_FROM;
 use cashflow_kafka::read_failure;
 
@@ -43,6 +44,16 @@ pub enum DlqError {
     Timeout(Duration),
     #[error("no parked record at {}", .0.join(", "))]
     NotFound(Vec<String>),
+}
+
+impl Transient for DlqError {
+    fn is_transient(&self) -> bool {
+        match self {
+            DlqError::Kafka(_) | DlqError::Timeout(_) => true,
+            DlqError::Store(e) => e.is_transient(),
+            DlqError::NotFound(_) => false,
+        }
+    }
 }
 
 /// A parked record.

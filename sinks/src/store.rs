@@ -5,6 +5,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
+use cashflow_core::failure::Transient;
+
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -28,11 +30,13 @@ pub enum StoreError {
     RowWidth { table: String, expected: usize, got: usize },
 }
 
-impl StoreError {
-    pub fn is_transient(&self) -> bool {
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+}
 
+impl StoreError {
     /// The store refused the data written, not the request: a value out of range, a check or
     /// unique constraint (PostgreSQL classes 22 and 23; SQLite's constraint, mismatch, range and
     /// too-big codes). One record's data caused it; the others can go on without it.

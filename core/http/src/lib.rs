@@ -1,11 +1,19 @@
 //! The HTTP edge every service shares: RFC 9457 problem+json errors, the authenticated
 //! principal, and a JSON extractor whose rejections are problems too.
+//!
+//! Handlers return `Result<_, Problem>` and use `?` on the stages' errors: an error that is
+//! [`Transient`] becomes a 503 with `Retry-After`, any other a 500. The error itself never reaches
+//! the client; it rides on the response as a [`Cause`], and [`log_failures`] logs it once.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use cashflow_core::failure::Transient;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -45,14 +53,14 @@ pub struct Unacknowledged {
     pub idempotency_key: Option<String>,
 }
 
-/// An RFC 9457 problem (`application/problem+json`). Internal details are logged by the caller,
-/// never put here.
+/// An RFC 9457 problem (`application/problem+json`). What went wrong inside is its [`Cause`]:
+/// logged, never shown.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// A URI reference naming the kind of problem, e.g. `/problems/validation`.
     #[serde(rename = "type")]
     pub kind: String,
-    pub title: String,
+    pub title: &'static str,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -70,20 +78,97 @@ pub struct Problem {
     #[serde(skip)]
     #[schema(ignore)]
     pub www_authenticate: bool,
+    #[serde(skip)]
+    #[schema(ignore)]
+    cause: Option<Cause>,
+}
+
+/// How long a client waits before retrying a 503 whose cause is transient.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// The error behind a 5xx answer. It travels in the response's extensions, never in its body,
+/// and [`log_failures`] logs it. One pointer wide, so a `Result<_, Problem>` stays small.
+#[derive(Clone)]
+pub struct Cause(Arc<Failed>);
+
+struct Failed {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    /// The answer was a 502, 503 or 504: retried, it may succeed. Logged as a warning.
+    passing: bool,
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0.error, f)
+    }
+}
+
+impl Cause {
+    /// `error`, behind an answer with `status`.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static, status: StatusCode) -> Self {
+        Cause(Arc::new(Failed { error: Box::new(error), passing: matches!(status.as_u16(), 502..=504) }))
+    }
+}
+
+/// 503 for what time fixes, 500 for the rest; the error is the answer's [`Cause`].
+impl<E: Transient> From<E> for Problem {
+    fn from(error: E) -> Self {
+        let problem = if error.is_transient() {
+            Problem::unavailable("a service this answer needs is unreachable; retry shortly", RETRY_AFTER_SECS)
+        } else {
+            Problem::internal()
+        };
+        problem.caused_by(error)
+    }
+}
+
+/// Middleware: logs the [`Cause`] of each failed answer once, with the route, the status and the
+/// request id: a warning for a 502, 503 or 504, an error for anything else.
+pub async fn log_failures(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| req.uri().path().to_owned());
+    let method = req.method().clone();
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let response = next.run(req).await;
+    if let Some(Cause(failed)) = response.extensions().get::<Cause>() {
+        let (status, error) = (response.status().as_u16(), &failed.error);
+        if failed.passing {
+            tracing::warn!(%method, %route, status, request_id, error = %error, "request failed");
+        } else {
+            tracing::error!(%method, %route, status, request_id, error = %error, "request failed");
+        }
+    }
+    response
 }
 
 impl Problem {
-    pub fn new(status: StatusCode, slug: &str, title: &str) -> Self {
+    pub fn new(status: StatusCode, slug: &str, title: &'static str) -> Self {
         Problem {
             kind: format!("/problems/{slug}"),
-            title: title.to_owned(),
+            title,
             status: status.as_u16(),
             detail: None,
             errors: Vec::new(),
             entry: None,
             retry_after_secs: None,
             www_authenticate: false,
+            cause: None,
         }
+    }
+
+    /// `error` is why this answer is a failure: logged once by [`log_failures`].
+    pub fn caused_by(mut self, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        self.cause = Some(Cause::new(error, status));
+        self
+    }
+
+    /// Why this answer is a failure, if the server is at fault.
+    pub fn cause(&self) -> Option<&Cause> {
+        self.cause.as_ref()
     }
 
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
@@ -150,6 +235,9 @@ impl IntoResponse for Problem {
         }
         if self.www_authenticate {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
         }
         response
     }

@@ -152,8 +152,8 @@ mod tests {
     use cashflow_core::{DayTotals, Posicao};
     use sqlx::Connection as _;
 
-    use crate::query::progress::{KEEP_POLLING, TRUSTED_FOR};
     use super::*;
+    use crate::query::progress::{KEEP_POLLING, TRUSTED_FOR};
     use cashflow_sinks::DeclaredState;
 
     const GROUP: &str = "cashflow-consolidate";

@@ -9,7 +9,7 @@ use cashflow_core::{BusinessDate, Money};
 use cashflow_http::{FieldError, Principal, Problem, Problems, Query, SCOPE_READ};
 use serde::{Deserialize, Serialize};
 
-use super::{MAX_RANGE_DAYS, QueryState, answer, check_range, date_param, store_unavailable};
+use super::{MAX_RANGE_DAYS, QueryState, answer, check_range, date_param};
 
 /// The longest range over a state whose periods are months, weeks or years.
 pub const MAX_PERIOD_RANGE_DAYS: i64 = 3_660;
@@ -91,8 +91,7 @@ pub(crate) async fn declared_state(
     let rows = state
         .store
         .state_rows(declared, merchant.as_str(), &bounds, &state.consolidate_group)
-        .await
-        .map_err(store_unavailable)?
+        .await?
         .ok_or_else(|| Problem::unavailable(format!("the state {nome:?} is being built; retry shortly"), 5))?;
     let fields = &key.fields()[1..];
     let linhas = rows

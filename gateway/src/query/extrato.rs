@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{QueryState, date_range, store_unavailable};
+use super::{QueryState, date_range};
 
 /// Entries per page by default, and at most.
 const DEFAULT_LIMIT: u32 = 100;
@@ -133,7 +133,7 @@ async fn extrato(
     // One more than asked tells whether another page follows.
     let limit = query.limit;
     query.limit += 1;
-    let mut lines = state.store.extrato(&query).await.map_err(store_unavailable)?;
+    let mut lines = state.store.extrato(&query).await?;
     let more = lines.len() > limit as usize;
     lines.truncate(limit as usize);
     let proximo_cursor = lines.last().filter(|_| more).map(|l| encode_cursor(&l.key()));

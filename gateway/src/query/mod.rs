@@ -21,7 +21,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::estado::Key;
 use cashflow_core::{
-    BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, OutOfRange, Posicao, daily_series, monthly_series,
+    BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, Posicao, daily_series, monthly_series,
 };
 use cashflow_http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use serde::{Deserialize, Serialize};
@@ -146,11 +146,8 @@ async fn by_category(
     principal.require(SCOPE_READ)?;
     let (de, ate) = range_params(&q)?;
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
-    let (rows, atualizado_ate) = state
-        .store
-        .categories(&principal.merchant_id, de, ate, &state.consolidate_group)
-        .await
-        .map_err(store_unavailable)?;
+    let (rows, atualizado_ate) =
+        state.store.categories(&principal.merchant_id, de, ate, &state.consolidate_group).await?;
     let categorias = rows
         .into_iter()
         .map(|(categoria, t)| {
@@ -158,7 +155,7 @@ async fn by_category(
                 categoria,
                 creditos: Money::from_cents(t.creditos_cents),
                 debitos: Money::from_cents(t.debitos_cents),
-                saldo: Money::from_cents(t.saldo_cents().map_err(out_of_range)?),
+                saldo: Money::from_cents(t.saldo_cents()?),
                 lancamentos: t.quantidade,
             })
         })
@@ -234,9 +231,8 @@ async fn monthly(
         return Err(Problem::validation(vec![FieldError::new("ano", "is required: a year from 1900 to 9999")]));
     };
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
-    let rows =
-        state.store.monthly(&principal.merchant_id, year, &state.consolidate_group).await.map_err(store_unavailable)?;
-    let meses = monthly_series(year, rows.opening_cents, &rows.months).map_err(out_of_range)?;
+    let rows = state.store.monthly(&principal.merchant_id, year, &state.consolidate_group).await?;
+    let meses = monthly_series(year, rows.opening_cents, &rows.months)?;
     Ok(answer(
         Mensal { comerciante: principal.merchant_id, ano: year, atualizado_ate: rows.consolidated_at, meses },
         fresh,
@@ -353,35 +349,20 @@ pub(crate) fn check_range(de: BusinessDate, ate: BusinessDate, max_days: i64, er
     }
 }
 
-pub(crate) fn store_unavailable(e: cashflow_sinks::StoreError) -> Problem {
-    if let cashflow_sinks::StoreError::Corrupt(_) = e {
-        tracing::error!(error = %e, "the store holds a row no balance can be made from");
-        return Problem::internal();
-    }
-    tracing::error!(error = %e, "cannot read the store");
-    Problem::unavailable("the store is unreachable; retry shortly", 5)
-}
-
-/// Totals beyond 64-bit cents: the store holds what consolidation never writes.
-pub(crate) fn out_of_range(e: OutOfRange) -> Problem {
-    tracing::error!(error = %e, "a stored total is out of range");
-    Problem::internal()
-}
-
 async fn consolidado(
     state: &QueryState,
     merchant: MerchantId,
     de: BusinessDate,
     ate: BusinessDate,
 ) -> Result<Consolidado, Problem> {
-    let rows = state.balances.daily(&merchant, de, ate).await.map_err(store_unavailable)?;
+    let rows = state.balances.daily(&merchant, de, ate).await?;
     let atualizado_ate = rows.consolidated_at;
     let consolidated_on = atualizado_ate.as_deref().and_then(|t| t.get(..10)).and_then(|d| d.parse().ok());
     Ok(Consolidado {
         comerciante: merchant,
         de,
         ate,
-        dias: daily_series(de, ate, rows.opening_cents, &rows.days, consolidated_on).map_err(out_of_range)?,
+        dias: daily_series(de, ate, rows.opening_cents, &rows.days, consolidated_on)?,
         atualizado_ate,
     })
 }
