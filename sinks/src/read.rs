@@ -35,7 +35,7 @@ pub struct MonthlyRows {
 /// of its next offsets, which only grow and grow with every commit that adds an entry, and the
 /// time of its last commit (RFC 3339), which every commit sets. Two reads with the same mark saw
 /// the same consolidated state.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Mark {
     pub offsets: i64,
     pub at: Option<String>,

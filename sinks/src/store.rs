@@ -28,11 +28,18 @@ pub enum StoreError {
     /// Rows given for a state with another number of key fields: a caller's mistake.
     #[error("rows of {got} key values for {table}, whose key has {expected}")]
     RowWidth { table: String, expected: usize, got: usize },
+    /// One error, answered to every reader that waited for the same read.
+    #[error(transparent)]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 impl Transient for StoreError {
     fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Shared(e) => e.is_transient(),
+            _ => false,
+        }
     }
 }
 

@@ -1,42 +1,36 @@
-//! Daily balances from memory. A merchant read twice while consolidation has not committed in
-//! between has all its consolidated days read from the store in one statement (the range query
-//! over every business date), held under the consolidation [`Mark`] the progress poller showed
-//! before that read; every later read is answered from memory while the poller's mark, read at
-//! most 200 ms ago, is still that one. What was read is at least as new as the mark it is held
-//! under, and any commit of consolidation moves the mark, so memory never answers with less than
-//! the store had when the poller last looked, and `aguardar` (which waits on the same poller)
-//! still reads its writes. A merchant read once between commits costs what it did without memory
-//! (its range, not its whole history). Reads of a merchant that memory cannot answer take turns
-//! on the store, and each looks in memory again first, so reads arriving together (a cold start,
-//! the first reads after a commit) cost two store reads, not one each.
+//! Daily balances from memory, under the consolidation [`Mark`] they were read at.
+//!
+//! The rule, in one place: an answer from memory was read from the store after the progress
+//! poller showed the mark it is held under, and it is used only while the poller still shows that
+//! mark. Every commit of consolidation moves the mark, so memory never answers with less than the
+//! store had when the poller last looked (at most [`TRUSTED_FOR`](super::progress) ago), and
+//! `aguardar`, which waits on the same poller, reads its writes.
+//!
+//! Entries are keyed by (merchant, mark), so an entry is never updated, only read or loaded. A
+//! merchant read once under a mark costs one read of its range, as without memory; read again
+//! under the same mark, its whole history is loaded once (moka's `try_get_with`: the reads that
+//! arrive meanwhile wait for that one load) and answered from memory. Entries of past marks are
+//! never read again, and are the first the LRU bound evicts.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cashflow_core::{BusinessDate, DayHistory, MerchantId};
 use cashflow_observability::metrics;
 use cashflow_sinks::{DailyRows, Mark, Store, StoreError};
-use moka::sync::Cache;
+use moka::future::Cache;
+use moka::policy::EvictionPolicy;
 use prometheus::IntCounter;
 
 use super::progress::ProgressWatch;
 
-/// What is held of one merchant.
-enum Held {
-    /// Read once from the store while the poller's mark was this one.
-    Seen(Mark),
-    /// Every consolidated day, read after the poller showed `mark`, and when consolidation had
-    /// last committed as of that read.
-    Days { mark: Mark, history: DayHistory, consolidated_at: Option<String> },
-}
+/// A merchant, under the mark the poller showed.
+type Held = (MerchantId, Mark);
 
-impl Held {
-    /// Day rows held, for the cache's bound.
-    fn weight(&self) -> u32 {
-        match self {
-            Held::Seen(_) => 1,
-            Held::Days { history, .. } => u32::try_from(history.len() + 1).unwrap_or(u32::MAX),
-        }
-    }
+/// Every consolidated day of a merchant, and when consolidation last committed as of that read.
+struct Days {
+    history: DayHistory,
+    consolidated_at: Option<String>,
 }
 
 /// The balance reads of one process.
@@ -46,28 +40,34 @@ pub(crate) struct Balances {
     /// The consumer group whose commits the balances reflect.
     group: String,
     progress: ProgressWatch,
-    /// Weighed in day rows; none when the config holds no days in memory.
-    held: Option<Cache<MerchantId, Arc<Held>>>,
+    /// None when the config holds no days in memory.
+    memory: Option<Memory>,
     /// Reads answered from memory, and from the store.
     hits: IntCounter,
     misses: IntCounter,
-    /// One lock per stripe of merchants: a merchant that memory cannot answer is read from the
-    /// store by one request at a time, and those that waited are answered from what it read,
-    /// rather than all reading the store at once (at a cold start, or after each commit).
-    loads: Arc<[tokio::sync::Mutex<()>]>,
 }
 
-/// Stripes of [`Balances::loads`].
-const LOAD_STRIPES: usize = 1024;
+#[derive(Clone)]
+struct Memory {
+    /// Merchants read once under a mark.
+    seen: Cache<Held, ()>,
+    /// Merchants' histories, weighed in day rows.
+    days: Cache<Held, Arc<Days>>,
+}
 
 impl Balances {
     pub(crate) fn new(store: Store, group: String, progress: ProgressWatch, cache_days: u64) -> Self {
-        let held = (cache_days > 0)
-            .then(|| Cache::builder().max_capacity(cache_days).weigher(|_, held: &Arc<Held>| held.weight()).build());
+        let memory = (cache_days > 0).then(|| Memory {
+            seen: Cache::builder().max_capacity(cache_days).eviction_policy(EvictionPolicy::lru()).build(),
+            days: Cache::builder()
+                .max_capacity(cache_days)
+                .weigher(|_, days: &Arc<Days>| u32::try_from(days.history.len() + 1).unwrap_or(u32::MAX))
+                .eviction_policy(EvictionPolicy::lru())
+                .build(),
+        });
         let lookups = &metrics().query_cache_lookups;
         let (hits, misses) = (lookups.with_label_values(&["hit"]), lookups.with_label_values(&["miss"]));
-        let loads = (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
-        Balances { store, group, progress, held, hits, misses, loads }
+        Balances { store, group, progress, memory, hits, misses }
     }
 
     /// The merchant's days in `[de, ate]`, the balance carried into `de`, and when consolidation
@@ -78,68 +78,50 @@ impl Balances {
         de: BusinessDate,
         ate: BusinessDate,
     ) -> Result<DailyRows, StoreError> {
-        let Some(cache) = &self.held else { return self.store.daily(merchant, de, ate, &self.group).await };
-        let Some(current) = self.progress.current_mark().await else {
+        let Some(memory) = &self.memory else { return self.store.daily(merchant, de, ate, &self.group).await };
+        let Some(mark) = self.progress.current_mark().await else {
             self.misses.inc();
             return self.store.daily(merchant, de, ate, &self.group).await;
         };
-        if let Some(answer) = self.held_range(cache, merchant, &current, de, ate) {
-            return Ok(answer);
-        }
-        let _one_at_a_time = self.loads[stripe(merchant)].lock().await;
-        // A request ahead of this one may have read what this one needs.
-        if let Some(answer) = self.held_range(cache, merchant, &current, de, ate) {
-            return Ok(answer);
-        }
-        self.misses.inc();
-        match cache.get(merchant).as_deref() {
-            // Read again before consolidation committed: worth holding whole.
-            Some(Held::Seen(mark)) if *mark == current => {
-                let all = self.store.daily(merchant, BusinessDate::FIRST, BusinessDate::LAST, &self.group).await?;
-                let history = DayHistory::new(all.days).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let consolidated_at = all.consolidated_at;
-                let answer = rows(&history, &consolidated_at, de, ate);
-                cache.insert(merchant.clone(), Arc::new(Held::Days { mark: current, history, consolidated_at }));
-                metrics().query_cache_days.set(i64::try_from(cache.weighted_size()).unwrap_or(i64::MAX));
-                Ok(answer)
-            }
-            _ => {
-                let answer = self.store.daily(merchant, de, ate, &self.group).await?;
-                cache.insert(merchant.clone(), Arc::new(Held::Seen(current)));
-                Ok(answer)
-            }
-        }
-    }
-
-    /// The range from the merchant's days held under `current`, if they are.
-    fn held_range(
-        &self,
-        cache: &Cache<MerchantId, Arc<Held>>,
-        merchant: &MerchantId,
-        current: &Mark,
-        de: BusinessDate,
-        ate: BusinessDate,
-    ) -> Option<DailyRows> {
-        let held = cache.get(merchant)?;
-        let Held::Days { mark, history, consolidated_at } = held.as_ref() else { return None };
-        (mark == current).then(|| {
+        let key = (merchant.clone(), mark);
+        if let Some(days) = memory.days.get(&key).await {
             self.hits.inc();
-            rows(history, consolidated_at, de, ate)
-        })
+            return Ok(rows(&days, de, ate));
+        }
+        if !memory.seen.contains_key(&key) {
+            // The first read under this mark: its range only.
+            memory.seen.insert(key, ()).await;
+            self.misses.inc();
+            return self.store.daily(merchant, de, ate, &self.group).await;
+        }
+        // Read again before consolidation committed: worth holding whole, loaded once.
+        let loaded = AtomicBool::new(false);
+        let load = async {
+            loaded.store(true, Ordering::Relaxed);
+            let all = self.store.daily(merchant, BusinessDate::FIRST, BusinessDate::LAST, &self.group).await?;
+            let history = DayHistory::new(all.days).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok::<_, StoreError>(Arc::new(Days { history, consolidated_at: all.consolidated_at }))
+        };
+        let days = memory.days.try_get_with(key, load).await.map_err(shared)?;
+        if loaded.into_inner() {
+            self.misses.inc();
+            metrics().query_cache_days.set(i64::try_from(memory.days.weighted_size()).unwrap_or(i64::MAX));
+        } else {
+            self.hits.inc();
+        }
+        Ok(rows(&days, de, ate))
     }
 }
 
-/// The stripe of [`Balances::loads`] a merchant's reads of the store take turns on.
-fn stripe(merchant: &MerchantId) -> usize {
-    use std::hash::{BuildHasher as _, BuildHasherDefault};
-    let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(merchant);
-    (hash % LOAD_STRIPES as u64) as usize
+/// A load's error, as each read that waited for it gets it.
+fn shared(e: Arc<StoreError>) -> StoreError {
+    Arc::try_unwrap(e).unwrap_or_else(StoreError::Shared)
 }
 
 /// The range `[de, ate]` of a merchant's history, as the store answers it.
-fn rows(history: &DayHistory, consolidated_at: &Option<String>, de: BusinessDate, ate: BusinessDate) -> DailyRows {
-    let (opening_cents, days) = history.range(de, ate);
-    DailyRows { opening_cents, days: days.to_vec(), consolidated_at: consolidated_at.clone() }
+fn rows(days: &Days, de: BusinessDate, ate: BusinessDate) -> DailyRows {
+    let (opening_cents, range) = days.history.range(de, ate);
+    DailyRows { opening_cents, days: range.to_vec(), consolidated_at: days.consolidated_at.clone() }
 }
 
 #[cfg(test)]
@@ -294,5 +276,89 @@ mod tests {
         assert_eq!(january(&balances).await, (0, vec![("2026-01-05".into(), 100)]));
         tamper(&dir, "UPDATE consolidado_diario SET creditos_cents = 999").await;
         assert_eq!(january(&balances).await, (0, vec![("2026-01-05".into(), 999)]));
+    }
+
+    /// One step of a property run.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// Consolidation commits a change to one day of January.
+        Commit { day: u32, cents: i64 },
+        /// Some readers read a range of January at once, without waiting.
+        Read { from: u32, days: u32, readers: usize },
+        /// A reader waits for the last commit (`aguardar`), then reads all of January.
+        Aguardar,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (1..=31u32, 1..1_000i64).prop_map(|(day, cents)| Step::Commit { day, cents }),
+            (1..=31u32, 1..=31u32, 1..=4usize).prop_map(|(from, days, readers)| Step::Read { from, days, readers }),
+            Just(Step::Aguardar),
+        ]
+    }
+
+    /// Days of January as the store holds them after each commit: what a read may answer.
+    type Snapshot = std::collections::BTreeMap<u32, i64>;
+
+    fn range_of(snapshot: &Snapshot, from: u32, to: u32) -> (i64, Vec<(String, i64)>) {
+        let opening = snapshot.range(..from).map(|(_, c)| c).sum();
+        let days = snapshot.range(from..=to).map(|(d, c)| (format!("2026-01-{d:02}"), *c)).collect();
+        (opening, days)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+        /// Whatever the order of commits and reads, every answer is a state the store held, never
+        /// one older than the poller had seen when the read began; and a read after `aguardar`
+        /// is exactly the store's state (reads its writes).
+        #[test]
+        fn memory_never_answers_older_than_the_poller_saw(steps in proptest::collection::vec(step(), 1..24)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("store.db").display());
+                let store = Store::connect(&url, 2).await.unwrap();
+                let progress = ProgressWatch::start(store.clone(), GROUP.into(), "lancamentos".into());
+                let balances = Balances::new(store.clone(), GROUP.into(), progress.clone(), 1_000);
+                let merchant = MerchantId::parse("loja-1").unwrap();
+                // Every state the store held, in order; `seen` is the first a read may answer.
+                let (mut states, mut seen, mut offset) = (vec![Snapshot::new()], 0, 0i64);
+                for step in steps {
+                    match step {
+                        Step::Commit { day, cents } => {
+                            offset += 1;
+                            commit(&store, &format!("2026-01-{day:02}"), cents, offset).await;
+                            let mut next = states.last().unwrap().clone();
+                            *next.entry(day).or_default() += cents;
+                            states.push(next);
+                        }
+                        Step::Read { from, days, readers } => {
+                            let to = (from + days - 1).min(31);
+                            let (de, ate) = (day(&format!("2026-01-{from:02}")), day(&format!("2026-01-{to:02}")));
+                            let reads = (0..readers).map(|_| balances.daily(&merchant, de, ate));
+                            for read in futures::future::join_all(reads).await {
+                                let read = read.unwrap();
+                                let answer = (read.opening_cents, read.days.iter().map(|(d, t)| (d.to_string(), t.creditos_cents)).collect::<Vec<_>>());
+                                assert!(
+                                    states[seen..].iter().any(|s| range_of(s, from, to) == answer),
+                                    "{answer:?} is no state from the {seen}th on: {states:?}"
+                                );
+                            }
+                        }
+                        Step::Aguardar => {
+                            if offset > 0 {
+                                let last = Posicao { partition: 0, offset: offset - 1 };
+                                assert!(progress.wait_past(last, Duration::from_secs(5)).await);
+                            }
+                            seen = states.len() - 1;
+                            let answer = january(&balances).await;
+                            assert_eq!(answer, range_of(&states[seen], 1, 31), "read after aguardar");
+                        }
+                    }
+                }
+            });
+        }
     }
 }
