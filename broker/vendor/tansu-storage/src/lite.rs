@@ -12,16 +12,12 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-
-// cashflow patch: group commit of produces.
-mod group_sync;
-
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     env,
     fmt::Debug,
     marker::PhantomData,
-    ops::{Deref, DerefMut},
+    ops::Deref,
     result,
     str::FromStr as _,
     sync::{Arc, LazyLock, Mutex},
@@ -233,46 +229,6 @@ pub(crate) struct ConnectionManager {
 
 pub(crate) struct PoolConnection {
     connection: Connection,
-    // cashflow patch: each statement is prepared once per connection (see `prepared_statement`).
-    statements: Mutex<HashMap<String, Arc<Statement>>>,
-}
-
-/// cashflow patch: the result of a statement from the connection's cache. The statement is reset
-/// when this is dropped, as dropping an uncached statement finalized it: an open read ends and an
-/// autocommit write commits at the same point as before.
-pub(crate) struct Cached<T> {
-    value: T,
-    // Dropped after `value`.
-    _reset: Reset,
-}
-
-/// cashflow patch: resets its statement when dropped, on every path out of a query.
-struct Reset(Arc<Statement>);
-
-impl Drop for Reset {
-    fn drop(&mut self) {
-        self.0.reset();
-    }
-}
-
-impl<T> Deref for Cached<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.value
-    }
-}
-
-impl<T> DerefMut for Cached<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        &mut self.value
-    }
-}
-
-impl<T: Debug> Debug for Cached<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.value.fmt(f)
-    }
 }
 
 impl Debug for PoolConnection {
@@ -349,39 +305,17 @@ impl PoolConnection {
     async fn new(connection: Connection) -> Result<Self> {
         Self::init(&connection).await?;
 
-        Ok(Self {
-            connection,
-            statements: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { connection })
     }
 
     #[instrument(skip(self))]
-    async fn prepared_statement(&self, key: &str) -> Result<Arc<Statement>, libsql::Error> {
-        // cashflow patch: preparing (parsing and planning) was 38% of the broker's CPU under a
-        // produce load, and most of it when idle. A cached statement is reused only when nothing
-        // holds it; a statement whose rows are still being read gets a fresh one beside it.
-        let idle = |statements: &HashMap<String, Arc<Statement>>| {
-            statements
-                .get(key)
-                .filter(|statement| Arc::strong_count(statement) == 1)
-                .cloned()
-        };
-        if let Some(statement) = idle(&self.statements.lock().unwrap_or_else(|e| e.into_inner())) {
-            statement.reset();
-            return Ok(statement);
-        }
-
+    async fn prepared_statement(&self, key: &str) -> Result<Statement, libsql::Error> {
         let sql = SQL
             .0
             .get(key)
             .ok_or(libsql::Error::Misuse(format!("Unknown cache key: {}", key)))?;
 
-        let statement = Arc::new(self.connection.prepare(sql).await?);
-        let mut statements = self.statements.lock().unwrap_or_else(|e| e.into_inner());
-        if !statements.contains_key(key) {
-            _ = statements.insert(key.to_owned(), Arc::clone(&statement));
-        }
-        Ok(statement)
+        self.connection.prepare(sql).await
     }
 
     fn attributes_for_error(&self, key: Option<&str>, error: &libsql::Error) -> Vec<KeyValue> {
@@ -431,7 +365,7 @@ impl PoolConnection {
     }
 
     #[instrument(skip_all)]
-    async fn query<P>(&self, sql: &str, params: P) -> result::Result<Cached<Rows>, libsql::Error>
+    async fn query<P>(&self, sql: &str, params: P) -> result::Result<Rows, libsql::Error>
     where
         P: IntoParams,
         P: Debug,
@@ -440,10 +374,9 @@ impl PoolConnection {
 
         let start = SystemTime::now();
 
-        let reset = Reset(self.prepared_statement(sql).await?);
+        let statement = self.prepared_statement(sql).await?;
 
-        reset
-            .0
+        statement
             .query(params)
             .await
             .inspect(|rows| {
@@ -461,10 +394,6 @@ impl PoolConnection {
 
                 SQL_ERROR.add(1, &self.attributes_for_error(Some(sql), err)[..]);
             })
-            .map(|value| Cached {
-                value,
-                _reset: reset,
-            })
     }
 
     #[instrument(skip_all)]
@@ -476,10 +405,9 @@ impl PoolConnection {
         debug!(sql, ?params);
         let start = SystemTime::now();
 
-        let reset = Reset(self.prepared_statement(sql).await?);
+        let statement = self.prepared_statement(sql).await?;
 
-        reset
-            .0
+        statement
             .execute(params)
             .await
             .inspect(|rows| {
@@ -497,11 +425,7 @@ impl PoolConnection {
     }
 
     #[instrument(skip_all)]
-    async fn query_opt<P>(
-        &self,
-        sql: &str,
-        params: P,
-    ) -> result::Result<Option<Cached<Row>>, libsql::Error>
+    async fn query_opt<P>(&self, sql: &str, params: P) -> result::Result<Option<Row>, libsql::Error>
     where
         P: IntoParams,
         P: Debug,
@@ -510,9 +434,9 @@ impl PoolConnection {
 
         let start = SystemTime::now();
 
-        let reset = Reset(self.prepared_statement(sql).await?);
+        let statement = self.prepared_statement(sql).await?;
 
-        let mut rows = reset.0.query(params).await.inspect_err(|err| {
+        let mut rows = statement.query(params).await.inspect_err(|err| {
             error!(?err, elapsed_millis = elapsed_millis(start));
             SQL_ERROR.add(1, &self.attributes_for_error(Some(sql), err)[..]);
         })?;
@@ -527,15 +451,11 @@ impl PoolConnection {
         SQL_DURATION.record(elapsed_millis(start), &attributes);
         SQL_REQUESTS.add(1, &attributes);
 
-        drop(rows);
-        Ok(row.map(|value| Cached {
-            value,
-            _reset: reset,
-        }))
+        Ok(row)
     }
 
     #[instrument(skip_all)]
-    async fn query_one<P>(&self, sql: &str, params: P) -> result::Result<Cached<Row>, libsql::Error>
+    async fn query_one<P>(&self, sql: &str, params: P) -> result::Result<Row, libsql::Error>
     where
         P: IntoParams,
         P: Debug,
@@ -544,10 +464,9 @@ impl PoolConnection {
 
         let start = SystemTime::now();
 
-        let reset = Reset(self.prepared_statement(sql).await?);
+        let statement = self.prepared_statement(sql).await?;
 
-        let mut rows = reset
-            .0
+        let mut rows = statement
             .query(params)
             .await
             .inspect(|rows| debug!(?rows))
@@ -579,12 +498,7 @@ impl PoolConnection {
 
             SQL_REQUESTS.add(1, &attributes);
 
-            drop(rows);
-            Ok(Cached {
-                value: row,
-                _reset: reset,
-            })
-            .inspect(|row| debug!(?row))
+            Ok(row).inspect(|row| debug!(?row))
         } else {
             panic!("more or less than one row");
         }
@@ -1439,8 +1353,6 @@ pub struct Engine {
     #[allow(dead_code)]
     server: Arc<JoinSet<Result<(), Error>>>,
     inner: RequestChannelService,
-    // cashflow patch: a produce is acknowledged after an fsync of the WAL (group commit).
-    wal: group_sync::GroupSync,
 }
 
 impl Engine {
@@ -1541,14 +1453,15 @@ impl Storage for Engine {
         deflated: deflated::Batch,
     ) -> Result<i64> {
         let start = SystemTime::now();
-        let offset = self.inner.produce(transaction_id, topition, deflated).await?;
-        // cashflow patch: acknowledged only once the WAL holding the batch is on disk.
-        self.wal.sync().await?;
-        ENGINE_REQUEST_DURATION.record(
-            elapsed_millis(start),
-            &[KeyValue::new("operation", "produce")],
-        );
-        Ok(offset)
+        self.inner
+            .produce(transaction_id, topition, deflated)
+            .await
+            .inspect(|_| {
+                ENGINE_REQUEST_DURATION.record(
+                    elapsed_millis(start),
+                    &[KeyValue::new("operation", "produce")],
+                )
+            })
     }
 
     #[instrument(skip_all)]
@@ -1993,9 +1906,6 @@ impl Builder<String, i32, Url, Url> {
             }
         });
 
-        // cashflow patch: the WAL of this database is synced before a produce is acknowledged.
-        let wal = group_sync::GroupSync::start(&path)?;
-
         let db = libsql::Builder::new_local(path).build().await?;
 
         let connection = db.connect()?;
@@ -2040,7 +1950,6 @@ impl Builder<String, i32, Url, Url> {
         Ok(Engine {
             server: Arc::new(server),
             inner,
-            wal,
         })
     }
 }
