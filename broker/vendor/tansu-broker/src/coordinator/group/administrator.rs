@@ -1965,11 +1965,13 @@ where
             return (self.into(), sync_group_response.into());
         }
 
+        // cashflow patch: only the leader forms the group. With no leader (it expired after
+        // the join), a follower's empty assignments used to form it with nothing assigned.
         if self
             .state
             .leader
             .as_ref()
-            .is_some_and(|leader_id| member_id != leader_id.as_str())
+            .is_none_or(|leader_id| member_id != leader_id.as_str())
         {
             debug!(?self.state.leader, sync_outcome = ?ErrorCode::RebalanceInProgress);
 
