@@ -444,11 +444,14 @@ where
                 if inner.missed_heartbeat(group_id, now) {
                     info!("missed heartbeat for {group_id} in {}", inner.generation_id);
 
+                    // cashflow patch: a member lost is a new generation, so the members left see
+                    // a stale generation on their next heartbeat, rejoin, and one of them leads
+                    // the assignment of the lost member's partitions (even when it was the leader).
                     Self::Forming(Inner {
                         session_timeout_ms: inner.session_timeout_ms,
                         rebalance_timeout_ms: inner.rebalance_timeout_ms,
                         members: inner.members,
-                        generation_id: inner.generation_id,
+                        generation_id: inner.generation_id + 1,
                         state: Forming {
                             protocol_type: Some(inner.state.protocol_type),
                             protocol_name: Some(inner.state.protocol_name),
@@ -1177,13 +1180,18 @@ where
 
             let now = SystemTime::now();
 
-            let (mut wrapper, body) = wrapper
+            // cashflow patch: evict expired members before answering, as join and sync do. The
+            // formed group's own heartbeat evicted them without leaving the generation, so a
+            // dead leader stayed leader and the survivors rejoined to an empty assignment forever.
+            let wrapper = if group_instance_id.is_none() {
+                wrapper.missed_heartbeat(group_id, now)
+            } else {
+                wrapper
+            };
+
+            let (wrapper, body) = wrapper
                 .heartbeat(now, group_id, generation_id, member_id, group_instance_id)
                 .await;
-
-            if group_instance_id.is_none() {
-                wrapper = wrapper.missed_heartbeat(group_id, now);
-            }
 
             debug!(group_id, ?wrapper, ?version, iteration,);
 
