@@ -12,6 +12,9 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
+// cashflow patch: group commit of produces.
+mod group_sync;
+
 use std::{
     collections::{BTreeMap, HashMap},
     env,
@@ -1435,6 +1438,8 @@ pub struct Engine {
     #[allow(dead_code)]
     server: Arc<JoinSet<Result<(), Error>>>,
     inner: RequestChannelService,
+    // cashflow patch: a produce is acknowledged after an fsync of the WAL (group commit).
+    wal: group_sync::GroupSync,
 }
 
 impl Engine {
@@ -1535,15 +1540,14 @@ impl Storage for Engine {
         deflated: deflated::Batch,
     ) -> Result<i64> {
         let start = SystemTime::now();
-        self.inner
-            .produce(transaction_id, topition, deflated)
-            .await
-            .inspect(|_| {
-                ENGINE_REQUEST_DURATION.record(
-                    elapsed_millis(start),
-                    &[KeyValue::new("operation", "produce")],
-                )
-            })
+        let offset = self.inner.produce(transaction_id, topition, deflated).await?;
+        // cashflow patch: acknowledged only once the WAL holding the batch is on disk.
+        self.wal.sync().await?;
+        ENGINE_REQUEST_DURATION.record(
+            elapsed_millis(start),
+            &[KeyValue::new("operation", "produce")],
+        );
+        Ok(offset)
     }
 
     #[instrument(skip_all)]
@@ -1988,6 +1992,9 @@ impl Builder<String, i32, Url, Url> {
             }
         });
 
+        // cashflow patch: the WAL of this database is synced before a produce is acknowledged.
+        let wal = group_sync::GroupSync::start(&path)?;
+
         let db = libsql::Builder::new_local(path).build().await?;
 
         let connection = db.connect()?;
@@ -2032,6 +2039,7 @@ impl Builder<String, i32, Url, Url> {
         Ok(Engine {
             server: Arc::new(server),
             inner,
+            wal,
         })
     }
 }
