@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use cashflow_core::config::LoginLimit;
+use cashflow_core::config::{AuthConfig, LoginLimit};
 use cashflow_core::failure::Transient;
 use cashflow_http::Cause;
 use cashflow_sinks::Store;
@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::keys::Jwk;
-use crate::{Issuer, verify_password};
+use crate::{Issuer, KeyStore, verify_password};
 
 pub struct AuthState {
     pub issuer: Issuer,
@@ -36,6 +36,16 @@ pub struct AuthState {
 }
 
 impl AuthState {
+    /// The token API `services.auth` declares, signing with `keys`.
+    pub fn build(config: &AuthConfig, keys: Arc<KeyStore>, store: Store) -> Self {
+        AuthState {
+            issuer: Issuer::new(keys, &config.issuer, &config.audience, config.token_ttl.as_secs()),
+            store,
+            limits: LoginLimits::new(config.login_limit_per_username, config.login_limit_per_address),
+            trusted_proxies: config.trusted_proxies.clone(),
+        }
+    }
+
     /// The client's address: the peer's, or the one a trusted proxy forwarded.
     fn client_address(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         let forwarded = || {

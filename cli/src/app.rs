@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use cashflow_auth::{AuthState, Issuer, JwksCache, KeySource, KeyStore, LoginLimits, Validator, key_overlap};
+use cashflow_auth::{AuthState, JwksCache, KeySource, KeyStore, Validator, key_overlap};
 use cashflow_core::config::PipelineConfig;
 use cashflow_gateway::{Apis, GatewayState, QueryState, Upstreams};
-use cashflow_ingest::{IngestState, Publisher};
+use cashflow_ingest::IngestState;
 use cashflow_kafka as kafka;
 use cashflow_retry::Dlq;
 use cashflow_sinks::Store;
@@ -18,10 +18,10 @@ use crate::broker::Supervisor;
 use crate::{Common, Stage};
 
 pub async fn connect_store(config: &PipelineConfig, common: &Common) -> Result<Store> {
-    let url = config.store.resolved_url(&common.data_dir);
-    Store::connect(&url, config.store.max_connections)
+    let url = config.store.url.resolved(&common.data_dir);
+    Store::connect(url.expose(), config.store.max_connections)
         .await
-        .with_context(|| format!("cannot open the store (store.url = {:?})", config.store.redacted_url()))
+        .with_context(|| format!("cannot open the store (store.url = {:?})", config.store.url.to_string()))
 }
 
 /// Where the signing keys live.
@@ -93,8 +93,8 @@ pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Resul
         Stage::Consolidate | Stage::Retry => {
             let consolidate = matches!(stage, Stage::Consolidate);
             let services = &config.services;
-            let listen = if consolidate { &services.consolidate.listen } else { &services.retry.listen };
-            let listen = common.listen.as_ref().unwrap_or(listen);
+            let listen = if consolidate { services.consolidate.listen } else { services.retry.listen };
+            let listen = common.listen.unwrap_or(listen);
             let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(listen = %listener.local_addr()?, stage = ?stage, "metrics listening");
             create_topics(&config).await?;
@@ -122,7 +122,7 @@ async fn start_broker(config: &PipelineConfig, common: &Common) -> Result<Option
     }
     std::fs::create_dir_all(&common.data_dir)
         .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
-    Supervisor::start(&config.kafka.embedded.listen, &common.data_dir).await.map(Some)
+    Supervisor::start(config.kafka.embedded.listen, &common.data_dir).await.map(Some)
 }
 
 /// Creates the declared topics, waiting up to a minute for the broker.
@@ -142,6 +142,31 @@ async fn create_topics(config: &PipelineConfig) -> Result<()> {
     }
 }
 
+/// What one HTTP process serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// `cashflow up`, or `run gateway` with no upstreams: every API, and the tokens issued here.
+    Everything,
+    /// `run gateway` with `services.gateway.upstreams`: token checks, and a proxy to the stages.
+    Proxy,
+    /// `run auth`: issues the tokens every other stage checks with its JWKS.
+    Auth,
+    Ingest,
+    Query,
+}
+
+impl Role {
+    fn of(stage: Stage, config: &PipelineConfig) -> Role {
+        match stage {
+            Stage::Gateway if config.services.gateway.upstreams.is_some() => Role::Proxy,
+            Stage::Auth => Role::Auth,
+            Stage::Ingest => Role::Ingest,
+            Stage::Query => Role::Query,
+            _ => Role::Everything,
+        }
+    }
+}
+
 /// The HTTP APIs of `stage` (or of the whole embedded pipeline), until `shutdown`.
 async fn serve_http(
     config: &Arc<PipelineConfig>,
@@ -151,81 +176,66 @@ async fn serve_http(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let services = &config.services;
-    let auth = &services.auth;
-    let gw = &services.gateway;
-    let local_keys = || KeyStore::open(&keys_dir(config, common), key_overlap(auth.token_ttl_secs));
+    let role = Role::of(stage, config);
+    let store = || store.clone().context("this stage needs the store");
+    let local_keys = || KeyStore::open(&keys_dir(config, common), key_overlap(services.auth.token_ttl.as_secs()));
     let remote_keys = || -> Result<KeySource> {
-        let upstreams = gw.upstreams.as_ref().context(
+        let upstreams = services.gateway.upstreams.as_ref().context(
             "services.gateway.upstreams is not set: in the distributed shape every stage validates tokens \
              with the auth stage's JWKS, found at services.gateway.upstreams.auth",
         )?;
         Ok(KeySource::Jwks(JwksCache::new(upstreams.jwks_url())))
     };
-    let need_store = || store.clone().context("this stage needs the store");
-    let mut apis = Apis::default();
-    let mut publisher = None;
-    let everything = matches!(stage, Stage::Gateway) && gw.upstreams.is_none();
-    // The process that issues tokens validates them with the same key store.
-    let issuing = everything || matches!(stage, Stage::Auth);
-    let keys = if issuing { Some(local_keys()?) } else { None };
-    let source = match &keys {
-        Some(keys) => KeySource::Local(Arc::clone(keys)),
-        None => remote_keys()?,
-    };
-    let listen = match stage {
-        Stage::Auth => &auth.listen,
-        Stage::Ingest => &services.ingest.listen,
-        Stage::Query => &services.query.listen,
-        _ => &gw.listen,
-    };
-    if let Some(keys) = keys {
-        apis.auth = Some(Arc::new(AuthState {
-            issuer: Issuer::new(keys, &auth.issuer, &auth.audience, auth.token_ttl_secs),
-            store: need_store()?,
-            limits: LoginLimits::new(auth.login_limit_per_username, auth.login_limit_per_address),
-            trusted_proxies: auth.trusted_proxies.clone(),
-        }));
-    }
-    if everything || matches!(stage, Stage::Ingest) {
-        let p = Arc::new(Publisher::new(config)?);
-        apis.ingest = Some(IngestState {
-            publisher: Arc::clone(&p),
-            store: need_store()?,
-            date_window: services.consolidate.date_window(),
-            max_batch_body_bytes: gw.max_batch_body_bytes,
-        });
-        publisher = Some(p);
-    }
-    if everything || matches!(stage, Stage::Query) {
-        let store = need_store()?;
-        apis.dlq = Some(Dlq::new(Arc::clone(config), store.clone()));
-        let topic = config.ingest_topic();
-        let timeout = Duration::from_millis(services.query.aguardar_timeout_ms);
-        let (group, cache_days) = (&services.consolidate.group, services.query.cache_days);
-        let declared = cashflow_dataflow::declared(config);
+    let query = |store: Store| {
         let names = services.consolidate.aggregated().into_iter().map(|(name, _)| name.to_owned());
-        let states = names.zip(declared);
-        apis.query = Some(QueryState::new(store, group, topic, timeout, cache_days).with_states(states));
-    }
-    if let (Stage::Gateway, Some(up)) = (stage, &gw.upstreams) {
-        let timeout = Duration::from_secs(gw.request_timeout_secs);
-        let upstreams = Upstreams::new(up, gw.max_batch_body_bytes, timeout).map_err(anyhow::Error::msg)?;
-        let every = Duration::from_secs(up.health_check_secs);
-        tokio::spawn(Arc::clone(&upstreams).check_health(every, shutdown.clone()));
-        apis.upstreams = Some(upstreams);
-    }
-    let state = GatewayState {
-        validator: Arc::new(Validator::new(source, &auth.issuer, &auth.audience)),
-        apis,
-        max_body_bytes: gw.max_body_bytes,
-        request_timeout: Duration::from_secs(gw.request_timeout_secs),
-        rate_limit: gw.rate_limit.as_ref().map(|r| (r.per_second, r.burst)),
-        rate_limit_per_address: gw.rate_limit_per_address.as_ref().map(|r| (r.per_second, r.burst)),
-        cors_allowed_origins: gw.cors_allowed_origins.clone(),
+        QueryState::build(config, store, names.zip(cashflow_dataflow::declared(config)))
     };
-    let listen = common.listen.clone().unwrap_or_else(|| listen.clone());
-    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(listen = %listener.local_addr()?, stage = ?stage, "HTTP API listening");
+    let (keys, apis, listen) = match role {
+        Role::Everything => {
+            let (keys, store) = (local_keys()?, store()?);
+            let apis = Apis {
+                auth: Some(Arc::new(AuthState::build(&services.auth, Arc::clone(&keys), store.clone()))),
+                ingest: Some(IngestState::build(config, store.clone())?),
+                query: Some(query(store.clone())),
+                dlq: Some(Dlq::new(Arc::clone(config), store)),
+                upstreams: None,
+            };
+            (KeySource::Local(keys), apis, services.gateway.listen)
+        }
+        Role::Auth => {
+            let keys = local_keys()?;
+            let auth = AuthState::build(&services.auth, Arc::clone(&keys), store()?);
+            (KeySource::Local(keys), Apis { auth: Some(Arc::new(auth)), ..Apis::default() }, services.auth.listen)
+        }
+        Role::Ingest => {
+            let ingest = IngestState::build(config, store()?)?;
+            (remote_keys()?, Apis { ingest: Some(ingest), ..Apis::default() }, services.ingest.listen)
+        }
+        Role::Query => {
+            let store = store()?;
+            let apis = Apis {
+                query: Some(query(store.clone())),
+                dlq: Some(Dlq::new(Arc::clone(config), store)),
+                ..Apis::default()
+            };
+            (remote_keys()?, apis, services.query.listen)
+        }
+        Role::Proxy => {
+            let gw = &services.gateway;
+            let up = gw.upstreams.as_ref().expect("Role::Proxy is chosen only when upstreams are set");
+            let upstreams =
+                Upstreams::new(up, gw.max_batch_body_bytes, gw.request_timeout).map_err(anyhow::Error::msg)?;
+            tokio::spawn(Arc::clone(&upstreams).check_health(up.health_check, shutdown.clone()));
+            (remote_keys()?, Apis { upstreams: Some(upstreams), ..Apis::default() }, gw.listen)
+        }
+    };
+    let publisher = apis.ingest.as_ref().map(|i| Arc::clone(&i.publisher));
+    let auth = &services.auth;
+    let validator = Validator::new(keys, &auth.issuer, &auth.audience);
+    let state = GatewayState::build(&services.gateway, validator, apis);
+    let listen = common.listen.unwrap_or(listen);
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(listen = %listener.local_addr()?, stage = ?stage, ?role, "HTTP API listening");
     cashflow_observability::metrics().stage_up(stage.name(), true);
     let app = cashflow_gateway::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;

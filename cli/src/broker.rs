@@ -42,7 +42,9 @@ pub struct Supervisor {
 impl Supervisor {
     /// Starts the broker on `listen` (ip:port) with storage in `data_dir/broker`, and waits until
     /// it accepts connections.
-    pub async fn start(listen: &str, data_dir: &Path) -> Result<Supervisor> {
+    pub async fn start(listen: std::net::SocketAddr, data_dir: &Path) -> Result<Supervisor> {
+        let listen = listen.to_string();
+        let listen = listen.as_str();
         let binary = binary()?;
         let dir = data_dir.join("broker");
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

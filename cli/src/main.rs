@@ -38,7 +38,7 @@ pub struct Common {
     pub data_dir: PathBuf,
     /// The gateway's address, overriding services.gateway.listen.
     #[arg(long, global = true, env = "CASHFLOW_LISTEN")]
-    pub listen: Option<String>,
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,7 +181,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
                 file.display(),
                 c.topics.len(),
                 c.kafka.brokers,
-                scheme(&c.store.url)
+                c.store.url.scheme()
             );
             ExitCode::SUCCESS
         }
@@ -193,8 +193,4 @@ fn validate(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn scheme(url: &str) -> &str {
-    url.split(':').next().unwrap_or(url)
 }

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use rand::Rng as _;
 use serde::Serialize;
@@ -195,10 +196,10 @@ impl Failure {
 /// The delay before retry number `retries + 1`: the schedule's entry (the last one repeating),
 /// plus up to a quarter of it at random. Never sooner than the schedule says, and records that
 /// failed together (in one outage of a dependency) do not all come back at the same instant.
-pub fn retry_delay_ms(schedule: &[u64], retries: u32) -> u64 {
+pub fn retry_delay(schedule: &[Duration], retries: u32) -> Duration {
     let i = (retries as usize).min(schedule.len().saturating_sub(1));
-    let delay = schedule.get(i).copied().unwrap_or(0);
-    delay.saturating_add(rand::thread_rng().gen_range(0..=delay / 4))
+    let delay = schedule.get(i).copied().unwrap_or_default();
+    delay.saturating_add(delay.mul_f64(rand::thread_rng().gen_range(0.0..=0.25)))
 }
 
 #[cfg(test)]
@@ -247,12 +248,13 @@ mod tests {
 
     #[test]
     fn the_retry_delay_repeats_the_last_and_is_up_to_a_quarter_longer() {
-        let s = [1000, 10000, 60000];
+        let s = [1000, 10000, 60000].map(Duration::from_millis);
         for (retries, delay) in [(0, 1000), (1, 10000), (2, 60000), (3, 60000), (9, 60000)] {
-            let drawn: Vec<u64> = (0..100).map(|_| retry_delay_ms(&s, retries)).collect();
+            let delay = Duration::from_millis(delay);
+            let drawn: Vec<Duration> = (0..100).map(|_| retry_delay(&s, retries)).collect();
             assert!(drawn.iter().all(|d| (delay..=delay + delay / 4).contains(d)), "{retries}: {drawn:?}");
             assert!(drawn.iter().any(|d| *d != drawn[0]), "{retries}: no jitter in {drawn:?}");
         }
-        assert_eq!(retry_delay_ms(&[], 3), 0);
+        assert_eq!(retry_delay(&[], 3), Duration::ZERO);
     }
 }

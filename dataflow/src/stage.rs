@@ -89,7 +89,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     tracing::info!(ready_ms = started.elapsed().as_millis() as u64, "consolidation ready");
     metrics().stage_up(STAGE, true);
 
-    let max_wait = Duration::from_millis(cons.max_epoch_wait_ms);
+    let max_wait = cons.max_epoch_wait;
     loop {
         let mut batch = tokio::select! {
             batch = next_epoch(&consumer, cons.max_epoch_records, max_wait) => batch?,

@@ -11,6 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use cashflow_auth::{AuthState, Validator};
+use cashflow_core::config::{GatewayConfig, RateLimit};
 use cashflow_http::{MERCHANT_NAMES, Principal, Problem, log_failures};
 use cashflow_ingest::IngestState;
 use cashflow_observability::track_http;
@@ -52,6 +53,22 @@ pub struct GatewayState {
     pub rate_limit_per_address: Option<(u32, u32)>,
     /// Browser origins allowed (CORS); `*` for any; empty for none.
     pub cors_allowed_origins: Vec<String>,
+}
+
+impl GatewayState {
+    /// The gateway `services.gateway` declares, in front of `apis`.
+    pub fn build(config: &GatewayConfig, validator: Validator, apis: Apis) -> Self {
+        let limit = |r: &Option<RateLimit>| r.as_ref().map(|r| (r.per_second, r.burst));
+        GatewayState {
+            validator: Arc::new(validator),
+            apis,
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
+            rate_limit: limit(&config.rate_limit),
+            rate_limit_per_address: limit(&config.rate_limit_per_address),
+            cors_allowed_origins: config.cors_allowed_origins.clone(),
+        }
+    }
 }
 
 type Limiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;

@@ -57,7 +57,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(config: &PipelineConfig) -> Result<Self, KafkaError> {
-        let ack_timeout = Duration::from_millis(config.services.ingest.ack_timeout_ms);
+        let ack_timeout = config.services.ingest.ack_timeout;
         let client = kafka::producer_config(config, ack_timeout);
         let producer = RwLock::new(Arc::new(client.create_with_context(BrokerErrors)?));
         let topic = config.ingest_topic().to_owned();

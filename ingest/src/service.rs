@@ -7,10 +7,11 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cashflow_core::config::DateWindow;
+use cashflow_core::config::{DateWindow, PipelineConfig};
 use cashflow_core::{BusinessDate, EntryId, Lancamento, Reversal};
 use cashflow_http::{FieldError, Json, Principal, Problem, Problems, RETRY_AFTER_SECS, SCOPE_WRITE, Unacknowledged};
 use cashflow_sinks::Store;
+use rdkafka::error::KafkaError;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -30,6 +31,18 @@ pub struct IngestState {
     pub date_window: DateWindow,
     /// Body limit of `POST /v1/lancamentos/lote`.
     pub max_batch_body_bytes: usize,
+}
+
+impl IngestState {
+    /// The ingest API `config` declares: its producer, and the store that checks reversals.
+    pub fn build(config: &PipelineConfig, store: Store) -> Result<Self, KafkaError> {
+        Ok(IngestState {
+            publisher: Arc::new(Publisher::new(config)?),
+            store,
+            date_window: config.services.consolidate.date_window(),
+            max_batch_body_bytes: config.services.gateway.max_batch_body_bytes,
+        })
+    }
 }
 
 /// The routes and their OpenAPI description, from the same handlers.

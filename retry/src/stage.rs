@@ -182,7 +182,7 @@ async fn session(config: &PipelineConfig, dlq: &Dlq, shutdown: &CancellationToke
     let mut holding = Holding::default();
     let mut depth = tokio::time::interval(DEPTH_EVERY);
     metrics().stage_up(STAGE, true);
-    tracing::info!(topic = source, max_attempts = retry.max_attempts, backoff_ms = ?retry.backoff_ms, "retry stage ready");
+    tracing::info!(topic = source, max_attempts = retry.max_attempts, backoff = ?retry.backoff, "retry stage ready");
 
     loop {
         let wake = holding.next_due_ms().map(|due| {

@@ -378,7 +378,7 @@ async fn raw_produce_latency(p: &Pipeline, entries: &[Lancamento], seconds: f64,
     for r in admin.create_topics(&[topic], &AdminOptions::new()).await.unwrap() {
         r.unwrap();
     }
-    let ack_timeout = Duration::from_millis(config.services.ingest.ack_timeout_ms);
+    let ack_timeout = config.services.ingest.ack_timeout;
     let producer: FutureProducer = cashflow_kafka::producer_config(&config, ack_timeout).create().unwrap();
     // Warm, as ingest's producer is: the first send to a new topic waits for its metadata, which
     // is not what a POST waits for.

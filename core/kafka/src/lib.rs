@@ -33,7 +33,7 @@ pub fn with_properties(config: &PipelineConfig, defaults: impl FnOnce(&mut Clien
     c.set("client.id", format!("{}/{}", config.meta.name, config.meta.version));
     defaults(&mut c);
     for (k, v) in &config.kafka.properties {
-        c.set(k, v);
+        c.set(k, v.expose());
     }
     c
 }

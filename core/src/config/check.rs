@@ -1,8 +1,11 @@
 //! Checks that need no I/O: references, ranges and the order of operators.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
 
-use super::{ConsolidateConfig, PipelineConfig, Problem, TopicRef, Transform};
+use super::{Brokers, ConsolidateConfig, PipelineConfig, Problem, StoreUrl, TopicRef, Transform};
 use crate::estado::{Field, Values};
 
 const API_VERSION: &str = "cashflow/v1";
@@ -18,27 +21,42 @@ pub(super) const REQUIRED_STATES: [(&str, &[Field], &str); 4] = [
 /// The most states one pipeline keeps.
 const MAX_STATES: usize = 64;
 
+/// The texts that become typed values, each checked by the parse of its type before the file is
+/// deserialized: deserializing stops at the first value that does not parse, and a user should
+/// hear of every one (and of a wrong `apiVersion`) in one run.
+pub(super) fn texts(file: &serde_norway::Value) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let text = |path: &str| {
+        path.split('.').try_fold(file, |v, key| v.get(key)).and_then(serde_norway::Value::as_str).map(str::to_owned)
+    };
+    if let Some(version) = text("apiVersion").filter(|v| v != API_VERSION) {
+        problem_at(&mut out, "apiVersion", format!("must be {API_VERSION:?}, found {version:?}"));
+    }
+    let mut parses = |path: &str, parse: &dyn Fn(&str) -> Result<(), String>| {
+        if let Some(Err(message)) = text(path).map(|t| parse(&t)) {
+            problem_at(&mut out, path, message);
+        }
+    };
+    parses("kafka.brokers", &|t| t.parse::<Brokers>().map(drop));
+    parses("store.url", &|t| t.parse::<StoreUrl>().map(drop));
+    let address = |t: &str| SocketAddr::from_str(t).map(drop).map_err(|_| format!("{t:?} is not an ip:port address"));
+    for path in [
+        "kafka.embedded.listen",
+        "services.gateway.listen",
+        "services.auth.listen",
+        "services.ingest.listen",
+        "services.query.listen",
+        "services.consolidate.listen",
+        "services.retry.listen",
+    ] {
+        parses(path, &address);
+    }
+    out
+}
+
 pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     let mut out = Vec::new();
 
-    if c.api_version != API_VERSION {
-        problem_at(&mut out, "apiVersion", format!("must be {API_VERSION:?}, found {:?}", c.api_version));
-    }
-    if c.kafka.brokers.trim().is_empty() {
-        problem_at(&mut out, "kafka.brokers", "must be \"embedded\" or a host:port list");
-    }
-    if c.kafka.is_embedded() && c.kafka.embedded.listen.parse::<std::net::SocketAddr>().is_err() {
-        problem_at(
-            &mut out,
-            "kafka.embedded.listen",
-            format!("{:?} is not an ip:port address", c.kafka.embedded.listen),
-        );
-    }
-    let url = &c.store.url;
-    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        let shown = c.store.redacted_url();
-        problem_at(&mut out, "store.url", format!("{shown:?} must start with sqlite:// or postgres://"));
-    }
     if c.store.max_connections == 0 {
         problem_at(&mut out, "store.max_connections", "must be at least 1");
     }
@@ -65,18 +83,6 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     }
 
     let s = &c.services;
-    for (path, listen) in [
-        ("services.gateway.listen", &s.gateway.listen),
-        ("services.auth.listen", &s.auth.listen),
-        ("services.ingest.listen", &s.ingest.listen),
-        ("services.query.listen", &s.query.listen),
-        ("services.consolidate.listen", &s.consolidate.listen),
-        ("services.retry.listen", &s.retry.listen),
-    ] {
-        if listen.parse::<std::net::SocketAddr>().is_err() {
-            problem_at(&mut out, path, format!("{listen:?} is not an ip:port address"));
-        }
-    }
     for (path, limit) in [
         ("services.gateway.rate_limit", &s.gateway.rate_limit),
         ("services.gateway.rate_limit_per_address", &s.gateway.rate_limit_per_address),
@@ -96,14 +102,14 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
                 );
             }
         }
-        if up.health_check_secs == 0 {
+        if up.health_check < Duration::from_secs(1) {
             problem_at(&mut out, "services.gateway.upstreams.health_check_secs", "must be at least 1");
         }
     }
     if s.gateway.max_body_bytes < 1024 {
         problem_at(&mut out, "services.gateway.max_body_bytes", "must be at least 1024");
     }
-    if s.query.aguardar_timeout_ms == 0 || s.query.aguardar_timeout_ms * 2 > s.gateway.request_timeout_secs * 1000 {
+    if s.query.aguardar_timeout.is_zero() || s.query.aguardar_timeout * 2 > s.gateway.request_timeout {
         problem_at(
             &mut out,
             "services.query.aguardar_timeout_ms",
@@ -113,7 +119,7 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     if s.gateway.max_batch_body_bytes < s.gateway.max_body_bytes {
         problem_at(&mut out, "services.gateway.max_batch_body_bytes", "must be at least max_body_bytes");
     }
-    if s.auth.token_ttl_secs == 0 || s.auth.token_ttl_secs > 86_400 {
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&s.auth.token_ttl) {
         problem_at(&mut out, "services.auth.token_ttl_secs", "must be between 1 and 86400");
     }
     for (field, value) in [("issuer", &s.auth.issuer), ("audience", &s.auth.audience)] {
@@ -164,16 +170,13 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     }
 
     let retry = &s.retry;
-    if retry.backoff_ms.is_empty() {
+    if retry.backoff.is_empty() {
         problem_at(&mut out, "services.retry.backoff_ms", "must list at least one delay");
     }
-    for (i, delay) in retry.backoff_ms.iter().enumerate() {
-        if *delay > MAX_BACKOFF_MS {
-            problem_at(
-                &mut out,
-                &format!("services.retry.backoff_ms[{i}]"),
-                format!("at most {MAX_BACKOFF_MS} (a week)"),
-            );
+    for (i, delay) in retry.backoff.iter().enumerate() {
+        if *delay > MAX_BACKOFF {
+            let path = format!("services.retry.backoff_ms[{i}]");
+            problem_at(&mut out, &path, format!("at most {} (a week)", MAX_BACKOFF.as_millis()));
         }
     }
     if retry.max_attempts == 0 {
@@ -187,7 +190,7 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
 
 /// The longest retry delay: a record held longer is better parked and replayed by an operator,
 /// and a due time (now + delay, with its jitter) stays far inside 64-bit milliseconds.
-const MAX_BACKOFF_MS: u64 = 7 * 24 * 3_600 * 1_000;
+const MAX_BACKOFF: Duration = Duration::from_secs(7 * 24 * 3_600);
 
 /// The states and the operators that keep them.
 fn check_states(out: &mut Vec<Problem>, cons: &ConsolidateConfig) {

@@ -9,10 +9,13 @@ mod env;
 mod redact;
 #[cfg(test)]
 mod tests;
+mod types;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -20,6 +23,9 @@ use crate::BusinessDate;
 use crate::estado::{Key, Values};
 
 pub use redact::redact_password;
+pub use types::{Brokers, Secret, StoreUrl};
+
+use types::{millis, secs};
 
 /// One problem in the file, with its YAML path (`services.consolidate.sources[1].id`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,10 +87,11 @@ pub struct Meta {
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `embedded` runs the bundled broker under `--data-dir`; otherwise a `host:port,…` list.
-    pub brokers: String,
-    /// librdkafka properties passed through to every client, e.g. `security.protocol`.
+    pub brokers: Brokers,
+    /// librdkafka properties passed through to every client, e.g. `security.protocol`; secret, as
+    /// they may hold credentials (`sasl.password`).
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, Secret<String>>,
     /// Settings of the embedded broker; used only when `brokers` is `embedded`.
     #[serde(default)]
     pub embedded: EmbeddedBroker,
@@ -95,12 +102,12 @@ pub struct KafkaConfig {
 pub struct EmbeddedBroker {
     /// Address the embedded broker listens on and advertises.
     #[serde(default = "EmbeddedBroker::default_listen")]
-    pub listen: String,
+    pub listen: SocketAddr,
 }
 
 impl EmbeddedBroker {
-    fn default_listen() -> String {
-        "127.0.0.1:9092".into()
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9092))
     }
 }
 
@@ -112,12 +119,15 @@ impl Default for EmbeddedBroker {
 
 impl KafkaConfig {
     pub fn is_embedded(&self) -> bool {
-        self.brokers == "embedded"
+        self.brokers == Brokers::Embedded
     }
 
     /// The bootstrap list clients connect to.
-    pub fn bootstrap(&self) -> &str {
-        if self.is_embedded() { &self.embedded.listen } else { &self.brokers }
+    pub fn bootstrap(&self) -> String {
+        match &self.brokers {
+            Brokers::Embedded => self.embedded.listen.to_string(),
+            Brokers::Bootstrap(list) => list.join(","),
+        }
     }
 }
 
@@ -125,7 +135,7 @@ impl KafkaConfig {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `sqlite://<path>` (a relative path resolves against `--data-dir`) or `postgres://…`.
-    pub url: String,
+    pub url: StoreUrl,
     /// Connections in the pool.
     #[serde(default = "StoreConfig::default_max_connections")]
     pub max_connections: u32,
@@ -134,22 +144,6 @@ pub struct StoreConfig {
 impl StoreConfig {
     const fn default_max_connections() -> u32 {
         8
-    }
-
-    /// The URL with its password (in the authority or a `password=` parameter) replaced by
-    /// `***`: what messages and logs may show.
-    pub fn redacted_url(&self) -> String {
-        redact_password(&self.url)
-    }
-
-    /// The URL to connect to, with a relative SQLite path resolved against `data_dir`.
-    pub fn resolved_url(&self, data_dir: &Path) -> String {
-        match self.url.strip_prefix("sqlite://") {
-            Some(rest) if !rest.starts_with('/') && !rest.starts_with(':') => {
-                format!("sqlite://{}", data_dir.join(rest).display())
-            }
-            _ => self.url.clone(),
-        }
     }
 }
 
@@ -183,7 +177,7 @@ pub struct Services {
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// Address the HTTP API listens on; `--listen` overrides it.
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Requests allowed per merchant (from the token).
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
@@ -197,8 +191,8 @@ pub struct GatewayConfig {
     #[serde(default = "GatewayConfig::default_max_batch_body_bytes")]
     pub max_batch_body_bytes: usize,
     /// A request that takes longer is answered 503.
-    #[serde(default = "GatewayConfig::default_request_timeout_secs")]
-    pub request_timeout_secs: u64,
+    #[serde(rename = "request_timeout_secs", default = "GatewayConfig::default_request_timeout", with = "secs")]
+    pub request_timeout: Duration,
     /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`; `"*"` allows
     /// any. Empty (the default): no cross-origin access.
     #[serde(default)]
@@ -217,13 +211,13 @@ pub struct Upstreams {
     pub ingest: String,
     pub query: String,
     /// How often each stage's `/readyz` is checked.
-    #[serde(default = "Upstreams::default_health_check_secs")]
-    pub health_check_secs: u64,
+    #[serde(rename = "health_check_secs", default = "Upstreams::default_health_check", with = "secs")]
+    pub health_check: Duration,
 }
 
 impl Upstreams {
-    const fn default_health_check_secs() -> u64 {
-        5
+    const fn default_health_check() -> Duration {
+        Duration::from_secs(5)
     }
 
     /// The auth stage's JWKS, which every other stage validates tokens with.
@@ -237,10 +231,10 @@ impl Upstreams {
 #[serde(deny_unknown_fields)]
 pub struct QueryConfig {
     #[serde(default = "QueryConfig::default_listen")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// The longest a read with `aguardar` waits for consolidation before answering stale.
-    #[serde(default = "QueryConfig::default_aguardar_timeout_ms")]
-    pub aguardar_timeout_ms: u64,
+    #[serde(rename = "aguardar_timeout_ms", default = "QueryConfig::default_aguardar_timeout", with = "millis")]
+    pub aguardar_timeout: Duration,
     /// Day rows of consolidated balances held in memory (about 40 bytes each): a merchant's days
     /// are read from the store once and answered from memory until consolidation commits again.
     /// 0 reads the store on every request.
@@ -252,21 +246,21 @@ impl Default for QueryConfig {
     fn default() -> Self {
         QueryConfig {
             listen: QueryConfig::default_listen(),
-            aguardar_timeout_ms: QueryConfig::default_aguardar_timeout_ms(),
+            aguardar_timeout: QueryConfig::default_aguardar_timeout(),
             cache_days: QueryConfig::default_cache_days(),
         }
     }
 }
 
 impl QueryConfig {
-    const fn default_aguardar_timeout_ms() -> u64 {
-        5_000
+    const fn default_aguardar_timeout() -> Duration {
+        Duration::from_millis(5_000)
     }
     const fn default_cache_days() -> u64 {
         1_000_000
     }
-    fn default_listen() -> String {
-        "127.0.0.1:8083".into()
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8083))
     }
 }
 
@@ -277,8 +271,8 @@ impl GatewayConfig {
     const fn default_max_batch_body_bytes() -> usize {
         1024 * 1024
     }
-    const fn default_request_timeout_secs() -> u64 {
-        30
+    const fn default_request_timeout() -> Duration {
+        Duration::from_secs(30)
     }
 }
 
@@ -294,13 +288,14 @@ pub struct RateLimit {
 pub struct AuthConfig {
     /// Where `cashflow run auth` listens (the distributed shape).
     #[serde(default = "AuthConfig::default_listen")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Peers (the gateway) whose `X-Forwarded-For` names the client for the login limits.
     #[serde(default)]
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub issuer: String,
     pub audience: String,
-    pub token_ttl_secs: u64,
+    #[serde(rename = "token_ttl_secs", with = "secs")]
+    pub token_ttl: Duration,
     /// Directory of signing keys; a relative path resolves against `--data-dir`.
     #[serde(default = "AuthConfig::default_keys_dir")]
     pub keys_dir: PathBuf,
@@ -322,8 +317,8 @@ pub struct LoginLimit {
 }
 
 impl AuthConfig {
-    fn default_listen() -> String {
-        "127.0.0.1:8081".into()
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8081))
     }
     fn default_keys_dir() -> PathBuf {
         PathBuf::from("keys")
@@ -341,20 +336,20 @@ impl AuthConfig {
 pub struct IngestConfig {
     /// Where `cashflow run ingest` listens (the distributed shape).
     #[serde(default = "IngestConfig::default_listen")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Where accepted entries go: exactly one topic.
     pub sinks: Vec<TopicRef>,
     /// How long to wait for the broker's acknowledgement before answering 503.
-    #[serde(default = "IngestConfig::default_ack_timeout_ms")]
-    pub ack_timeout_ms: u64,
+    #[serde(rename = "ack_timeout_ms", default = "IngestConfig::default_ack_timeout", with = "millis")]
+    pub ack_timeout: Duration,
 }
 
 impl IngestConfig {
-    fn default_listen() -> String {
-        "127.0.0.1:8082".into()
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8082))
     }
-    const fn default_ack_timeout_ms() -> u64 {
-        5_000
+    const fn default_ack_timeout() -> Duration {
+        Duration::from_millis(5_000)
     }
 }
 
@@ -378,7 +373,7 @@ impl TopicRef {
 pub struct ConsolidateConfig {
     /// Where `cashflow run consolidate` serves `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "ConsolidateConfig::default_listen")]
-    pub listen: String,
+    pub listen: SocketAddr,
     pub sources: Vec<TopicRef>,
     /// The states the dataflow keeps, by name (the name in
     /// `GET /v1/consolidado/estados/{nome}`), each in its own table.
@@ -393,8 +388,8 @@ pub struct ConsolidateConfig {
     #[serde(default = "ConsolidateConfig::default_max_epoch_records")]
     pub max_epoch_records: usize,
     /// Longest wait to fill an epoch once its first record arrived.
-    #[serde(default = "ConsolidateConfig::default_max_epoch_wait_ms")]
-    pub max_epoch_wait_ms: u64,
+    #[serde(rename = "max_epoch_wait_ms", default = "ConsolidateConfig::default_max_epoch_wait", with = "millis")]
+    pub max_epoch_wait: Duration,
 }
 
 /// The accepted range of business dates: from `past_days` ago to `future_days` ahead.
@@ -427,8 +422,8 @@ impl DateWindow {
 }
 
 impl ConsolidateConfig {
-    fn default_listen() -> String {
-        "127.0.0.1:8084".into()
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8084))
     }
     fn default_group() -> String {
         "cashflow-consolidate".into()
@@ -436,8 +431,8 @@ impl ConsolidateConfig {
     const fn default_max_epoch_records() -> usize {
         20_000
     }
-    const fn default_max_epoch_wait_ms() -> u64 {
-        50
+    const fn default_max_epoch_wait() -> Duration {
+        Duration::from_millis(50)
     }
 
     /// The business dates `validate` accepts (ingest answers 422 outside them).
@@ -509,11 +504,12 @@ impl Transform {
 pub struct RetryConfig {
     /// Where `cashflow run retry` serves `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "RetryConfig::default_listen")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Delay before each retry; the last value repeats. Each delay is drawn up to a quarter
     /// longer, at random, so records that failed together do not return together. Each is at
     /// most a week (604800000).
-    pub backoff_ms: Vec<u64>,
+    #[serde(rename = "backoff_ms", deserialize_with = "millis::list")]
+    pub backoff: Vec<Duration>,
     /// Retries of a failed record before it is parked.
     pub max_attempts: u32,
     /// Where exhausted records are parked.
@@ -527,8 +523,8 @@ pub struct RetryConfig {
 }
 
 impl RetryConfig {
-    fn default_listen() -> String {
-        "127.0.0.1:8085".into()
+    fn default_listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8085))
     }
     fn default_group() -> String {
         "cashflow-retry".into()
@@ -558,12 +554,18 @@ impl PipelineConfig {
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        let config: PipelineConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            fail(vec![Problem { path, message: e.into_inner().to_string() }])
-        })?;
-        let problems = check::check(&config);
+        let mut problems = check::texts(&value);
+        let config: PipelineConfig = match serde_path_to_error::deserialize(value) {
+            Ok(config) => config,
+            // The value that stopped it is among these, named with every other.
+            Err(_) if !problems.is_empty() => return Err(fail(problems)),
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                return Err(fail(vec![Problem { path, message: e.into_inner().to_string() }]));
+            }
+        };
+        problems.extend(check::check(&config));
         if problems.is_empty() { Ok(config) } else { Err(fail(problems)) }
     }
 

@@ -26,8 +26,10 @@ fn the_shipped_file_is_valid() {
     assert_eq!(c.kafka.bootstrap(), "127.0.0.1:9092");
     assert_eq!(c.topics["lancamentos"].partitions, 6);
     assert_eq!(c.ingest_topic(), "lancamentos");
-    assert_eq!(c.services.retry.backoff_ms, vec![1000, 10000, 60000]);
-    assert_eq!(c.store.resolved_url(Path::new("/d")), "sqlite:///d/cashflow.db");
+    assert_eq!(c.services.retry.backoff, [1, 10, 60].map(Duration::from_secs));
+    assert_eq!(c.store.url.resolved(Path::new("/d")).expose(), "sqlite:///d/cashflow.db");
+    assert_eq!(c.services.gateway.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+    assert_eq!(c.services.auth.token_ttl, Duration::from_secs(900));
 }
 
 #[test]
@@ -109,7 +111,7 @@ fn unset_environment_variable_is_named() {
 fn environment_variables_are_substituted() {
     let yaml = edit("url: sqlite://cashflow.db", "url: \"${DATABASE_URL}\"");
     let c = PipelineConfig::parse("t", &yaml, |n| (n == "DATABASE_URL").then(|| "postgres://db/x".into())).unwrap();
-    assert_eq!(c.store.url, "postgres://db/x");
+    assert_eq!(c.store.url.resolved(Path::new("/d")).expose(), "postgres://db/x");
     let literal = edit("issuer: cashflow", "issuer: \"a$${b}\"");
     let c = PipelineConfig::parse("t", &literal, no_env).unwrap();
     assert_eq!(c.services.auth.issuer, "a${b}");
@@ -324,4 +326,42 @@ fn a_backoff_delay_beyond_a_week_is_refused_rather_than_wrapping_the_due_time() 
     let p = problems(&edit(shipped, "backoff_ms: [1000, 18446744073709551615]"));
     assert_eq!(p, ["services.retry.backoff_ms[1]: at most 604800000 (a week)"]);
     assert!(problems(&edit(shipped, "backoff_ms: [1000, 604800000]")).is_empty());
+}
+
+#[test]
+fn durations_are_numbers_in_the_unit_their_key_names_or_texts_with_a_unit() {
+    let c = PipelineConfig::parse("t", &edit("token_ttl_secs: 900", "token_ttl_secs: 15m"), no_env).unwrap();
+    assert_eq!(c.services.auth.token_ttl, Duration::from_secs(900));
+    let shipped = "backoff_ms: [1000, 10000, 60000]";
+    let c = PipelineConfig::parse("t", &edit(shipped, "backoff_ms: [500ms, 10s, 1000]"), no_env).unwrap();
+    assert_eq!(c.services.retry.backoff, [500, 10_000, 1000].map(Duration::from_millis));
+    let p = problems(&edit(shipped, "backoff_ms: [1000, soon]"));
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("services.retry.backoff_ms[1]: \"soon\" is not a duration"), "{p:?}");
+    let p = problems(&edit(shipped, "backoff_ms: [1000, 8d]"));
+    assert_eq!(p, ["services.retry.backoff_ms[1]: at most 604800000 (a week)"]);
+}
+
+#[test]
+fn brokers_are_the_embedded_one_or_a_bootstrap_list() {
+    let c = PipelineConfig::parse("t", &edit("brokers: embedded", "brokers: \"k1:9092, k2:9092\""), no_env).unwrap();
+    assert_eq!(c.kafka.brokers, Brokers::Bootstrap(vec!["k1:9092".into(), "k2:9092".into()]));
+    assert_eq!(c.kafka.bootstrap(), "k1:9092,k2:9092");
+    assert_eq!(
+        problems(&edit("brokers: embedded", "brokers: kafka")),
+        [r#"kafka.brokers: "kafka" must be "embedded" or a host:port list"#]
+    );
+}
+
+#[test]
+fn secrets_never_show_in_debug_or_display() {
+    let yaml = edit("url: sqlite://cashflow.db", "url: \"postgres://app:s3cret@db/cash\"")
+        .replace("brokers: embedded", "brokers: \"k1:9092\"")
+        .replace("properties: {}", "properties: { sasl.password: hunter2 }");
+    let c = PipelineConfig::parse("t", &yaml, no_env).unwrap();
+    let shown = format!("{c:?} {}", c.store.url);
+    assert!(!shown.contains("s3cret") && !shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("postgres://app:***@db/cash"), "{shown}");
+    assert_eq!(c.kafka.properties["sasl.password"].expose(), "hunter2");
+    assert_eq!(c.store.url.resolved(Path::new("/d")).expose(), "postgres://app:s3cret@db/cash");
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cashflow_core::config::PipelineConfig;
-use cashflow_core::failure::{Code, Disposition, Failure, retry_delay_ms};
+use cashflow_core::failure::{Code, Disposition, Failure, retry_delay};
 use cashflow_kafka::{read_failure, send_failed};
 use cashflow_observability::metrics;
 use cashflow_sinks::{DeclaredState, Delivery, EpochTx, Origin, Store};
@@ -237,7 +237,8 @@ impl Epoch<'_> {
             },
         };
         // `validate` keeps each delay within a week, so the due time cannot overflow
-        let delay = i64::try_from(retry_delay_ms(&services.retry.backoff_ms, failure.attempt)).unwrap_or(i64::MAX);
+        let delay = retry_delay(&services.retry.backoff, failure.attempt).as_millis();
+        let delay = i64::try_from(delay).expect("a retry delay is at most a week and a quarter");
         (topic, Failure { not_before_ms: now.saturating_add(delay), ..failure }, r.record)
     }
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use cashflow_core::config::PipelineConfig;
 use cashflow_core::estado::Key;
 use cashflow_core::{
     BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, Posicao, daily_series, monthly_series,
@@ -49,6 +50,18 @@ pub struct QueryState {
 }
 
 impl QueryState {
+    /// The balance queries `config` declares over `store`, with the declared states by name.
+    pub fn build(
+        config: &PipelineConfig,
+        store: Store,
+        states: impl IntoIterator<Item = (String, DeclaredState)>,
+    ) -> Self {
+        let s = &config.services;
+        let topic = config.ingest_topic();
+        QueryState::new(store, &s.consolidate.group, topic, s.query.aguardar_timeout, s.query.cache_days)
+            .with_states(states)
+    }
+
     /// Starts watching `group`'s progress on `topic` (the ingest topic); up to `cache_days` day
     /// rows of balances are held in memory (0: none).
     pub fn new(store: Store, group: &str, topic: &str, aguardar_timeout: Duration, cache_days: u64) -> Self {
