@@ -146,7 +146,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_kids_share_one_rate_limited_fetch_and_a_rotated_in_key_is_found() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = KeyStore::open(dir.path(), key_overlap(60)).unwrap();
+        let keys = KeyStore::open(dir.path(), key_overlap(Duration::from_secs(60))).unwrap();
         let fetches = Arc::new(AtomicUsize::new(0));
         let cache = Arc::new(JwksCache::new(serve(Arc::clone(&keys), Arc::clone(&fetches)).await));
         let first = keys.current().signing().0.to_owned();
@@ -168,8 +168,8 @@ mod tests {
         assert_eq!(fetches.load(Ordering::SeqCst), 2, "50 unknown kids, one more fetch");
 
         // A key rotated in is found by the next fetch, and the old one still verifies.
-        KeyRing::rotate(dir.path(), key_overlap(60)).unwrap();
-        let ring = KeyRing::load_or_create(dir.path(), key_overlap(60)).unwrap();
+        KeyRing::rotate(dir.path(), key_overlap(Duration::from_secs(60))).unwrap();
+        let ring = KeyRing::load_or_create(dir.path(), key_overlap(Duration::from_secs(60))).unwrap();
         let newest = ring.signing().0.to_owned();
         *keys.loaded.lock().unwrap() -= crate::keys::RELOAD_EVERY;
         assert!(cache.key(&newest).await.is_some(), "refetched for the new kid");

@@ -39,7 +39,7 @@ impl AuthState {
     /// The token API `services.auth` declares, signing with `keys`.
     pub fn build(config: &AuthConfig, keys: Arc<KeyStore>, store: Store) -> Self {
         AuthState {
-            issuer: Issuer::new(keys, &config.issuer, &config.audience, config.token_ttl.as_secs()),
+            issuer: Issuer::new(keys, &config.issuer, &config.audience, config.token_ttl),
             store,
             limits: LoginLimits::new(config.login_limit_per_username, config.login_limit_per_address),
             trusted_proxies: config.trusted_proxies.clone(),

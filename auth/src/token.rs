@@ -69,16 +69,16 @@ pub struct Issuer {
     keys: Arc<KeyStore>,
     issuer: String,
     audience: String,
-    ttl_secs: u64,
+    ttl: Duration,
 }
 
 impl Issuer {
-    pub fn new(keys: Arc<KeyStore>, issuer: &str, audience: &str, ttl_secs: u64) -> Self {
-        Issuer { keys, issuer: issuer.to_owned(), audience: audience.to_owned(), ttl_secs }
+    pub fn new(keys: Arc<KeyStore>, issuer: &str, audience: &str, ttl: Duration) -> Self {
+        Issuer { keys, issuer: issuer.to_owned(), audience: audience.to_owned(), ttl }
     }
 
     pub fn ttl_secs(&self) -> u64 {
-        self.ttl_secs
+        self.ttl.as_secs()
     }
 
     /// The keys as they are now.
@@ -95,7 +95,7 @@ impl Issuer {
             scope: scopes.join(" "),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
-            exp: now + self.ttl_secs as i64,
+            exp: now + i64::try_from(self.ttl.as_secs()).expect("a token lives at most a day (validate)"),
             nbf: now,
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
@@ -195,8 +195,8 @@ impl Validator {
 }
 
 /// The token lifetime plus the clock leeway: how long a superseded key must keep verifying.
-pub fn key_overlap(ttl_secs: u64) -> Duration {
-    Duration::from_secs(ttl_secs + LEEWAY_SECS)
+pub fn key_overlap(ttl: Duration) -> Duration {
+    ttl + Duration::from_secs(LEEWAY_SECS)
 }
 
 #[cfg(test)]
@@ -205,8 +205,8 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, Issuer, Validator) {
         let dir = tempfile::tempdir().unwrap();
-        let keys = KeyStore::open(dir.path(), key_overlap(60)).unwrap();
-        let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", 60);
+        let keys = KeyStore::open(dir.path(), key_overlap(Duration::from_secs(60))).unwrap();
+        let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", Duration::from_secs(60));
         let validator = Validator::new(KeySource::Local(keys), "cashflow", "cashflow-api");
         (dir, issuer, validator)
     }
@@ -269,8 +269,8 @@ mod tests {
     #[tokio::test]
     async fn a_remembered_token_fails_once_its_key_is_gone() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = KeyStore::open(dir.path(), key_overlap(60)).unwrap();
-        let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", 60);
+        let keys = KeyStore::open(dir.path(), key_overlap(Duration::from_secs(60))).unwrap();
+        let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", Duration::from_secs(60));
         let validator = Validator::new(KeySource::Local(Arc::clone(&keys)), "cashflow", "cashflow-api");
         let token = issuer.issue("ana", "loja-1", &[]).unwrap();
         validator.validate(&token).await.unwrap();
@@ -286,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn wrong_audience_is_rejected() {
         let (d, issuer, _) = setup();
-        let keys = KeyStore::open(d.path(), key_overlap(60)).unwrap();
+        let keys = KeyStore::open(d.path(), key_overlap(Duration::from_secs(60))).unwrap();
         let strict = Validator::new(KeySource::Local(keys), "cashflow", "another-api");
         let token = issuer.issue("ana", "loja-1", &[]).unwrap();
         assert!(matches!(strict.validate(&token).await, Err(AuthError::Invalid(_))));

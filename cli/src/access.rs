@@ -94,7 +94,7 @@ pub async fn clients(command: ClientsCommand, config: PipelineConfig, common: &C
 
 pub fn keys(command: KeysCommand, config: &PipelineConfig, common: &Common) -> Result<()> {
     let dir = keys_dir(config, common);
-    let overlap = key_overlap(config.services.auth.token_ttl.as_secs());
+    let overlap = key_overlap(config.services.auth.token_ttl);
     let ring = match command {
         KeysCommand::Rotate => KeyRing::rotate(&dir, overlap)?,
         KeysCommand::List => KeyRing::load_or_create(&dir, overlap)?,

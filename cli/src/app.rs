@@ -178,7 +178,7 @@ async fn serve_http(
     let services = &config.services;
     let role = Role::of(stage, config);
     let store = || store.clone().context("this stage needs the store");
-    let local_keys = || KeyStore::open(&keys_dir(config, common), key_overlap(services.auth.token_ttl.as_secs()));
+    let local_keys = || KeyStore::open(&keys_dir(config, common), key_overlap(services.auth.token_ttl));
     let remote_keys = || -> Result<KeySource> {
         let upstreams = services.gateway.upstreams.as_ref().context(
             "services.gateway.upstreams is not set: in the distributed shape every stage validates tokens \

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -44,10 +44,14 @@ async fn every_token_attack_gets_401() {
     hs.kid = Some(kid.clone());
     let hs256 = encode(&hs, &g.claims(), &EncodingKey::from_secret(&public)).unwrap();
     let other_ring = tempfile::tempdir().unwrap();
-    let foreign =
-        Issuer::new(KeyStore::open(other_ring.path(), key_overlap(900)).unwrap(), "cashflow", "cashflow-api", 900)
-            .issue("ana", "loja-1", &["consolidado:read".into()])
-            .unwrap();
+    let foreign = Issuer::new(
+        KeyStore::open(other_ring.path(), key_overlap(Duration::from_secs(900))).unwrap(),
+        "cashflow",
+        "cashflow-api",
+        Duration::from_secs(900),
+    )
+    .issue("ana", "loja-1", &["consolidado:read".into()])
+    .unwrap();
 
     let attacks: Vec<(&str, Option<String>)> = vec![
         ("no token", None),

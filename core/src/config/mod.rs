@@ -235,9 +235,9 @@ pub struct QueryConfig {
     /// The longest a read with `aguardar` waits for consolidation before answering stale.
     #[serde(rename = "aguardar_timeout_ms", default = "QueryConfig::default_aguardar_timeout", with = "millis")]
     pub aguardar_timeout: Duration,
-    /// Day rows of consolidated balances held in memory (about 40 bytes each): a merchant's days
-    /// are read from the store once and answered from memory until consolidation commits again.
-    /// 0 reads the store on every request.
+    /// Day rows of consolidated balances the query stage holds in memory (about 40 bytes each;
+    /// when memory may answer is said in `gateway/src/query/balances.rs`). 0 reads the store on
+    /// every request.
     #[serde(default = "QueryConfig::default_cache_days")]
     pub cache_days: u64,
 }

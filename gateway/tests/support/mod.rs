@@ -53,8 +53,8 @@ pub async fn gateway_with_keys_from(created: &[DateTime<Utc>]) -> Gateway {
     for at in created {
         KeyRing::create_key(&dir.path().join("keys"), *at).unwrap();
     }
-    let keys = KeyStore::open(&dir.path().join("keys"), key_overlap(900)).unwrap();
-    let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", 900);
+    let keys = KeyStore::open(&dir.path().join("keys"), key_overlap(Duration::from_secs(900))).unwrap();
+    let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", Duration::from_secs(900));
     // No broker is needed: these requests never reach ingest.
     let yaml = SHIPPED.replace("brokers: embedded", "brokers: \"127.0.0.1:9\"");
     let config = Arc::new(PipelineConfig::parse("test", &yaml, |_| None).unwrap());
