@@ -6,11 +6,12 @@
 //! store had when the poller last looked (at most [`TRUSTED_FOR`](super::progress) ago), and
 //! `aguardar`, which waits on the same poller, reads its writes.
 //!
-//! Entries are keyed by (merchant, mark), so an entry is never updated, only read or loaded. A
+//! Histories are keyed by (merchant, mark), so one is never updated, only read or loaded. A
 //! merchant read once under a mark costs one read of its range, as without memory; read again
 //! under the same mark, its whole history is loaded once (moka's `try_get_with`: the reads that
-//! arrive meanwhile wait for that one load) and answered from memory. Entries of past marks are
-//! never read again, and are the first the LRU bound evicts.
+//! arrive meanwhile wait for that one load) and answered from memory. Memory holds one mark per
+//! merchant: its first read under a new mark drops the history of the mark before, and the LRU
+//! bound evicts the histories of merchants nobody reads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +25,8 @@ use prometheus::IntCounter;
 
 use super::progress::ProgressWatch;
 
-/// A merchant, under the mark the poller showed.
-type Held = (MerchantId, Mark);
+/// A merchant's history, under the mark the poller showed before it was read.
+type AtMark = (MerchantId, Mark);
 
 /// Every consolidated day of a merchant, and when consolidation last committed as of that read.
 struct Days {
@@ -49,10 +50,10 @@ pub(crate) struct Balances {
 
 #[derive(Clone)]
 struct Memory {
-    /// Merchants read once under a mark.
-    seen: Cache<Held, ()>,
+    /// The mark each merchant was last read under.
+    seen: Cache<MerchantId, Mark>,
     /// Merchants' histories, weighed in day rows.
-    days: Cache<Held, Arc<Days>>,
+    days: Cache<AtMark, Arc<Days>>,
 }
 
 impl Balances {
@@ -88,9 +89,13 @@ impl Balances {
             self.hits.inc();
             return Ok(rows(&days, de, ate));
         }
-        if !memory.seen.contains_key(&key) {
-            // The first read under this mark: its range only.
-            memory.seen.insert(key, ()).await;
+        let before = memory.seen.get(merchant).await;
+        if before.as_ref() != Some(&key.1) {
+            // The first read under this mark: its range only, and the mark before is done with.
+            memory.seen.insert(merchant.clone(), key.1.clone()).await;
+            if let Some(before) = before {
+                memory.days.invalidate(&(merchant.clone(), before)).await;
+            }
             self.misses.inc();
             return self.store.daily(merchant, de, ate, &self.group).await;
         }
@@ -102,13 +107,14 @@ impl Balances {
             let history = DayHistory::new(all.days).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             Ok::<_, StoreError>(Arc::new(Days { history, consolidated_at: all.consolidated_at }))
         };
-        let days = memory.days.try_get_with(key, load).await.map_err(shared)?;
+        let days = memory.days.try_get_with(key, load).await;
         if loaded.into_inner() {
             self.misses.inc();
             metrics().query_cache_days.set(i64::try_from(memory.days.weighted_size()).unwrap_or(i64::MAX));
         } else {
             self.hits.inc();
         }
+        let days = days.map_err(shared)?;
         Ok(rows(&days, de, ate))
     }
 }
@@ -276,6 +282,25 @@ mod tests {
         assert_eq!(january(&balances).await, (0, vec![("2026-01-05".into(), 100)]));
         tamper(&dir, "UPDATE consolidado_diario SET creditos_cents = 999").await;
         assert_eq!(january(&balances).await, (0, vec![("2026-01-05".into(), 999)]));
+    }
+
+    #[tokio::test]
+    async fn memory_holds_one_mark_per_merchant() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
+        let (progress, balances, _) = held(&store).await;
+        let memory = balances.memory.as_ref().unwrap();
+        // Consolidation commits: the first read under the new mark drops the history of the old.
+        commit(&store, "2026-01-20", 50, 2).await;
+        assert!(progress.wait_past(Posicao { partition: 0, offset: 1 }, Duration::from_secs(5)).await);
+        january(&balances).await;
+        memory.days.run_pending_tasks().await;
+        memory.seen.run_pending_tasks().await;
+        assert_eq!((memory.days.entry_count(), memory.seen.entry_count()), (0, 1), "one mark per merchant");
+        // Read again under it: its history is held, and nothing else.
+        january(&balances).await;
+        memory.days.run_pending_tasks().await;
+        assert_eq!(memory.days.entry_count(), 1);
     }
 
     /// One step of a property run.
