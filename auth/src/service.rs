@@ -207,7 +207,8 @@ struct Grant {
     responses(
         (status = 200, description = "A token", body = TokenResponse),
         (status = "4XX", description = "An OAuth2 error (400, 401 invalid_client, 429 with Retry-After)", body = OAuthErrorBody),
-        (status = 503, description = "The store is unreachable", body = OAuthErrorBody),
+        (status = 500, description = "A server fault (`server_error`)", body = OAuthErrorBody),
+        (status = 503, description = "The store is unreachable (`temporarily_unavailable`)", body = OAuthErrorBody),
     )
 )]
 async fn token(

@@ -94,8 +94,8 @@ pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Resul
             let consolidate = matches!(stage, Stage::Consolidate);
             let services = &config.services;
             let listen = if consolidate { services.consolidate.listen } else { services.retry.listen };
-            let listen = common.listen.unwrap_or(listen);
-            let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let listen = common.listen.clone().unwrap_or_else(|| listen.to_string());
+            let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(listen = %listener.local_addr()?, stage = ?stage, "metrics listening");
             create_topics(&config).await?;
             let store = connect_store(&config, common).await?;
@@ -145,7 +145,7 @@ async fn create_topics(config: &PipelineConfig) -> Result<()> {
 /// What one HTTP process serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
-    /// `cashflow up`, or `run gateway` with no upstreams: every API, and the tokens issued here.
+    /// `cashflow up` or `run gateway`, with no upstreams: every API, and the tokens issued here.
     Everything,
     /// `run gateway` with `services.gateway.upstreams`: token checks, and a proxy to the stages.
     Proxy,
@@ -162,7 +162,8 @@ impl Role {
             Stage::Auth => Role::Auth,
             Stage::Ingest => Role::Ingest,
             Stage::Query => Role::Query,
-            _ => Role::Everything,
+            // The stages without HTTP APIs of their own never serve them.
+            Stage::Gateway | Stage::Broker | Stage::Consolidate | Stage::Retry => Role::Everything,
         }
     }
 }
@@ -233,8 +234,8 @@ async fn serve_http(
     let auth = &services.auth;
     let validator = Validator::new(keys, &auth.issuer, &auth.audience);
     let state = GatewayState::build(&services.gateway, validator, apis);
-    let listen = common.listen.unwrap_or(listen);
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listen = common.listen.clone().unwrap_or_else(|| listen.to_string());
+    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, stage = ?stage, ?role, "HTTP API listening");
     cashflow_observability::metrics().stage_up(stage.name(), true);
     let app = cashflow_gateway::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();

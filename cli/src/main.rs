@@ -38,7 +38,7 @@ pub struct Common {
     pub data_dir: PathBuf,
     /// The gateway's address, overriding services.gateway.listen.
     #[arg(long, global = true, env = "CASHFLOW_LISTEN")]
-    pub listen: Option<std::net::SocketAddr>,
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::EntryId;
-use cashflow_http::{FieldError, Json, Principal, Problem, Problems, SCOPE_WRITE};
+use cashflow_http::{Cause, FieldError, Json, Principal, Problem, Problems, SCOPE_WRITE};
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -124,8 +124,9 @@ pub(crate) async fn create_lote(
         })
         .collect();
     let aceitos = resultados.iter().filter(|r| r.status == 202).count();
-    // The first item the server failed is the batch's cause in the log.
-    let cause = resultados.iter().find_map(|r| r.problema.as_ref()?.cause()).cloned();
+    // One line in the log for the items the server failed: how many, and the first one's cause.
+    let causes: Vec<&Cause> = resultados.iter().filter_map(|r| r.problema.as_ref()?.cause()).collect();
+    let cause = causes.first().map(|first| first.of_many(causes.len()));
     let body = ResultadoLote { aceitos, rejeitados: resultados.len() - aceitos, resultados };
     let mut response = Json(body).into_response();
     if let Some(cause) = cause {

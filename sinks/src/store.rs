@@ -62,10 +62,28 @@ impl From<sqlx::Error> for StoreError {
         use sqlx::Error::*;
         let transient = match &e {
             Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed | Protocol(_) => true,
-            // SQLite busy/locked, PostgreSQL serialization failures and admin shutdowns.
+            // SQLite busy/locked; PostgreSQL serialization failures, lock and statement timeouts,
+            // too many connections, admin shutdowns and lost connections.
             Database(db) => matches!(
                 db.code().as_deref(),
-                Some("5" | "6" | "517" | "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "08006" | "08003" | "08001")
+                Some(
+                    "5" | "6"
+                        | "261"
+                        | "517"
+                        | "40001"
+                        | "40P01"
+                        | "55P03"
+                        | "57014"
+                        | "53300"
+                        | "57P01"
+                        | "57P02"
+                        | "57P03"
+                        | "08000"
+                        | "08001"
+                        | "08003"
+                        | "08004"
+                        | "08006"
+                )
             ),
             _ => false,
         };

@@ -108,6 +108,15 @@ impl Cause {
     pub fn new(error: impl std::error::Error + Send + Sync + 'static, status: StatusCode) -> Self {
         Cause(Arc::new(Failed { error: Box::new(error), passing: matches!(status.as_u16(), 502..=504) }))
     }
+
+    /// This cause as the first of `count` in one answer (the items of a batch).
+    pub fn of_many(&self, count: usize) -> Self {
+        if count == 1 {
+            return self.clone();
+        }
+        let error = format!("{count} items failed; the first: {}", self.0.error);
+        Cause(Arc::new(Failed { error: error.into(), passing: self.0.passing }))
+    }
 }
 
 /// 503 for what time fixes, 500 for the rest; the error is the answer's [`Cause`].
@@ -250,6 +259,9 @@ pub enum Problems {
     /// data (403), unknown (404), conflict (409), or over a rate limit (429, with `Retry-After`).
     #[response(status = "4XX", content_type = "application/problem+json")]
     Client(Problem),
+    /// A fault of the server that retrying will not fix; logged, never detailed here.
+    #[response(status = 500, content_type = "application/problem+json")]
+    Internal(Problem),
     /// A dependency (broker, store, a stage) is unreachable; retry after `Retry-After` seconds.
     #[response(status = 503, content_type = "application/problem+json")]
     Unavailable(Problem),

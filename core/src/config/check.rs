@@ -109,7 +109,8 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     if s.gateway.max_body_bytes < 1024 {
         problem_at(&mut out, "services.gateway.max_body_bytes", "must be at least 1024");
     }
-    if s.query.aguardar_timeout.is_zero() || s.query.aguardar_timeout * 2 > s.gateway.request_timeout {
+    let waits_too_long = s.query.aguardar_timeout.checked_mul(2).is_none_or(|twice| twice > s.gateway.request_timeout);
+    if s.query.aguardar_timeout.is_zero() || waits_too_long {
         problem_at(
             &mut out,
             "services.query.aguardar_timeout_ms",

@@ -557,12 +557,14 @@ impl PipelineConfig {
         let mut problems = check::texts(&value);
         let config: PipelineConfig = match serde_path_to_error::deserialize(value) {
             Ok(config) => config,
-            // The value that stopped it is among these, named with every other.
-            Err(_) if !problems.is_empty() => return Err(fail(problems)),
             Err(e) => {
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
-                return Err(fail(vec![Problem { path, message: e.into_inner().to_string() }]));
+                // The value that stopped it may be among the texts' problems already.
+                if !problems.iter().any(|p| p.path == path) {
+                    problems.push(Problem { path, message: e.into_inner().to_string() });
+                }
+                return Err(fail(problems));
             }
         };
         problems.extend(check::check(&config));

@@ -348,8 +348,8 @@ fn brokers_are_the_embedded_one_or_a_bootstrap_list() {
     assert_eq!(c.kafka.brokers, Brokers::Bootstrap(vec!["k1:9092".into(), "k2:9092".into()]));
     assert_eq!(c.kafka.bootstrap(), "k1:9092,k2:9092");
     assert_eq!(
-        problems(&edit("brokers: embedded", "brokers: kafka")),
-        [r#"kafka.brokers: "kafka" must be "embedded" or a host:port list"#]
+        problems(&edit("brokers: embedded", "brokers: \" , \"")),
+        [r#"kafka.brokers: " , " must be "embedded" or a host:port list"#]
     );
 }
 
@@ -364,4 +364,33 @@ fn secrets_never_show_in_debug_or_display() {
     assert!(shown.contains("postgres://app:***@db/cash"), "{shown}");
     assert_eq!(c.kafka.properties["sasl.password"].expose(), "hunter2");
     assert_eq!(c.store.url.resolved(Path::new("/d")).expose(), "postgres://app:s3cret@db/cash");
+}
+
+#[test]
+fn typed_values_accept_what_the_untyped_file_did() {
+    // A broker without a port (the client's default) and a trailing comma.
+    let c = PipelineConfig::parse("t", &edit("brokers: embedded", "brokers: \"kafka,\""), no_env).unwrap();
+    assert_eq!(c.kafka.bootstrap(), "kafka");
+    // `sqlite:` without `//` is given to SQLite as written.
+    let c = PipelineConfig::parse("t", &edit("url: sqlite://cashflow.db", "url: \"sqlite:rel.db\""), no_env).unwrap();
+    assert_eq!(c.store.url.resolved(Path::new("/d")).expose(), "sqlite:rel.db");
+    // A property written as a number is its text.
+    let c = PipelineConfig::parse("t", &edit("properties: {}", "properties: { linger.ms: 5 }"), no_env).unwrap();
+    assert_eq!(c.kafka.properties["linger.ms"].expose(), "5");
+}
+
+#[test]
+fn extreme_or_mixed_mistakes_are_all_reported_without_a_panic_or_a_secret() {
+    let p = problems(&edit("aguardar_timeout_ms: 5000", "aguardar_timeout_ms: 18446744073709551615"));
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("services.query.aguardar_timeout_ms: must be at least 1"), "{p:?}");
+    // A wrong apiVersion and a value that stops deserializing are both named.
+    let yaml = edit("apiVersion: cashflow/v1", "apiVersion: cashflow/v9")
+        .replace("token_ttl_secs: 900", "token_ttl_secs: soon");
+    let p = problems(&yaml);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[1].starts_with("services.auth.token_ttl_secs: \"soon\" is not a duration"), "{p:?}");
+    // A property of the wrong shape is refused without repeating its value.
+    let p = problems(&edit("properties: {}", "properties: { sasl.password: [hunter2] }"));
+    assert_eq!(p, ["kafka.properties.sasl.password: must be a text or a number"]);
 }

@@ -12,9 +12,29 @@ use super::redact_password;
 
 /// A value that must not be shown: `Debug` and `Display` print `***`. [`Secret::expose`] is the one
 /// way to the value, for the client that needs it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret<T>(T);
+
+/// Any scalar, as text (`linger.ms: 5` is `"5"`); an error never repeats the value.
+impl<'de> Deserialize<'de> for Secret<String> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Text(String),
+            Integer(i64),
+            Number(f64),
+            Flag(bool),
+        }
+        let scalar = Scalar::deserialize(d).map_err(|_| serde::de::Error::custom("must be a text or a number"))?;
+        Ok(Secret(match scalar {
+            Scalar::Text(t) => t,
+            Scalar::Integer(i) => i.to_string(),
+            Scalar::Number(n) => n.to_string(),
+            Scalar::Flag(b) => b.to_string(),
+        }))
+    }
+}
 
 impl<T> Secret<T> {
     pub fn new(value: T) -> Self {
@@ -43,7 +63,7 @@ impl<T> fmt::Display for Secret<T> {
 pub enum Brokers {
     /// The bundled broker, run under `--data-dir` and listening on `kafka.embedded.listen`.
     Embedded,
-    /// `host:port` of each bootstrap broker.
+    /// Each bootstrap broker, `host:port` (or `host`, on the client's default port).
     Bootstrap(Vec<String>),
 }
 
@@ -54,13 +74,11 @@ impl FromStr for Brokers {
         if s == "embedded" {
             return Ok(Brokers::Embedded);
         }
-        let list: Vec<String> = s.split(',').map(|b| b.trim().to_owned()).collect();
-        let valid =
-            |b: &String| b.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if list.iter().all(valid) {
-            Ok(Brokers::Bootstrap(list))
-        } else {
+        let list: Vec<String> = s.split(',').map(str::trim).filter(|b| !b.is_empty()).map(str::to_owned).collect();
+        if list.is_empty() {
             Err(format!("{s:?} must be \"embedded\" or a host:port list"))
+        } else {
+            Ok(Brokers::Bootstrap(list))
         }
     }
 }
@@ -78,7 +96,8 @@ impl fmt::Display for Brokers {
 /// `store.url`: where entries and balances are kept.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
-    /// `sqlite://<path>`; a relative path resolves against `--data-dir`.
+    /// `sqlite://<path>` (a relative path resolves against `--data-dir`), or another `sqlite:`
+    /// form, given to SQLite as written.
     Sqlite(String),
     /// `postgres://…`, which may hold a password.
     Postgres(Secret<String>),
@@ -88,8 +107,8 @@ impl FromStr for StoreUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(path) = s.strip_prefix("sqlite://").or_else(|| s.strip_prefix("sqlite:")) {
-            Ok(StoreUrl::Sqlite(path.to_owned()))
+        if s.starts_with("sqlite:") {
+            Ok(StoreUrl::Sqlite(s.to_owned()))
         } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             Ok(StoreUrl::Postgres(Secret::new(s.to_owned())))
         } else {
@@ -102,10 +121,12 @@ impl StoreUrl {
     /// The URL to connect to, with a relative SQLite path resolved against `data_dir`.
     pub fn resolved(&self, data_dir: &Path) -> Secret<String> {
         Secret::new(match self {
-            StoreUrl::Sqlite(path) if !path.starts_with('/') && !path.starts_with(':') => {
-                format!("sqlite://{}", data_dir.join(path).display())
-            }
-            StoreUrl::Sqlite(path) => format!("sqlite://{path}"),
+            StoreUrl::Sqlite(url) => match url.strip_prefix("sqlite://") {
+                Some(path) if !path.starts_with('/') && !path.starts_with(':') => {
+                    format!("sqlite://{}", data_dir.join(path).display())
+                }
+                _ => url.clone(),
+            },
             StoreUrl::Postgres(url) => url.expose().clone(),
         })
     }
@@ -123,7 +144,7 @@ impl StoreUrl {
 impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreUrl::Sqlite(path) => write!(f, "sqlite://{path}"),
+            StoreUrl::Sqlite(url) => f.write_str(url),
             StoreUrl::Postgres(url) => f.write_str(&redact_password(url.expose())),
         }
     }

@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use cashflow_core::estado::{Field, Key, Measure};
 use cashflow_core::{BusinessDate, Money};
-use cashflow_http::{FieldError, Principal, Problem, Problems, Query, SCOPE_READ};
+use cashflow_http::{FieldError, Principal, Problem, Problems, Query, RETRY_AFTER_SECS, SCOPE_READ};
 use serde::{Deserialize, Serialize};
 
 use super::{MAX_RANGE_DAYS, QueryState, answer, check_range, date_param};
@@ -88,11 +88,10 @@ pub(crate) async fn declared_state(
     let bounds = bounds(key, q.de.as_deref(), q.ate.as_deref())?;
     let fresh = state.await_position(q.aguardar.as_deref()).await?;
     let merchant = principal.merchant_id;
-    let rows = state
-        .store
-        .state_rows(declared, merchant.as_str(), &bounds, &state.consolidate_group)
-        .await?
-        .ok_or_else(|| Problem::unavailable(format!("the state {nome:?} is being built; retry shortly"), 5))?;
+    let rows =
+        state.store.state_rows(declared, merchant.as_str(), &bounds, &state.consolidate_group).await?.ok_or_else(
+            || Problem::unavailable(format!("the state {nome:?} is being built; retry shortly"), RETRY_AFTER_SECS),
+        )?;
     let fields = &key.fields()[1..];
     let linhas = rows
         .rows
