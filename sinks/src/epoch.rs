@@ -8,7 +8,7 @@ use chrono::{SecondsFormat, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::store::{Backend, values_placeholders};
+use crate::store::Backend;
 use crate::{DeclaredState, Store, StoreError};
 
 /// Where a record was read from.
@@ -45,6 +45,7 @@ const PROGRESS_COLUMNS: usize = 5;
 pub struct EpochTx {
     tx: Transaction<'static, Any>,
     now: String,
+    backend: Backend,
 }
 
 impl Store {
@@ -53,7 +54,7 @@ impl Store {
     /// `SQLITE_BUSY_SNAPSHOT` when another writer committed in between, which two consolidators
     /// on one file did on every overlap.
     pub async fn begin_epoch(&self) -> Result<EpochTx, StoreError> {
-        Ok(EpochTx { tx: self.begin_write().await?, now: now_text() })
+        Ok(EpochTx { tx: self.begin_write().await?, now: now_text(), backend: self.backend })
     }
 
     /// A transaction that will write: on SQLite it takes the write lock at once.
@@ -107,7 +108,7 @@ impl EpochTx {
                 "INSERT INTO lancamentos (id, merchant_id, tipo, valor_cents, data, descricao, categoria, \
                  criado_em, estorno_de, origin_topic, origin_partition, origin_offset, consolidado_em) \
                  VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
-                values_placeholders(chunk.len(), ENTRY_COLUMNS)
+                self.backend.values(chunk.len(), ENTRY_COLUMNS)
             );
             let mut q = sqlx::query(&sql);
             for StoredEntry { entry: e, origin: o } in chunk {
@@ -139,7 +140,7 @@ impl EpochTx {
     pub async fn stored_records(&mut self, ids: &[EntryId]) -> Result<HashMap<EntryId, LancamentoRecord>, StoreError> {
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(ENTRY_CHUNK) {
-            let sql = format!("{ENTRY_SELECT} WHERE id IN {}", values_placeholders(1, chunk.len()));
+            let sql = format!("{ENTRY_SELECT} WHERE id IN {}", self.backend.values(1, chunk.len()));
             let mut q = sqlx::query(&sql);
             for id in chunk {
                 q = q.bind(id.to_string());
@@ -158,7 +159,7 @@ impl EpochTx {
         for chunk in originals.chunks(ENTRY_CHUNK) {
             let sql = format!(
                 "SELECT estorno_de, id FROM lancamentos WHERE estorno_de IN {}",
-                values_placeholders(1, chunk.len())
+                self.backend.values(1, chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for id in chunk {
@@ -179,7 +180,7 @@ impl EpochTx {
             let sql = format!(
                 "INSERT INTO redeliveries (origin_topic, origin_partition, origin_offset, attempt, claimed_at) \
                  VALUES {} ON CONFLICT DO NOTHING RETURNING origin_topic, origin_partition, origin_offset, attempt",
-                values_placeholders(chunk.len(), 5)
+                self.backend.values(chunk.len(), 5)
             );
             let mut q = sqlx::query(&sql);
             for d in chunk {
@@ -211,7 +212,7 @@ impl EpochTx {
         state: &DeclaredState,
         changes: &Rows<K>,
     ) -> Result<(), StoreError> {
-        add_totals(&mut self.tx, &self.now, state, changes).await
+        add_totals(&mut self.tx, self.backend, &self.now, state, changes).await
     }
 
     /// The states the store keeps, by table.
@@ -229,7 +230,7 @@ impl EpochTx {
             let sql = format!(
                 "SELECT merchant_id, creditos_cents, debitos_cents, quantidade FROM consolidado_comerciante \
                  WHERE merchant_id IN {}",
-                values_placeholders(1, chunk.len())
+                self.backend.values(1, chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for m in chunk {
@@ -248,7 +249,7 @@ impl EpochTx {
     /// Removes entries this transaction inserted and will not count.
     pub async fn delete_entries(&mut self, ids: &[EntryId]) -> Result<(), StoreError> {
         for chunk in ids.chunks(ENTRY_CHUNK) {
-            let sql = format!("DELETE FROM lancamentos WHERE id IN {}", values_placeholders(1, chunk.len()));
+            let sql = format!("DELETE FROM lancamentos WHERE id IN {}", self.backend.values(1, chunk.len()));
             let mut q = sqlx::query(&sql);
             for id in chunk {
                 q = q.bind(id.to_string());
@@ -275,7 +276,7 @@ impl EpochTx {
              updated_at = CASE WHEN excluded.next_offset > consumer_progress.next_offset \
              AND excluded.updated_at > consumer_progress.updated_at \
              THEN excluded.updated_at ELSE consumer_progress.updated_at END",
-            values_placeholders(next.len(), PROGRESS_COLUMNS)
+            self.backend.values(next.len(), PROGRESS_COLUMNS)
         );
         let now = now_text();
         let mut q = sqlx::query(&sql);
@@ -296,6 +297,7 @@ impl EpochTx {
 /// ones. The table and its columns are checked names, never input.
 pub(crate) async fn add_totals<K: AsRef<str>>(
     tx: &mut Transaction<'static, Any>,
+    backend: Backend,
     now: &str,
     state: &DeclaredState,
     rows: &Rows<K>,
@@ -315,7 +317,7 @@ pub(crate) async fn add_totals<K: AsRef<str>>(
             "INSERT INTO {table} ({keys}, {values}, atualizado_em) VALUES {rows} ON CONFLICT ({keys}) DO UPDATE SET \
              {added}, atualizado_em = excluded.atualizado_em",
             values = values.join(", "),
-            rows = values_placeholders(chunk.len(), columns),
+            rows = backend.values(chunk.len(), columns),
             added = added.join(", "),
         );
         let mut q = sqlx::query(&sql);

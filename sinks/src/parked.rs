@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use sqlx::Row;
 
 use crate::epoch::now_text;
-use crate::store::values_placeholders;
 use crate::{Store, StoreError};
 
 impl Store {
@@ -29,7 +28,7 @@ impl Store {
              ON CONFLICT (topic, partition) DO UPDATE SET \
              purged_until = CASE WHEN excluded.purged_until > dlq_marks.purged_until \
              THEN excluded.purged_until ELSE dlq_marks.purged_until END, updated_at = excluded.updated_at",
-            values_placeholders(until.len(), 4)
+            self.backend.values(until.len(), 4)
         );
         let now = now_text();
         let mut q = sqlx::query(&sql);
@@ -55,7 +54,7 @@ impl Store {
         for chunk in records.chunks(1000) {
             let sql = format!(
                 "INSERT INTO dlq_replays (topic, partition, \"offset\", replayed_at) VALUES {} ON CONFLICT DO NOTHING",
-                values_placeholders(chunk.len(), 4)
+                self.backend.values(chunk.len(), 4)
             );
             let mut q = sqlx::query(&sql);
             for (partition, offset) in chunk {

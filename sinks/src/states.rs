@@ -89,7 +89,7 @@ impl Store {
         let table = &state.table;
         sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(&mut *tx).await?;
         sqlx::query(&create_table(self.backend, state)).execute(&mut *tx).await?;
-        Ok(Some(Build { tx, state: state.clone(), now: now_text(), after: None }))
+        Ok(Some(Build { tx, backend: self.backend, state: state.clone(), now: now_text(), after: None }))
     }
 
     /// `merchant`'s rows of `state`, when the store keeps it: those whose periods overlap
@@ -157,6 +157,7 @@ fn create_table(backend: Backend, state: &DeclaredState) -> String {
 /// A state's table being built; dropped without [`Build::finish`], it rolls back.
 pub struct Build {
     tx: Transaction<'static, Any>,
+    backend: Backend,
     state: DeclaredState,
     now: String,
     /// The last entry id read.
@@ -194,7 +195,7 @@ impl Build {
 
     /// Adds changes of the state, as an epoch does.
     pub async fn add<K: AsRef<str>>(&mut self, changes: &Rows<K>) -> Result<(), StoreError> {
-        add_totals(&mut self.tx, &self.now, &self.state, changes).await
+        add_totals(&mut self.tx, self.backend, &self.now, &self.state, changes).await
     }
 
     /// Records the state as kept, and commits.
