@@ -134,15 +134,15 @@ impl<E: Transient> From<E> for Problem {
 /// Middleware: logs the [`Cause`] of each failed answer once, with the route, the status and the
 /// request id: a warning for a 502, 503 or 504, an error for anything else.
 pub async fn log_failures(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| req.uri().path().to_owned());
-    let method = req.method().clone();
-    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    // Cheap clones (shared bytes), kept for the rare answer that failed; nothing is formatted
+    // for the others.
+    let (route, uri, method) =
+        (req.extensions().get::<MatchedPath>().cloned(), req.uri().clone(), req.method().clone());
+    let request_id = req.headers().get("x-request-id").cloned();
     let response = next.run(req).await;
     if let Some(Cause(failed)) = response.extensions().get::<Cause>() {
+        let route = route.as_ref().map_or(uri.path(), MatchedPath::as_str);
+        let request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default();
         let (status, error) = (response.status().as_u16(), &failed.error);
         if failed.passing {
             tracing::warn!(%method, %route, status, request_id, error = %error, "request failed");
