@@ -8,7 +8,7 @@ use chrono::{SecondsFormat, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::store::Backend;
+use crate::store::{Backend, PgArray};
 use crate::{DeclaredState, Store, StoreError};
 
 /// Where a record was read from.
@@ -36,10 +36,18 @@ pub struct StoredEntry {
 }
 
 const ENTRY_COLUMNS: usize = 13;
+/// Rows per statement on SQLite; PostgreSQL takes an epoch's rows in one.
 const ENTRY_CHUNK: usize = 400;
-/// Bind parameters per statement when upserting totals (both stores allow far more).
+/// Bind parameters per statement when upserting totals on SQLite.
 const TOTALS_PARAMS: usize = 6000;
 const PROGRESS_COLUMNS: usize = 5;
+
+/// An epoch's entries on PostgreSQL: one array per column, one statement (see [`PgArray`]).
+const PG_INSERT_ENTRIES: &str = "INSERT INTO lancamentos (id, merchant_id, tipo, valor_cents, data, descricao, \
+     categoria, criado_em, estorno_de, origin_topic, origin_partition, origin_offset, consolidado_em) \
+     SELECT u.*, $13 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], \
+     $7::text[], $8::text[], $9::text[], $10::text[], $11::integer[], $12::bigint[]) AS u \
+     ON CONFLICT (id) DO NOTHING RETURNING id";
 
 /// The transaction of one epoch. Dropped without [`EpochTx::commit`], it rolls back.
 pub struct EpochTx {
@@ -103,6 +111,13 @@ impl EpochTx {
     /// already stored is left untouched, so a redelivered entry is counted once.
     pub async fn insert_entries(&mut self, entries: &[StoredEntry]) -> Result<HashSet<EntryId>, StoreError> {
         let mut inserted = HashSet::with_capacity(entries.len());
+        if self.backend == Backend::Postgres {
+            let q = pg_entry_columns(entries).into_iter().fold(sqlx::query(PG_INSERT_ENTRIES), |q, c| q.bind(c));
+            for row in q.bind(self.now.clone()).fetch_all(&mut *self.tx).await? {
+                inserted.insert(entry_id(&row, 0)?);
+            }
+            return Ok(inserted);
+        }
         for chunk in entries.chunks(ENTRY_CHUNK) {
             let sql = format!(
                 "INSERT INTO lancamentos (id, merchant_id, tipo, valor_cents, data, descricao, categoria, \
@@ -139,12 +154,10 @@ impl EpochTx {
     /// conflicting reuse of an id.
     pub async fn stored_records(&mut self, ids: &[EntryId]) -> Result<HashMap<EntryId, LancamentoRecord>, StoreError> {
         let mut out = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(ENTRY_CHUNK) {
-            let sql = format!("{ENTRY_SELECT} WHERE id IN {}", self.backend.values(1, chunk.len()));
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id.to_string());
-            }
+        for chunk in ids.chunks(self.backend.list_chunk()) {
+            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
+            let sql = format!("{ENTRY_SELECT} WHERE id {list}");
+            let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
             for row in q.fetch_all(&mut *self.tx).await? {
                 let record = record_from_row(&row)?;
                 out.insert(record.id, record);
@@ -156,15 +169,10 @@ impl EpochTx {
     /// For each of `originals` that is already reversed, the id of its reversal.
     pub async fn reversals_of(&mut self, originals: &[EntryId]) -> Result<HashMap<EntryId, EntryId>, StoreError> {
         let mut out = HashMap::new();
-        for chunk in originals.chunks(ENTRY_CHUNK) {
-            let sql = format!(
-                "SELECT estorno_de, id FROM lancamentos WHERE estorno_de IN {}",
-                self.backend.values(1, chunk.len())
-            );
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id.to_string());
-            }
+        for chunk in originals.chunks(self.backend.list_chunk()) {
+            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
+            let sql = format!("SELECT estorno_de, id FROM lancamentos WHERE estorno_de {list}");
+            let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
             for row in q.fetch_all(&mut *self.tx).await? {
                 out.insert(entry_id(&row, 0)?, entry_id(&row, 1)?);
             }
@@ -226,16 +234,13 @@ impl EpochTx {
         merchants: &[&MerchantId],
     ) -> Result<HashMap<MerchantId, DayTotals>, StoreError> {
         let mut out = HashMap::with_capacity(merchants.len());
-        for chunk in merchants.chunks(ENTRY_CHUNK) {
+        for chunk in merchants.chunks(self.backend.list_chunk()) {
+            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
             let sql = format!(
                 "SELECT merchant_id, creditos_cents, debitos_cents, quantidade FROM consolidado_comerciante \
-                 WHERE merchant_id IN {}",
-                self.backend.values(1, chunk.len())
+                 WHERE merchant_id {list}"
             );
-            let mut q = sqlx::query(&sql);
-            for m in chunk {
-                q = q.bind(m.to_string());
-            }
+            let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
             for row in q.fetch_all(&mut *self.tx).await? {
                 let id: String = row.try_get(0)?;
                 let merchant =
@@ -248,12 +253,10 @@ impl EpochTx {
 
     /// Removes entries this transaction inserted and will not count.
     pub async fn delete_entries(&mut self, ids: &[EntryId]) -> Result<(), StoreError> {
-        for chunk in ids.chunks(ENTRY_CHUNK) {
-            let sql = format!("DELETE FROM lancamentos WHERE id IN {}", self.backend.values(1, chunk.len()));
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(id.to_string());
-            }
+        for chunk in ids.chunks(self.backend.list_chunk()) {
+            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
+            let sql = format!("DELETE FROM lancamentos WHERE id {list}");
+            let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
             q.execute(&mut *self.tx).await?;
         }
         Ok(())
@@ -307,19 +310,42 @@ pub(crate) async fn add_totals<K: AsRef<str>>(
     if rows.width() != width && !rows.is_empty() {
         return Err(StoreError::RowWidth { table: table.clone(), expected: width, got: rows.width() });
     }
-    let rows: Vec<_> = rows.iter().collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     let columns = width + measures.len() + 1;
     let keys = state.key.to_text().replace(',', ", ");
     let values: Vec<&str> = measures.iter().map(|m| m.column()).collect();
     let added: Vec<String> = values.iter().map(|c| format!("{c} = {table}.{c} + excluded.{c}")).collect();
-    for chunk in rows.chunks(TOTALS_PARAMS / columns) {
-        let sql = format!(
-            "INSERT INTO {table} ({keys}, {values}, atualizado_em) VALUES {rows} ON CONFLICT ({keys}) DO UPDATE SET \
-             {added}, atualizado_em = excluded.atualizado_em",
-            values = values.join(", "),
-            rows = backend.values(chunk.len(), columns),
+    let upsert = |rows: &str| {
+        format!(
+            "INSERT INTO {table} ({keys}, {values}) {rows} ON CONFLICT ({keys}) DO UPDATE SET {added}, \
+             atualizado_em = excluded.atualizado_em",
+            values = values.join(", ") + ", atualizado_em",
             added = added.join(", "),
-        );
+        )
+    };
+    if backend == Backend::Postgres {
+        // one array per column: the statement's text is the same every epoch
+        let arrays = (1..=width).map(|i| format!("${i}::text[]"));
+        let arrays: Vec<String> = arrays.chain((width + 1..columns).map(|i| format!("${i}::bigint[]"))).collect();
+        let sql = upsert(&format!("SELECT u.*, ${columns} FROM UNNEST({}) AS u", arrays.join(", ")));
+        let (mut keys, mut sums): (Vec<PgArray>, Vec<PgArray>) =
+            ((0..width).map(|_| PgArray::default()).collect(), measures.iter().map(|_| PgArray::default()).collect());
+        // in key order, as every lane writes: two lanes wait for each other's rows in one order
+        let mut sorted: Vec<_> = rows.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.iter().map(AsRef::as_ref).cmp(b.0.iter().map(AsRef::as_ref)));
+        for (key, t) in sorted {
+            key.iter().zip(&mut keys).for_each(|(v, a)| a.push(Some(v.as_ref())));
+            measures.iter().zip(&mut sums).for_each(|(m, a)| a.push_number(m.of(t)));
+        }
+        let q = keys.into_iter().chain(sums).fold(sqlx::query(&sql), |q, a| q.bind(a.finish()));
+        q.bind(now).execute(&mut **tx).await?;
+        return Ok(());
+    }
+    let rows: Vec<_> = rows.iter().collect();
+    for chunk in rows.chunks(TOTALS_PARAMS / columns) {
+        let sql = upsert(&format!("VALUES {}", backend.values(chunk.len(), columns)));
         let mut q = sqlx::query(&sql);
         for (key, t) in chunk {
             for v in *key {
@@ -333,6 +359,32 @@ pub(crate) async fn add_totals<K: AsRef<str>>(
         q.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// `entries`' columns but the last (`consolidado_em`, one value), as [`PG_INSERT_ENTRIES`] binds
+/// them, in the order of their ids: lanes that insert the same id wait for each other in one order.
+fn pg_entry_columns(entries: &[StoredEntry]) -> [String; ENTRY_COLUMNS - 1] {
+    let mut entries: Vec<&StoredEntry> = entries.iter().collect();
+    entries.sort_unstable_by_key(|e| e.entry.id);
+    let mut columns: [PgArray; ENTRY_COLUMNS - 1] = Default::default();
+    let [id, merchant, tipo, valor, data, descricao, categoria, criado_em, estorno_de, topic, partition, offset] =
+        &mut columns;
+    for StoredEntry { entry, origin } in entries {
+        let r = entry.to_record();
+        id.push(Some(&r.id.to_string()));
+        merchant.push(Some(&r.merchant_id));
+        tipo.push(Some(r.tipo.as_str()));
+        valor.push_number(r.valor_cents);
+        data.push(Some(&r.data));
+        descricao.push(Some(&r.descricao));
+        categoria.push(r.categoria.as_deref());
+        criado_em.push(Some(&r.criado_em));
+        estorno_de.push(r.estorno_de.map(|e| e.to_string()).as_deref());
+        topic.push(Some(&origin.topic));
+        partition.push_number(origin.partition.into());
+        offset.push_number(origin.offset);
+    }
+    columns.map(PgArray::finish)
 }
 
 #[cfg(test)]

@@ -126,6 +126,67 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// `IN (?, …)` with each of `values` bound on SQLite; on PostgreSQL, `= ANY($1::text[])` with
+    /// one [`PgArray`]: the same text, prepared once, for any number of values.
+    pub(crate) fn in_list(self, values: impl Iterator<Item = String>) -> (String, Vec<String>) {
+        match self {
+            Backend::Sqlite => {
+                let values: Vec<String> = values.collect();
+                (format!("IN {}", self.values(1, values.len())), values)
+            }
+            Backend::Postgres => {
+                let mut array = PgArray::default();
+                values.for_each(|v| array.push(Some(&v)));
+                ("= ANY($1::text[])".to_owned(), vec![array.finish()])
+            }
+        }
+    }
+
+    /// How many values one [`Backend::in_list`] takes.
+    pub(crate) fn list_chunk(self) -> usize {
+        match self {
+            Backend::Sqlite => 400,
+            Backend::Postgres => usize::MAX,
+        }
+    }
+}
+
+/// A PostgreSQL array literal (`{"a","b\"c",NULL}`), bound as one text and cast in the
+/// statement (`$1::text[]`, `$2::bigint[]`): a statement of a few such parameters has the same
+/// text whatever the rows, so each connection prepares it once, and PostgreSQL parses one value
+/// per column instead of a `VALUES` list of thousands of parameters.
+#[derive(Default)]
+pub(crate) struct PgArray(String);
+
+impl PgArray {
+    pub(crate) fn push(&mut self, value: Option<&str>) {
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        let Some(value) = value else { return self.0.push_str("NULL") };
+        self.0.push('"');
+        for c in value.chars() {
+            if matches!(c, '"' | '\\') {
+                self.0.push('\\');
+            }
+            self.0.push(c);
+        }
+        self.0.push('"');
+    }
+
+    pub(crate) fn push_number(&mut self, value: i64) {
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        self.0.push_str(&value.to_string());
+    }
+
+    pub(crate) fn finish(mut self) -> String {
+        if self.0.is_empty() {
+            self.0.push('{');
+        }
+        self.0.push('}');
+        self.0
+    }
+}
+
 /// A pool on the store, migrated.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -216,7 +277,21 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::Backend;
+    use super::{Backend, PgArray};
+
+    #[test]
+    fn array_literals_quote_every_text_and_escape_quotes_and_backslashes() {
+        let mut a = PgArray::default();
+        for v in [Some("a"), Some(r#"b"c\d"#), None, Some("{x, y}"), Some("NULL"), Some("")] {
+            a.push(v);
+        }
+        assert_eq!(a.finish(), r#"{"a","b\"c\\d",NULL,"{x, y}","NULL",""}"#);
+        let mut n = PgArray::default();
+        n.push_number(-1);
+        n.push_number(i64::MAX);
+        assert_eq!(n.finish(), "{-1,9223372036854775807}");
+        assert_eq!(PgArray::default().finish(), "{}");
+    }
 
     #[test]
     fn placeholders_are_numbered_row_major_on_postgres_and_anonymous_on_sqlite() {
