@@ -19,13 +19,13 @@ use cashflow_kafka::{self as kafka, RebalanceWatch};
 use cashflow_observability::metrics;
 use cashflow_sinks::{Store, StoreError};
 
-use rdkafka::Offset;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::epoch::{Epoch, Record, STAGE};
+use crate::epoch::{Epoch, Record, STAGE, split_lanes};
 use crate::events::SessionFailed;
 use crate::operator::{Consolidator, DataflowError};
 
@@ -90,6 +90,8 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     metrics().stage_up(STAGE, true);
 
     let max_wait = cons.max_epoch_wait;
+    let lanes = cons.lanes(&config.store.url);
+    tracing::info!(lanes, "epochs split into sink lanes");
     loop {
         let mut batch = tokio::select! {
             batch = next_epoch(&consumer, cons.max_epoch_records, max_wait) => batch?,
@@ -114,10 +116,16 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
         }
         let timer = Instant::now();
         let epoch = Epoch { config, states: &states, store, dataflow: &dataflow, producer: &errors };
-        let next = epoch.commit(&batch).await?;
-        for e in next.elements() {
-            if let Offset::Offset(o) = e.offset() {
-                resume.insert((e.topic().to_owned(), e.partition()), o);
+        // Each lane commits its partitions and their progress in its own transaction: a lane
+        // that fails leaves the others' commits standing, and the session restarts from the store.
+        let commits = futures::future::join_all(split_lanes(batch, lanes).iter().map(|lane| epoch.commit(lane))).await;
+        let mut next = TopicPartitionList::new();
+        for committed in commits {
+            for e in committed?.elements() {
+                if let Offset::Offset(o) = e.offset() {
+                    resume.insert((e.topic().to_owned(), e.partition()), o);
+                    next.add_partition_offset(e.topic(), e.partition(), e.offset())?;
+                }
             }
         }
         consumer.context().advance(resume.iter().map(|(k, v)| (k.clone(), *v)));

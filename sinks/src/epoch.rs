@@ -36,10 +36,11 @@ pub struct StoredEntry {
 }
 
 const ENTRY_COLUMNS: usize = 13;
-/// Rows per statement on SQLite; PostgreSQL takes an epoch's rows in one.
-const ENTRY_CHUNK: usize = 400;
+/// Rows per statement on SQLite (within its 32,766 parameters); PostgreSQL takes an epoch's
+/// rows in one. Fewer, larger statements: each is a statement journal opened and closed.
+const ENTRY_CHUNK: usize = 2_000;
 /// Bind parameters per statement when upserting totals on SQLite.
-const TOTALS_PARAMS: usize = 6000;
+const TOTALS_PARAMS: usize = 30_000;
 const PROGRESS_COLUMNS: usize = 5;
 
 /// An epoch's entries on PostgreSQL: one array per column, one statement (see [`PgArray`]).
@@ -118,11 +119,15 @@ impl EpochTx {
             }
             return Ok(inserted);
         }
+        // SQLite: the epoch holds the write lock from its start (`BEGIN IMMEDIATE`), so the ids
+        // stored before it are those it finds now, and no row has to come back from the insert
+        let ids: Vec<EntryId> = entries.iter().map(|e| e.entry.id).collect();
+        let stored: HashSet<EntryId> = self.stored_ids(&ids).await?;
         for chunk in entries.chunks(ENTRY_CHUNK) {
             let sql = format!(
                 "INSERT INTO lancamentos (id, merchant_id, tipo, valor_cents, data, descricao, categoria, \
                  criado_em, estorno_de, origin_topic, origin_partition, origin_offset, consolidado_em) \
-                 VALUES {} ON CONFLICT (id) DO NOTHING RETURNING id",
+                 VALUES {} ON CONFLICT (id) DO NOTHING",
                 self.backend.values(chunk.len(), ENTRY_COLUMNS)
             );
             let mut q = sqlx::query(&sql);
@@ -143,11 +148,24 @@ impl EpochTx {
                     .bind(o.offset)
                     .bind(self.now.clone());
             }
+            q.execute(&mut *self.tx).await?;
+        }
+        inserted.extend(ids.into_iter().filter(|id| !stored.contains(id)));
+        Ok(inserted)
+    }
+
+    /// Which of `ids` the store holds.
+    async fn stored_ids(&mut self, ids: &[EntryId]) -> Result<HashSet<EntryId>, StoreError> {
+        let mut out = HashSet::new();
+        for chunk in ids.chunks(self.backend.list_chunk()) {
+            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
+            let sql = format!("SELECT id FROM lancamentos WHERE id {list}");
+            let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
             for row in q.fetch_all(&mut *self.tx).await? {
-                inserted.insert(entry_id(&row, 0)?);
+                out.insert(entry_id(&row, 0)?);
             }
         }
-        Ok(inserted)
+        Ok(out)
     }
 
     /// The stored records of these ids (`criado_em` as stored), to tell a redelivery from a

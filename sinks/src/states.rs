@@ -151,8 +151,12 @@ fn create_table(backend: Backend, state: &DeclaredState) -> String {
         })
         .collect();
     let primary = state.key.to_text().replace(',', ", ");
-    // room on each page for HOT updates, as the migrations give the fixed states
-    let with = if backend == Backend::Postgres { " WITH (fillfactor = 80)" } else { "" };
+    // as the migrations make the fixed states' tables: on PostgreSQL, room on each page for
+    // updates in place (HOT); on SQLite, the rows clustered on the key (one b-tree, not two)
+    let with = match backend {
+        Backend::Postgres => " WITH (fillfactor = 80)",
+        Backend::Sqlite => " WITHOUT ROWID",
+    };
     format!("CREATE TABLE {} ({keys}{values}atualizado_em TEXT NOT NULL, PRIMARY KEY ({primary})){with}", state.table)
 }
 

@@ -21,8 +21,9 @@ pub(crate) async fn copy_entries(db: &mut PgConnection, table: &str, entries: &[
     assert_eq!(copy.finish().await.unwrap(), entries.len() as u64);
 }
 
-/// The store's raw write rate for every row consolidation writes, per entry: the entries, their
-/// days' totals and their (day, category) totals, each `COPY`'d into a new table shaped like ours.
+/// The store's raw write rate for every row consolidation writes, per entry: the entries and the
+/// totals of each state the shipped pipeline keeps (day, (day, category), month, merchant), each
+/// `COPY`'d into a new table shaped like ours.
 /// The totals are summed and formatted before the clock starts: this times the writes alone.
 pub(crate) async fn raw_copy_written(db: &mut PgConnection, entries: &[Lancamento], report: &mut Report) {
     use std::fmt::Write as _;
@@ -40,14 +41,34 @@ pub(crate) async fn raw_copy_written(db: &mut PgConnection, entries: &[Lancament
         let t = days.entry((*m, *d)).or_default();
         *t = [t[0] + c, t[1] + b, t[2] + n];
     }
+    let mut months: HashMap<(&str, String), [i64; 3]> = HashMap::new();
+    let mut merchants: HashMap<&str, [i64; 3]> = HashMap::new();
+    for ((m, d), [c, b, n]) in &days {
+        for t in [months.entry((*m, d.to_string()[..7].to_owned())).or_default(), merchants.entry(*m).or_default()] {
+            *t = [t[0] + c, t[1] + b, t[2] + n];
+        }
+    }
     let (mut day_rows, mut category_rows) = (String::new(), String::new());
+    let (mut month_rows, mut merchant_rows) = (String::new(), String::new());
     for ((m, d), [c, b, n]) in &days {
         let _ = writeln!(day_rows, "{m}\t{d}\t{c}\t{b}\t{n}\t{now}");
+    }
+    for ((m, month), [c, b, n]) in &months {
+        let _ = writeln!(month_rows, "{m}\t{month}\t{c}\t{b}\t{n}\t{now}");
+    }
+    for (m, [c, b, n]) in &merchants {
+        let _ = writeln!(merchant_rows, "{m}\t{c}\t{b}\t{n}\t{now}");
     }
     for ((m, d, k), [c, b, n]) in &categories {
         let _ = writeln!(category_rows, "{m}\t{d}\t{k}\t{c}\t{b}\t{n}\t{now}");
     }
-    for (table, like) in [("written_diario", "consolidado_diario"), ("written_categoria", "consolidado_categoria")] {
+    let tables = [
+        ("written_diario", "consolidado_diario"),
+        ("written_categoria", "consolidado_categoria"),
+        ("written_mensal", "consolidado_mensal"),
+        ("written_comerciante", "consolidado_comerciante"),
+    ];
+    for (table, like) in tables {
         let sql = format!("CREATE TABLE {table} (LIKE {like} INCLUDING ALL)");
         sqlx::query(&sql).execute(&mut *db).await.unwrap();
     }
@@ -57,6 +78,8 @@ pub(crate) async fn raw_copy_written(db: &mut PgConnection, entries: &[Lancament
     for (table, columns, rows, want) in [
         ("written_diario", "merchant_id, data", &day_rows, days.len()),
         ("written_categoria", "merchant_id, data, categoria", &category_rows, categories.len()),
+        ("written_mensal", "merchant_id, mes", &month_rows, months.len()),
+        ("written_comerciante", "merchant_id", &merchant_rows, merchants.len()),
     ] {
         let sql =
             format!("COPY {table} ({columns}, creditos_cents, debitos_cents, quantidade, atualizado_em) FROM STDIN");

@@ -12,12 +12,14 @@
 //! 2. the raw producer: the data set produced to the broker with rdkafka (the ingest ceiling);
 //! 3. the raw consumer: the topic read back with rdkafka, no processing (a consolidation ceiling);
 //! 4. consolidation: `cashflow run consolidate`, from the first commit to the last offset stored,
-//!    checked against the data set (every entry counted once);
+//!    checked against the data set (every entry counted once); then again with 1, 2 and 4 sink
+//!    lanes (`services.consolidate.lanes`), each into a database of its own on the same cluster;
 //! 5. the naive design: one consumer, one transaction per entry (insert it, upsert its day);
 //! 6. the store's raw write rate: COPY of the same entries into a copy of the entries table;
 //!    both ceilings at once: the topic consumed and COPYed into the store, no other processing;
-//!    and COPY of every row consolidation writes (the entries, their days' and their (day,
-//!    category) totals, summed before the clock starts): the store's writes alone;
+//!    and COPY of every row consolidation writes (the entries and the totals of each shipped
+//!    state: day, (day, category), month, merchant; summed before the clock starts): the
+//!    store's writes alone;
 //!    phases 2, 3, 4, 6 and 7 also give each process's CPU time per entry (from /proc), which
 //!    says where a stage's time goes; then, untimed, `VACUUM ANALYZE`, so that autovacuum does
 //!    not run into the latency phases;
@@ -26,7 +28,10 @@
 //! 8. ingest through the HTTP API (`cashflow loadgen`): batches, and single POSTs at 2k/s;
 //! 9. balance queries over 31 days at 5k/s;
 //! 10. freshness at 1k entries/s: POST, then read the balance with `aguardar`, until visible;
-//! 11. with `--soak S`: entries at 1k/s for S seconds over 50 merchants' last 31 days (a key
+//! 11. the embedded default, as `cashflow up` runs it: a broker of its own (`cashflow run broker`)
+//!     and an SQLite store; the data set produced to it, read back by a raw consumer, then
+//!     consolidated (`cashflow run consolidate`), checked against the data set;
+//! 12. with `--soak S`: entries at 1k/s for S seconds over 50 merchants' last 31 days (a key
 //!     space filled in the first minute), the RSS of the consolidator and of the gateway sampled
 //!     every 10 s (first and last minute, and the trend after the first minute).
 
@@ -52,6 +57,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 mod copy;
 mod cpu;
+mod embedded;
 mod http;
 
 use copy::{raw_copy, raw_copy_written, raw_pipeline};
@@ -152,6 +158,15 @@ impl Report {
     }
 }
 
+/// The label of the lanes phase with `k` lanes, and its rate's name.
+fn lanes_label(k: usize) -> String {
+    format!("consolidation, lanes: {k}")
+}
+
+fn lanes(k: usize) -> String {
+    lanes_label(k) + " entries/s"
+}
+
 fn fmt(v: f64) -> String {
     if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.3}") }
 }
@@ -169,33 +184,30 @@ fn main() {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let report = runtime.block_on(run(&args));
+    let per = |a: &str, b: &str| report.get(a) / report.get(b);
+    let consolidation = "consolidation entries/s";
+    let ceiling = report.get("raw consume records/s").min(report.get("raw COPY rows/s"));
     let ratios = [
-        (
-            "consolidation / naive per-entry consumer",
-            report.get("consolidation entries/s") / report.get("naive per-entry consumer entries/s"),
-            "≥ 10",
-        ),
-        (
-            "consolidation / min(raw consume, raw COPY)",
-            report.get("consolidation entries/s")
-                / report.get("raw consume records/s").min(report.get("raw COPY rows/s")),
-            "≥ 0.8",
-        ),
+        ("consolidation / naive per-entry consumer", per(consolidation, "naive per-entry consumer entries/s"), "≥ 10"),
+        ("consolidation / min(raw consume, raw COPY)", report.get(consolidation) / ceiling, "≥ 0.8"),
         (
             "consolidation / raw consume + COPY at once",
-            report.get("consolidation entries/s") / report.get("raw consume + COPY at once rows/s"),
+            per(consolidation, "raw consume + COPY at once rows/s"),
             "(both ceilings sharing the machine)",
         ),
         (
             "consolidation / raw COPY of every row it writes",
-            report.get("consolidation entries/s") / report.get("raw COPY of every row consolidation writes entries/s"),
-            "(the store's writes alone)",
+            per(consolidation, "raw COPY of every row consolidation writes entries/s"),
+            "≥ 0.9 (the store's writes alone)",
         ),
+        ("consolidation, lanes: 2 / lanes: 1", per(&lanes(2), &lanes(1)), "(grows with the store's cores)"),
+        ("consolidation, lanes: 4 / lanes: 1", per(&lanes(4), &lanes(1)), "(grows with the store's cores)"),
         (
-            "batch ingest / raw producer",
-            report.get("batch ingest entries/s") / report.get("raw producer records/s"),
-            "≥ 0.8",
+            "embedded: consolidation / raw consume",
+            per("embedded: consolidation entries/s", "embedded: raw consume records/s"),
+            "≥ 0.5",
         ),
+        ("batch ingest / raw producer", per("batch ingest entries/s", "raw producer records/s"), "≥ 0.8"),
     ];
     if args.json {
         let figures: serde_json::Map<String, Value> =
@@ -232,15 +244,11 @@ async fn run(args: &Args) -> Report {
 
     eprintln!("starting PostgreSQL (durable) and the broker");
     let pg = PgCluster::start_durable();
-    let mut p = Pipeline::configure(Store::Postgres(pg.url()), &[]);
-    p.launch(Role::Broker).await;
+    let mut p = with_topics(Store::Postgres(pg.url())).await;
     let brokers = p.kafka.clone();
     let kafka = |c: &mut ClientConfig| {
         c.set("bootstrap.servers", &brokers).set("broker.address.family", "v4");
     };
-    // The consolidator creates the topics; the producer must not create them with other counts.
-    p.launch(Role::Consolidate).await;
-    p.interrupt(Role::Consolidate).await;
 
     let (bench, broker, postgres) = (std::process::id(), p.pid(Role::Broker), pg.pid());
     let entries_n = args.entries as f64;
@@ -260,7 +268,22 @@ async fn run(args: &Args) -> Report {
     eprintln!("4. consolidation (cashflow run consolidate)");
     let mut db = PgConnection::connect(&pg.url()).await.unwrap();
     let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres)]);
-    consolidation(&mut p, &mut db, &entries, cpu, &mut report).await;
+    consolidation(&mut p, &mut db, &entries, cpu, "consolidation", &mut report).await;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    report.add("cores (PostgreSQL, the broker and the consolidator share them)", cores as f64, "cores");
+    for lanes in [1, 2, 4] {
+        eprintln!("4b. consolidation with {lanes} sink lanes, into a database of its own");
+        let url = embedded::database_of_its_own(&mut db, &format!("bench_lanes_{lanes}")).await;
+        let mut lanes_db = PgConnection::connect(&url).await.unwrap();
+        let (shipped_url, epoch_wait) = (format!("url: \"{}\"", pg.url()), "max_epoch_wait_ms: 50");
+        p.edit_config(&shipped_url, &format!("url: \"{url}\""));
+        p.edit_config(epoch_wait, &format!("{epoch_wait}\n    lanes: {lanes}"));
+        let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres)]);
+        let label = lanes_label(lanes);
+        consolidation(&mut p, &mut lanes_db, &entries, cpu, &label, &mut report).await;
+        p.edit_config(&format!("{epoch_wait}\n    lanes: {lanes}"), epoch_wait);
+        p.edit_config(&format!("url: \"{url}\""), &shipped_url);
+    }
 
     eprintln!("5. the naive design: a transaction per entry");
     naive(kafka, &mut db, args, &mut report).await;
@@ -285,7 +308,7 @@ async fn run(args: &Args) -> Report {
     let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres), ("client", bench)]);
     let sent = raw_produce_latency(&p, &entries, args.seconds, &mut report).await;
     cpu.report("raw producer at 2k/s", sent as f64, &mut report);
-    drop(entries);
+    let entries_for_embedded = entries;
 
     eprintln!("8-9. ingest and balance queries through the HTTP API");
     p.launch(Role::Gateway).await;
@@ -314,12 +337,24 @@ async fn run(args: &Args) -> Report {
     let rss = p.api.metrics(&p.stages[&Role::Consolidate]).await.must("process_resident_memory_bytes");
     report.add("consolidator RSS after a restart on the loaded store", rss / 1e6, "MB");
     freshness(&p, args, &mut report).await;
+    eprintln!("11. the embedded default: its own broker and an SQLite store");
+    embedded::embedded(&entries_for_embedded, &mut report).await;
     if args.soak > 0.0 {
-        eprintln!("11. soak: 1k entries/s for {} s", args.soak);
+        eprintln!("12. soak: 1k entries/s for {} s", args.soak);
         soak(&p, args, &mut report).await;
     }
     p.stop().await;
     report
+}
+
+/// A pipeline on `store` with its broker running and its topics created by the consolidator (as
+/// `cashflow up` creates them: a producer must not create them with other partition counts).
+async fn with_topics(store: Store) -> Pipeline {
+    let mut p = Pipeline::configure(store, &[]);
+    p.launch(Role::Broker).await;
+    p.launch(Role::Consolidate).await;
+    p.interrupt(Role::Consolidate).await;
+    p
 }
 
 async fn dataflow_core(entries: &[Lancamento], report: &mut Report) {
@@ -455,36 +490,54 @@ async fn progress(db: &mut PgConnection, group: &str) -> i64 {
         .get(0)
 }
 
+/// A consolidation timed by its stored progress: from the first commit seen to the last offset.
+struct Consolidating {
+    want: i64,
+    first: Option<(Instant, i64)>,
+    deadline: Instant,
+}
+
+impl Consolidating {
+    fn new(want: i64) -> Self {
+        Consolidating { want, first: None, deadline: Instant::now() + Duration::from_secs(1800) }
+    }
+
+    /// Takes the offsets stored so far; true once they reach every entry.
+    fn saw(&mut self, done: i64) -> bool {
+        if done > 0 && self.first.is_none() {
+            self.first = Some((Instant::now(), done));
+        }
+        assert!(done >= self.want || Instant::now() < self.deadline, "consolidated {done} of {} in 30 min", self.want);
+        done >= self.want
+    }
+
+    /// Entries per second since the first commit seen.
+    fn rate(&self) -> f64 {
+        let (t0, at_first) = self.first.expect("a commit was seen");
+        (self.want - at_first) as f64 / t0.elapsed().as_secs_f64()
+    }
+}
+
 async fn consolidation(
     p: &mut Pipeline,
     db: &mut PgConnection,
     entries: &[Lancamento],
     mut cpu: CpuMeter,
+    label: &str,
     report: &mut Report,
 ) {
     let want = entries.len() as i64;
     let group = "cashflow-consolidate";
     p.launch(Role::Consolidate).await;
     cpu.add("consolidator", p.pid(Role::Consolidate));
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    let mut first: Option<(Instant, i64)> = None;
-    loop {
-        let done = progress(db, group).await;
-        if done > 0 && first.is_none() {
-            first = Some((Instant::now(), done));
-        }
-        if done >= want {
-            break;
-        }
-        assert!(Instant::now() < deadline, "consolidated {done} of {want} in 30 min");
+    let mut timer = Consolidating::new(want);
+    while !timer.saw(progress(db, group).await) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (t0, at_first) = first.unwrap();
-    let rate = (want - at_first) as f64 / t0.elapsed().as_secs_f64();
-    report.add("consolidation entries/s", rate, "entries/s");
-    cpu.report("consolidation", want as f64, report);
+    report.add(&format!("{label} entries/s"), timer.rate(), "entries/s");
+    cpu.report(label, want as f64, report);
     let rss = p.api.metrics(&p.stages[&Role::Consolidate]).await.must("process_resident_memory_bytes");
-    report.add("consolidator RSS after the load", rss / 1e6, "MB");
+    report.add(&format!("{label}: consolidator RSS after the load"), rss / 1e6, "MB");
     p.interrupt(Role::Consolidate).await;
 
     // Every entry counted once, with its amount.

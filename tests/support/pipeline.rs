@@ -166,7 +166,7 @@ impl Pipeline {
     /// `cashflow` with this pipeline's --config and --data-dir.
     pub fn cashflow(&self) -> Command {
         let mut c = Command::new(binary("cashflow"));
-        c.arg("--config").arg(&self.config).arg("--data-dir").arg(self.dir.path().join("data"));
+        c.arg("--config").arg(&self.config).arg("--data-dir").arg(self.data_dir());
         c.env("CASHFLOW_BROKER_BIN", binary("cashflow-broker"));
         c
     }

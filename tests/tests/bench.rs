@@ -30,7 +30,14 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
         "31-day balance query at 5k/s: answered from memory",
         "31-day balance query at 5k/s, store only p99",
         "freshness at 1k/s p99 (POST to visible)",
-        "consolidator RSS after the load",
+        "consolidation: consolidator RSS after the load",
+        "consolidation: CPU per item, PostgreSQL",
+        "consolidation, lanes: 1 entries/s",
+        "consolidation, lanes: 2 entries/s",
+        "consolidation, lanes: 4 entries/s",
+        "embedded: raw consume records/s",
+        "embedded: consolidation entries/s",
+        "embedded: consolidation: CPU per item, consolidator",
         "raw producer at 2k/s p99 (ack latency)",
         "consolidation: CPU per item, broker",
         "consolidation: CPU per item, consolidator",
@@ -48,5 +55,5 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
     ] {
         assert_eq!(figures[name]["value"].as_f64(), Some(0.0), "{name}: {report}");
     }
-    assert_eq!(report["ratios"].as_object().unwrap().len(), 5);
+    assert_eq!(report["ratios"].as_object().unwrap().len(), 8);
 }

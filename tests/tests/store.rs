@@ -28,7 +28,7 @@ fn entry(i: usize, descricao: &str, categoria: Option<&str>, estorno_de: Option<
     let entry = Lancamento {
         id: EntryId::random(),
         merchant_id: MerchantId::parse("loja-1").unwrap(),
-        tipo: if i % 2 == 0 { Tipo::Credito } else { Tipo::Debito },
+        tipo: if i.is_multiple_of(2) { Tipo::Credito } else { Tipo::Debito },
         valor: Money::from_cents(100 + i as i64),
         data: "2026-01-02".parse::<BusinessDate>().unwrap(),
         descricao: descricao.to_owned(),
@@ -36,14 +36,14 @@ fn entry(i: usize, descricao: &str, categoria: Option<&str>, estorno_de: Option<
         criado_em: chrono::Utc::now(),
         estorno_de,
     };
-    let topic = if i % 3 == 0 { "lancamentos.retry" } else { "lancamentos" };
+    let topic = if i.is_multiple_of(3) { "lancamentos.retry" } else { "lancamentos" };
     StoredEntry { entry, origin: Origin { topic: topic.into(), partition: i as i32, offset: i as i64 * 1_000_000_007 } }
 }
 
 async fn writes_come_back_as_written(url: &str) {
     let store = Store::connect(url, 2).await.unwrap();
     let mut entries: Vec<StoredEntry> =
-        TEXTS.iter().enumerate().map(|(i, t)| entry(i, t, (i % 2 == 0).then_some(*t), None)).collect();
+        TEXTS.iter().enumerate().map(|(i, t)| entry(i, t, i.is_multiple_of(2).then_some(*t), None)).collect();
     let original = entries[0].entry.id;
     entries.push(entry(TEXTS.len(), "reversal", None, Some(original)));
     let ids: Vec<EntryId> = entries.iter().map(|e| e.entry.id).collect();

@@ -160,6 +160,24 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     if !(1..=100_000).contains(&cons.max_epoch_records) {
         problem_at(&mut out, "services.consolidate.max_epoch_records", "must be between 1 and 100000");
     }
+    match (cons.lanes, &c.store.url) {
+        (Some(0), _) => problem_at(&mut out, "services.consolidate.lanes", "must be at least 1"),
+        (Some(2..), StoreUrl::Sqlite(_)) => problem_at(
+            &mut out,
+            "services.consolidate.lanes",
+            "must be 1 on SQLite, which takes one writer at a time (or leave it unset)",
+        ),
+        _ if cons.lanes(&c.store.url) > c.store.max_connections as usize => problem_at(
+            &mut out,
+            "services.consolidate.lanes",
+            format!(
+                "{} lanes need as many store connections; store.max_connections is {}",
+                cons.lanes(&c.store.url),
+                c.store.max_connections
+            ),
+        ),
+        _ => {}
+    }
 
     for (i, origin) in s.gateway.cors_allowed_origins.iter().enumerate() {
         let scheme = origin.starts_with("http://") || origin.starts_with("https://");

@@ -390,6 +390,10 @@ pub struct ConsolidateConfig {
     /// Longest wait to fill an epoch once its first record arrived.
     #[serde(rename = "max_epoch_wait_ms", default = "ConsolidateConfig::default_max_epoch_wait", with = "millis")]
     pub max_epoch_wait: Duration,
+    /// Sink lanes: an epoch's partitions split into this many transactions, committed side by
+    /// side on connections of their own. Unset: [`ConsolidateConfig::lanes`] picks by store.
+    #[serde(default)]
+    pub lanes: Option<usize>,
 }
 
 /// The accepted range of business dates: from `past_days` ago to `future_days` ahead.
@@ -421,6 +425,10 @@ impl DateWindow {
     }
 }
 
+/// Lanes on PostgreSQL when `services.consolidate.lanes` is unset, from cashflow-bench
+/// (BENCHMARKS.md, "Sink lanes").
+pub const DEFAULT_POSTGRES_LANES: usize = 2;
+
 impl ConsolidateConfig {
     fn default_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8084))
@@ -433,6 +441,15 @@ impl ConsolidateConfig {
     }
     const fn default_max_epoch_wait() -> Duration {
         Duration::from_millis(50)
+    }
+
+    /// The lanes an epoch is split into on `store`: as set, or else 1 on SQLite (one writer at
+    /// a time) and [`DEFAULT_POSTGRES_LANES`] on PostgreSQL.
+    pub fn lanes(&self, store: &StoreUrl) -> usize {
+        self.lanes.unwrap_or(match store {
+            StoreUrl::Sqlite(_) => 1,
+            StoreUrl::Postgres(_) => DEFAULT_POSTGRES_LANES,
+        })
     }
 
     /// The business dates `validate` accepts (ingest answers 422 outside them).

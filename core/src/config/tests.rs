@@ -394,3 +394,35 @@ fn extreme_or_mixed_mistakes_are_all_reported_without_a_panic_or_a_secret() {
     let p = problems(&edit("properties: {}", "properties: { sasl.password: [hunter2] }"));
     assert_eq!(p, ["kafka.properties.sasl.password: must be a text or a number"]);
 }
+
+#[test]
+fn sink_lanes_default_by_store_and_are_refused_where_they_cannot_run() {
+    let lanes = |yaml: &str| {
+        let c = PipelineConfig::parse("p.yaml", yaml, |_| Some("postgres://db/x".into())).unwrap();
+        c.services.consolidate.lanes(&c.store.url)
+    };
+    let postgres = edit("url: sqlite://cashflow.db", "url: \"${DATABASE_URL}\"");
+    assert_eq!(lanes(DEFAULT), 1, "SQLite takes one writer");
+    assert_eq!(lanes(&postgres), DEFAULT_POSTGRES_LANES);
+    let set = |yaml: &str, n: &str| {
+        yaml.replacen("max_epoch_wait_ms: 50", &format!("max_epoch_wait_ms: 50\n    lanes: {n}"), 1)
+    };
+    assert_eq!(lanes(&set(&postgres, "4")), 4);
+    assert_eq!(lanes(&set(DEFAULT, "1")), 1);
+
+    let lanes_problems = |yaml: &str| problems(yaml).into_iter().filter(|p| p.contains("lanes")).collect::<Vec<_>>();
+    assert_eq!(
+        lanes_problems(&set(DEFAULT, "2")),
+        ["services.consolidate.lanes: must be 1 on SQLite, which takes one writer at a time (or leave it unset)"]
+    );
+    assert_eq!(lanes_problems(&set(&postgres, "0")), ["services.consolidate.lanes: must be at least 1"]);
+    assert_eq!(
+        lanes_problems(&set(&postgres, "9")),
+        ["services.consolidate.lanes: 9 lanes need as many store connections; store.max_connections is 8"]
+    );
+    let one_connection = postgres.replacen("max_connections: 8", "max_connections: 1", 1);
+    assert_eq!(
+        lanes_problems(&one_connection),
+        ["services.consolidate.lanes: 2 lanes need as many store connections; store.max_connections is 1"]
+    );
+}

@@ -20,6 +20,7 @@ use crate::operator::{Consolidator, Fact};
 mod steps;
 
 use steps::Rejected;
+pub(crate) use steps::split_lanes;
 
 pub(crate) const STAGE: &str = "consolidate";
 

@@ -174,3 +174,28 @@ fn the_next_offset_of_each_partition_is_one_past_its_last_record() {
     let next = next_offsets(&batch);
     assert_eq!(progress(&next), [("lancamentos".to_owned(), 0, 10), ("lancamentos".to_owned(), 2, 4)]);
 }
+
+/// Lanes take whole partitions, in the order read, and never outnumber the partitions.
+#[test]
+fn lanes_take_whole_partitions_in_turn_and_keep_their_order() {
+    let at = |topic: &str, partition, offset| Record { topic: topic.into(), partition, ..record(offset, vec![]) };
+    let batch = vec![
+        at("lancamentos", 3, 10),
+        at("lancamentos", 0, 5),
+        at("lancamentos.retry", 0, 1),
+        at("lancamentos", 3, 11),
+        at("lancamentos", 1, 7),
+        at("lancamentos", 0, 6),
+    ];
+    let positions =
+        |lane: &Vec<Record>| lane.iter().map(|r| (r.topic.clone(), r.partition, r.offset)).collect::<Vec<_>>();
+    let lanes = split_lanes(batch.clone(), 2);
+    let l = |t: &str, p, o| (t.to_owned(), p, o);
+    // partitions in order: lancamentos 0, 1, 3, then lancamentos.retry 0, dealt to lanes 0, 1, 0, 1
+    let first = [l("lancamentos", 3, 10), l("lancamentos", 0, 5), l("lancamentos", 3, 11), l("lancamentos", 0, 6)];
+    assert_eq!(positions(&lanes[0]), first);
+    assert_eq!(positions(&lanes[1]), [l("lancamentos.retry", 0, 1), l("lancamentos", 1, 7)]);
+    assert_eq!(split_lanes(batch.clone(), 64).len(), 4, "a lane per partition at most");
+    assert_eq!(split_lanes(batch.clone(), 1).into_iter().map(|l| l.len()).collect::<Vec<_>>(), [6]);
+    assert_eq!(split_lanes(Vec::new(), 3).len(), 1);
+}

@@ -1,0 +1,65 @@
+//! The embedded default beside its own ceiling, and databases of their own for the lanes phase.
+
+use sqlx::SqliteConnection;
+
+use super::*;
+
+/// A new database on `db`'s cluster, migrated by the consolidator that first connects: its URL.
+pub(crate) async fn database_of_its_own(db: &mut PgConnection, name: &str) -> String {
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut *db).await.unwrap();
+    let url: String = sqlx::query_scalar(
+        "SELECT 'postgres://' || current_user || '@127.0.0.1:' || \
+                                          current_setting('port') || '/' || $1",
+    )
+    .bind(name)
+    .fetch_one(&mut *db)
+    .await
+    .unwrap();
+    url
+}
+
+/// `cashflow up`'s store and broker: the data set produced to a broker of its own, read back by a
+/// raw consumer (the ceiling), then consolidated into SQLite and checked against the data set.
+pub(crate) async fn embedded(entries: &[Lancamento], report: &mut Report) {
+    let mut p = with_topics(Store::Sqlite).await;
+    let kafka = |c: &mut ClientConfig| {
+        c.set("bootstrap.servers", &p.kafka).set("broker.address.family", "v4");
+    };
+    let encoded: Vec<(String, Vec<u8>)> = entries.iter().map(|e| (e.merchant_id.to_string(), e.encode())).collect();
+    let mut produced = Report::default();
+    raw_produce(kafka, &encoded, &mut produced).await;
+    drop(encoded);
+
+    let (broker, n) = (p.pid(Role::Broker), entries.len() as f64);
+    let cpu = CpuMeter::start(&[("broker", broker), ("client", std::process::id())]);
+    let mut consumed = Report::default();
+    raw_consume(kafka, entries.len() as u64, &mut consumed);
+    report.add("embedded: raw consume records/s", consumed.get("raw consume records/s"), "records/s");
+    cpu.report("embedded: raw consume", n, report);
+
+    let store = format!("sqlite://{}", p.data_dir().join("cashflow.db").display());
+    let mut cpu = CpuMeter::start(&[("broker", broker)]);
+    p.launch(Role::Consolidate).await;
+    cpu.add("consolidator", p.pid(Role::Consolidate));
+    let mut db = SqliteConnection::connect(&store).await.unwrap();
+    let want = entries.len() as i64;
+    let mut timer = Consolidating::new(want);
+    let progress = "SELECT COALESCE(SUM(next_offset), 0) FROM consumer_progress";
+    while !timer.saw(sqlx::query_scalar(progress).fetch_one(&mut db).await.unwrap()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report.add("embedded: consolidation entries/s", timer.rate(), "entries/s");
+    cpu.report("embedded: consolidation", n, report);
+    let rss = p.api.metrics(&p.stages[&Role::Consolidate]).await.must("process_resident_memory_bytes");
+    report.add("embedded: consolidator RSS after the load", rss / 1e6, "MB");
+    p.interrupt(Role::Consolidate).await;
+
+    let (count, credits, debits): (i64, i64, i64) =
+        sqlx::query_as("SELECT SUM(quantidade), SUM(creditos_cents), SUM(debitos_cents) FROM consolidado_diario")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let cents = |t: Tipo| entries.iter().filter(|e| e.tipo == t).map(|e| e.valor.cents()).sum::<i64>();
+    assert_eq!((count, credits, debits), (want, cents(Tipo::Credito), cents(Tipo::Debito)), "embedded balances differ");
+    p.stop().await;
+}
