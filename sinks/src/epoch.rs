@@ -8,7 +8,7 @@ use chrono::{SecondsFormat, Utc};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::store::{Backend, PgArray};
+use crate::store::{Backend, PgArray, parts};
 use crate::{DeclaredState, Store, StoreError};
 
 /// Where a record was read from.
@@ -69,8 +69,8 @@ impl Store {
     /// A transaction that will write: on SQLite it takes the write lock at once.
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
         })
     }
 }
@@ -123,7 +123,7 @@ impl EpochTx {
         // stored before it are those it finds now, and no row has to come back from the insert
         let ids: Vec<EntryId> = entries.iter().map(|e| e.entry.id).collect();
         let stored: HashSet<EntryId> = self.stored_ids(&ids).await?;
-        for chunk in entries.chunks(ENTRY_CHUNK) {
+        for chunk in parts(entries, ENTRY_CHUNK) {
             let sql = format!(
                 "INSERT INTO lancamentos (id, merchant_id, tipo, valor_cents, data, descricao, categoria, \
                  criado_em, estorno_de, origin_topic, origin_partition, origin_offset, consolidado_em) \
@@ -157,7 +157,7 @@ impl EpochTx {
     /// Which of `ids` the store holds.
     async fn stored_ids(&mut self, ids: &[EntryId]) -> Result<HashSet<EntryId>, StoreError> {
         let mut out = HashSet::new();
-        for chunk in ids.chunks(self.backend.list_chunk()) {
+        for chunk in parts(ids, self.backend.list_chunk()) {
             let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
             let sql = format!("SELECT id FROM lancamentos WHERE id {list}");
             let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
@@ -172,7 +172,7 @@ impl EpochTx {
     /// conflicting reuse of an id.
     pub async fn stored_records(&mut self, ids: &[EntryId]) -> Result<HashMap<EntryId, LancamentoRecord>, StoreError> {
         let mut out = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(self.backend.list_chunk()) {
+        for chunk in parts(ids, self.backend.list_chunk()) {
             let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
             let sql = format!("{ENTRY_SELECT} WHERE id {list}");
             let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
@@ -187,7 +187,7 @@ impl EpochTx {
     /// For each of `originals` that is already reversed, the id of its reversal.
     pub async fn reversals_of(&mut self, originals: &[EntryId]) -> Result<HashMap<EntryId, EntryId>, StoreError> {
         let mut out = HashMap::new();
-        for chunk in originals.chunks(self.backend.list_chunk()) {
+        for chunk in parts(originals, self.backend.list_chunk()) {
             let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
             let sql = format!("SELECT estorno_de, id FROM lancamentos WHERE estorno_de {list}");
             let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
@@ -202,7 +202,7 @@ impl EpochTx {
     /// not claimed before. A delivery seen again (its claim committed earlier) is skipped.
     pub async fn claim_deliveries(&mut self, deliveries: &[Delivery]) -> Result<HashSet<Delivery>, StoreError> {
         let mut claimed = HashSet::with_capacity(deliveries.len());
-        for chunk in deliveries.chunks(ENTRY_CHUNK) {
+        for chunk in parts(deliveries, ENTRY_CHUNK) {
             let sql = format!(
                 "INSERT INTO redeliveries (origin_topic, origin_partition, origin_offset, attempt, claimed_at) \
                  VALUES {} ON CONFLICT DO NOTHING RETURNING origin_topic, origin_partition, origin_offset, attempt",
@@ -252,7 +252,7 @@ impl EpochTx {
         merchants: &[&MerchantId],
     ) -> Result<HashMap<MerchantId, DayTotals>, StoreError> {
         let mut out = HashMap::with_capacity(merchants.len());
-        for chunk in merchants.chunks(self.backend.list_chunk()) {
+        for chunk in parts(merchants, self.backend.list_chunk()) {
             let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
             let sql = format!(
                 "SELECT merchant_id, creditos_cents, debitos_cents, quantidade FROM consolidado_comerciante \
@@ -271,7 +271,7 @@ impl EpochTx {
 
     /// Removes entries this transaction inserted and will not count.
     pub async fn delete_entries(&mut self, ids: &[EntryId]) -> Result<(), StoreError> {
-        for chunk in ids.chunks(self.backend.list_chunk()) {
+        for chunk in parts(ids, self.backend.list_chunk()) {
             let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
             let sql = format!("DELETE FROM lancamentos WHERE id {list}");
             let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
@@ -362,7 +362,7 @@ pub(crate) async fn add_totals<K: AsRef<str>>(
         return Ok(());
     }
     let rows: Vec<_> = rows.iter().collect();
-    for chunk in rows.chunks(TOTALS_PARAMS / columns) {
+    for chunk in parts(&rows, TOTALS_PARAMS / columns) {
         let sql = upsert(&format!("VALUES {}", backend.values(chunk.len(), columns)));
         let mut q = sqlx::query(&sql);
         for (key, t) in chunk {

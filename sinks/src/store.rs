@@ -152,6 +152,25 @@ impl Backend {
     }
 }
 
+/// `items` in parts of at most `max` rows, one statement each: `max` at a time, then what is left
+/// in powers of two (1,024, 512, …, 1). A statement's text depends on its rows, and a connection
+/// keeps each text it prepared (sqlx's cache, up to 100 a connection): an epoch's last part of
+/// any length made a new one every epoch, each holding the program of thousands of parameters.
+/// This keeps them to a dozen per statement. `usize::MAX`: one part.
+pub(crate) fn parts<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        let n = match rest.len() {
+            0 => return None,
+            len if len >= max || max == usize::MAX => len.min(max),
+            len => 1 << len.ilog2(),
+        };
+        let (part, tail) = rest.split_at(n);
+        rest = tail;
+        Some(part)
+    })
+}
+
 /// A PostgreSQL array literal (`{"a","b\"c",NULL}`), bound as one text and cast in the
 /// statement (`$1::text[]`, `$2::bigint[]`): a statement of a few such parameters has the same
 /// text whatever the rows, so each connection prepares it once, and PostgreSQL parses one value
@@ -191,6 +210,10 @@ impl PgArray {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) pool: AnyPool,
+    /// Where write transactions run. On SQLite, which takes one writer at a time, one connection
+    /// with a large page cache that stays warm from one epoch to the next (a cache per pooled
+    /// connection took the consolidator to 700 MB); on PostgreSQL, `pool`.
+    pub(crate) writer: AnyPool,
     /// Where `pool` connects, for [`Store::own_pool`].
     options: AnyConnectOptions,
     pub(crate) backend: Backend,
@@ -212,19 +235,27 @@ impl Store {
             Backend::Postgres => url.to_owned(),
         };
         let options = AnyConnectOptions::from_str(&url)?;
-        let pool = pool_options(backend, max_connections).connect_with(options.clone()).await?;
+        let pool = pool_options(backend, max_connections, false).connect_with(options.clone()).await?;
         match backend {
             Backend::Sqlite => SQLITE.run(&pool).await?,
             Backend::Postgres => POSTGRES.run(&pool).await?,
         }
-        Ok(Store { pool, options, backend })
+        let writer = match backend {
+            Backend::Sqlite => pool_options(backend, 1, true).connect_lazy_with(options.clone()),
+            Backend::Postgres => pool.clone(),
+        };
+        Ok(Store { pool, writer, options, backend })
     }
 
     /// The same store through a pool of its own, which connects on first use: for a task whose
     /// small reads must not queue behind everyone else's.
     pub fn own_pool(&self, max_connections: u32) -> Store {
-        let pool = pool_options(self.backend, max_connections).connect_lazy_with(self.options.clone());
-        Store { pool, options: self.options.clone(), backend: self.backend }
+        let pool = pool_options(self.backend, max_connections, false).connect_lazy_with(self.options.clone());
+        let writer = match self.backend {
+            Backend::Sqlite => self.writer.clone(),
+            Backend::Postgres => pool.clone(),
+        };
+        Store { pool, writer, options: self.options.clone(), backend: self.backend }
     }
 
     /// Cheap reachability check for readiness probes.
@@ -235,37 +266,41 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 
-fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
-    AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5)).after_connect(
-        move |conn, _| {
-            Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    // WAL lets readers run beside the one writer. FULL: a commit is on disk when
-                    // it returns, so a balance read after it survives a power loss (one fsync
-                    // per epoch, not per entry). Were one lost, its offsets would go with it,
-                    // and consolidation would read those records from the log again.
-                    // Measured on an epoch's writes (BENCHMARKS.md, "The embedded store"): a
-                    // 64 MB page cache, so an epoch's pages are not spilled to the WAL before
-                    // its commit (the default 2 MB spilled them); statement journals in memory;
-                    // a checkpoint every 10,000 WAL pages (40 MB), not 1,000.
-                    for pragma in [
-                        "PRAGMA journal_mode = WAL",
-                        "PRAGMA synchronous = FULL",
-                        "PRAGMA busy_timeout = 10000",
-                        "PRAGMA cache_size = -65536",
-                        "PRAGMA temp_store = MEMORY",
-                        "PRAGMA wal_autocheckpoint = 10000",
-                    ] {
-                        conn.execute(pragma).await?;
-                    }
+/// `writer`: SQLite's one write connection, which waits for its turn as long as SQLite's lock
+/// would (`busy_timeout`), and keeps the large page cache.
+fn pool_options(backend: Backend, max_connections: u32, writer: bool) -> AnyPoolOptions {
+    let wait = Duration::from_secs(if writer { 10 } else { 5 });
+    AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(wait).after_connect(move |conn, _| {
+        Box::pin(async move {
+            if backend == Backend::Sqlite {
+                // WAL lets readers run beside the one writer. FULL: a commit is on disk when
+                // it returns, so a balance read after it survives a power loss (one fsync
+                // per epoch, not per entry). Were one lost, its offsets would go with it,
+                // and consolidation would read those records from the log again.
+                // Measured on an epoch's writes (BENCHMARKS.md, "The embedded store"): the
+                // writer's page cache at 64 MB, so an epoch's pages are not spilled to the WAL
+                // before its commit (the default 2 MB spilled them); statement journals in
+                // memory; a checkpoint every 10,000 WAL pages (40 MB), not 1,000.
+                for pragma in [
+                    "PRAGMA journal_mode = WAL",
+                    "PRAGMA synchronous = FULL",
+                    "PRAGMA busy_timeout = 10000",
+                    "PRAGMA temp_store = MEMORY",
+                    "PRAGMA wal_autocheckpoint = 10000",
+                ] {
+                    conn.execute(pragma).await?;
                 }
-                Ok(())
-            })
-        },
-    )
+                if writer {
+                    conn.execute("PRAGMA cache_size = -65536").await?;
+                }
+            }
+            Ok(())
+        })
+    })
 }
 
 /// `sqlite://path` → a URL that creates the file (and its directory) if missing.
@@ -287,6 +322,17 @@ fn sqlite_url(url: &str) -> Result<String, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::{Backend, PgArray};
+
+    #[test]
+    fn parts_are_full_then_powers_of_two_so_few_statement_texts_exist() {
+        let items: Vec<usize> = (0..2_000 * 3 + 1_999).collect();
+        let sizes: Vec<usize> = super::parts(&items, 2_000).map(<[usize]>::len).collect();
+        assert_eq!(sizes, [2_000, 2_000, 2_000, 1_024, 512, 256, 128, 64, 8, 4, 2, 1]);
+        let back: Vec<usize> = super::parts(&items, 2_000).flatten().copied().collect();
+        assert_eq!(back, items, "every item once, in order");
+        assert_eq!(super::parts(&items, usize::MAX).map(<[usize]>::len).collect::<Vec<_>>(), [items.len()]);
+        assert_eq!(super::parts(&items[..0], 7).count(), 0);
+    }
 
     #[test]
     fn array_literals_quote_every_text_and_escape_quotes_and_backslashes() {

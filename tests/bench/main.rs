@@ -283,6 +283,10 @@ async fn run(args: &Args) -> Report {
         consolidation(&mut p, &mut lanes_db, &entries, cpu, &label, &mut report).await;
         p.edit_config(&format!("{epoch_wait}\n    lanes: {lanes}"), epoch_wait);
         p.edit_config(&format!("url: \"{url}\""), &shipped_url);
+        // its rows are counted and checked: the disk is the next phases'
+        lanes_db.close().await.unwrap();
+        let drop = format!("DROP DATABASE bench_lanes_{lanes} WITH (FORCE)");
+        sqlx::query(&drop).execute(&mut db).await.unwrap();
     }
 
     eprintln!("5. the naive design: a transaction per entry");
