@@ -156,46 +156,35 @@ impl EpochTx {
 
     /// Which of `ids` the store holds.
     async fn stored_ids(&mut self, ids: &[EntryId]) -> Result<HashSet<EntryId>, StoreError> {
-        let mut out = HashSet::new();
-        for chunk in parts(ids, self.backend.list_chunk()) {
-            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
-            let sql = format!("SELECT id FROM lancamentos WHERE id {list}");
+        let rows = self.rows_where("SELECT id FROM lancamentos WHERE id", ids).await?;
+        rows.iter().map(|row| entry_id(row, 0)).collect()
+    }
+
+    /// The rows of `statement` (one ending in `WHERE <column>`) whose column is one of
+    /// `values`: on PostgreSQL one statement, `= ANY` of an array; on SQLite an `IN` list per
+    /// part of [`parts`].
+    async fn rows_where(&mut self, statement: &str, values: &[impl ToString]) -> Result<Vec<AnyRow>, StoreError> {
+        let mut rows = Vec::new();
+        for part in parts(values, self.backend.list_chunk()) {
+            let (list, values) = self.backend.in_list(part.iter().map(ToString::to_string));
+            let sql = format!("{statement} {list}");
             let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
-            for row in q.fetch_all(&mut *self.tx).await? {
-                out.insert(entry_id(&row, 0)?);
-            }
+            rows.extend(q.fetch_all(&mut *self.tx).await?);
         }
-        Ok(out)
+        Ok(rows)
     }
 
     /// The stored records of these ids (`criado_em` as stored), to tell a redelivery from a
     /// conflicting reuse of an id.
     pub async fn stored_records(&mut self, ids: &[EntryId]) -> Result<HashMap<EntryId, LancamentoRecord>, StoreError> {
-        let mut out = HashMap::with_capacity(ids.len());
-        for chunk in parts(ids, self.backend.list_chunk()) {
-            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
-            let sql = format!("{ENTRY_SELECT} WHERE id {list}");
-            let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
-            for row in q.fetch_all(&mut *self.tx).await? {
-                let record = record_from_row(&row)?;
-                out.insert(record.id, record);
-            }
-        }
-        Ok(out)
+        let rows = self.rows_where(&format!("{ENTRY_SELECT} WHERE id"), ids).await?;
+        rows.iter().map(|row| record_from_row(row).map(|r| (r.id, r))).collect()
     }
 
     /// For each of `originals` that is already reversed, the id of its reversal.
     pub async fn reversals_of(&mut self, originals: &[EntryId]) -> Result<HashMap<EntryId, EntryId>, StoreError> {
-        let mut out = HashMap::new();
-        for chunk in parts(originals, self.backend.list_chunk()) {
-            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
-            let sql = format!("SELECT estorno_de, id FROM lancamentos WHERE estorno_de {list}");
-            let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
-            for row in q.fetch_all(&mut *self.tx).await? {
-                out.insert(entry_id(&row, 0)?, entry_id(&row, 1)?);
-            }
-        }
-        Ok(out)
+        let rows = self.rows_where("SELECT estorno_de, id FROM lancamentos WHERE estorno_de", originals).await?;
+        rows.iter().map(|row| Ok((entry_id(row, 0)?, entry_id(row, 1)?))).collect()
     }
 
     /// Claims retried deliveries, each (origin topic, partition, offset, attempt); returns those
@@ -251,33 +240,22 @@ impl EpochTx {
         &mut self,
         merchants: &[&MerchantId],
     ) -> Result<HashMap<MerchantId, DayTotals>, StoreError> {
-        let mut out = HashMap::with_capacity(merchants.len());
-        for chunk in parts(merchants, self.backend.list_chunk()) {
-            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
-            let sql = format!(
-                "SELECT merchant_id, creditos_cents, debitos_cents, quantidade FROM consolidado_comerciante \
-                 WHERE merchant_id {list}"
-            );
-            let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
-            for row in q.fetch_all(&mut *self.tx).await? {
+        let select = "SELECT merchant_id, creditos_cents, debitos_cents, quantidade FROM consolidado_comerciante \
+                      WHERE merchant_id";
+        let rows = self.rows_where(select, merchants).await?;
+        rows.iter()
+            .map(|row| {
                 let id: String = row.try_get(0)?;
                 let merchant =
                     MerchantId::parse(&id).map_err(|e| StoreError::Corrupt(format!("merchant {id:?}: {e}")))?;
-                out.insert(merchant, crate::read::totals(&row, 1)?);
-            }
-        }
-        Ok(out)
+                Ok((merchant, crate::read::totals(row, 1)?))
+            })
+            .collect()
     }
 
     /// Removes entries this transaction inserted and will not count.
     pub async fn delete_entries(&mut self, ids: &[EntryId]) -> Result<(), StoreError> {
-        for chunk in parts(ids, self.backend.list_chunk()) {
-            let (list, values) = self.backend.in_list(chunk.iter().map(ToString::to_string));
-            let sql = format!("DELETE FROM lancamentos WHERE id {list}");
-            let q = values.into_iter().fold(sqlx::query(&sql), |q, v| q.bind(v));
-            q.execute(&mut *self.tx).await?;
-        }
-        Ok(())
+        self.rows_where("DELETE FROM lancamentos WHERE id", ids).await.map(drop)
     }
 
     /// Records where `group` resumes: the next offset per (topic, partition), and the time, taken

@@ -124,9 +124,7 @@ impl Backend {
         }
         s
     }
-}
 
-impl Backend {
     /// `IN (?, …)` with each of `values` bound on SQLite; on PostgreSQL, `= ANY($1::text[])` with
     /// one [`PgArray`]: the same text, prepared once, for any number of values.
     pub(crate) fn in_list(self, values: impl Iterator<Item = String>) -> (String, Vec<String>) {

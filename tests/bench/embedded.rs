@@ -1,22 +1,8 @@
-//! The embedded default beside its own ceiling, and databases of their own for the lanes phase.
+//! Phase 11: the embedded default beside its own ceiling.
 
 use sqlx::SqliteConnection;
 
 use super::*;
-
-/// A new database on `db`'s cluster, migrated by the consolidator that first connects: its URL.
-pub(crate) async fn database_of_its_own(db: &mut PgConnection, name: &str) -> String {
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut *db).await.unwrap();
-    let url: String = sqlx::query_scalar(
-        "SELECT 'postgres://' || current_user || '@127.0.0.1:' || \
-                                          current_setting('port') || '/' || $1",
-    )
-    .bind(name)
-    .fetch_one(&mut *db)
-    .await
-    .unwrap();
-    url
-}
 
 /// `cashflow up`'s store and broker: the data set produced to a broker of its own, read back by a
 /// raw consumer (the ceiling), then consolidated into SQLite and checked against the data set.

@@ -59,6 +59,7 @@ mod copy;
 mod cpu;
 mod embedded;
 mod http;
+mod lanes;
 
 use copy::{raw_copy, raw_copy_written, raw_pipeline};
 use cpu::CpuMeter;
@@ -158,15 +159,6 @@ impl Report {
     }
 }
 
-/// The label of the lanes phase with `k` lanes, and its rate's name.
-fn lanes_label(k: usize) -> String {
-    format!("consolidation, lanes: {k}")
-}
-
-fn lanes(k: usize) -> String {
-    lanes_label(k) + " entries/s"
-}
-
 fn fmt(v: f64) -> String {
     if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.3}") }
 }
@@ -200,8 +192,8 @@ fn main() {
             per(consolidation, "raw COPY of every row consolidation writes entries/s"),
             "≥ 0.9 (the store's writes alone)",
         ),
-        ("consolidation, lanes: 2 / lanes: 1", per(&lanes(2), &lanes(1)), "(grows with the store's cores)"),
-        ("consolidation, lanes: 4 / lanes: 1", per(&lanes(4), &lanes(1)), "(grows with the store's cores)"),
+        ("consolidation, lanes: 2 / lanes: 1", per(&lanes::rate(2), &lanes::rate(1)), "(grows with the store's cores)"),
+        ("consolidation, lanes: 4 / lanes: 1", per(&lanes::rate(4), &lanes::rate(1)), "(grows with the store's cores)"),
         (
             "embedded: consolidation / raw consume",
             per("embedded: consolidation entries/s", "embedded: raw consume records/s"),
@@ -271,23 +263,7 @@ async fn run(args: &Args) -> Report {
     consolidation(&mut p, &mut db, &entries, cpu, "consolidation", &mut report).await;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     report.add("cores (PostgreSQL, the broker and the consolidator share them)", cores as f64, "cores");
-    for lanes in [1, 2, 4] {
-        eprintln!("4b. consolidation with {lanes} sink lanes, into a database of its own");
-        let url = embedded::database_of_its_own(&mut db, &format!("bench_lanes_{lanes}")).await;
-        let mut lanes_db = PgConnection::connect(&url).await.unwrap();
-        let (shipped_url, epoch_wait) = (format!("url: \"{}\"", pg.url()), "max_epoch_wait_ms: 50");
-        p.edit_config(&shipped_url, &format!("url: \"{url}\""));
-        p.edit_config(epoch_wait, &format!("{epoch_wait}\n    lanes: {lanes}"));
-        let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres)]);
-        let label = lanes_label(lanes);
-        consolidation(&mut p, &mut lanes_db, &entries, cpu, &label, &mut report).await;
-        p.edit_config(&format!("{epoch_wait}\n    lanes: {lanes}"), epoch_wait);
-        p.edit_config(&format!("url: \"{url}\""), &shipped_url);
-        // its rows are counted and checked: the disk is the next phases'
-        lanes_db.close().await.unwrap();
-        let drop = format!("DROP DATABASE bench_lanes_{lanes} WITH (FORCE)");
-        sqlx::query(&drop).execute(&mut db).await.unwrap();
-    }
+    lanes::phase(&mut p, &mut db, &pg.url(), &entries, [broker, postgres], &mut report).await;
 
     eprintln!("5. the naive design: a transaction per entry");
     naive(kafka, &mut db, args, &mut report).await;

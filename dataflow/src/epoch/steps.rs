@@ -261,16 +261,17 @@ pub(super) fn progress(next: &BTreeMap<(String, i32), i64>) -> Vec<(String, i32,
 /// `batch` split into at most `lanes` parts, each partition whole in one: the batch's partitions,
 /// in order, dealt to the lanes in turn. A partition's records keep their order.
 pub(crate) fn split_lanes(batch: Vec<Record>, lanes: usize) -> Vec<Vec<Record>> {
-    let mut partitions: Vec<(&str, i32)> = batch.iter().map(|r| (r.position().0, r.position().1)).collect();
+    let mut partitions: Vec<(&str, i32)> = batch.iter().map(|r| (r.topic.as_str(), r.partition)).collect();
     partitions.sort_unstable();
     partitions.dedup();
     let lanes = lanes.clamp(1, partitions.len().max(1));
-    let lane_of: Vec<((String, i32), usize)> =
-        partitions.iter().enumerate().map(|(i, (t, p))| (((*t).to_owned(), *p), i % lanes)).collect();
-    let mut out: Vec<Vec<Record>> = (0..lanes).map(|_| Vec::new()).collect();
-    for r in batch {
-        let (topic, partition, _) = r.position();
-        let lane = lane_of.iter().find(|((t, p), _)| t == topic && *p == partition).map_or(0, |(_, l)| *l);
+    let lane_of: Vec<usize> = batch
+        .iter()
+        .map(|r| partitions.binary_search(&(r.topic.as_str(), r.partition)).expect("each record's partition is listed"))
+        .map(|i| i % lanes)
+        .collect();
+    let mut out: Vec<Vec<Record>> = vec![Vec::new(); lanes];
+    for (r, lane) in batch.into_iter().zip(lane_of) {
         out[lane].push(r);
     }
     out
