@@ -5,6 +5,7 @@ mod app;
 mod broker;
 mod dlq;
 mod loadgen;
+mod ops;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +79,15 @@ enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Recompute every kept state from the stored entries and print each row that differs;
+    /// exits 1 when one does. Reads one snapshot of the store: safe while consolidation runs.
+    Reconcile(ops::ReconcileArgs),
+    /// Account for every record of the consolidation sources below the store's progress
+    /// (stored, duplicate, retried, parked); exits 1 naming each offset that is not.
+    Audit(ops::AuditArgs),
+    /// Rebuild states from the stored entries, each in one transaction: readers see the old rows
+    /// until it commits. Consolidation waits while it runs; ingest goes on.
+    Rebuild(ops::RebuildArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -145,6 +155,9 @@ fn main() -> ExitCode {
             Command::Keys { command } => access::keys(command, &config, &cli.common),
             Command::Dlq { command } => dlq::run(command, config, &cli.common).await,
             Command::Loadgen(args) => loadgen::run(args, config, &cli.common).await,
+            Command::Reconcile(args) => ops::reconcile(args, config, &cli.common).await,
+            Command::Audit(args) => ops::audit(args, config, &cli.common).await,
+            Command::Rebuild(args) => ops::rebuild(args, config, &cli.common).await,
             Command::Validate { .. } => Ok(()),
         }
     });

@@ -66,6 +66,29 @@ impl Field {
         }
     }
 
+    /// The first and the last day of this period that holds `date`.
+    pub fn days(self, date: NaiveDate) -> (NaiveDate, NaiveDate) {
+        let first = self.start(date);
+        let last = match self {
+            Field::Mes => first.checked_add_months(chrono::Months::new(1)).and_then(|d| d.pred_opt()),
+            Field::Ano => first.with_year(first.year() + 1).and_then(|d| d.pred_opt()),
+            Field::Semana => first.checked_add_days(chrono::Days::new(6)),
+            _ => Some(first),
+        };
+        (first, last.unwrap_or(NaiveDate::MAX))
+    }
+
+    /// This field's value for one entry: its date's period, its category (`""` for none) or
+    /// its `tipo`; `None` for `merchant_id`, which every key has first.
+    pub fn value_of(self, data: BusinessDate, categoria: &str, tipo: crate::Tipo) -> Option<String> {
+        match self {
+            Field::MerchantId => None,
+            Field::Categoria => Some(categoria.to_owned()),
+            Field::Tipo => Some(tipo.as_str().to_owned()),
+            period => Some(period.period(data.date())),
+        }
+    }
+
     /// This period of `date`, as stored and served (`data` for any field that is not a period).
     pub fn period(self, date: NaiveDate) -> String {
         match self {
@@ -147,6 +170,17 @@ impl Key {
         }
         let periods = self.0.iter().filter(|f| f.is_period());
         periods.map(|f| f.start(date)).max().unwrap_or_default()
+    }
+
+    /// The days whose entries make up the values of this key that overlap `[de, ate]`: from the
+    /// first day of the earliest period that holds `de` to the last of the latest that holds
+    /// `ate`. `None` when the key has no period: every value holds entries of any date.
+    pub fn span(&self, de: BusinessDate, ate: BusinessDate) -> Option<(NaiveDate, NaiveDate)> {
+        let periods = self.0.iter().filter(|f| f.is_period());
+        periods.fold(None, |span, f| {
+            let (first, last) = (f.days(de.date()).0, f.days(ate.date()).1);
+            Some(span.map_or((first, last), |(a, b): (NaiveDate, NaiveDate)| (a.min(first), b.max(last))))
+        })
     }
 
     /// For each period field, the first and last of its values that overlap `[de, ate]`.
@@ -396,5 +430,19 @@ mod tests {
         assert!(!key(&[MerchantId, Semana]).follows_from(&key(&[MerchantId, Mes])));
         assert!(!key(&[MerchantId, Mes, Tipo]).follows_from(&daily));
         assert!(key(&[MerchantId]).follows_from(&key(&[MerchantId, Tipo])));
+    }
+
+    #[test]
+    fn a_span_covers_every_period_that_overlaps_the_range() {
+        use Field::*;
+        let bd = |s: &str| BusinessDate::new(d(s)).unwrap();
+        let (de, ate) = (bd("2026-01-01"), bd("2026-02-10"));
+        assert_eq!(key(&[MerchantId, Data]).span(de, ate), Some((d("2026-01-01"), d("2026-02-10"))));
+        assert_eq!(key(&[MerchantId, Mes]).span(de, ate), Some((d("2026-01-01"), d("2026-02-28"))));
+        // 2026-01-01 is in the week that began on Monday 2025-12-29; 2026-02-10 in the one of 02-09
+        assert_eq!(key(&[MerchantId, Semana]).span(de, ate), Some((d("2025-12-29"), d("2026-02-15"))));
+        assert_eq!(key(&[MerchantId, Ano, Semana]).span(de, ate), Some((d("2025-12-29"), d("2026-12-31"))));
+        assert_eq!(key(&[MerchantId, Mes]).span(bd("2024-02-03"), bd("2024-02-03")).unwrap().1, d("2024-02-29"));
+        assert_eq!(key(&[MerchantId, Categoria]).span(de, ate), None);
     }
 }

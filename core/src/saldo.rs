@@ -5,7 +5,7 @@ use serde::Serialize;
 use crate::{BusinessDate, Money};
 
 /// One merchant-day's movement: the consolidated state the dataflow keeps and the store holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct DayTotals {
     pub creditos_cents: i64,
     pub debitos_cents: i64,

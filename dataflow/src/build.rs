@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use cashflow_core::config::{PipelineConfig, StateConfig};
-use cashflow_sinks::{DeclaredState, EntryFacts, Store};
+use cashflow_sinks::{Build, DeclaredState, EntryFacts, Store};
 
 use crate::ConsolidateError;
 use crate::operator::{Consolidator, Fact};
@@ -30,28 +30,41 @@ pub async fn build(store: &Store, declared: &[DeclaredState]) -> Result<(), Cons
         let (table, key, values) = (&state.table, state.key.to_string(), state.values.to_string());
         tracing::info!(table = %table, key = %key, values = %values, "building a state from the stored entries");
         let started = Instant::now();
-        let dataflow = Consolidator::start(vec![state.key.clone()])?;
-        let Some(mut build) = store.begin_build(&state).await? else {
+        let Some(build) = store.begin_build(&state).await? else {
             tracing::info!(table = %table, "another consolidator built the state");
             continue;
         };
-        let mut entries = 0usize;
-        loop {
-            let page = build.next_entries(PAGE).await?;
-            if page.is_empty() {
-                break;
-            }
-            entries += page.len();
-            let changes = dataflow.apply(page.iter().map(Fact::from)).await?;
-            for state_changes in &changes.rows()? {
-                build.add(state_changes).await?;
-            }
-        }
-        build.finish().await?;
+        let entries = fill(build, &state).await?;
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(table = %table, key = %key, entries, took_ms, "state built");
     }
     Ok(())
+}
+
+/// Replaces `state`'s rows (`merchant`'s alone, if given) with what the stored entries give, in
+/// one transaction (see [`Store::begin_rebuild`]); returns how many entries it read.
+pub async fn rebuild(store: &Store, state: &DeclaredState, merchant: Option<&str>) -> Result<usize, ConsolidateError> {
+    fill(store.begin_rebuild(state, merchant).await?, state).await
+}
+
+/// Feeds every entry `build` reads through a dataflow of `state` alone, page by page, adds its
+/// output, and commits; returns how many entries it read.
+async fn fill(mut build: Build, state: &DeclaredState) -> Result<usize, ConsolidateError> {
+    let dataflow = Consolidator::start(vec![state.key.clone()])?;
+    let mut entries = 0usize;
+    loop {
+        let page = build.next_entries(PAGE).await?;
+        if page.is_empty() {
+            break;
+        }
+        entries += page.len();
+        let changes = dataflow.apply(page.iter().map(Fact::from)).await?;
+        for state_changes in &changes.rows()? {
+            build.add(state_changes).await?;
+        }
+    }
+    build.finish().await?;
+    Ok(entries)
 }
 
 impl<'a> From<&'a EntryFacts> for Fact<'a> {

@@ -2,13 +2,17 @@
 //!
 //! timely and differential types stay inside this crate.
 
+mod audit;
 mod build;
 mod epoch;
 mod events;
 mod lag;
 mod operator;
+mod reconcile;
 mod stage;
 
-pub use build::{build, declared};
+pub use audit::{AuditError, Covered, Report, Unaccounted, audit};
+pub use build::{build, declared, rebuild};
 pub use operator::{Changes, Consolidator, DataflowError, Fact};
+pub use reconcile::Reconciliation;
 pub use stage::{ConsolidateError, run};

@@ -51,9 +51,10 @@ pub async fn run(config: Arc<PipelineConfig>, store: Store, shutdown: Cancellati
     metrics().failure_codes(&cashflow_core::failure::Code::ALL.map(|c| c.as_str()));
     let lag_stop = shutdown.child_token();
     let lag = tokio::spawn(crate::lag::report(Arc::clone(&config), store.clone(), lag_stop.clone()));
+    let reconcile = tokio::spawn(crate::reconcile::schedule(Arc::clone(&config), store.clone(), lag_stop.clone()));
     sessions(&config, &store, &shutdown).await;
     lag_stop.cancel();
-    let _ = lag.await;
+    let _ = futures::future::join(lag, reconcile).await;
 }
 
 async fn sessions(config: &PipelineConfig, store: &Store, shutdown: &CancellationToken) {

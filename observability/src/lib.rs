@@ -53,6 +53,10 @@ pub struct Metrics {
     pub pipeline_info: IntGaugeVec,
     pub query_cache_lookups: IntCounterVec,
     pub query_cache_days: IntGauge,
+    pub reconcile_mismatches: IntGauge,
+    pub reconcile_merchants: IntGauge,
+    pub reconcile_last_run: IntGauge,
+    pub reconcile_runs: IntCounterVec,
     names: Vec<String>,
 }
 
@@ -235,6 +239,24 @@ impl Metrics {
             query_cache_days: d.gauge(
                 "cashflow_query_balance_cache_days",
                 "Day rows of balances held in memory, as of the last read from the store.",
+            ),
+            reconcile_mismatches: d.gauge(
+                "cashflow_reconcile_mismatches",
+                "State rows whose stored totals differed from their entries' in the last scheduled reconciliation.",
+            ),
+            reconcile_merchants: d.gauge(
+                "cashflow_reconcile_merchants_checked",
+                "Merchants whose states the last scheduled reconciliation recomputed.",
+            ),
+            reconcile_last_run: d.gauge(
+                "cashflow_reconcile_last_run_timestamp_seconds",
+                "When the last scheduled reconciliation finished (Unix time), whatever it found.",
+            ),
+            reconcile_runs: d.counter_vec(
+                "cashflow_reconcile_runs_total",
+                "Scheduled reconciliations, by outcome: clean, mismatch (a difference found) or error (not run to the end).",
+                &["outcome"],
+                &[&["clean"], &["mismatch"], &["error"]],
             ),
             gateway_upstream_up: d.gauge_vec(
                 "cashflow_gateway_upstream_up",

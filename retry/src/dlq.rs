@@ -151,7 +151,7 @@ impl Dlq {
         let replayed = self.store.dlq_replays(self.topic()).await?;
         let consumer = self.consumer()?;
         let topic = self.topic().to_owned();
-        let bounds = tokio::task::spawn_blocking(move || watermarks(&consumer, &topic))
+        let bounds = tokio::task::spawn_blocking(move || kafka::watermarks(&consumer, &topic, BROKER_TIMEOUT))
             .await
             .map_err(|_| KafkaError::Canceled)??;
         let mut depth = 0;
@@ -238,30 +238,12 @@ impl Dlq {
     }
 }
 
-/// (partition, low, high) for every partition of `topic`.
-fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, DlqError> {
-    let metadata = consumer.fetch_metadata(Some(topic), BROKER_TIMEOUT)?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    partitions
-        .into_iter()
-        .map(|p| {
-            let (low, high) = consumer.fetch_watermarks(topic, p, BROKER_TIMEOUT)?;
-            Ok((p, low, high))
-        })
-        .collect()
-}
-
 fn read_partitions(
     consumer: &BaseConsumer,
     topic: &str,
     marks: &HashMap<i32, i64>,
 ) -> Result<(Ends, Vec<Parked>), DlqError> {
-    let bounds = watermarks(consumer, topic)?;
+    let bounds = kafka::watermarks(consumer, topic, BROKER_TIMEOUT)?;
     let ends: Vec<(i32, i64)> = bounds.iter().map(|&(p, _, high)| (p, high)).collect();
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     let mut tpl = TopicPartitionList::new();

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use cashflow_core::estado::{Field, Key, Rows, Values};
 use cashflow_core::{BusinessDate, DayTotals, Tipo};
+use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use crate::epoch::{add_totals, now_text};
@@ -89,7 +90,37 @@ impl Store {
         let table = &state.table;
         sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(&mut *tx).await?;
         sqlx::query(&create_table(self.backend, state)).execute(&mut *tx).await?;
-        Ok(Some(Build { tx, backend: self.backend, state: state.clone(), now: now_text(), after: None }))
+        Ok(Some(Build {
+            tx,
+            backend: self.backend,
+            state: state.clone(),
+            now: now_text(),
+            after: None,
+            merchant: None,
+        }))
+    }
+
+    /// Starts replacing `state`'s rows (`merchant`'s alone, if given) with the ones the stored
+    /// entries give, in one transaction that no epoch runs beside, as [`Store::begin_build`]:
+    /// epochs wait for it, then go on. Readers see the old rows until it commits, then the new
+    /// ones, never a part; dropped without [`Build::finish`], it changes nothing.
+    pub async fn begin_rebuild(&self, state: &DeclaredState, merchant: Option<&str>) -> Result<Build, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("LOCK TABLE lancamentos IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
+        if kept(&mut tx).await?.get(&state.table) != Some(state) {
+            return Err(StoreError::NotKept(state.table.clone()));
+        }
+        let table = &state.table;
+        match merchant {
+            None => sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?,
+            Some(m) => {
+                sqlx::query(&format!("DELETE FROM {table} WHERE merchant_id = $1")).bind(m).execute(&mut *tx).await?
+            }
+        };
+        let merchant = merchant.map(str::to_owned);
+        Ok(Build { tx, backend: self.backend, state: state.clone(), now: now_text(), after: None, merchant })
     }
 
     /// `merchant`'s rows of `state`, when the store keeps it: those whose periods overlap
@@ -105,36 +136,66 @@ impl Store {
         if kept(&mut tx).await?.get(&state.table) != Some(state) {
             return Ok(None);
         }
-        let (table, measures) = (&state.table, state.values.measures());
-        let columns: Vec<&str> = state.key.fields()[1..].iter().map(|f| f.as_str()).collect();
-        let mut filter = String::from("merchant_id = $1");
-        for (i, (field, _, _)) in bounds.iter().enumerate() {
-            filter.push_str(&format!(" AND {field} >= ${} AND {field} <= ${}", 2 * i + 2, 2 * i + 3));
-        }
-        let selected: Vec<&str> = columns.iter().copied().chain(measures.iter().map(|m| m.column())).collect();
-        let order = if columns.is_empty() { String::new() } else { format!(" ORDER BY {}", columns.join(", ")) };
-        let sql = format!("SELECT {} FROM {table} WHERE {filter}{order}", selected.join(", "));
-        let mut q = sqlx::query(&sql).bind(merchant);
-        for (_, first, last) in bounds {
-            q = q.bind(first.as_str()).bind(last.as_str());
-        }
-        let mut out = StateRows::default();
-        for row in q.fetch_all(&mut *tx).await? {
-            let values = (0..columns.len()).map(|i| row.try_get(i)).collect::<Result<Vec<String>, _>>()?;
-            let mut totals = DayTotals::default();
-            for (i, m) in measures.iter().enumerate() {
-                m.set(&mut totals, row.try_get(columns.len() + i)?);
-            }
-            out.rows.push((values, totals));
-        }
-        out.consolidated_at =
+        let rows = rows_of(&mut tx, state, merchant, bounds).await?;
+        let consolidated_at =
             sqlx::query_scalar("SELECT MAX(updated_at) FROM consumer_progress WHERE consumer_group = $1")
                 .bind(group)
                 .fetch_one(&mut *tx)
                 .await?;
         tx.commit().await?;
-        Ok(Some(out))
+        Ok(Some(StateRows { rows, consolidated_at }))
     }
+}
+
+/// `merchant`'s rows of `state` whose periods overlap `bounds` (each period field with its first
+/// and last value), ordered by key: the key's values after `merchant_id`, and the totals (0 where
+/// the state keeps no such value).
+pub(crate) async fn rows_of(
+    tx: &mut Transaction<'static, Any>,
+    state: &DeclaredState,
+    merchant: &str,
+    bounds: &[(Field, String, String)],
+) -> Result<Vec<(Vec<String>, DayTotals)>, StoreError> {
+    let (table, measures) = (&state.table, state.values.measures());
+    let columns: Vec<&str> = state.key.fields()[1..].iter().map(|f| f.as_str()).collect();
+    let mut filter = String::from("merchant_id = $1");
+    for (i, (field, _, _)) in bounds.iter().enumerate() {
+        filter.push_str(&format!(" AND {field} >= ${} AND {field} <= ${}", 2 * i + 2, 2 * i + 3));
+    }
+    let selected: Vec<&str> = columns.iter().copied().chain(measures.iter().map(|m| m.column())).collect();
+    let order = if columns.is_empty() { String::new() } else { format!(" ORDER BY {}", columns.join(", ")) };
+    let sql = format!("SELECT {} FROM {table} WHERE {filter}{order}", selected.join(", "));
+    let mut q = sqlx::query(&sql).bind(merchant);
+    for (_, first, last) in bounds {
+        q = q.bind(first.as_str()).bind(last.as_str());
+    }
+    let mut out = Vec::new();
+    for row in q.fetch_all(&mut **tx).await? {
+        let values = (0..columns.len()).map(|i| row.try_get(i)).collect::<Result<Vec<String>, _>>()?;
+        let mut totals = DayTotals::default();
+        for (i, m) in measures.iter().enumerate() {
+            m.set(&mut totals, row.try_get(columns.len() + i)?);
+        }
+        out.push((values, totals));
+    }
+    Ok(out)
+}
+
+/// The columns [`facts`] reads, from `lancamentos`.
+pub(crate) const FACTS: &str =
+    "SELECT merchant_id, data, COALESCE(categoria, ''), tipo, valor_cents, id FROM lancamentos";
+
+/// A stored entry's facts, from a row of [`FACTS`].
+pub(crate) fn facts(r: &AnyRow) -> Result<EntryFacts, StoreError> {
+    let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("{what} {v:?}"));
+    let (data, tipo): (String, String) = (r.try_get(1)?, r.try_get(3)?);
+    Ok(EntryFacts {
+        merchant_id: r.try_get(0)?,
+        data: data.parse().map_err(|_| corrupt("data", &data))?,
+        categoria: r.try_get(2)?,
+        tipo: tipo.parse().map_err(|_| corrupt("tipo", &tipo))?,
+        valor_cents: r.try_get(4)?,
+    })
 }
 
 /// `CREATE TABLE` for a state: its key's fields as text, then its values, never negative and
@@ -168,35 +229,29 @@ pub struct Build {
     now: String,
     /// The last entry id read.
     after: Option<String>,
+    /// Set when only this merchant's rows are (re)built.
+    merchant: Option<String>,
 }
 
 impl Build {
     /// The next stored entries, up to `limit`, in id order; empty when all were read.
     pub async fn next_entries(&mut self, limit: usize) -> Result<Vec<EntryFacts>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, merchant_id, data, COALESCE(categoria, ''), tipo, valor_cents FROM lancamentos \
-             WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(self.after.clone().unwrap_or_default())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *self.tx)
-        .await?;
-        let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("{what} {v:?}"));
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let (data, tipo): (String, String) = (r.try_get(2)?, r.try_get(4)?);
-            out.push(EntryFacts {
-                merchant_id: r.try_get(1)?,
-                data: data.parse().map_err(|_| corrupt("data", &data))?,
-                categoria: r.try_get(3)?,
-                tipo: tipo.parse().map_err(|_| corrupt("tipo", &tipo))?,
-                valor_cents: r.try_get(5)?,
-            });
-        }
+        let after = self.after.clone().unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match &self.merchant {
+            None => {
+                let sql = format!("{FACTS} WHERE id > $1 ORDER BY id LIMIT $2");
+                sqlx::query(&sql).bind(after).bind(limit).fetch_all(&mut *self.tx).await?
+            }
+            Some(m) => {
+                let sql = format!("{FACTS} WHERE merchant_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+                sqlx::query(&sql).bind(m.as_str()).bind(after).bind(limit).fetch_all(&mut *self.tx).await?
+            }
+        };
         if let Some(last) = rows.last() {
-            self.after = Some(last.try_get(0)?);
+            self.after = Some(last.try_get(5)?);
         }
-        Ok(out)
+        rows.iter().map(facts).collect()
     }
 
     /// Adds changes of the state, as an epoch does.
@@ -217,6 +272,9 @@ impl Build {
         .bind(now_text())
         .execute(&mut *self.tx)
         .await?;
+        // Readers that hold balances in memory keep them while the progress they were read at
+        // stands: move it, so they read the rows this wrote.
+        sqlx::query("UPDATE consumer_progress SET updated_at = $1").bind(now_text()).execute(&mut *self.tx).await?;
         self.tx.commit().await?;
         Ok(())
     }

@@ -25,6 +25,9 @@ pub enum StoreError {
     Url(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A state the store does not keep (not declared, or not built yet).
+    #[error("the store does not keep the state of table {0}: declare it in pipeline.yaml and start a consolidator")]
+    NotKept(String),
     /// Rows given for a state with another number of key fields: a caller's mistake.
     #[error("rows of {got} key values for {table}, whose key has {expected}")]
     RowWidth { table: String, expected: usize, got: usize },

@@ -18,6 +18,19 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use cashflow_core::config::PipelineConfig;
 
+/// (partition, log start, log end) of every partition of `topic`.
+pub fn watermarks(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions = metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions());
+    let ids: Vec<i32> = partitions.map(|p| p.id()).collect();
+    ids.into_iter()
+        .map(|p| {
+            let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+            Ok((p, low, high))
+        })
+        .collect()
+}
+
 /// A client config with the bootstrap list and the passthrough properties.
 pub fn client_config(config: &PipelineConfig) -> ClientConfig {
     with_properties(config, |_| {})

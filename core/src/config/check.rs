@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{Brokers, ConsolidateConfig, PipelineConfig, Problem, StoreUrl, TopicRef, Transform};
+use super::{Brokers, ConsolidateConfig, PipelineConfig, Problem, Sample, StoreUrl, TopicRef, Transform};
 use crate::estado::{Field, Values};
 
 const API_VERSION: &str = "cashflow/v1";
@@ -159,6 +159,12 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     check_states(&mut out, cons);
     if !(1..=100_000).contains(&cons.max_epoch_records) {
         problem_at(&mut out, "services.consolidate.max_epoch_records", "must be between 1 and 100000");
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&cons.reconcile.every) {
+        problem_at(&mut out, "services.consolidate.reconcile.every_secs", "must be between 1 second and 7 days");
+    }
+    if cons.reconcile.merchants == Sample::Some(0) {
+        problem_at(&mut out, "services.consolidate.reconcile.merchants", "must be at least 1, or all");
     }
     match (cons.lanes, &c.store.url) {
         (Some(0), _) => problem_at(&mut out, "services.consolidate.lanes", "must be at least 1"),

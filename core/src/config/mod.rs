@@ -394,6 +394,52 @@ pub struct ConsolidateConfig {
     /// side on connections of their own. Unset: [`ConsolidateConfig::lanes`] picks by store.
     #[serde(default)]
     pub lanes: Option<usize>,
+    /// The scheduled reconciliation of the states against the stored entries.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+}
+
+/// Every `every`, the consolidator recomputes the states of some merchants from their stored
+/// entries and compares them with the stored rows (`cashflow reconcile` does it on demand).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    #[serde(rename = "every_secs", with = "secs")]
+    pub every: Duration,
+    pub merchants: Sample,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig { every: Duration::from_secs(3_600), merchants: Sample::Some(100) }
+    }
+}
+
+/// Which merchants a scheduled reconciliation checks: `all`, or this many picked at random.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SampleText")]
+pub enum Sample {
+    All,
+    Some(usize),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SampleText {
+    Count(usize),
+    Word(String),
+}
+
+impl TryFrom<SampleText> for Sample {
+    type Error = String;
+
+    fn try_from(t: SampleText) -> Result<Sample, String> {
+        match t {
+            SampleText::Count(n) => Ok(Sample::Some(n)),
+            SampleText::Word(w) if w == "all" => Ok(Sample::All),
+            SampleText::Word(w) => Err(format!("{w:?} is neither \"all\" nor a number of merchants")),
+        }
+    }
 }
 
 /// The accepted range of business dates: from `past_days` ago to `future_days` ahead.

@@ -426,3 +426,28 @@ fn sink_lanes_default_by_store_and_are_refused_where_they_cannot_run() {
         ["services.consolidate.lanes: 2 lanes need as many store connections; store.max_connections is 1"]
     );
 }
+
+#[test]
+fn the_scheduled_reconciliation_takes_a_sample_or_all_and_refuses_nonsense() {
+    use super::{ReconcileConfig, Sample};
+    let reconcile = |yaml: &str| PipelineConfig::parse("p.yaml", yaml, no_env).unwrap().services.consolidate.reconcile;
+    let set = |v: &str| edit("reconcile: { every_secs: 3600, merchants: 100 }", &format!("reconcile: {v}"));
+    assert_eq!(reconcile(DEFAULT), ReconcileConfig { every: Duration::from_secs(3_600), merchants: Sample::Some(100) });
+    let all = reconcile(&set("{ every_secs: 30s, merchants: all }"));
+    assert_eq!((all.every, all.merchants), (Duration::from_secs(30), Sample::All));
+    let unset = edit("    reconcile: { every_secs: 3600, merchants: 100 }\n", "");
+    assert_eq!(reconcile(&unset), ReconcileConfig::default());
+
+    let found = |v: &str| problems(&set(v)).into_iter().filter(|p| p.contains("reconcile")).collect::<Vec<_>>();
+    assert_eq!(
+        found("{ every_secs: 0, merchants: 1 }"),
+        ["services.consolidate.reconcile.every_secs: must be between 1 second and 7 days"]
+    );
+    assert_eq!(
+        found("{ every_secs: 60, merchants: 0 }"),
+        ["services.consolidate.reconcile.merchants: must be at least 1, or all"]
+    );
+    let some = found("{ every_secs: 60, merchants: some }");
+    assert!(some.len() == 1 && some[0].contains("\"some\" is neither \"all\" nor a number"), "{some:?}");
+    assert_eq!(found("{ every_secs: 60 }").len(), 1, "merchants is required");
+}
