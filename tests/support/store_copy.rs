@@ -106,6 +106,25 @@ impl Pipeline {
         }
     }
 
+    /// The first row `sql` returns, each column read as text (cast them in `sql`).
+    pub async fn store_row(&self, store: &Store, sql: &str) -> Vec<String> {
+        use sqlx::Row as _;
+        let texts = |n: usize, get: &dyn Fn(usize) -> String| (0..n).map(get).collect::<Vec<_>>();
+        match store {
+            Store::Sqlite => {
+                let url = format!("sqlite://{}", self.sqlite_file().display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                let row = sqlx::query(sql).fetch_one(&mut conn).await.unwrap();
+                texts(row.len(), &|i| row.get(i))
+            }
+            Store::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let row = sqlx::query(sql).fetch_one(&mut conn).await.unwrap();
+                texts(row.len(), &|i| row.get(i))
+            }
+        }
+    }
+
     /// The pid of the embedded broker: the `cashflow-broker` child of one of this pipeline's
     /// processes.
     pub fn broker_pid(&self) -> i32 {
