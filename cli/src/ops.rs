@@ -4,7 +4,7 @@
 use std::io::IsTerminal as _;
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use cashflow_core::BusinessDate;
 use cashflow_core::config::{PipelineConfig, Sample};
 use cashflow_dataflow::{Reconciliation, Report};
@@ -112,7 +112,11 @@ pub async fn audit(args: AuditArgs, config: PipelineConfig, common: &Common) -> 
     let started = Instant::now();
     let bar = progress_bar(0, args.json);
     bar.set_message("reading the log and the store");
-    let report = cashflow_dataflow::audit(&config, &store).await?;
+    let report = cashflow_dataflow::audit(&config, &store).await.with_context(|| match config.kafka.is_embedded() {
+        true => "cannot audit: the embedded broker runs with `cashflow up` (or `cashflow run broker`); start it first"
+            .to_owned(),
+        false => format!("cannot audit against the brokers {}", config.kafka.bootstrap()),
+    })?;
     bar.finish_and_clear();
     let took_ms = started.elapsed().as_millis() as u64;
     if args.json {
