@@ -79,7 +79,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", "50");
     })
-    .create_with_context(RebalanceWatch::positioned(resume.clone()))?;
+    .create_with_context(RebalanceWatch::positioned(resume.clone()).reporting(owned))?;
     let sources = config.consolidate_sources();
     for topic in &sources {
         partitions(&consumer, topic).await?;
@@ -139,6 +139,11 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
 }
 
 type GroupConsumer = StreamConsumer<RebalanceWatch>;
+
+/// Exports how many partitions this consolidator owns.
+fn owned(partitions: usize) {
+    metrics().pipeline_partitions_owned.with_label_values(&[STAGE]).set(i64::try_from(partitions).unwrap_or(i64::MAX));
+}
 
 async fn partitions(consumer: &GroupConsumer, topic: &str) -> Result<Vec<i32>, ConsolidateError> {
     let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(10)))?;

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub ingest_broker_errors: IntCounter,
     pub pipeline_stage_up: IntGaugeVec,
     pub pipeline_info: IntGaugeVec,
+    pub pipeline_partitions_owned: IntGaugeVec,
     pub query_cache_lookups: IntCounterVec,
     pub query_cache_days: IntGauge,
     pub reconcile_mismatches: IntGauge,
@@ -222,6 +223,11 @@ impl Metrics {
             pipeline_stage_up: d.gauge_vec(
                 "cashflow_pipeline_stage_up",
                 "1 while a stage of this process works, 0 while it is paused by a failure and retrying.",
+                &["stage"],
+            ),
+            pipeline_partitions_owned: d.gauge_vec(
+                "cashflow_pipeline_partitions_owned",
+                "Partitions of its consumer group this process owns now, by stage (its share of the work).",
                 &["stage"],
             ),
             pipeline_info: d.gauge_vec(

@@ -176,7 +176,9 @@ async fn session(config: &PipelineConfig, dlq: &Dlq, shutdown: &CancellationToke
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000");
     })
-    .create_with_context(RebalanceWatch::default())?;
+    .create_with_context(RebalanceWatch::default().reporting(|owned| {
+        metrics().pipeline_partitions_owned.with_label_values(&[STAGE]).set(i64::try_from(owned).unwrap_or(i64::MAX));
+    }))?;
     consumer.subscribe(&[source])?;
     let producer: FutureProducer = kafka::producer_config(config, SEND_TIMEOUT).create()?;
     let mut holding = Holding::default();

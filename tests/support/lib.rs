@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
 mod flows;
 mod kafka;
 mod oracle;
@@ -13,6 +14,7 @@ mod pipeline;
 mod postgres;
 mod store_copy;
 
+pub use admin::{Group, Member, describe_group};
 pub use flows::{
     MERCHANTS, PASSWORD, assert_matches_oracle, d, login_all, post_all, post_entries, post_until_accepted,
 };

@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
 
-use crate::{binary, free_ports};
+use crate::{binary, free_port, free_ports};
 
 /// Which store the pipeline uses.
 #[derive(Clone, Debug)]
@@ -33,6 +33,9 @@ pub enum Role {
     Consolidate,
     /// A second `cashflow run consolidate` in the same consumer group.
     SecondConsolidator,
+    /// Another `cashflow run consolidate` in the same group, the n-th; its listener gets a free
+    /// port when it is first launched.
+    ExtraConsolidator(u8),
     /// `cashflow run retry`.
     Retry,
     /// `cashflow run auth` (distributed shape).
@@ -49,7 +52,7 @@ impl Role {
             Role::Up => &["up"],
             Role::Broker => &["run", "broker"],
             Role::Gateway => &["run", "gateway"],
-            Role::Consolidate | Role::SecondConsolidator => &["run", "consolidate"],
+            Role::Consolidate | Role::SecondConsolidator | Role::ExtraConsolidator(_) => &["run", "consolidate"],
             Role::Retry => &["run", "retry"],
             Role::Auth => &["run", "auth"],
             Role::Ingest => &["run", "ingest"],
@@ -177,7 +180,10 @@ impl Pipeline {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let mut command = self.cashflow();
         command.args(role.args());
-        if matches!(role, Role::Consolidate | Role::SecondConsolidator | Role::Retry) {
+        if let Role::ExtraConsolidator(_) = role {
+            self.stages.entry(role).or_insert_with(|| format!("http://127.0.0.1:{}", free_port()));
+        }
+        if matches!(role, Role::Consolidate | Role::SecondConsolidator | Role::ExtraConsolidator(_) | Role::Retry) {
             command.arg("--listen").arg(self.stages[&role].trim_start_matches("http://"));
         }
         let child = command
@@ -204,7 +210,7 @@ impl Pipeline {
                     r.is_ok_and(|r| r.status().is_success())
                 }
                 // Alive is enough: a consolidator or retry stage retries until it can work.
-                Role::Consolidate | Role::SecondConsolidator | Role::Retry => {
+                Role::Consolidate | Role::SecondConsolidator | Role::ExtraConsolidator(_) | Role::Retry => {
                     let r = self.api.client.get(format!("{}/healthz", self.stages[&role])).send().await;
                     r.is_ok_and(|r| r.status().is_success())
                 }
@@ -247,7 +253,10 @@ impl Pipeline {
 
     /// Ctrl-C to every process, consumers first.
     pub async fn stop(&mut self) {
-        for role in [Role::Retry, Role::SecondConsolidator, Role::Consolidate, Role::Gateway, Role::Up, Role::Broker] {
+        let extra: Vec<Role> =
+            self.children.keys().copied().filter(|r| matches!(r, Role::ExtraConsolidator(_))).collect();
+        let fixed = [Role::Retry, Role::SecondConsolidator, Role::Consolidate, Role::Gateway, Role::Up, Role::Broker];
+        for role in extra.into_iter().chain(fixed) {
             self.interrupt(role).await;
         }
     }

@@ -106,12 +106,19 @@ pub type Positions = HashMap<(String, i32), i64>;
 pub struct RebalanceWatch {
     changed: AtomicBool,
     positions: Option<Mutex<Positions>>,
+    /// Told how many partitions the consumer owns after each change.
+    owned: Option<Box<dyn Fn(usize) + Send + Sync>>,
 }
 
 impl RebalanceWatch {
     /// A watch that positions each assigned partition at `positions` (see the type's docs).
     pub fn positioned(positions: Positions) -> Self {
-        RebalanceWatch { changed: AtomicBool::new(false), positions: Some(Mutex::new(positions)) }
+        RebalanceWatch { positions: Some(Mutex::new(positions)), ..RebalanceWatch::default() }
+    }
+
+    /// Calls `owned` with the number of partitions the consumer owns after each change.
+    pub fn reporting(self, owned: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        RebalanceWatch { owned: Some(Box::new(owned)), ..self }
     }
 
     /// Whether the assignment changed since the last call.
@@ -170,6 +177,9 @@ impl ConsumerContext for RebalanceWatch {
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "assignment not applied");
+        }
+        if let Some(owned) = &self.owned {
+            owned(consumer.assignment().map_or(0, |a| a.count()));
         }
         self.changed.store(true, Ordering::SeqCst);
     }

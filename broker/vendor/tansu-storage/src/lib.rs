@@ -1079,17 +1079,35 @@ impl From<&NamedGroupDetail> for describe_groups_response::DescribedGroup {
             } => {
                 let group_state = ConsumerGroupState::from(group_detail).to_string();
 
+                // cashflow patch: each member's metadata and assignment, and the group's
+                // assignor, as stored (client id and host are not kept, so they stay empty).
+                let (assignments, protocol_name) = match &group_detail.state {
+                    GroupState::Formed {
+                        assignments,
+                        protocol_name,
+                        ..
+                    } => (Some(assignments), protocol_name.clone()),
+                    GroupState::Forming { protocol_name, .. } => {
+                        (None, protocol_name.clone().unwrap_or_default())
+                    }
+                };
+
                 let members = group_detail
                     .members
-                    .keys()
-                    .map(|member_id| {
+                    .iter()
+                    .map(|(member_id, member)| {
                         describe_groups_response::DescribedGroupMember::default()
                             .member_id(member_id.into())
-                            .group_instance_id(None)
+                            .group_instance_id(member.join_response.group_instance_id.clone())
                             .client_id("".into())
                             .client_host("".into())
-                            .member_metadata(Bytes::new())
-                            .member_assignment(Bytes::new())
+                            .member_metadata(member.join_response.metadata.clone())
+                            .member_assignment(
+                                assignments
+                                    .and_then(|assignments| assignments.get(member_id))
+                                    .cloned()
+                                    .unwrap_or_default(),
+                            )
                     })
                     .collect::<Vec<_>>();
 
@@ -1098,7 +1116,7 @@ impl From<&NamedGroupDetail> for describe_groups_response::DescribedGroup {
                     .group_id(name.clone())
                     .group_state(group_state)
                     .protocol_type(group_detail.state.protocol_type().unwrap_or_default())
-                    .protocol_data("".into())
+                    .protocol_data(protocol_name)
                     .members(Some(members))
                     .authorized_operations(Some(-1))
             }

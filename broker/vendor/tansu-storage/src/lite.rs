@@ -3732,10 +3732,11 @@ impl Storage for Delegate {
                     .await
                     .inspect_err(|err| error!(?err, group_id))?
                 {
+                    // cashflow patch: the detail is JSON text; parse it, as update_group does.
                     let value = row
                         .get_str(1)
                         .map_err(Error::from)
-                        .map(serde_json::Value::from)
+                        .and_then(|value| serde_json::from_str(value).map_err(Into::into))
                         .inspect_err(|err| error!(?err, group_id))?;
 
                     let current = serde_json::from_value::<GroupDetail>(value)

@@ -1,0 +1,107 @@
+//! Scaling out: consolidators of one group split the partitions, as the Kafka admin API
+//! (`DescribeGroups`, what `kafka-consumer-groups --describe` calls) and each member's metrics
+//! show, through a kill and a join under load, with every balance equal to the oracle.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use cashflow_tests::{
+    Group, MERCHANTS, Oracle, Pipeline, Role, Store, assert_matches_oracle, d, describe_group, fresh_postgres_database,
+    login_all, post_entries, random_entries,
+};
+
+const GROUP: &str = "cashflow-consolidate";
+const NO_LIMIT: (&str, &str) =
+    ("rate_limit: { per_second: 200, burst: 400 }", "rate_limit: { per_second: 1000000, burst: 1000000 }");
+
+/// Waits until the group has `members` members owning the 6 partitions as evenly as they can
+/// (⌊6/N⌋ or ⌈6/N⌉ each), each partition once; returns what the admin API showed.
+async fn settled(p: &Pipeline, members: usize, want: &[usize]) -> Group {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let described = tokio::task::block_in_place(|| describe_group(&p.kafka, GROUP));
+        if let Ok(g) = &described
+            && g.state == "Stable"
+            && g.members.len() == members
+            && g.counts() == want
+        {
+            let mut owned: Vec<(String, i32)> = g.members.iter().flat_map(|m| m.partitions.clone()).collect();
+            owned.sort();
+            let all: Vec<(String, i32)> = (0..6).map(|i| ("lancamentos".to_owned(), i)).collect();
+            assert_eq!(owned, all, "every partition owned once: {g:#?}");
+            return described.unwrap();
+        }
+        assert!(Instant::now() < deadline, "the group did not settle as {want:?} in 90 s; last seen: {described:#?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the running consolidators' metrics say they own `want` partitions (fewest
+/// first): a member learns its assignment just after the coordinator settles.
+async fn owned_by_metrics(p: &Pipeline, roles: &[Role], want: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut owned = Vec::new();
+        for role in roles {
+            let metrics = p.api.metrics(&p.stages[role]).await;
+            owned.push(
+                metrics.value("cashflow_pipeline_partitions_owned{stage=\"consolidate\"}").unwrap_or(0.0) as usize
+            );
+        }
+        owned.sort_unstable();
+        if owned == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the members' metrics say {owned:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consolidators_split_the_partitions_through_a_kill_and_a_join_under_load() {
+    let store = Store::Postgres(fresh_postgres_database().await);
+    let mut p = Pipeline::configure(store, &[NO_LIMIT]);
+    let members = [Role::Consolidate, Role::SecondConsolidator, Role::ExtraConsolidator(3)];
+    for role in [Role::Broker, Role::Gateway].into_iter().chain(members) {
+        p.launch(role).await;
+    }
+    let tokens = login_all(&p).await;
+    // The load: entries posted, 200 at a time, until the group has been through it all.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let posting = tokio::spawn({
+        let (api, tokens, stop) = (p.api.clone(), tokens.clone(), stop.clone());
+        async move {
+            let mut posted = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let load = random_entries(&MERCHANTS, 200, d("2026-01-01"), 200);
+                posted.extend(post_entries(api.clone(), tokens.clone(), load, 4).await);
+            }
+            posted
+        }
+    });
+
+    let split = settled(&p, 3, &[2, 2, 2]).await;
+    println!("3 members: {split:#?}");
+    owned_by_metrics(&p, &members, &[2, 2, 2]).await;
+
+    p.kill(Role::SecondConsolidator);
+    let after_kill = settled(&p, 2, &[3, 3]).await;
+    println!("after kill -9 of one: {after_kill:#?}");
+
+    p.launch(Role::ExtraConsolidator(4)).await;
+    let after_join = settled(&p, 3, &[2, 2, 2]).await;
+    println!("after a fourth joined: {after_join:#?}");
+    let running = [Role::Consolidate, Role::ExtraConsolidator(3), Role::ExtraConsolidator(4)];
+    owned_by_metrics(&p, &running, &[2, 2, 2]).await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let posted = posting.await.unwrap();
+    assert!(posted.len() >= 1_000, "only {} entries were posted during the changes", posted.len());
+    let mut oracle = Oracle::default();
+    for (e, status) in posted {
+        assert_eq!(status, 202, "{e:?}");
+        oracle.add(e);
+    }
+    assert_matches_oracle(&p, &tokens, &oracle, d("2026-01-01"), d("2026-12-31")).await;
+}
