@@ -20,7 +20,8 @@ pub const MIN_REFETCH: Duration = Duration::from_secs(2);
 type Keys = Arc<HashMap<String, DecodingKey>>;
 
 pub struct JwksCache {
-    url: String,
+    /// The auth replicas' JWKS: the first that answers is used.
+    urls: Vec<String>,
     client: reqwest::Client,
     /// The keys and when they were fetched.
     keys: RwLock<Option<(Instant, Keys)>>,
@@ -29,16 +30,14 @@ pub struct JwksCache {
 }
 
 impl JwksCache {
-    pub fn new(url: impl Into<String>) -> Self {
+    /// A cache of the set served at `urls` (the same set from each auth replica).
+    pub fn new(urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        JwksCache { url: url.into(), client, keys: RwLock::new(None), tried: tokio::sync::Mutex::new(None) }
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
+        let urls = urls.into_iter().map(Into::into).collect();
+        JwksCache { urls, client, keys: RwLock::new(None), tried: tokio::sync::Mutex::new(None) }
     }
 
     /// The verifying key with this kid, refetching the set first if the kid is unknown or the
@@ -87,21 +86,25 @@ impl JwksCache {
             tokio::time::sleep_until((at + MIN_REFETCH).into()).await;
         }
         *tried = Some(Instant::now());
-        match self.fetch().await {
-            Ok(keys) => {
-                tracing::info!(url = %self.url, keys = keys.len(), "JWKS fetched");
-                if let Ok(mut slot) = self.keys.write() {
-                    *slot = Some((Instant::now(), Arc::new(keys)));
+        for url in &self.urls {
+            match self.fetch(url).await {
+                Ok(keys) => {
+                    tracing::info!(url = %url, keys = keys.len(), "JWKS fetched");
+                    if let Ok(mut slot) = self.keys.write() {
+                        *slot = Some((Instant::now(), Arc::new(keys)));
+                    }
+                    return;
                 }
+                Err(e) => tracing::warn!(url = %url, error = %e, "cannot fetch the JWKS"),
             }
-            Err(e) => tracing::warn!(url = %self.url, error = %e, "cannot fetch the JWKS; keeping the last copy"),
         }
+        tracing::warn!(replicas = self.urls.len(), "no auth replica gave its JWKS; keeping the last copy");
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, String> {
+    async fn fetch(&self, url: &str) -> Result<HashMap<String, DecodingKey>, String> {
         let set: JwkSet = self
             .client
-            .get(&self.url)
+            .get(url)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
@@ -148,7 +151,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys = KeyStore::open(dir.path(), key_overlap(Duration::from_secs(60))).unwrap();
         let fetches = Arc::new(AtomicUsize::new(0));
-        let cache = Arc::new(JwksCache::new(serve(Arc::clone(&keys), Arc::clone(&fetches)).await));
+        let cache = Arc::new(JwksCache::new([serve(Arc::clone(&keys), Arc::clone(&fetches)).await]));
         let first = keys.current().signing().0.to_owned();
         assert!(cache.key(&first).await.is_some());
         assert_eq!(fetches.load(Ordering::SeqCst), 1);

@@ -185,7 +185,7 @@ async fn serve_http(
             "services.gateway.upstreams is not set: in the distributed shape every stage validates tokens \
              with the auth stage's JWKS, found at services.gateway.upstreams.auth",
         )?;
-        Ok(KeySource::Jwks(JwksCache::new(upstreams.jwks_url())))
+        Ok(KeySource::Jwks(JwksCache::new(upstreams.jwks_urls())))
     };
     let query = |store: Store| {
         let names = services.consolidate.aggregated().into_iter().map(|(name, _)| name.to_owned());

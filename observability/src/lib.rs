@@ -41,6 +41,7 @@ pub struct Metrics {
     pub retry_held: IntGauge,
     pub retry_dlq_depth: IntGauge,
     pub gateway_upstream_up: IntGaugeVec,
+    pub gateway_upstream_replicas_ready: IntGaugeVec,
     pub gateway_tokens_rejected: IntCounterVec,
     pub auth_tokens_issued: IntCounterVec,
     pub auth_token_requests_rejected: IntCounterVec,
@@ -263,6 +264,11 @@ impl Metrics {
                 "Scheduled reconciliations, by outcome: clean, mismatch (a difference found) or error (not run to the end).",
                 &["outcome"],
                 &[&["clean"], &["mismatch"], &["error"]],
+            ),
+            gateway_upstream_replicas_ready: d.gauge_vec(
+                "cashflow_gateway_upstream_replicas_ready",
+                "Distributed gateway: replicas of a stage whose /readyz answered at the last check.",
+                &["stage"],
             ),
             gateway_upstream_up: d.gauge_vec(
                 "cashflow_gateway_upstream_up",

@@ -92,14 +92,21 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
         }
     }
     if let Some(up) = &s.gateway.upstreams {
-        for (name, url) in [("auth", &up.auth), ("ingest", &up.ingest), ("query", &up.query)] {
-            let scheme_ok = url.starts_with("http://") && url.len() > "http://".len();
-            if !scheme_ok {
-                problem_at(
-                    &mut out,
-                    &format!("services.gateway.upstreams.{name}"),
-                    format!("{url:?} must be an http:// base URL, e.g. \"http://10.0.0.5:8082\""),
-                );
+        for (name, replicas) in [("auth", &up.auth), ("ingest", &up.ingest), ("query", &up.query)] {
+            let urls = replicas.urls();
+            let path = format!("services.gateway.upstreams.{name}");
+            if urls.is_empty() {
+                problem_at(&mut out, &path, "lists no replica");
+            }
+            for (i, url) in urls.iter().enumerate() {
+                let path = if urls.len() > 1 { format!("{path}[{i}]") } else { path.clone() };
+                let scheme_ok = url.starts_with("http://") && url.len() > "http://".len();
+                if !scheme_ok {
+                    let why = format!("{url:?} must be an http:// base URL, e.g. \"http://10.0.0.5:8082\"");
+                    problem_at(&mut out, &path, why);
+                } else if urls[..i].contains(url) {
+                    problem_at(&mut out, &path, format!("{url:?} is listed twice"));
+                }
             }
         }
         if up.health_check < Duration::from_secs(1) {

@@ -203,13 +203,14 @@ pub struct GatewayConfig {
     pub upstreams: Option<Upstreams>,
 }
 
-/// Where the gateway reaches the other HTTP stages, e.g. `http://10.0.0.5:8082`.
+/// Where the gateway reaches the other HTTP stages: one base URL per stage, e.g.
+/// `http://10.0.0.5:8082`, or a list of its replicas.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstreams {
-    pub auth: String,
-    pub ingest: String,
-    pub query: String,
+    pub auth: Replicas,
+    pub ingest: Replicas,
+    pub query: Replicas,
     /// How often each stage's `/readyz` is checked.
     #[serde(rename = "health_check_secs", default = "Upstreams::default_health_check", with = "secs")]
     pub health_check: Duration,
@@ -220,9 +221,41 @@ impl Upstreams {
         Duration::from_secs(5)
     }
 
-    /// The auth stage's JWKS, which every other stage validates tokens with.
-    pub fn jwks_url(&self) -> String {
-        format!("{}/.well-known/jwks.json", self.auth.trim_end_matches('/'))
+    /// The JWKS of each auth replica, which every other stage validates tokens with: the
+    /// replicas share the signing keys, so any of them answers.
+    pub fn jwks_urls(&self) -> Vec<String> {
+        self.auth.urls().iter().map(|u| format!("{}/.well-known/jwks.json", u.trim_end_matches('/'))).collect()
+    }
+}
+
+/// The base URLs of one stage's replicas, in `pipeline.yaml` one URL or a list of them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "ReplicasText")]
+pub struct Replicas(Vec<String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ReplicasText {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<ReplicasText> for Replicas {
+    fn from(t: ReplicasText) -> Replicas {
+        match t {
+            ReplicasText::One(url) => Replicas(vec![url]),
+            ReplicasText::Many(urls) => Replicas(urls),
+        }
+    }
+}
+
+impl Replicas {
+    pub fn from_urls(urls: Vec<String>) -> Replicas {
+        Replicas(urls)
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.0
     }
 }
 

@@ -451,3 +451,33 @@ fn the_scheduled_reconciliation_takes_a_sample_or_all_and_refuses_nonsense() {
     assert!(some.len() == 1 && some[0].contains("\"some\" is neither \"all\" nor a number"), "{some:?}");
     assert_eq!(found("{ every_secs: 60 }").len(), 1, "merchants is required");
 }
+
+#[test]
+fn an_upstream_is_one_url_or_a_list_of_replicas_each_checked_at_its_index() {
+    let commented = "# upstreams: { auth: \"http://127.0.0.1:8081\", ingest: \"http://127.0.0.1:8082\", query: \"http://127.0.0.1:8083\" }";
+    let set = |ingest: &str| {
+        edit(
+            commented,
+            &format!(
+                "upstreams: {{ auth: \"http://a:8081\", ingest: {ingest}, query: [\"http://q1:8083\", \"http://q2:8083\"] }}"
+            ),
+        )
+    };
+    let upstreams =
+        |yaml: &str| PipelineConfig::parse("p.yaml", yaml, no_env).unwrap().services.gateway.upstreams.unwrap();
+    let one = upstreams(&set("\"http://i:8082\""));
+    assert_eq!(one.ingest.urls(), ["http://i:8082"]);
+    assert_eq!(one.query.urls(), ["http://q1:8083", "http://q2:8083"]);
+    assert_eq!(one.jwks_urls(), ["http://a:8081/.well-known/jwks.json"]);
+
+    let found =
+        |ingest: &str| problems(&set(ingest)).into_iter().filter(|p| p.contains("upstreams")).collect::<Vec<_>>();
+    assert_eq!(found("[]"), ["services.gateway.upstreams.ingest: lists no replica"]);
+    assert_eq!(
+        found("[\"http://i1:8082\", \"https://i2:8082\", \"http://i1:8082\"]"),
+        [
+            "services.gateway.upstreams.ingest[1]: \"https://i2:8082\" must be an http:// base URL, e.g. \"http://10.0.0.5:8082\"",
+            "services.gateway.upstreams.ingest[2]: \"http://i1:8082\" is listed twice",
+        ]
+    );
+}
