@@ -44,6 +44,10 @@ pub enum Role {
     Ingest,
     /// `cashflow run query` (distributed shape).
     Query,
+    /// A second `cashflow run ingest`, a replica behind the gateway.
+    IngestReplica,
+    /// A second `cashflow run query`, a replica behind the gateway.
+    QueryReplica,
 }
 
 impl Role {
@@ -55,8 +59,8 @@ impl Role {
             Role::Consolidate | Role::SecondConsolidator | Role::ExtraConsolidator(_) => &["run", "consolidate"],
             Role::Retry => &["run", "retry"],
             Role::Auth => &["run", "auth"],
-            Role::Ingest => &["run", "ingest"],
-            Role::Query => &["run", "query"],
+            Role::Ingest | Role::IngestReplica => &["run", "ingest"],
+            Role::Query | Role::QueryReplica => &["run", "query"],
         }
     }
 }
@@ -98,14 +102,30 @@ impl Pipeline {
     /// The distributed shape: broker, auth, ingest, query, a proxying gateway, consolidator and
     /// retry stage, each its own process.
     pub async fn start_distributed(store: Store) -> Pipeline {
-        let [auth, ingest, query] = free_ports();
-        let ports = [(Role::Auth, auth), (Role::Ingest, ingest), (Role::Query, query)];
+        Self::start_distributed_with(store, false, &[]).await
+    }
+
+    /// [`Pipeline::start_distributed`], with a second ingest and a second query stage behind the
+    /// gateway when `replicas`, and `edits`.
+    pub async fn start_distributed_with(store: Store, replicas: bool, extra: &[(&str, &str)]) -> Pipeline {
+        let [auth, ingest, query, ingest2, query2] = free_ports();
+        let ports = [
+            (Role::Auth, auth),
+            (Role::Ingest, ingest),
+            (Role::Query, query),
+            (Role::IngestReplica, ingest2),
+            (Role::QueryReplica, query2),
+        ];
         let url = |role: Role| format!("http://127.0.0.1:{}", ports.iter().find(|(r, _)| *r == role).unwrap().1);
+        let stage = |role: Role, replica: Role| match replicas {
+            true => format!("[\"{}\", \"{}\"]", url(role), url(replica)),
+            false => format!("\"{}\"", url(role)),
+        };
         let upstreams = format!(
-            "upstreams: {{ auth: \"{}\", ingest: \"{}\", query: \"{}\", health_check_secs: 1 }}",
+            "upstreams: {{ auth: \"{}\", ingest: {}, query: {}, health_check_secs: 1 }}",
             url(Role::Auth),
-            url(Role::Ingest),
-            url(Role::Query)
+            stage(Role::Ingest, Role::IngestReplica),
+            stage(Role::Query, Role::QueryReplica)
         );
         let listens: Vec<(String, String)> = [("8081", Role::Auth), ("8082", Role::Ingest), ("8083", Role::Query)]
             .into_iter()
@@ -117,10 +137,14 @@ impl Pipeline {
         let commented = "# upstreams: { auth: \"http://127.0.0.1:8081\", ingest: \"http://127.0.0.1:8082\", query: \"http://127.0.0.1:8083\" }";
         edits.push((commented, &upstreams));
         edits.push(("trusted_proxies: []", "trusted_proxies: [127.0.0.1]"));
+        edits.extend_from_slice(extra);
         let mut p = Self::configure(store, &edits);
         p.stages.extend(ports.iter().map(|(role, _)| (*role, url(*role))));
-        for role in [Role::Broker, Role::Auth, Role::Ingest, Role::Query, Role::Gateway, Role::Consolidate, Role::Retry]
-        {
+        let mut roles = vec![Role::Broker, Role::Auth, Role::Ingest, Role::Query];
+        if replicas {
+            roles.extend([Role::IngestReplica, Role::QueryReplica]);
+        }
+        for role in roles.into_iter().chain([Role::Gateway, Role::Consolidate, Role::Retry]) {
             p.launch(role).await;
         }
         p
@@ -183,7 +207,9 @@ impl Pipeline {
         if let Role::ExtraConsolidator(_) = role {
             self.stages.entry(role).or_insert_with(|| format!("http://127.0.0.1:{}", free_port()));
         }
-        if matches!(role, Role::Consolidate | Role::SecondConsolidator | Role::ExtraConsolidator(_) | Role::Retry) {
+        let own_listener =
+            [Role::Consolidate, Role::SecondConsolidator, Role::Retry, Role::IngestReplica, Role::QueryReplica];
+        if own_listener.contains(&role) || matches!(role, Role::ExtraConsolidator(_)) {
             command.arg("--listen").arg(self.stages[&role].trim_start_matches("http://"));
         }
         let child = command
@@ -205,7 +231,7 @@ impl Pipeline {
                     r.is_ok_and(|r| r.status().is_success())
                 }
                 Role::Broker => std::net::TcpStream::connect(&self.kafka).is_ok(),
-                Role::Auth | Role::Ingest | Role::Query => {
+                Role::Auth | Role::Ingest | Role::Query | Role::IngestReplica | Role::QueryReplica => {
                     let r = self.api.client.get(format!("{}/readyz", self.stages[&role])).send().await;
                     r.is_ok_and(|r| r.status().is_success())
                 }
@@ -255,7 +281,19 @@ impl Pipeline {
     pub async fn stop(&mut self) {
         let extra: Vec<Role> =
             self.children.keys().copied().filter(|r| matches!(r, Role::ExtraConsolidator(_))).collect();
-        let fixed = [Role::Retry, Role::SecondConsolidator, Role::Consolidate, Role::Gateway, Role::Up, Role::Broker];
+        let fixed = [
+            Role::Retry,
+            Role::SecondConsolidator,
+            Role::Consolidate,
+            Role::Gateway,
+            Role::IngestReplica,
+            Role::QueryReplica,
+            Role::Auth,
+            Role::Ingest,
+            Role::Query,
+            Role::Up,
+            Role::Broker,
+        ];
         for role in extra.into_iter().chain(fixed) {
             self.interrupt(role).await;
         }

@@ -105,3 +105,93 @@ async fn consolidators_split_the_partitions_through_a_kill_and_a_join_under_load
     }
     assert_matches_oracle(&p, &tokens, &oracle, d("2026-01-01"), d("2026-12-31")).await;
 }
+
+type Statuses = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u16, usize>>>;
+
+/// Keeps the slowest answer and counts each status.
+fn note(slowest: &std::sync::Mutex<Duration>, statuses: &Statuses, took: Duration, seen: [u16; 2]) {
+    let mut slow = slowest.lock().unwrap();
+    *slow = (*slow).max(took);
+    let mut counts = statuses.lock().unwrap();
+    for status in seen {
+        *counts.entry(status).or_default() += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_spreads_over_replicas_and_a_replica_killed_under_load_costs_only_clear_503s() {
+    let store = Store::Postgres(fresh_postgres_database().await);
+    let mut p = Pipeline::start_distributed_with(store, true, &[NO_LIMIT]).await;
+    let tokens = login_all(&p).await;
+
+    // Clients post entries (each retried on a 503 with its Idempotency-Key, as the README says)
+    // and read balances, until told to stop; every status and the slowest answer are kept.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let statuses: Statuses = Statuses::default();
+    let slowest = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let mut clients = Vec::new();
+    for (c, merchant) in MERCHANTS.iter().enumerate() {
+        let (api, token, stop) = (p.api.clone(), tokens[merchant].clone(), stop.clone());
+        let (statuses, slowest, merchant) = (statuses.clone(), slowest.clone(), merchant.to_string());
+        clients.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let e = cashflow_tests::Posted {
+                    merchant: merchant.clone(),
+                    credit: i % 3 != 0,
+                    cents: 100 + i,
+                    date: d("2026-03-01"),
+                };
+                let key = format!("replicas-{c}-{i}");
+                loop {
+                    let started = Instant::now();
+                    let status = api.try_post_entry(&token, &e.body("venda"), Some(&key)).await.unwrap_or(0);
+                    let read =
+                        api.get(&token, "/v1/consolidado/diario?de=2026-03-01&ate=2026-03-01").await.status().as_u16();
+                    note(&slowest, &statuses, started.elapsed(), [status, read]);
+                    if status == 202 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                accepted.push(e);
+            }
+            accepted
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.kill(Role::IngestReplica);
+    p.kill(Role::QueryReplica);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    p.launch(Role::IngestReplica).await;
+    p.launch(Role::QueryReplica).await;
+    // Back in rotation within the health check (1 s): the gateway counts both replicas ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = p.api.metrics(&p.api.base).await;
+        let ready = |stage: &str| m.value(&format!("cashflow_gateway_upstream_replicas_ready{{stage=\"{stage}\"}}"));
+        if ready("ingest") == Some(2.0) && ready("query") == Some(2.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted replicas were not put back in 10 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut oracle = Oracle::default();
+    for client in clients {
+        for e in client.await.unwrap() {
+            oracle.add(e);
+        }
+    }
+
+    let seen = statuses.lock().unwrap().clone();
+    println!("statuses seen: {seen:?}, slowest answer {:?}", slowest.lock().unwrap());
+    assert!(seen.keys().all(|s| [200, 202, 503].contains(s)), "only 200, 202 and clear 503s: {seen:?}");
+    assert!(*slowest.lock().unwrap() < Duration::from_secs(10), "an answer waited: {:?}", slowest.lock().unwrap());
+    assert!(oracle.count(MERCHANTS[0]) > 10, "the load went on: {seen:?}");
+    assert_matches_oracle(&p, &tokens, &oracle, d("2026-03-01"), d("2026-03-01")).await;
+}
