@@ -133,18 +133,11 @@ pub async fn audit(args: AuditArgs, config: PipelineConfig, common: &Common) -> 
 
 /// Rebuilds the chosen states from the stored entries, each in one transaction.
 pub async fn rebuild(args: RebuildArgs, config: PipelineConfig, common: &Common) -> Result<()> {
-    let declared = cashflow_dataflow::declared(&config);
-    let chosen: Vec<(&str, &DeclaredState)> = config
-        .services
-        .consolidate
-        .aggregated()
-        .into_iter()
-        .zip(&declared)
-        .map(|((name, _), state)| (name, state))
-        .filter(|(name, _)| args.state.as_deref().is_none_or(|s| s == *name))
-        .collect();
+    let declared = cashflow_dataflow::declared_named(&config);
+    let chosen: Vec<&(&str, DeclaredState)> =
+        declared.iter().filter(|(name, _)| args.state.as_deref().is_none_or(|s| s == *name)).collect();
     if let (Some(s), true) = (&args.state, chosen.is_empty()) {
-        let known: Vec<&str> = config.services.consolidate.aggregated().into_iter().map(|(n, _)| n).collect();
+        let known: Vec<&str> = declared.iter().map(|(n, _)| *n).collect();
         bail!("no state {s:?} is aggregated in pipeline.yaml (states: {})", known.join(", "));
     }
     let store = app::connect_store(&config, common).await?;
@@ -177,13 +170,10 @@ fn progress_bar(len: u64, hidden: bool) -> ProgressBar {
 
 /// The names `pipeline.yaml` gives `states`.
 fn names<'a>(config: &PipelineConfig, states: impl Iterator<Item = &'a DeclaredState>) -> Vec<String> {
-    let aggregated = config.services.consolidate.aggregated();
-    states
-        .map(|s| {
-            let name = aggregated.iter().find(|(_, c)| c.table == s.table).map(|(n, _)| *n);
-            name.unwrap_or(s.table.as_str()).to_owned()
-        })
-        .collect()
+    let declared = cashflow_dataflow::declared_named(config);
+    let name =
+        |s: &DeclaredState| declared.iter().find(|(_, d)| d == s).map_or(s.table.clone(), |(n, _)| (*n).to_owned());
+    states.map(name).collect()
 }
 
 /// The key of `d` as `field=value` pairs, after the merchant.

@@ -17,10 +17,14 @@ const PAGE: usize = 50_000;
 
 /// The states `aggregate` keeps, in its order.
 pub fn declared(config: &PipelineConfig) -> Vec<DeclaredState> {
-    let states = config.services.consolidate.aggregated();
+    declared_named(config).into_iter().map(|(_, s)| s).collect()
+}
+
+/// [`declared`], each with its name in `pipeline.yaml`.
+pub fn declared_named(config: &PipelineConfig) -> Vec<(&str, DeclaredState)> {
     let state =
         |s: &StateConfig| DeclaredState { table: s.table.clone(), key: s.key.clone(), values: s.values.clone() };
-    states.into_iter().map(|(_, s)| state(s)).collect()
+    config.services.consolidate.aggregated().into_iter().map(|(name, s)| (name, state(s))).collect()
 }
 
 /// Builds each of `declared` that the store does not keep (with that key), and stops keeping

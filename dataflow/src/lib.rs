@@ -12,7 +12,7 @@ mod reconcile;
 mod stage;
 
 pub use audit::{AuditError, Covered, Report, Unaccounted, audit};
-pub use build::{build, declared, rebuild};
+pub use build::{build, declared, declared_named, rebuild};
 pub use operator::{Changes, Consolidator, DataflowError, Fact};
 pub use reconcile::Reconciliation;
 pub use stage::{ConsolidateError, run};

@@ -73,17 +73,24 @@ impl Store {
         Ok(declared.iter().filter(|d| kept.get(&d.table) != Some(*d)).cloned().collect())
     }
 
+    /// A write transaction no epoch runs beside: SQLite's write lock, or on PostgreSQL a lock on
+    /// `lancamentos` that conflicts with every insert and with another such transaction, so it
+    /// waits for the epochs in flight and holds back the next ones.
+    async fn begin_alone(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("LOCK TABLE lancamentos IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
     /// Starts building `state`'s table from the stored entries, in one transaction that no epoch
     /// runs beside: SQLite's write lock, or on PostgreSQL a lock on `lancamentos` that waits for
     /// epochs in flight and holds back the next ones. Every entry stored before it is counted by
     /// the build, every later one by the epoch that stores it, which sees the state kept. `None`
     /// when another consolidator built it while this one waited for the lock.
     pub async fn begin_build(&self, state: &DeclaredState) -> Result<Option<Build>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
-            // conflicts with every insert, and with another build
-            sqlx::query("LOCK TABLE lancamentos IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-        }
+        let mut tx = self.begin_alone().await?;
         if kept(&mut tx).await?.get(&state.table) == Some(state) {
             return Ok(None);
         }
@@ -105,10 +112,7 @@ impl Store {
     /// epochs wait for it, then go on. Readers see the old rows until it commits, then the new
     /// ones, never a part; dropped without [`Build::finish`], it changes nothing.
     pub async fn begin_rebuild(&self, state: &DeclaredState, merchant: Option<&str>) -> Result<Build, StoreError> {
-        let mut tx = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("LOCK TABLE lancamentos IN SHARE ROW EXCLUSIVE MODE").execute(&mut *tx).await?;
-        }
+        let mut tx = self.begin_alone().await?;
         if kept(&mut tx).await?.get(&state.table) != Some(state) {
             return Err(StoreError::NotKept(state.table.clone()));
         }
