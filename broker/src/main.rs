@@ -1,8 +1,12 @@
-//! `cashflow-broker`: a Kafka-protocol broker with durable SQLite storage.
+//! `cashflow-broker`: a Kafka-protocol broker with durable storage.
 //!
-//! This is Tansu 0.6.0 built with its `libsql` engine only. It lives in its own binary because
-//! `libsql` and sqlx's bundled SQLite cannot be linked into one executable. `cashflow up` starts it
-//! as a child process, waits for its port, supervises it and stops it.
+//! This is Tansu 0.6.0 built with two storage engines: SQLite (`libsql`), a log that one broker
+//! serves, and PostgreSQL, a log that every broker given the same database serves. Tansu's brokers
+//! keep no state of their own: topics, records, offsets and consumer groups are all in the
+//! storage, so brokers over one PostgreSQL database form a cluster, each answering for every
+//! partition. It lives in its own binary because `libsql` and sqlx's bundled SQLite cannot be
+//! linked into one executable. `cashflow up` and `cashflow run broker` start it as a child process
+//! (and, on PostgreSQL, apply Tansu's schema first), wait for its port, supervise it and stop it.
 
 use clap::Parser;
 use tansu_broker::{NODE_ID, broker::Broker, coordinator::group::administrator::Controller};
@@ -22,8 +26,9 @@ struct Args {
     #[arg(long, default_value = "tcp://127.0.0.1:9092")]
     advertised_listener_url: Url,
 
-    /// Storage engine URL; `sqlite://<relative path>` resolves against the working directory
-    #[arg(long, default_value = "sqlite://broker.db")]
+    /// Storage engine URL: `sqlite://<relative path>` (resolved against the working directory)
+    /// or `postgres://…` (its schema applied beforehand)
+    #[arg(long, env = "CASHFLOW_BROKER_STORAGE_ENGINE", default_value = "sqlite://broker.db", hide_env_values = true)]
     storage_engine: Url,
 
     /// Cluster id; every member of one cluster uses the same
@@ -62,7 +67,7 @@ async fn main() {
         });
     }
     if let Err(e) = index_headers(&args.storage_engine).await {
-        eprintln!("cashflow-broker: cannot prepare {}: {e}", args.storage_engine);
+        eprintln!("cashflow-broker: cannot prepare the SQLite storage: {e}");
         std::process::exit(1);
     }
     let broker = Broker::<Controller<StorageContainer>, StorageContainer>::builder()

@@ -1,11 +1,12 @@
 //! Wiring: build each stage from the pipeline config and run it until a shutdown signal.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use cashflow_auth::{AuthState, JwksCache, KeySource, KeyStore, Validator, key_overlap};
-use cashflow_core::config::PipelineConfig;
+use cashflow_core::config::{BrokerStorage, Brokers, PipelineConfig};
 use cashflow_gateway::{Apis, GatewayState, QueryState, Upstreams};
 use cashflow_ingest::IngestState;
 use cashflow_kafka as kafka;
@@ -70,9 +71,7 @@ pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Resul
     let config = Arc::new(config);
     match stage {
         Stage::Broker => {
-            let broker = start_broker(&config, common)
-                .await?
-                .context("kafka.brokers is not \"embedded\"; there is no broker to run")?;
+            let broker = run_broker(&config, common).await?;
             create_topics(&config).await?;
             shutdown_signal().cancelled().await;
             broker.stop().await;
@@ -120,9 +119,35 @@ async fn start_broker(config: &PipelineConfig, common: &Common) -> Result<Option
     if !config.kafka.is_embedded() {
         return Ok(None);
     }
+    broker(config, config.kafka.embedded.listen, common).await.map(Some)
+}
+
+/// The bundled broker on `listen`, with its log where `kafka.embedded.storage` says.
+async fn broker(config: &PipelineConfig, listen: SocketAddr, common: &Common) -> Result<Supervisor> {
+    let embedded = &config.kafka.embedded;
+    let advertise = embedded.advertised(listen).map_err(|problem| anyhow::anyhow!("{problem}"))?;
     std::fs::create_dir_all(&common.data_dir)
         .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
-    Supervisor::start(config.kafka.embedded.listen, &common.data_dir).await.map(Some)
+    Supervisor::start(listen, &advertise, &embedded.storage, &common.data_dir).await
+}
+
+/// `cashflow run broker`: one broker. With SQLite storage it is the only one; with PostgreSQL it
+/// is one of a cluster, each listening where `--listen` says and all listed in `kafka.brokers`.
+async fn run_broker(config: &PipelineConfig, common: &Common) -> Result<Supervisor> {
+    let listen = match &common.listen {
+        Some(address) => address.parse().with_context(|| format!("--listen {address:?} is not an ip:port address"))?,
+        None => config.kafka.embedded.listen,
+    };
+    if let (BrokerStorage::Sqlite, Brokers::Bootstrap(list)) = (&config.kafka.embedded.storage, &config.kafka.brokers)
+        && list.len() > 1
+    {
+        bail!(
+            "kafka.embedded.storage: a SQLite log is served by one broker, but kafka.brokers lists {}; \
+             give the brokers one PostgreSQL storage URL to share",
+            list.len()
+        );
+    }
+    broker(config, listen, common).await
 }
 
 /// Creates the declared topics, waiting up to a minute for the broker.

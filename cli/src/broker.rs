@@ -1,11 +1,14 @@
-//! The embedded broker: a `cashflow-broker` child process with durable SQLite storage under
-//! `--data-dir`, started, awaited, restarted if it dies, and stopped with the parent.
+//! The bundled broker: a `cashflow-broker` child process, started, awaited, restarted if it dies,
+//! and stopped with the parent. Its log is kept in SQLite under `--data-dir`, or in a PostgreSQL
+//! database that several brokers share (`kafka.embedded.storage`).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use cashflow_core::config::{BrokerStorage, Secret};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::net::TcpStream;
@@ -15,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 const BINARY: &str = "cashflow-broker";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Tansu 0.6.0's PostgreSQL schema, as its repository ships it (`etc/initdb.d/010-schema.sql` at
+/// tag v0.6.0; the crate does not carry it, and `scripts/check-vendor` checks it).
+const POSTGRES_SCHEMA: &str = include_str!("../../broker/vendor/tansu-pg/010-schema.sql");
 
 /// Where the broker binary is: `CASHFLOW_BROKER_BIN`, else beside this executable.
 fn binary() -> Result<PathBuf> {
@@ -40,22 +46,32 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts the broker on `listen` (ip:port) with storage in `data_dir/broker`, and waits until
-    /// it accepts connections.
-    pub async fn start(listen: std::net::SocketAddr, data_dir: &Path) -> Result<Supervisor> {
-        let listen = listen.to_string();
-        let listen = listen.as_str();
-        let binary = binary()?;
+    /// Starts the broker on `listen`, named to clients as `advertise`, with its log in `storage`
+    /// (SQLite in `data_dir/broker`), and waits until it accepts connections.
+    pub async fn start(
+        listen: SocketAddr,
+        advertise: &str,
+        storage: &BrokerStorage,
+        data_dir: &Path,
+    ) -> Result<Supervisor> {
         let dir = data_dir.join("broker");
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         if TcpStream::connect(listen).await.is_ok() {
             bail!("{listen} is already in use; is another cashflow or broker running? (kafka.embedded.listen)");
         }
-        let mut broker = spawn(&binary, listen, &dir)?;
+        let storage_url = match storage {
+            BrokerStorage::Sqlite => Secret::new("sqlite://broker.db".to_owned()),
+            BrokerStorage::Postgres(url) => {
+                prepare_postgres(url).await?;
+                url.clone()
+            }
+        };
+        let spec = Spec { binary: binary()?, listen, advertise: advertise.to_owned(), storage: storage_url, dir };
+        let mut broker = spec.spawn()?;
         wait_ready(&mut broker.child, listen).await?;
-        tracing::info!(listen, storage = %dir.display(), "embedded broker ready");
+        tracing::info!(%listen, advertise, %storage, "broker ready");
         let stop = CancellationToken::new();
-        let task = tokio::spawn(supervise(broker, binary, listen.to_owned(), dir, stop.clone()));
+        let task = tokio::spawn(supervise(broker, spec, stop.clone()));
         Ok(Supervisor { stop, task })
     }
 
@@ -74,52 +90,82 @@ struct Broker {
     _lifeline: Option<ChildStdin>,
 }
 
-fn spawn(binary: &Path, listen: &str, dir: &Path) -> Result<Broker> {
-    let url = format!("tcp://{listen}");
-    let mut child = Command::new(binary)
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "sqlite://broker.db", "--exit-with-parent"])
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let lifeline = child.stdin.take();
-    Ok(Broker { child, _lifeline: lifeline })
+/// How to start the broker, again after it dies.
+struct Spec {
+    binary: PathBuf,
+    listen: SocketAddr,
+    advertise: String,
+    /// Passed in the environment, not the arguments, which any user can read.
+    storage: Secret<String>,
+    dir: PathBuf,
 }
 
-async fn wait_ready(child: &mut Child, listen: &str) -> Result<()> {
+impl Spec {
+    fn spawn(&self) -> Result<Broker> {
+        let mut child = Command::new(&self.binary)
+            .args(["--listener-url", &format!("tcp://{}", self.listen)])
+            .args(["--advertised-listener-url", &format!("tcp://{}", self.advertise)])
+            .arg("--exit-with-parent")
+            .env("CASHFLOW_BROKER_STORAGE_ENGINE", self.storage.expose())
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        let lifeline = child.stdin.take();
+        Ok(Broker { child, _lifeline: lifeline })
+    }
+}
+
+/// Tansu's PostgreSQL engine expects its schema in place (upstream applies it from the database's
+/// init scripts). Each broker applies it at start, one at a time under an advisory lock; every
+/// statement is `create … if not exists` or `create or replace`, so once applied it changes nothing.
+async fn prepare_postgres(url: &Secret<String>) -> Result<()> {
+    use sqlx::Connection as _;
+    let context = "cannot prepare the broker's PostgreSQL storage (kafka.embedded.storage)";
+    let mut db = sqlx::PgConnection::connect(url.expose()).await.context(context)?;
+    sqlx::query("select pg_advisory_lock(hashtext('cashflow-broker-schema'))")
+        .execute(&mut db)
+        .await
+        .context(context)?;
+    let applied = sqlx::raw_sql(POSTGRES_SCHEMA).execute(&mut db).await;
+    let _ = db.close().await; // the lock goes with the session
+    applied.context(context)?;
+    Ok(())
+}
+
+async fn wait_ready(child: &mut Child, listen: SocketAddr) -> Result<()> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
-            bail!("the embedded broker exited at start ({status}); see its messages above");
+            bail!("the broker exited at start ({status}); see its messages above");
         }
         if TcpStream::connect(listen).await.is_ok() {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("the embedded broker did not listen on {listen} within {READY_TIMEOUT:?}");
+            bail!("the broker did not listen on {listen} within {READY_TIMEOUT:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn supervise(mut broker: Broker, binary: PathBuf, listen: String, dir: PathBuf, stop: CancellationToken) {
+async fn supervise(mut broker: Broker, spec: Spec, stop: CancellationToken) {
     loop {
         tokio::select! {
             status = broker.child.wait() => {
-                tracing::error!(status = ?status.ok(), "embedded broker died; restarting");
+                tracing::error!(status = ?status.ok(), "broker died; restarting");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                match spawn(&binary, &listen, &dir) {
+                match spec.spawn() {
                     Ok(mut b) => {
-                        if let Err(e) = wait_ready(&mut b.child, &listen).await {
-                            tracing::error!(error = %e, "embedded broker restart failed");
+                        if let Err(e) = wait_ready(&mut b.child, spec.listen).await {
+                            tracing::error!(error = %e, "broker restart failed");
                         }
                         broker = b;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot restart the embedded broker");
+                        tracing::error!(error = %e, "cannot restart the broker");
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                             _ = stop.cancelled() => return,

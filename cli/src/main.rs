@@ -37,7 +37,7 @@ pub struct Common {
     /// Where the embedded broker, the SQLite store and the signing keys live.
     #[arg(long, global = true, env = "CASHFLOW_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// The gateway's address, overriding services.gateway.listen.
+    /// This process's address, overriding its stage's `listen` (`kafka.embedded.listen` for `run broker`).
     #[arg(long, global = true, env = "CASHFLOW_LISTEN")]
     pub listen: Option<String>,
 }

@@ -39,9 +39,10 @@ impl Group {
     }
 }
 
-/// `DescribeGroups` for `group` on the broker at `broker` (host:port); an error for a transport
+/// `DescribeGroups` for `group` on the first of `brokers` (host:port, comma-separated) that accepts
+/// a connection; an error for a transport
 /// failure, a broker that closes the connection, or an error code in the answer.
-pub fn describe_group(broker: &str, group: &str) -> Result<Group, String> {
+pub fn describe_group(brokers: &str, group: &str) -> Result<Group, String> {
     let mut header = RequestHeader::default();
     header.request_api_key = ApiKey::DescribeGroups as i16;
     header.request_api_version = VERSION;
@@ -53,7 +54,12 @@ pub fn describe_group(broker: &str, group: &str) -> Result<Group, String> {
     header.encode(&mut body, DescribeGroupsRequest::header_version(VERSION)).map_err(|e| e.to_string())?;
     request.encode(&mut body, VERSION).map_err(|e| e.to_string())?;
 
-    let mut stream = TcpStream::connect(broker).map_err(|e| format!("connect {broker}: {e}"))?;
+    // Like a client given every broker of a cluster: the first that accepts a connection answers.
+    let mut refused = Vec::new();
+    let connected = brokers
+        .split(',')
+        .find_map(|broker| TcpStream::connect(broker).map_err(|e| refused.push(format!("connect {broker}: {e}"))).ok());
+    let mut stream = connected.ok_or_else(|| refused.join("; "))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     let size = i32::try_from(body.len()).map_err(|e| e.to_string())?;
     stream.write_all(&size.to_be_bytes()).and_then(|()| stream.write_all(&body)).map_err(|e| e.to_string())?;

@@ -27,6 +27,9 @@ pub enum Role {
     Up,
     /// `cashflow run broker`.
     Broker,
+    /// A second `cashflow run broker`, of a cluster over shared PostgreSQL storage
+    /// ([`Pipeline::configure_broker_cluster`]).
+    SecondBroker,
     /// `cashflow run gateway`.
     Gateway,
     /// `cashflow run consolidate`.
@@ -54,7 +57,7 @@ impl Role {
     fn args(self) -> &'static [&'static str] {
         match self {
             Role::Up => &["up"],
-            Role::Broker => &["run", "broker"],
+            Role::Broker | Role::SecondBroker => &["run", "broker"],
             Role::Gateway => &["run", "gateway"],
             Role::Consolidate | Role::SecondConsolidator | Role::ExtraConsolidator(_) => &["run", "consolidate"],
             Role::Retry => &["run", "retry"],
@@ -190,6 +193,21 @@ impl Pipeline {
         }
     }
 
+    /// [`Pipeline::configure`] with two brokers serving one cluster over `broker_storage`, a
+    /// PostgreSQL database: `kafka.brokers` lists both, and clients (the tests' own too) are given
+    /// both. The second listens on a port of its own.
+    pub fn configure_broker_cluster(store: Store, broker_storage: &str, edits: &[(&str, &str)]) -> Pipeline {
+        let storage = format!("storage: \"{broker_storage}\"");
+        let mut p = Self::configure(store, &[edits, &[("storage: sqlite", storage.as_str())]].concat());
+        let second = format!("127.0.0.1:{}", free_port());
+        let yaml = std::fs::read_to_string(&p.config).unwrap();
+        let brokers = format!("brokers: \"{},{second}\"", p.kafka);
+        std::fs::write(&p.config, yaml.replacen("brokers: embedded", &brokers, 1)).unwrap();
+        p.stages.insert(Role::SecondBroker, format!("tcp://{second}"));
+        p.kafka = format!("{},{second}", p.kafka);
+        p
+    }
+
     /// `cashflow` with this pipeline's --config and --data-dir.
     pub fn cashflow(&self) -> Command {
         let mut c = Command::new(binary("cashflow"));
@@ -207,10 +225,16 @@ impl Pipeline {
         if let Role::ExtraConsolidator(_) = role {
             self.stages.entry(role).or_insert_with(|| format!("http://127.0.0.1:{}", free_port()));
         }
-        let own_listener =
-            [Role::Consolidate, Role::SecondConsolidator, Role::Retry, Role::IngestReplica, Role::QueryReplica];
+        let own_listener = [
+            Role::Consolidate,
+            Role::SecondConsolidator,
+            Role::Retry,
+            Role::IngestReplica,
+            Role::QueryReplica,
+            Role::SecondBroker,
+        ];
         if own_listener.contains(&role) || matches!(role, Role::ExtraConsolidator(_)) {
-            command.arg("--listen").arg(self.stages[&role].trim_start_matches("http://"));
+            command.arg("--listen").arg(self.address(role));
         }
         let child = command
             .env("CASHFLOW_LOG", "info,librdkafka=warn,rdkafka=warn")
@@ -230,7 +254,8 @@ impl Pipeline {
                     let r = self.api.client.get(format!("{}/readyz", self.api.base)).send().await;
                     r.is_ok_and(|r| r.status().is_success())
                 }
-                Role::Broker => std::net::TcpStream::connect(&self.kafka).is_ok(),
+                Role::Broker => std::net::TcpStream::connect(self.kafka.split(',').next().unwrap()).is_ok(),
+                Role::SecondBroker => std::net::TcpStream::connect(self.address(role)).is_ok(),
                 Role::Auth | Role::Ingest | Role::Query | Role::IngestReplica | Role::QueryReplica => {
                     let r = self.api.client.get(format!("{}/readyz", self.stages[&role])).send().await;
                     r.is_ok_and(|r| r.status().is_success())
@@ -247,6 +272,12 @@ impl Pipeline {
             assert!(Instant::now() < deadline, "{role:?} not ready in 90 s:\n{}", self.log_tail());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The `ip:port` a stage with a listener of its own listens on.
+    fn address(&self, role: Role) -> &str {
+        let url = &self.stages[&role];
+        url.split_once("://").map_or(url.as_str(), |(_, address)| address)
     }
 
     /// `kill -9`: no cleanup, no last commit.
@@ -293,6 +324,7 @@ impl Pipeline {
             Role::Query,
             Role::Up,
             Role::Broker,
+            Role::SecondBroker,
         ];
         for role in extra.into_iter().chain(fixed) {
             self.interrupt(role).await;

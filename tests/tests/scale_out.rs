@@ -4,11 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cashflow_tests::{
-    Group, MERCHANTS, Oracle, Pipeline, Role, Store, assert_matches_oracle, d, describe_group, fresh_postgres_database,
-    login_all, post_entries, random_entries,
+    Group, MERCHANTS, Oracle, Pipeline, Posted, Role, Store, assert_matches_oracle, d, describe_group,
+    fresh_postgres_database, login_all, post_entries, random_entries,
 };
 
 const GROUP: &str = "cashflow-consolidate";
@@ -106,15 +109,87 @@ async fn consolidators_split_the_partitions_through_a_kill_and_a_join_under_load
     assert_matches_oracle(&p, &tokens, &oracle, d("2026-01-01"), d("2026-12-31")).await;
 }
 
-type Statuses = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u16, usize>>>;
+/// Clients of every merchant posting entries (each retried on a 503 with its Idempotency-Key, as
+/// the README says) and reading that day's balance, until stopped; every status, the slowest
+/// answer and the time of each 202 are kept.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    clients: Vec<tokio::task::JoinHandle<Vec<Posted>>>,
+}
 
-/// Keeps the slowest answer and counts each status.
-fn note(slowest: &std::sync::Mutex<Duration>, statuses: &Statuses, took: Duration, seen: [u16; 2]) {
-    let mut slow = slowest.lock().unwrap();
-    *slow = (*slow).max(took);
-    let mut counts = statuses.lock().unwrap();
-    for status in seen {
-        *counts.entry(status).or_default() += 1;
+#[derive(Debug, Default)]
+struct Seen {
+    statuses: BTreeMap<u16, usize>,
+    slowest: Duration,
+    accepted_at: Vec<Instant>,
+}
+
+impl Load {
+    fn start(p: &Pipeline, tokens: &HashMap<&'static str, String>, day: &'static str) -> Load {
+        let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Seen::default())));
+        let mut clients = Vec::new();
+        for (c, merchant) in MERCHANTS.iter().enumerate() {
+            let (api, token, stop, seen) = (p.api.clone(), tokens[merchant].clone(), stop.clone(), seen.clone());
+            let merchant = merchant.to_string();
+            clients.push(tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let e = Posted { merchant: merchant.clone(), credit: i % 3 != 0, cents: 100 + i, date: d(day) };
+                    let key = format!("load-{c}-{i}");
+                    loop {
+                        let started = Instant::now();
+                        let status = api.try_post_entry(&token, &e.body("venda"), Some(&key)).await.unwrap_or(0);
+                        let query = format!("/v1/consolidado/diario?de={day}&ate={day}");
+                        let read = api.get(&token, &query).await.status().as_u16();
+                        seen.lock().unwrap().note(started.elapsed(), [status, read]);
+                        if status == 202 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    accepted.push(e);
+                }
+                accepted
+            }));
+        }
+        Load { stop, seen, clients }
+    }
+
+    /// Stops the clients; what they saw, and the oracle of every entry accepted.
+    async fn finish(self) -> (Seen, Oracle) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut oracle = Oracle::default();
+        for client in self.clients {
+            for e in client.await.unwrap() {
+                oracle.add(e);
+            }
+        }
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        (seen, oracle)
+    }
+}
+
+impl Seen {
+    fn note(&mut self, took: Duration, statuses: [u16; 2]) {
+        self.slowest = self.slowest.max(took);
+        for status in statuses {
+            *self.statuses.entry(status).or_default() += 1;
+        }
+        if statuses[0] == 202 {
+            self.accepted_at.push(Instant::now());
+        }
+    }
+
+    /// The longest time without a 202 between `from` and `to`.
+    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut at: Vec<Instant> = self.accepted_at.iter().copied().filter(|t| (from..to).contains(t)).collect();
+        at.sort();
+        at.insert(0, from);
+        at.push(to);
+        at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
     }
 }
 
@@ -123,44 +198,7 @@ async fn the_gateway_spreads_over_replicas_and_a_replica_killed_under_load_costs
     let store = Store::Postgres(fresh_postgres_database().await);
     let mut p = Pipeline::start_distributed_with(store, true, &[NO_LIMIT]).await;
     let tokens = login_all(&p).await;
-
-    // Clients post entries (each retried on a 503 with its Idempotency-Key, as the README says)
-    // and read balances, until told to stop; every status and the slowest answer are kept.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let statuses: Statuses = Statuses::default();
-    let slowest = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
-    let mut clients = Vec::new();
-    for (c, merchant) in MERCHANTS.iter().enumerate() {
-        let (api, token, stop) = (p.api.clone(), tokens[merchant].clone(), stop.clone());
-        let (statuses, slowest, merchant) = (statuses.clone(), slowest.clone(), merchant.to_string());
-        clients.push(tokio::spawn(async move {
-            let mut accepted = Vec::new();
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                i += 1;
-                let e = cashflow_tests::Posted {
-                    merchant: merchant.clone(),
-                    credit: i % 3 != 0,
-                    cents: 100 + i,
-                    date: d("2026-03-01"),
-                };
-                let key = format!("replicas-{c}-{i}");
-                loop {
-                    let started = Instant::now();
-                    let status = api.try_post_entry(&token, &e.body("venda"), Some(&key)).await.unwrap_or(0);
-                    let read =
-                        api.get(&token, "/v1/consolidado/diario?de=2026-03-01&ate=2026-03-01").await.status().as_u16();
-                    note(&slowest, &statuses, started.elapsed(), [status, read]);
-                    if status == 202 {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                accepted.push(e);
-            }
-            accepted
-        }));
-    }
+    let load = Load::start(&p, &tokens, "2026-03-01");
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     p.kill(Role::IngestReplica);
@@ -180,18 +218,61 @@ async fn the_gateway_spreads_over_replicas_and_a_replica_killed_under_load_costs
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut oracle = Oracle::default();
-    for client in clients {
-        for e in client.await.unwrap() {
-            oracle.add(e);
-        }
-    }
+    let (seen, oracle) = load.finish().await;
 
-    let seen = statuses.lock().unwrap().clone();
-    println!("statuses seen: {seen:?}, slowest answer {:?}", slowest.lock().unwrap());
-    assert!(seen.keys().all(|s| [200, 202, 503].contains(s)), "only 200, 202 and clear 503s: {seen:?}");
-    assert!(*slowest.lock().unwrap() < Duration::from_secs(10), "an answer waited: {:?}", slowest.lock().unwrap());
-    assert!(oracle.count(MERCHANTS[0]) > 10, "the load went on: {seen:?}");
+    println!("statuses seen: {:?}, slowest answer {:?}", seen.statuses, seen.slowest);
+    assert!(seen.statuses.keys().all(|s| [200, 202, 503].contains(s)), "only 200, 202 and clear 503s: {seen:?}");
+    assert!(seen.slowest < Duration::from_secs(10), "an answer waited: {:?}", seen.slowest);
+    assert!(oracle.count(MERCHANTS[0]) > 10, "the load went on: {:?}", seen.statuses);
     assert_matches_oracle(&p, &tokens, &oracle, d("2026-03-01"), d("2026-03-01")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_brokers_on_shared_storage_each_killed_under_load_lose_and_double_count_nothing() {
+    let store = Store::Postgres(fresh_postgres_database().await);
+    let broker_storage = fresh_postgres_database().await;
+    let mut p = Pipeline::configure_broker_cluster(store, &broker_storage, &[NO_LIMIT]);
+    let roles = [Role::Broker, Role::SecondBroker, Role::Gateway, Role::Consolidate, Role::SecondConsolidator];
+    for role in roles.into_iter().chain([Role::Retry]) {
+        p.launch(role).await;
+    }
+    let tokens = login_all(&p).await;
+    let load = Load::start(&p, &tokens, "2026-04-01");
+    let before = settled(&p, 2, &[3, 3]).await;
+    println!("2 consolidators, both brokers up: {before:#?}");
+
+    // Each broker is killed in turn under load (kill -9), and started again: whichever broker a
+    // client talks to, one of the kills is its broker's.
+    let mut outages = Vec::new();
+    for victim in [Role::Broker, Role::SecondBroker] {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let killed_at = Instant::now();
+        p.kill(victim);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let during = settled(&p, 2, &[3, 3]).await;
+        println!("{victim:?} killed: {during:#?}");
+        let restarted_at = Instant::now();
+        p.launch(victim).await;
+        outages.push((victim, killed_at, restarted_at));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (seen, oracle) = load.finish().await;
+
+    println!("statuses seen: {:?}; slowest answer: {:?}", seen.statuses, seen.slowest);
+    for (victim, killed_at, restarted_at) in outages {
+        let accepted = seen.accepted_at.iter().filter(|t| (killed_at..restarted_at).contains(t)).count();
+        let gap = seen.longest_gap(killed_at, restarted_at);
+        println!(
+            "{victim:?} down for {:?}: {accepted} entries accepted, longest time without one {gap:?}",
+            restarted_at - killed_at
+        );
+        assert!(accepted >= 30, "the pipeline did not carry on through the other broker: {seen:?}");
+    }
+    assert!(seen.statuses.keys().all(|s| [200, 202, 503].contains(s)), "only 200, 202 and clear 503s: {seen:?}");
+    assert_matches_oracle(&p, &tokens, &oracle, d("2026-04-01"), d("2026-04-01")).await;
+    // Every record on the topic, through either broker, is a stored entry or a duplicate of one.
+    let audit = p.cli(&["audit"], "");
+    let report = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.status.success(), "audit: {report}\n{}", String::from_utf8_lossy(&audit.stderr));
+    println!("audit: {report}");
 }

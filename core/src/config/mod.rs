@@ -23,7 +23,7 @@ use crate::BusinessDate;
 use crate::estado::{Key, Values};
 
 pub use redact::redact_password;
-pub use types::{Brokers, Secret, StoreUrl};
+pub use types::{BrokerStorage, Brokers, Secret, StoreUrl};
 
 use types::{millis, secs};
 
@@ -100,20 +100,43 @@ pub struct KafkaConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedBroker {
-    /// Address the embedded broker listens on and advertises.
+    /// Address the bundled broker listens on (`--listen` overrides it for `cashflow run broker`).
     #[serde(default = "EmbeddedBroker::default_listen")]
     pub listen: SocketAddr,
+    /// `host:port` clients reach this broker at, named in its metadata answers; the listen
+    /// address when absent. Needed when it listens on every interface (0.0.0.0).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Where the log is kept: SQLite under `--data-dir`, or PostgreSQL shared by a cluster.
+    #[serde(default = "EmbeddedBroker::default_storage")]
+    pub storage: BrokerStorage,
 }
 
 impl EmbeddedBroker {
     fn default_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 9092))
     }
+
+    fn default_storage() -> BrokerStorage {
+        BrokerStorage::Sqlite
+    }
+
+    /// The address advertised by a broker listening on `listen`.
+    pub fn advertised(&self, listen: SocketAddr) -> Result<String, Problem> {
+        match &self.advertise {
+            Some(address) => Ok(address.clone()),
+            None if listen.ip().is_unspecified() => Err(Problem {
+                path: "kafka.embedded.advertise".into(),
+                message: format!("required when the broker listens on {listen}: the host:port clients reach it at"),
+            }),
+            None => Ok(listen.to_string()),
+        }
+    }
 }
 
 impl Default for EmbeddedBroker {
     fn default() -> Self {
-        EmbeddedBroker { listen: Self::default_listen() }
+        EmbeddedBroker { listen: Self::default_listen(), advertise: None, storage: Self::default_storage() }
     }
 }
 

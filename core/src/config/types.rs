@@ -93,6 +93,45 @@ impl fmt::Display for Brokers {
     }
 }
 
+/// `kafka.embedded.storage`: where the bundled broker keeps the log.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BrokerStorage {
+    /// `sqlite`: a file under `--data-dir`, served by one broker.
+    Sqlite,
+    /// `postgres://…`: one log that every broker given this URL serves, a cluster.
+    Postgres(Secret<String>),
+}
+
+impl FromStr for BrokerStorage {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "sqlite" {
+            Ok(BrokerStorage::Sqlite)
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(BrokerStorage::Postgres(Secret::new(s.to_owned())))
+        } else {
+            Err(format!("{:?} must be \"sqlite\" or a postgres:// URL", redact_password(s)))
+        }
+    }
+}
+
+/// As written, with any password replaced by `***`.
+impl fmt::Display for BrokerStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BrokerStorage::Sqlite => f.write_str("sqlite"),
+            BrokerStorage::Postgres(url) => f.write_str(&redact_password(url.expose())),
+        }
+    }
+}
+
+impl fmt::Debug for BrokerStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
 /// `store.url`: where entries and balances are kept.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreUrl {
@@ -166,7 +205,7 @@ macro_rules! from_text {
         }
     )*};
 }
-from_text!(Brokers, StoreUrl);
+from_text!(Brokers, BrokerStorage, StoreUrl);
 
 /// A duration: a whole number in the unit its key names (`_ms`, `_secs`), or a text with its own
 /// unit, e.g. `"500ms"`, `"10s"`, `"1m 30s"`.

@@ -71,4 +71,4 @@ and t.name = $2
 and tp.partition = $3
 
 order by o, offset_id asc
-limit 1);
+limit 1) as latest;
