@@ -22,35 +22,49 @@ pub(crate) async fn phase(
     [broker, postgres]: [u32; 2],
     report: &mut Report,
 ) {
-    let (shipped_url, epoch_wait) = (format!("url: \"{shipped}\""), "max_epoch_wait_ms: 50");
+    let epoch_wait = "max_epoch_wait_ms: 50";
     for lanes in [1, 2, 4] {
         eprintln!("4b. consolidation with {lanes} sink lanes, into a database of its own");
-        let name = format!("bench_lanes_{lanes}");
-        let url = database_of_its_own(db, &name).await;
-        let mut lanes_db = PgConnection::connect(&url).await.unwrap();
-        let (url_line, lanes_line) = (format!("url: \"{url}\""), format!("{epoch_wait}\n    lanes: {lanes}"));
-        p.edit_config(&shipped_url, &url_line);
+        let mut own = OwnDatabase::create(p, db, shipped, &format!("bench_lanes_{lanes}")).await;
+        let lanes_line = format!("{epoch_wait}\n    lanes: {lanes}");
         p.edit_config(epoch_wait, &lanes_line);
         let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres)]);
-        consolidation(p, &mut lanes_db, entries, cpu, &label(lanes), report).await;
+        consolidation(p, &mut own.db, entries, cpu, &label(lanes), report).await;
         p.edit_config(&lanes_line, epoch_wait);
-        p.edit_config(&url_line, &shipped_url);
-        // its rows are counted and checked: the disk is the next phases'
-        lanes_db.close().await.unwrap();
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut *db).await.unwrap();
+        own.drop_it(p, db).await;
     }
 }
 
-/// A new database on `db`'s cluster, migrated by the consolidator that first connects: its URL.
-pub(crate) async fn database_of_its_own(db: &mut PgConnection, name: &str) -> String {
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut *db).await.unwrap();
-    let url: String = sqlx::query_scalar(
-        "SELECT 'postgres://' || current_user || '@127.0.0.1:' || \
-                                          current_setting('port') || '/' || $1",
-    )
-    .bind(name)
-    .fetch_one(&mut *db)
-    .await
-    .unwrap();
-    url
+/// A new database on the cluster of the store (whose URL is `shipped`), the pipeline's store
+/// until it is dropped: its rows are checked by then, and the disk is the next phases'.
+pub(crate) struct OwnDatabase {
+    name: String,
+    lines: [String; 2],
+    pub(crate) db: PgConnection,
+}
+
+impl OwnDatabase {
+    /// Creates the database `name` and makes it the pipeline's store; the consolidator that first
+    /// connects migrates it.
+    pub(crate) async fn create(p: &Pipeline, db: &mut PgConnection, shipped: &str, name: &str) -> OwnDatabase {
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut *db).await.unwrap();
+        let url: String = sqlx::query_scalar(
+            "SELECT 'postgres://' || current_user || '@127.0.0.1:' || current_setting('port') || '/' || $1",
+        )
+        .bind(name)
+        .fetch_one(&mut *db)
+        .await
+        .unwrap();
+        let lines = [format!("url: \"{shipped}\""), format!("url: \"{url}\"")];
+        p.edit_config(&lines[0], &lines[1]);
+        let own_db = PgConnection::connect(&url).await.unwrap();
+        OwnDatabase { name: name.to_owned(), lines, db: own_db }
+    }
+
+    /// Puts the shipped store back and drops the database.
+    pub(crate) async fn drop_it(self, p: &Pipeline, db: &mut PgConnection) {
+        p.edit_config(&self.lines[1], &self.lines[0]);
+        self.db.close().await.unwrap();
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name)).execute(&mut *db).await.unwrap();
+    }
 }

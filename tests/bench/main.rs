@@ -2,7 +2,7 @@
 //! one data set, on this machine. Prints a table (or `--json`); asserts nothing about time.
 //!
 //! ```text
-//! cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--json]
+//! cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--scale] [--json]
 //! ```
 //!
 //! It starts its own PostgreSQL cluster (durable, configured for writes: see
@@ -14,6 +14,9 @@
 //! 4. consolidation: `cashflow run consolidate`, from the first commit to the last offset stored,
 //!    checked against the data set (every entry counted once); then again with 1, 2 and 4 sink
 //!    lanes (`services.consolidate.lanes`), each into a database of its own on the same cluster;
+//!    then by 1, 2 and 3 consolidators of one group, each into a database of its own: the total
+//!    and each member's throughput, the share of records each read, and the consolidators' CPU per
+//!    entry (flat when no work is done twice: what predicts the speed-up on machines of their own);
 //! 5. the naive design: one consumer, one transaction per entry (insert it, upsert its day);
 //! 6. the store's raw write rate: COPY of the same entries into a copy of the entries table;
 //!    both ceilings at once: the topic consumed and COPYed into the store, no other processing;
@@ -34,6 +37,8 @@
 //! 12. with `--soak S`: entries at 1k/s for S seconds over 50 merchants' last 31 days (a key
 //!     space filled in the first minute), the RSS of the consolidator and of the gateway sampled
 //!     every 10 s (first and last minute, and the trend after the first minute).
+//!
+//! With `--scale`, only phases 2 and 4c run (the other figures print as NaN).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -60,6 +65,7 @@ mod cpu;
 mod embedded;
 mod http;
 mod lanes;
+mod scale;
 
 use copy::{raw_copy, raw_copy_written, raw_pipeline};
 use cpu::CpuMeter;
@@ -86,15 +92,25 @@ struct Args {
     seconds: f64,
     soak: f64,
     json: bool,
+    /// Only what phase 4c needs: the topic filled (phase 2), then consolidation by 1, 2 and 3
+    /// consolidators.
+    scale: bool,
 }
 
-const USAGE: &str =
-    "usage: cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--json]";
+const USAGE: &str = "usage: cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--scale] [--json]";
 
 impl Args {
     /// The flags, or what is wrong with them.
     fn parse(mut flags: impl Iterator<Item = String>) -> Result<Args, String> {
-        let mut a = Args { entries: 1_000_000, merchants: 10_000, days: 365, seconds: 20.0, soak: 0.0, json: false };
+        let mut a = Args {
+            entries: 1_000_000,
+            merchants: 10_000,
+            days: 365,
+            seconds: 20.0,
+            soak: 0.0,
+            json: false,
+            scale: false,
+        };
         while let Some(flag) = flags.next() {
             let mut value = || flags.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
@@ -105,6 +121,7 @@ impl Args {
                 "--seconds" => a.seconds = number(&flag, value()?)?,
                 "--soak" => a.soak = number(&flag, value()?)?,
                 "--json" => a.json = true,
+                "--scale" => a.scale = true,
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown flag {other}")),
             }
@@ -194,6 +211,10 @@ fn main() {
         ),
         ("consolidation, lanes: 2 / lanes: 1", per(&lanes::rate(2), &lanes::rate(1)), "(grows with the store's cores)"),
         ("consolidation, lanes: 4 / lanes: 1", per(&lanes::rate(4), &lanes::rate(1)), "(grows with the store's cores)"),
+        ("consolidation, 2 / 1 consolidators", per(&scale::rate(2), &scale::rate(1)), "(members share these cores)"),
+        ("consolidation, 3 / 1 consolidators", per(&scale::rate(3), &scale::rate(1)), "(members share these cores)"),
+        ("consolidators' CPU per entry, 2 / 1 members", per(&scale::cpu(2), &scale::cpu(1)), "≈ 1 (no work twice)"),
+        ("consolidators' CPU per entry, 3 / 1 members", per(&scale::cpu(3), &scale::cpu(1)), "≈ 1 (no work twice)"),
         (
             "embedded: consolidation / raw consume",
             per("embedded: consolidation entries/s", "embedded: raw consume records/s"),
@@ -252,6 +273,13 @@ async fn run(args: &Args) -> Report {
     drop(encoded);
     cpu.report("raw producer", entries_n, &mut report);
 
+    if args.scale {
+        let mut db = PgConnection::connect(&pg.url()).await.unwrap();
+        scale::phase(&mut p, &mut db, &pg.url(), &entries, [broker, postgres], &mut report).await;
+        p.stop().await;
+        return report;
+    }
+
     eprintln!("3. raw consumer");
     let cpu = CpuMeter::start(&[("broker", broker), ("client", bench)]);
     raw_consume(kafka, args.entries, &mut report);
@@ -264,6 +292,7 @@ async fn run(args: &Args) -> Report {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     report.add("cores (PostgreSQL, the broker and the consolidator share them)", cores as f64, "cores");
     lanes::phase(&mut p, &mut db, &pg.url(), &entries, [broker, postgres], &mut report).await;
+    scale::phase(&mut p, &mut db, &pg.url(), &entries, [broker, postgres], &mut report).await;
 
     eprintln!("5. the naive design: a transaction per entry");
     naive(kafka, &mut db, args, &mut report).await;
@@ -519,8 +548,14 @@ async fn consolidation(
     let rss = p.api.metrics(&p.stages[&Role::Consolidate]).await.must("process_resident_memory_bytes");
     report.add(&format!("{label}: consolidator RSS after the load"), rss / 1e6, "MB");
     p.interrupt(Role::Consolidate).await;
+    counted_once(db, entries).await;
+    let index: i64 =
+        sqlx::query("SELECT pg_relation_size('lancamentos_pkey')::BIGINT").fetch_one(&mut *db).await.unwrap().get(0);
+    report.add("dedup: store index bytes per entry (none in memory)", index as f64 / want as f64, "bytes");
+}
 
-    // Every entry counted once, with its amount.
+/// Every entry of the data set counted once in the store, with its amount.
+async fn counted_once(db: &mut PgConnection, entries: &[Lancamento]) {
     let row = sqlx::query(
         "SELECT SUM(quantidade)::BIGINT, SUM(creditos_cents)::BIGINT, SUM(debitos_cents)::BIGINT FROM consolidado_diario",
     )
@@ -531,12 +566,9 @@ async fn consolidation(
     let cents = |t: Tipo| entries.iter().filter(|e| e.tipo == t).map(|e| e.valor.cents()).sum::<i64>();
     assert_eq!(
         (count, credits, debits),
-        (want, cents(Tipo::Credito), cents(Tipo::Debito)),
+        (entries.len() as i64, cents(Tipo::Credito), cents(Tipo::Debito)),
         "balances differ from the data set"
     );
-    let index: i64 =
-        sqlx::query("SELECT pg_relation_size('lancamentos_pkey')::BIGINT").fetch_one(&mut *db).await.unwrap().get(0);
-    report.add("dedup: store index bytes per entry (none in memory)", index as f64 / want as f64, "bytes");
 }
 
 async fn naive(kafka: impl Fn(&mut ClientConfig), db: &mut PgConnection, args: &Args, report: &mut Report) {
