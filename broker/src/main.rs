@@ -44,6 +44,8 @@ struct Args {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // Tansu's own debug lines name the storage URL, password included: keep them for a
+            // machine of one's own.
             tracing_subscriber::EnvFilter::try_from_env("CASHFLOW_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)

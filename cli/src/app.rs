@@ -125,27 +125,37 @@ async fn start_broker(config: &PipelineConfig, common: &Common) -> Result<Option
 /// The bundled broker on `listen`, with its log where `kafka.embedded.storage` says.
 async fn broker(config: &PipelineConfig, listen: SocketAddr, common: &Common) -> Result<Supervisor> {
     let embedded = &config.kafka.embedded;
-    let advertise = embedded.advertised(listen).map_err(|problem| anyhow::anyhow!("{problem}"))?;
     std::fs::create_dir_all(&common.data_dir)
         .with_context(|| format!("cannot create {}", common.data_dir.display()))?;
-    Supervisor::start(listen, &advertise, &embedded.storage, &common.data_dir).await
+    Supervisor::start(listen, &embedded.advertised(listen), &embedded.storage, &common.data_dir).await
 }
 
 /// `cashflow run broker`: one broker. With SQLite storage it is the only one; with PostgreSQL it
-/// is one of a cluster, each listening where `--listen` says and all listed in `kafka.brokers`.
+/// is one of a cluster, each listening where `--listen` says and reached where `advertise` says,
+/// one of `kafka.brokers`.
 async fn run_broker(config: &PipelineConfig, common: &Common) -> Result<Supervisor> {
     let listen = match &common.listen {
         Some(address) => address.parse().with_context(|| format!("--listen {address:?} is not an ip:port address"))?,
         None => config.kafka.embedded.listen,
     };
-    if let (BrokerStorage::Sqlite, Brokers::Bootstrap(list)) = (&config.kafka.embedded.storage, &config.kafka.brokers)
-        && list.len() > 1
-    {
-        bail!(
-            "kafka.embedded.storage: a SQLite log is served by one broker, but kafka.brokers lists {}; \
-             give the brokers one PostgreSQL storage URL to share",
-            list.len()
-        );
+    if let Brokers::Bootstrap(list) = &config.kafka.brokers {
+        if config.kafka.embedded.storage == BrokerStorage::Sqlite && list.len() > 1 {
+            bail!(
+                "kafka.embedded.storage: a SQLite log is served by one broker, but kafka.brokers lists {}; \
+                 give the brokers one PostgreSQL storage URL to share",
+                list.len()
+            );
+        }
+        // Clients are given `kafka.brokers`, and each broker names itself in its metadata: one it
+        // does not list is one they would never reach (or, listing another, reach the wrong one).
+        let advertised = config.kafka.embedded.advertised(listen);
+        if !list.contains(&advertised) {
+            bail!(
+                "kafka.embedded.advertise: this broker would be reached at {advertised}, which kafka.brokers \
+                 ({}) does not list; set kafka.embedded.advertise (e.g. \"${{BROKER_ADVERTISE}}\") or --listen",
+                list.join(",")
+            );
+        }
     }
     broker(config, listen, common).await
 }

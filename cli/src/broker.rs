@@ -57,7 +57,9 @@ impl Supervisor {
         let dir = data_dir.join("broker");
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         if TcpStream::connect(listen).await.is_ok() {
-            bail!("{listen} is already in use; is another cashflow or broker running? (kafka.embedded.listen)");
+            bail!(
+                "{listen} is already in use; is another cashflow or broker running? (kafka.embedded.listen, --listen)"
+            );
         }
         let storage_url = match storage {
             BrokerStorage::Sqlite => Secret::new("sqlite://broker.db".to_owned()),
@@ -76,7 +78,7 @@ impl Supervisor {
     }
 
     /// Stops the broker: SIGINT (Tansu stops at once; every acknowledged write is already
-    /// durable in SQLite), then SIGKILL if it lingers.
+    /// durable in its storage), then SIGKILL if it lingers.
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;

@@ -1,8 +1,8 @@
 //! Phase 4c: consolidation by 1, 2 and 3 consolidators of one consumer group, each run into a
 //! database of its own: the total and each member's throughput, how the records read were shared,
-//! and the CPU per entry. On one machine the members share its cores, so the total cannot grow
-//! with them; the consolidators' CPU per entry, which stays flat when no work is done twice,
-//! predicts the speed-up when each has cores of its own.
+//! and the CPU per entry. On one machine the members share its cores, so the total grows only as
+//! far as those cores allow; the consolidators' CPU per entry, which stays flat when no work is
+//! done twice, predicts the speed-up when each has cores of its own.
 
 use super::*;
 

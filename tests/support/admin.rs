@@ -40,8 +40,8 @@ impl Group {
 }
 
 /// `DescribeGroups` for `group` on the first of `brokers` (host:port, comma-separated) that accepts
-/// a connection; an error for a transport
-/// failure, a broker that closes the connection, or an error code in the answer.
+/// a connection; an error for a transport failure, a broker that closes the connection, or an
+/// error code in the answer.
 pub fn describe_group(brokers: &str, group: &str) -> Result<Group, String> {
     let mut header = RequestHeader::default();
     header.request_api_key = ApiKey::DescribeGroups as i16;
@@ -56,9 +56,16 @@ pub fn describe_group(brokers: &str, group: &str) -> Result<Group, String> {
 
     // Like a client given every broker of a cluster: the first that accepts a connection answers.
     let mut refused = Vec::new();
-    let connected = brokers
-        .split(',')
-        .find_map(|broker| TcpStream::connect(broker).map_err(|e| refused.push(format!("connect {broker}: {e}"))).ok());
+    let mut connected = None;
+    for broker in brokers.split(',') {
+        match TcpStream::connect(broker) {
+            Ok(stream) => {
+                connected = Some(stream);
+                break;
+            }
+            Err(e) => refused.push(format!("connect {broker}: {e}")),
+        }
+    }
     let mut stream = connected.ok_or_else(|| refused.join("; "))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     let size = i32::try_from(body.len()).map_err(|e| e.to_string())?;

@@ -200,9 +200,7 @@ impl Pipeline {
         let storage = format!("storage: \"{broker_storage}\"");
         let mut p = Self::configure(store, &[edits, &[("storage: sqlite", storage.as_str())]].concat());
         let second = format!("127.0.0.1:{}", free_port());
-        let yaml = std::fs::read_to_string(&p.config).unwrap();
-        let brokers = format!("brokers: \"{},{second}\"", p.kafka);
-        std::fs::write(&p.config, yaml.replacen("brokers: embedded", &brokers, 1)).unwrap();
+        p.edit_config("brokers: embedded", &format!("brokers: \"{},{second}\"", p.kafka));
         p.stages.insert(Role::SecondBroker, format!("tcp://{second}"));
         p.kafka = format!("{},{second}", p.kafka);
         p

@@ -35,6 +35,11 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
         "consolidation, lanes: 1 entries/s",
         "consolidation, lanes: 2 entries/s",
         "consolidation, lanes: 4 entries/s",
+        "consolidation, 1 consolidators entries/s",
+        "consolidation, 2 consolidators entries/s",
+        "consolidation, 3 consolidators entries/s",
+        "consolidation, 3 consolidators: member 3 share of the records read",
+        "consolidation, 3 consolidators: CPU per entry, every consolidator",
         "embedded: raw consume records/s",
         "embedded: consolidation entries/s",
         "embedded: consolidation: CPU per item, consolidator",
@@ -55,5 +60,5 @@ fn the_benchmark_runs_in_quick_mode_and_reports_every_figure() {
     ] {
         assert_eq!(figures[name]["value"].as_f64(), Some(0.0), "{name}: {report}");
     }
-    assert_eq!(report["ratios"].as_object().unwrap().len(), 8);
+    assert_eq!(report["ratios"].as_object().unwrap().len(), 12);
 }

@@ -53,10 +53,12 @@ pub fn with_properties(config: &PipelineConfig, defaults: impl FnOnce(&mut Clien
 
 /// Producer settings: acknowledged by all in-sync replicas, and idempotent on a real cluster.
 ///
-/// The embedded broker (Tansu 0.6.0) keeps idempotent-producer state that a crash can leave
-/// inconsistent; its storage task then panics on every produce from that producer, so the broker
-/// never recovers. Entries are counted once by their id in the store, not by the broker's
-/// sequence numbers, so the embedded default produces without broker-side idempotence. Set
+/// The embedded broker (Tansu 0.6.0 on SQLite) keeps idempotent-producer state that a crash can
+/// leave inconsistent; its storage task then panics on every produce from that producer, so the
+/// broker never recovers. Entries are counted once by their id in the store, not by the broker's
+/// sequence numbers, so the embedded default produces without broker-side idempotence. A list of
+/// brokers, a Kafka cluster or bundled brokers over PostgreSQL (whose producer state is in the
+/// database, and which the failover test kills under idempotent producers), gets it. Set
 /// `enable.idempotence` in `kafka.properties` to override.
 pub fn producer_config(config: &PipelineConfig, delivery_timeout: Duration) -> ClientConfig {
     let idempotent = !config.kafka.is_embedded();

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::{
-    BrokerStorage, Brokers, ConsolidateConfig, PipelineConfig, Problem, Sample, StoreUrl, TopicRef, Transform,
+    BrokerStorage, Brokers, ConsolidateConfig, HostPort, PipelineConfig, Problem, Sample, StoreUrl, TopicRef, Transform,
 };
 use crate::estado::{Field, Values};
 
@@ -41,6 +41,7 @@ pub(super) fn texts(file: &serde_norway::Value) -> Vec<Problem> {
     };
     parses("kafka.brokers", &|t| t.parse::<Brokers>().map(drop));
     parses("kafka.embedded.storage", &|t| t.parse::<BrokerStorage>().map(drop));
+    parses("kafka.embedded.advertise", &|t| t.parse::<HostPort>().map(drop));
     parses("store.url", &|t| t.parse::<StoreUrl>().map(drop));
     let address = |t: &str| SocketAddr::from_str(t).map(drop).map_err(|_| format!("{t:?} is not an ip:port address"));
     for path in [
@@ -60,12 +61,6 @@ pub(super) fn texts(file: &serde_norway::Value) -> Vec<Problem> {
 pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     let mut out = Vec::new();
 
-    if let Some(address) = &c.kafka.embedded.advertise {
-        let port = address.rsplit_once(':').filter(|(host, _)| !host.is_empty()).map(|(_, port)| port.parse::<u16>());
-        if !matches!(port, Some(Ok(p)) if p > 0) {
-            problem_at(&mut out, "kafka.embedded.advertise", format!("{address:?} is not a host:port address"));
-        }
-    }
     if c.store.max_connections == 0 {
         problem_at(&mut out, "store.max_connections", "must be at least 1");
     }

@@ -23,7 +23,7 @@ use crate::BusinessDate;
 use crate::estado::{Key, Values};
 
 pub use redact::redact_password;
-pub use types::{BrokerStorage, Brokers, Secret, StoreUrl};
+pub use types::{BrokerStorage, Brokers, HostPort, Secret, StoreUrl};
 
 use types::{millis, secs};
 
@@ -92,7 +92,8 @@ pub struct KafkaConfig {
     /// they may hold credentials (`sasl.password`).
     #[serde(default)]
     pub properties: BTreeMap<String, Secret<String>>,
-    /// Settings of the embedded broker; used only when `brokers` is `embedded`.
+    /// Settings of the bundled broker: the one `cashflow up` runs when `brokers` is `embedded`, and
+    /// each one `cashflow run broker` runs.
     #[serde(default)]
     pub embedded: EmbeddedBroker,
 }
@@ -104,11 +105,11 @@ pub struct EmbeddedBroker {
     #[serde(default = "EmbeddedBroker::default_listen")]
     pub listen: SocketAddr,
     /// `host:port` clients reach this broker at, named in its metadata answers; the listen
-    /// address when absent. Needed when it listens on every interface (0.0.0.0).
+    /// address when absent. Each broker of a cluster has its own: `"${BROKER_ADVERTISE}"`.
     #[serde(default)]
-    pub advertise: Option<String>,
+    pub advertise: Option<HostPort>,
     /// Where the log is kept: SQLite under `--data-dir`, or PostgreSQL shared by a cluster.
-    #[serde(default = "EmbeddedBroker::default_storage")]
+    #[serde(default)]
     pub storage: BrokerStorage,
 }
 
@@ -117,26 +118,15 @@ impl EmbeddedBroker {
         SocketAddr::from(([127, 0, 0, 1], 9092))
     }
 
-    fn default_storage() -> BrokerStorage {
-        BrokerStorage::Sqlite
-    }
-
     /// The address advertised by a broker listening on `listen`.
-    pub fn advertised(&self, listen: SocketAddr) -> Result<String, Problem> {
-        match &self.advertise {
-            Some(address) => Ok(address.clone()),
-            None if listen.ip().is_unspecified() => Err(Problem {
-                path: "kafka.embedded.advertise".into(),
-                message: format!("required when the broker listens on {listen}: the host:port clients reach it at"),
-            }),
-            None => Ok(listen.to_string()),
-        }
+    pub fn advertised(&self, listen: SocketAddr) -> String {
+        self.advertise.as_ref().map_or_else(|| listen.to_string(), ToString::to_string)
     }
 }
 
 impl Default for EmbeddedBroker {
     fn default() -> Self {
-        EmbeddedBroker { listen: Self::default_listen(), advertise: None, storage: Self::default_storage() }
+        EmbeddedBroker { listen: Self::default_listen(), advertise: None, storage: BrokerStorage::default() }
     }
 }
 

@@ -93,10 +93,38 @@ impl fmt::Display for Brokers {
     }
 }
 
+/// `host:port` as clients dial it: a name or an IPv4 address, or an IPv6 address in brackets,
+/// and a port other than 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort(String);
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let valid = s.rsplit_once(':').is_some_and(|(host, port)| {
+            let plain = !host.is_empty() && !host.contains(|c: char| c.is_whitespace() || "/@?#[]".contains(c));
+            let ipv6 = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+            (ipv6 || plain && !host.contains(':')) && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if valid { Ok(HostPort(s.to_owned())) } else { Err(format!("{s:?} is not a host:port address")) }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// `kafka.embedded.storage`: where the bundled broker keeps the log.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub enum BrokerStorage {
     /// `sqlite`: a file under `--data-dir`, served by one broker.
+    #[default]
     Sqlite,
     /// `postgres://…`: one log that every broker given this URL serves, a cluster.
     Postgres(Secret<String>),
@@ -205,7 +233,7 @@ macro_rules! from_text {
         }
     )*};
 }
-from_text!(Brokers, BrokerStorage, StoreUrl);
+from_text!(Brokers, BrokerStorage, HostPort, StoreUrl);
 
 /// A duration: a whole number in the unit its key names (`_ms`, `_secs`), or a text with its own
 /// unit, e.g. `"500ms"`, `"10s"`, `"1m 30s"`.

@@ -2169,6 +2169,18 @@ where
             self.generation_id += 1;
         }
 
+        // cashflow patch: a leader that left leads no more. Kept, it stayed the leader of a group
+        // it was no longer in: each member that joined after was told to follow, its sync was
+        // refused (only the leader forms the group), and the group never formed again.
+        if self
+            .state
+            .leader
+            .as_ref()
+            .is_some_and(|leader| !self.members.contains_key(leader))
+        {
+            _ = self.state.leader.take();
+        }
+
         let body = LeaveGroupResponse::default()
             .throttle_time_ms(Some(0))
             .error_code(ErrorCode::None.into())
