@@ -125,6 +125,7 @@ pub fn router(state: GatewayState) -> Router {
         .fallback(|| async { Problem::not_found("no such route") })
         .layer(middleware::from_fn_with_state(per_address, limit_address))
         .merge(crate::openapi::docs(&apis.query.as_ref().map(QueryState::states).unwrap_or_default()))
+        .merge(crate::page::router())
         .merge(Router::from(crate::openapi::ops().with_state(state.apis.clone())))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn(log_failures))
@@ -141,7 +142,8 @@ fn stage_for<'a>(upstreams: &'a Upstreams, method: &Method, path: &str) -> &'a U
     if method == Method::POST && path.starts_with("/v1/lancamentos") { &upstreams.ingest } else { &upstreams.query }
 }
 
-/// Headers every answer carries: an API serves no pages, frames nothing and sniffs nothing.
+/// Headers every answer carries: nothing is framed or sniffed, and an answer without a policy of
+/// its own (every API answer; the page and the docs set theirs) may load nothing.
 fn with_security_headers(router: Router) -> Router {
     let headers = [
         ("x-content-type-options", "nosniff"),

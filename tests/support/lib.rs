@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod admin;
+mod browser;
 mod flows;
 mod kafka;
 mod oracle;
@@ -15,6 +16,7 @@ mod postgres;
 mod store_copy;
 
 pub use admin::{Group, Member, describe_group};
+pub use browser::{Browser, artifacts_dir};
 pub use flows::{
     MERCHANTS, PASSWORD, assert_matches_oracle, d, login_all, post_all, post_entries, post_until_accepted,
 };

@@ -270,7 +270,7 @@ async fn two_brokers_on_shared_storage_each_killed_under_load_lose_and_double_co
     println!("statuses seen: {:?}; slowest answer: {:?}", seen.statuses, seen.slowest);
     let statuses = &seen.statuses;
     for (victim, killed_at, restarted_at) in outages {
-        let accepted = seen.accepted_at.iter().filter(|t| (killed_at..restarted_at).contains(t)).count();
+        let accepted = seen.accepted_at.iter().filter(|&&t| (killed_at..restarted_at).contains(&t)).count();
         let gap = seen.longest_gap(killed_at, restarted_at);
         let down = restarted_at - killed_at;
         println!("{victim:?} down for {down:?}: {accepted} entries accepted, longest time without one {gap:?}");
