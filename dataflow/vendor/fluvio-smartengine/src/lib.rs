@@ -1,0 +1,9 @@
+cfg_if::cfg_if! {
+    if #[cfg(feature = "engine")] {
+        mod engine;
+        pub use engine::*;
+    }
+}
+
+#[cfg(feature = "transformation")]
+pub mod transformation;
