@@ -3,31 +3,37 @@
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
-  const brl = new Intl.NumberFormat('pt-BR', { style: 'currency', currency: 'BRL' });
+  // `negative`: a zero is never shown as -R$ 0,00.
+  const brl = new Intl.NumberFormat('pt-BR', { style: 'currency', currency: 'BRL', signDisplay: 'negative' });
   const inteiro = new Intl.NumberFormat('pt-BR');
   const PAGE_SIZE = 20;
   const DAY_SECS = 86400;
   const FIELDS = ['tipo', 'valor', 'data', 'descricao', 'categoria'];
+  const MAX_RANGE_DAYS = 366;
 
   // The session: the token lives here and nowhere else (no storage, no cookie). Every answer is
   // checked against the session that asked, so a late answer never reaches another login.
   let session = null;
   let period = null;
-  let statement = { cursors: [null], index: 0, lines: new Map() };
+  // Each read of the period and each statement page is numbered: only the latest is shown.
+  let view = 0;
+  let statementView = 0;
+  let statement = { cursors: [null], index: 0 };
   let chart = null;
   let reversing = null;
-  // Kept until the entry is accepted or refused: a retry after a lost answer is the same entry.
-  let idempotencyKey = null;
+  // The entry sent and its Idempotency-Key, kept until it is accepted or refused: sending the
+  // same entry again after a lost answer is the same entry; a changed one is a new entry.
+  let pendingEntry = null;
 
   // --- Formatting: amounts travel as decimal strings with two places, dates as YYYY-MM-DD. ---
 
-  const toCents = (valor) => {
-    const negative = valor.startsWith('-');
-    const [whole, fraction = ''] = valor.replace('-', '').split('.');
-    const cents = Number(whole) * 100 + Number((fraction + '00').slice(0, 2));
-    return negative ? -cents : cents;
+  // Exact: the decimal string is formatted as it is, and sums are taken in whole cents.
+  const money = (valor) => brl.format(valor);
+  const cents = (valor) => BigInt(valor.replace('.', ''));
+  const fromCents = (c) => {
+    const abs = c < 0n ? -c : c;
+    return `${c < 0n ? '-' : ''}${abs / 100n}.${String(abs % 100n).padStart(2, '0')}`;
   };
-  const money = (valor) => brl.format(toCents(valor) / 100);
   const dateBR = (iso) => `${iso.slice(8, 10)}/${iso.slice(5, 7)}/${iso.slice(0, 4)}`;
   const pad = (n) => String(n).padStart(2, '0');
   const isoOf = (date) => `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
@@ -50,46 +56,67 @@
 
   // --- Talking to the API. ---
 
+  // A failed call: `status` 0 when no answer came; `ended` when the session that asked is over,
+  // and nothing about it may be shown any more.
   class ApiError extends Error {
-    constructor(status, problem) {
-      super((problem && (problem.detail || problem.title || problem.error_description)) || `HTTP ${status}`);
+    constructor(status, problem, ended = false) {
+      super((problem && (problem.detail || problem.title || problem.error_description))
+        || (status ? `HTTP ${status}` : 'o serviço não respondeu'));
       this.status = status;
       this.problem = problem || {};
+      this.ended = ended;
     }
   }
+  const sessionEnded = () => new ApiError(0, null, true);
 
-  // A call with the session's token. A 401 ends the session; any other failure is an ApiError.
-  async function api(path, { method = 'GET', body, headers = {}, raw = false } = {}) {
+  // A call with the session's token, read whole (JSON, or a Blob with `blob`). A 401 ends the
+  // session; an answer that comes after its session ended is dropped.
+  async function api(path, { method = 'GET', body, headers = {}, blob = false } = {}) {
     const asking = session;
-    if (!asking) throw new ApiError(401, null);
+    if (!asking) throw sessionEnded();
     const init = { method, headers: { authorization: `Bearer ${asking.token}`, ...headers } };
     if (body !== undefined) {
       init.headers['content-type'] = 'application/json';
-      init.body = JSON.stringify(body);
+      init.body = typeof body === 'string' ? body : JSON.stringify(body);
     }
-    const response = await fetch(path, init);
-    if (asking !== session) throw new ApiError(0, { detail: 'the session ended' });
+    let response;
+    let result;
+    try {
+      response = await fetch(path, init);
+      if (response.ok) {
+        result = blob
+          ? { blob: await response.blob(), name: response.headers.get('content-disposition') }
+          : { body: await response.json(), stale: response.headers.get('x-cashflow-stale') === 'true' };
+      }
+    } catch {
+      if (asking !== session) throw sessionEnded();
+      throw new ApiError(0, null);
+    }
+    if (asking !== session) throw sessionEnded();
     if (response.status === 401) {
       logout('Sua sessão expirou. Entre novamente.');
-      throw new ApiError(401, null);
+      throw sessionEnded();
     }
     if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
-    if (raw) return response;
-    return { body: await response.json(), stale: response.headers.get('x-cashflow-stale') === 'true' };
+    return result;
   }
 
   // --- Login and logout. ---
 
   async function login(event) {
     event.preventDefault();
+    const button = $('form-entrar').querySelector('button');
+    if (session || button.disabled) return;
     const error = $('erro-entrar');
     error.textContent = '';
+    button.disabled = true;
     const response = await fetch('/auth/token', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ grant_type: 'password', username: $('username').value, password: $('password').value }),
     }).catch(() => null);
     const answer = response && (await response.json().catch(() => null));
+    button.disabled = false;
     if (!response || !response.ok || !answer) {
       error.textContent = response && response.status === 429
         ? 'Muitas tentativas. Aguarde um pouco e tente de novo.'
@@ -119,16 +146,20 @@
     if (session) clearTimeout(session.timer);
     session = null;
     period = null;
-    idempotencyKey = null;
-    statement = { cursors: [null], index: 0, lines: new Map() };
+    pendingEntry = null;
+    reversing = null;
+    view += 1;
+    statementView += 1;
+    statement = { cursors: [null], index: 0 };
     if (chart) chart.destroy();
     chart = null;
     delete $('grafico-saldo').uplot;
+    $('grafico-saldo').setAttribute('aria-label', 'Gráfico do saldo diário');
     for (const id of ['tabela-dias', 'tabela-mensal', 'tabela-categorias', 'tabela-extrato']) {
       $(id).tBodies[0].replaceChildren();
     }
     for (const id of ['total-creditos', 'total-debitos', 'total-saldo', 'total-saldo-final', 'total-lancamentos',
-      'comerciante', 'ano', 'pagina']) {
+      'comerciante', 'ano', 'pagina', 'estorno-resumo', 'erro-estorno', 'erro-periodo']) {
       $(id).textContent = '';
     }
     for (const form of ['form-lancamento', 'form-periodo', 'form-entrar']) $(form).reset();
@@ -163,6 +194,7 @@
   // Reads everything for the period. With `aguardar` (a posicao from a 202) the daily balances
   // wait until consolidation has passed it, so what follows includes that entry.
   async function refresh(aguardar) {
+    const asked = ++view;
     const { de, ate } = period;
     const range = new URLSearchParams({ de, ate });
     const daily = await api(`/v1/consolidado/diario?${range}${aguardar ? `&aguardar=${encodeURIComponent(aguardar)}` : ''}`);
@@ -170,11 +202,11 @@
       api(`/v1/consolidado/mensal?ano=${ate.slice(0, 4)}`),
       api(`/v1/consolidado/categorias?${range}`),
     ]);
+    if (asked !== view) return;
     showDays(daily.body.dias);
     showMonths(monthly.body);
     showCategories(categories.body.categorias);
-    statement = { cursors: [null], index: 0, lines: new Map() };
-    await showStatementPage();
+    await showStatementPage(0, [null]);
     if (daily.stale) note('Ainda consolidando: os saldos podem não incluir o último lançamento. Atualize em instantes.');
   }
 
@@ -191,12 +223,12 @@
   }
 
   function showDays(days) {
-    const sum = (field) => days.reduce((total, d) => total + toCents(d[field]), 0);
+    const sum = (field) => days.reduce((total, d) => total + cents(d[field]), 0n);
     const credits = sum('creditos');
     const debits = sum('debitos');
-    $('total-creditos').textContent = brl.format(credits / 100);
-    $('total-debitos').textContent = brl.format(debits / 100);
-    $('total-saldo').textContent = brl.format((credits - debits) / 100);
+    $('total-creditos').textContent = money(fromCents(credits));
+    $('total-debitos').textContent = money(fromCents(debits));
+    $('total-saldo').textContent = money(fromCents(credits - debits));
     $('total-saldo-final').textContent = days.length ? money(days[days.length - 1].saldo_final) : '';
     $('total-lancamentos').textContent = inteiro.format(days.reduce((n, d) => n + d.lancamentos, 0));
     $('tabela-dias').tBodies[0].replaceChildren(...days.map((d) => {
@@ -215,9 +247,9 @@
     const element = $('grafico-saldo');
     const data = [
       days.map((d) => epochOf(d.data)),
-      days.map((d) => toCents(d.creditos) / 100),
-      days.map((d) => -toCents(d.debitos) / 100),
-      days.map((d) => toCents(d.saldo_final) / 100),
+      days.map((d) => Number(d.creditos)),
+      days.map((d) => -Number(d.debitos)),
+      days.map((d) => Number(d.saldo_final)),
     ];
     const firstProjected = days.findIndex((d) => d.projetado);
     const last = days.length ? days[days.length - 1] : null;
@@ -275,14 +307,15 @@
 
   // --- The statement: pages of PAGE_SIZE, walked with the API's cursors. ---
 
-  async function showStatementPage() {
+  // Page `index`, whose cursor is `cursors[index]`; shown only if no later page was asked for.
+  async function showStatementPage(index, cursors) {
+    const asked = ++statementView;
     const { de, ate } = period;
     const query = new URLSearchParams({ de, ate, limite: String(PAGE_SIZE) });
-    const cursor = statement.cursors[statement.index];
-    if (cursor) query.set('cursor', cursor);
+    if (cursors[index]) query.set('cursor', cursors[index]);
     const { body } = await api(`/v1/lancamentos?${query}`);
-    statement.cursors[statement.index + 1] = body.proximo_cursor;
-    statement.lines = new Map(body.lancamentos.map((l) => [l.id, l]));
+    if (asked !== statementView) return;
+    statement = { index, cursors: [...cursors.slice(0, index + 1), body.proximo_cursor] };
     const rows = body.lancamentos.map((l) => {
       const tr = row([dateBR(l.data), tipoBR(l.tipo), money(l.valor), l.descricao, l.categoria ?? '', l.id.slice(0, 8),
         statementAction(l)]);
@@ -291,8 +324,8 @@
     });
     if (!rows.length) rows.push(row(['Nenhum lançamento no período.']));
     $('tabela-extrato').tBodies[0].replaceChildren(...rows);
-    $('pagina').textContent = `Página ${statement.index + 1}`;
-    $('pagina-anterior').disabled = statement.index === 0;
+    $('pagina').textContent = `Página ${index + 1}`;
+    $('pagina-anterior').disabled = index === 0;
     $('pagina-seguinte').disabled = !body.proximo_cursor;
   }
 
@@ -309,18 +342,31 @@
   }
 
   async function turnPage(step) {
-    statement.index += step;
-    await showStatementPage().catch(failed);
+    const index = statement.index + step;
+    if (index < 0 || !(index === 0 || statement.cursors[index])) return;
+    for (const id of ['pagina-anterior', 'pagina-seguinte']) $(id).disabled = true;
+    try {
+      await showStatementPage(index, statement.cursors);
+    } catch (e) {
+      failed(e);
+      $('pagina-anterior').disabled = statement.index === 0;
+      $('pagina-seguinte').disabled = !statement.cursors[statement.index + 1];
+    }
+    // Focus stays on a button that can still be used.
+    const clicked = $(step > 0 ? 'pagina-seguinte' : 'pagina-anterior');
+    const other = $(step > 0 ? 'pagina-anterior' : 'pagina-seguinte');
+    if (clicked.disabled && !other.disabled) other.focus();
   }
 
   // The period's statement as the API's CSV, saved through the browser.
   async function downloadCsv() {
     const { de, ate } = period;
-    const response = await api(`/v1/lancamentos?${new URLSearchParams({ de, ate })}`, { headers: { accept: 'text/csv' }, raw: true });
-    const url = URL.createObjectURL(await response.blob());
+    const { merchant } = session;
+    const { blob } = await api(`/v1/lancamentos?${new URLSearchParams({ de, ate })}`, { headers: { accept: 'text/csv' }, blob: true });
+    const url = URL.createObjectURL(blob);
     const link = document.createElement('a');
     link.href = url;
-    link.download = `extrato-${session.merchant}-${de}-${ate}.csv`;
+    link.download = `extrato-${merchant}-${de}-${ate}.csv`;
     document.body.append(link);
     link.click();
     link.remove();
@@ -347,22 +393,24 @@
     };
     const categoria = $('categoria').value.trim();
     if (categoria) entry.categoria = categoria;
-    idempotencyKey = idempotencyKey || randomKey();
+    const body = JSON.stringify(entry);
+    if (!pendingEntry || pendingEntry.body !== body) pendingEntry = { key: randomKey(), body };
+    const { key } = pendingEntry;
     let accepted;
     try {
-      accepted = (await api('/v1/lancamentos', { method: 'POST', body: entry, headers: { 'idempotency-key': idempotencyKey } })).body;
+      accepted = (await api('/v1/lancamentos', { method: 'POST', body, headers: { 'idempotency-key': key } })).body;
     } catch (e) {
-      if (e.status >= 400 && e.status < 500) idempotencyKey = null;
+      if (e.status >= 400 && e.status < 500) pendingEntry = null;
       return showEntryErrors(e);
     }
-    idempotencyKey = null;
+    pendingEntry = null;
     for (const id of ['valor', 'descricao', 'categoria']) $(id).value = '';
     note(`Lançamento de ${money(entry.valor)} registrado.`);
     await refresh(accepted.posicao).catch(failed);
   }
 
   function showEntryErrors(e) {
-    if (e.status === 401) return;
+    if (e.ended) return;
     const errors = e.problem.errors || [];
     let first = null;
     for (const { field, message } of errors) {
@@ -376,7 +424,8 @@
       first = first || input;
     }
     if (!errors.length) {
-      const retry = e.status >= 500 || e.status === 0 ? ' Tente de novo: o lançamento não será contado duas vezes.' : '';
+      const retry = e.status >= 500 || e.status === 0
+        ? ' Envie de novo sem mudar nada: o lançamento não será contado duas vezes.' : '';
       $('erro-lancamento').textContent = `${e.message}.${retry}`;
     }
     if (first) first.focus();
@@ -398,44 +447,60 @@
     event.preventDefault();
     const line = reversing;
     if (!line) return;
+    let accepted;
     try {
-      const { body } = await api(`/v1/lancamentos/${encodeURIComponent(line.id)}/estorno`, {
+      accepted = (await api(`/v1/lancamentos/${encodeURIComponent(line.id)}/estorno`, {
         method: 'POST',
         body: { data: $('estorno-data').value },
-      });
-      $('confirmar-estorno').close();
-      reversing = null;
-      note(`Estorno de ${money(line.valor)} registrado.`);
-      await refresh(body.posicao);
+      })).body;
     } catch (e) {
-      if (e.status === 401) return;
+      if (e.ended) return;
       const errors = (e.problem.errors || []).map((x) => `${x.field}: ${x.message}`).join('; ');
       $('erro-estorno').textContent = errors || e.message;
+      return;
     }
+    $('confirmar-estorno').close();
+    reversing = null;
+    note(`Estorno de ${money(line.valor)} registrado.`);
+    $('t-extrato').focus();
+    await refresh(accepted.posicao).catch(failed);
   }
 
   // --- Wiring. ---
 
   function failed(e) {
-    if (e.status !== 401 && e.status !== 0) note(`Não foi possível carregar os dados: ${e.message}`);
+    if (!e.ended) note(`Não foi possível carregar os dados: ${e.message}`);
   }
 
+  function periodError(message) {
+    $('erro-periodo').textContent = message;
+    for (const id of ['de', 'ate']) {
+      if (message) $(id).setAttribute('aria-invalid', 'true');
+      else $(id).removeAttribute('aria-invalid');
+    }
+  }
+
+  // A new period is kept only once the API has answered for it.
   async function changePeriod(event) {
     event.preventDefault();
     const de = $('de').value;
     const ate = $('ate').value;
-    $('erro-periodo').textContent = '';
-    if (!de || !ate || ate < de) {
-      $('erro-periodo').textContent = 'Escolha um período válido: "até" não pode vir antes de "de".';
-      return;
+    periodError('');
+    if (!de || !ate || ate < de) return periodError('Escolha um período válido: "até" não pode vir antes de "de".');
+    if ((epochOf(ate) - epochOf(de)) / DAY_SECS + 1 > MAX_RANGE_DAYS) {
+      return periodError(`O período pode ter no máximo ${MAX_RANGE_DAYS} dias.`);
     }
+    const previous = period;
     period = { de, ate };
     note('');
-    await refresh().catch((e) => {
-      const errors = (e.problem?.errors || []).map((x) => `${x.field}: ${x.message}`).join('; ');
-      if (errors) $('erro-periodo').textContent = errors;
+    try {
+      await refresh();
+    } catch (e) {
+      period = previous;
+      const errors = (e.problem.errors || []).map((x) => `${x.field}: ${x.message}`).join('; ');
+      if (errors) periodError(errors);
       else failed(e);
-    });
+    }
   }
 
   document.addEventListener('DOMContentLoaded', () => {

@@ -3,6 +3,7 @@
 //! token it got from `/auth/token`; its content security policy allows its own assets only.
 
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+use std::sync::LazyLock;
 
 use axum::Router;
 use axum::extract::Path;
@@ -13,24 +14,35 @@ use axum::routing::get;
 use cashflow_http::Problem;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-/// A file of the page: its content and media type.
+/// A file of the page: its content, media type and entity tag (a digest of the content).
 struct Asset {
     body: &'static str,
     content_type: &'static str,
+    etag: String,
 }
 
-const INDEX: Asset = Asset { body: include_str!("../page/index.html"), content_type: "text/html; charset=utf-8" };
+impl Asset {
+    fn new(body: &'static str, content_type: &'static str) -> Self {
+        let mut hasher = DefaultHasher::new();
+        body.hash(&mut hasher);
+        Asset { body, content_type, etag: format!("\"{:016x}\"", hasher.finish()) }
+    }
+}
 
-/// `/app/{name}`.
-fn asset(name: &str) -> Option<Asset> {
-    let (body, content_type) = match name {
-        "app.js" => (include_str!("../page/app.js"), "text/javascript; charset=utf-8"),
-        "app.css" => (include_str!("../page/app.css"), "text/css; charset=utf-8"),
-        "uplot.js" => (include_str!("../page/vendor/uplot/uPlot.iife.min.js"), "text/javascript; charset=utf-8"),
-        "uplot.css" => (include_str!("../page/vendor/uplot/uPlot.min.css"), "text/css; charset=utf-8"),
-        _ => return None,
-    };
-    Some(Asset { body, content_type })
+/// The page (`""`, at `/`) and its files (at `/app/{name}`), by name.
+static ASSETS: LazyLock<Vec<(&str, Asset)>> = LazyLock::new(|| {
+    let (js, css) = ("text/javascript; charset=utf-8", "text/css; charset=utf-8");
+    vec![
+        ("", Asset::new(include_str!("../page/index.html"), "text/html; charset=utf-8")),
+        ("app.js", Asset::new(include_str!("../page/app.js"), js)),
+        ("app.css", Asset::new(include_str!("../page/app.css"), css)),
+        ("uplot.js", Asset::new(include_str!("../page/vendor/uplot/uPlot.iife.min.js"), js)),
+        ("uplot.css", Asset::new(include_str!("../page/vendor/uplot/uPlot.min.css"), css)),
+    ]
+});
+
+fn asset(name: &str) -> Option<&'static Asset> {
+    ASSETS.iter().find(|(n, _)| *n == name).map(|(_, a)| a)
 }
 
 /// Scripts, styles and API calls from this origin only; no inline code, no frames, no forms
@@ -40,14 +52,11 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 pub fn router() -> Router {
     Router::new()
-        .route("/", get(|headers: HeaderMap| async move { serve(&INDEX, &headers) }))
+        .route("/", get(|headers: HeaderMap| async move { serve(asset(""), &headers) }))
         .route(
             "/app/{name}",
             get(|Path(name): Path<String>, headers: HeaderMap| async move {
-                match asset(&name) {
-                    Some(asset) => serve(&asset, &headers),
-                    None => Problem::not_found("no such file").into_response(),
-                }
+                serve(asset(&name).filter(|_| !name.is_empty()), &headers)
             }),
         )
         .layer(SetResponseHeaderLayer::overriding(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)))
@@ -55,20 +64,17 @@ pub fn router() -> Router {
 
 /// The asset, or 304 when the client holds this version: browsers revalidate every time
 /// (`no-cache`), so a new binary's page is seen at once.
-fn serve(asset: &Asset, headers: &HeaderMap) -> Response {
-    let mut hasher = DefaultHasher::new();
-    asset.body.hash(&mut hasher);
-    let etag = format!("\"{:016x}\"", hasher.finish());
-    let cached = headers
-        .get(IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim().trim_start_matches("W/") == etag));
+fn serve(asset: Option<&Asset>, headers: &HeaderMap) -> Response {
+    let Some(asset) = asset else { return Problem::not_found("no such file").into_response() };
+    let cached = headers.get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == asset.etag)
+    });
     let status = if cached { StatusCode::NOT_MODIFIED } else { StatusCode::OK };
     let body = if cached { "" } else { asset.body };
     let headers = [
         (CONTENT_TYPE, HeaderValue::from_static(asset.content_type)),
         (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        (ETAG, HeaderValue::from_str(&etag).expect("a quoted hex digest is a valid header value")),
+        (ETAG, HeaderValue::from_str(&asset.etag).expect("a quoted hex digest is a valid header value")),
     ];
     (status, headers, body).into_response()
 }
@@ -104,8 +110,9 @@ mod tests {
             assert_eq!(r.status(), StatusCode::OK, "{name}");
             assert!(r.headers()[CONTENT_TYPE].to_str().unwrap().contains(kind), "{name}");
         }
-        let missing = get("/app/../Cargo.toml", None).await;
-        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        for missing in ["/app/../Cargo.toml", "/app/Cargo.toml", "/app/index.html", "/app/"] {
+            assert_eq!(get(missing, None).await.status(), StatusCode::NOT_FOUND, "{missing}");
+        }
     }
 
     #[tokio::test]
@@ -114,5 +121,7 @@ mod tests {
         let etag = first.headers()[ETAG].to_str().unwrap().to_owned();
         assert_eq!(get("/app/app.js", Some(&etag)).await.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(get("/app/app.js", Some("\"0000\"")).await.status(), StatusCode::OK);
+        assert_eq!(get("/app/app.js", Some("*")).await.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(get("/", Some(&etag)).await.status(), StatusCode::OK, "each file has its own tag");
     }
 }

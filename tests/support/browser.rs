@@ -8,18 +8,44 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::elements::Element;
+use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 use crate::free_ports;
 
-/// A headless Chromium session; chromedriver and the browser stop when it is dropped.
+/// A headless Chromium session, in UTC, with a profile of its own; chromedriver and the browser
+/// stop, and the profile goes, when it is dropped. Every page it opens records the violations of
+/// its content security policy from its first script on (see [`Browser::violations`]).
 pub struct Browser {
     pub client: Client,
     /// Where the browser saves downloads.
     pub downloads: tempfile::TempDir,
+    /// Held for its lifetime: removed when the browser is gone.
+    _profile: tempfile::TempDir,
     driver: Child,
 }
+
+/// A DevTools command, sent through chromedriver.
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl WebDriverCompatibleCommand for Cdp {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/goog/cdp/execute", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({"cmd": self.cmd, "params": self.params}).to_string()))
+    }
+}
+
+/// Runs before any script of every page: records each violation of the page's policy.
+const RECORD_VIOLATIONS: &str = "window.violations = []; document.addEventListener('securitypolicyviolation', \
+    (e) => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));";
 
 /// `name` from `$var`, or on the PATH; a panic naming the package otherwise.
 fn tool(var: &str, name: &str, package: &str) -> PathBuf {
@@ -37,20 +63,25 @@ impl Browser {
         let chromium = tool("CASHFLOW_CHROMIUM", "chromium", "chromium");
         let chromedriver = tool("CASHFLOW_CHROMEDRIVER", "chromedriver", "chromium-driver");
         let [port] = free_ports();
+        let downloads = tempfile::tempdir().unwrap();
+        let profile = tempfile::tempdir().unwrap();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
             // Its own process group, with the browsers it starts: all end with the test.
             .process_group(0)
+            .env("TZ", "UTC")
+            // Chromium's own temporary files, too, go with the profile.
+            .env("TMPDIR", profile.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{} did not start: {e}", chromedriver.display()));
-        let downloads = tempfile::tempdir().unwrap();
         let capabilities = json!({
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,2000", "--lang=pt-BR", "--no-first-run"],
+                         "--window-size=1280,2000", "--lang=pt-BR", "--no-first-run",
+                         format!("--user-data-dir={}", profile.path().display())],
                 "prefs": {
                     "download.default_directory": downloads.path(),
                     "download.prompt_for_download": false,
@@ -67,7 +98,14 @@ impl Browser {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         };
-        Browser { client, downloads, driver }
+        let record = Cdp { cmd: "Page.addScriptToEvaluateOnNewDocument", params: json!({"source": RECORD_VIOLATIONS}) };
+        client.issue_cmd(record).await.unwrap();
+        Browser { client, downloads, _profile: profile, driver }
+    }
+
+    /// The violations of the content security policy the current page has recorded.
+    pub async fn violations(&self) -> Value {
+        self.js("return window.violations", vec![]).await
     }
 
     pub async fn goto(&self, url: &str) {
@@ -146,6 +184,7 @@ impl Drop for Browser {
         let group = nix::unistd::Pid::from_raw(-(self.driver.id() as i32));
         let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.driver.wait();
+        // The profile and the downloads go after this, with the fields.
     }
 }
 

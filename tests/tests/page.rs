@@ -29,16 +29,10 @@ fn user(merchant: &str) -> String {
     format!("user-{merchant}")
 }
 
-/// The page, open and logged in as `merchant`. CSP violations are recorded from the start.
+/// The page, open and logged in as `merchant`.
 async fn open_as(p: &Pipeline, merchant: &str) -> Browser {
     let b = Browser::start().await;
     b.goto(&format!("{}/", p.api.base)).await;
-    b.js(
-        "window.violations = []; document.addEventListener('securitypolicyviolation', \
-         (e) => window.violations.push(e.violatedDirective + ' ' + e.blockedURI));",
-        vec![],
-    )
-    .await;
     log_in(&b, merchant).await;
     b
 }
@@ -146,7 +140,13 @@ async fn shown(b: &Browser, css: &str) -> String {
 }
 
 async fn assert_no_csp_violation(b: &Browser) {
-    assert_eq!(b.js("return window.violations", vec![]).await, json!([]), "the page broke its own policy");
+    assert_eq!(b.violations().await, json!([]), "the page broke its own policy");
+}
+
+/// How many times the page has called the API at paths containing `part`.
+async fn calls(b: &Browser, part: &str) -> u64 {
+    let script = "return performance.getEntriesByType('resource').filter((e) => e.name.includes(arguments[0])).length";
+    b.js(script, vec![json!(part)]).await.as_u64().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,6 +213,23 @@ async fn three_entries_posted_through_the_form_are_on_the_chart_at_once_as_the_a
     let stored = b.js("return [localStorage.length, sessionStorage.length, document.cookie]", vec![]).await;
     assert_eq!(stored, json!([0, 0, ""]));
 
+    // Days after the last consolidation are projected: listed as such and shaded on the chart.
+    let later = ate + Days::days(5);
+    b.js("document.getElementById('ate').value = arguments[0]", vec![json!(later.to_string())]).await;
+    b.click("#form-periodo button[type=submit]").await;
+    settle(&b).await;
+    assert_eq!(b.find_all("#tabela-dias tbody tr.projetado").await.len(), 5);
+    assert_eq!(chart_points(&b).await, api_points(&p.api, &tokens[0], (de, later)).await);
+    // The shade's alpha, sampled down the middle of a projected day and of a consolidated one.
+    let shade = "const u = document.getElementById('grafico-saldo').uplot; \
+        const x = Math.round(u.valToPos(Date.parse(arguments[0]) / 1000, 'x', true)); \
+        const px = u.ctx.getImageData(x, u.bbox.top, 1, u.bbox.height).data; \
+        let shaded = 0; for (let i = 3; i < px.length; i += 4) if (px[i] > 20) shaded++; \
+        return shaded / (px.length / 4);";
+    let projected = b.js(shade, vec![json!(later.to_string())]).await.as_f64().unwrap();
+    let consolidated = b.js(shade, vec![json!((de + Days::days(1)).to_string())]).await.as_f64().unwrap();
+    assert!(projected > 0.9 && consolidated < 0.5, "shaded share: projected {projected}, consolidated {consolidated}");
+
     let path = artifacts_dir().join("pagina-com-dados.png");
     b.screenshot(&path).await;
     let png = std::fs::read(&path).unwrap();
@@ -251,7 +268,9 @@ async fn a_bad_amount_shows_its_field_error_and_nothing_is_posted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csv_download_equals_the_statement_page_by_page() {
     let (p, tokens) = pipeline().await;
-    let today = chrono::Utc::now().date_naive();
+    let b = open_as(&p, MERCHANTS[0]).await;
+    let range = period(&b).await;
+    let today = range.1;
     // 25 entries (two pages of the page's 20), descriptions that CSV must quote.
     let texts = ["venda, balcão", "aspas \"duplas\"", "ação; serviço", "R$ 1.234,56 à vista", "simples"];
     for i in 0..25_i64 {
@@ -265,13 +284,13 @@ async fn the_csv_download_equals_the_statement_page_by_page() {
         });
         assert_eq!(p.api.post_entry(&tokens[0], &body, None).await.status(), 202);
     }
-    let b = open_as(&p, MERCHANTS[0]).await;
-    let range = period(&b).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let statement = loop {
         let statement = api_statement(&p.api, &tokens[0], range).await;
         if statement.len() == 25 {
             break statement;
         }
+        assert!(std::time::Instant::now() < deadline, "{} of 25 entries consolidated in 30 s", statement.len());
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     b.click("#form-periodo button[type=submit]").await;
@@ -325,6 +344,7 @@ async fn a_reversal_through_the_page_after_its_confirmation_nets_the_day_to_zero
     assert_eq!(b.js("return document.getElementById('confirmar-estorno').open", vec![]).await, true);
     b.click("#cancelar-estorno").await;
     assert_eq!(b.js("return document.getElementById('confirmar-estorno').open", vec![]).await, false);
+    assert_eq!(calls(&b, "/estorno").await, 0, "a cancelled reversal sends nothing");
 
     // Confirmed: the reversal takes the original's day by default.
     b.click(row).await;
@@ -332,6 +352,7 @@ async fn a_reversal_through_the_page_after_its_confirmation_nets_the_day_to_zero
     assert_eq!(proposed, day.to_string());
     b.click("#confirmar").await;
     settle(&b).await;
+    assert_eq!(calls(&b, "/estorno").await, 1);
     assert!(shown(&b, "#aviso").await.contains("Estorno"), "{}", shown(&b, "#aviso").await);
 
     let points = api_points(&p.api, &tokens[0], (de, ate)).await;
@@ -356,16 +377,19 @@ async fn another_merchant_logged_in_after_the_first_sees_none_of_its_data() {
     let (_, ate) = period(&b).await;
     post_through_form(&b, "credito", "777,00", ate, "segredo da primeira loja", "privado").await;
     assert!(shown(&b, "#tabela-extrato tbody").await.contains("segredo"));
+    b.click("#tabela-extrato tbody tr[data-id] button.estornar").await;
+    b.click("#cancelar-estorno").await;
 
     b.click("#sair").await;
     assert_eq!(b.js("return document.getElementById('painel').hidden", vec![]).await, true);
     log_in(&b, MERCHANTS[1]).await;
     let range = period(&b).await;
 
-    let body = b.js("return document.body.textContent", vec![]).await;
-    let body = body.as_str().unwrap();
-    assert!(!body.contains("segredo") && !body.contains("privado") && !body.contains("777"), "{body}");
-    assert!(body.contains(MERCHANTS[1]) && !body.contains(MERCHANTS[0]), "{body}");
+    // Nothing of the first merchant anywhere in the page: text, attributes, the dialog.
+    let html = b.js("return document.documentElement.outerHTML", vec![]).await;
+    let html = html.as_str().unwrap();
+    assert!(!html.contains("segredo") && !html.contains("privado") && !html.contains("777"), "{html}");
+    assert!(html.contains(MERCHANTS[1]) && !html.contains(MERCHANTS[0]), "{html}");
     let points = chart_points(&b).await;
     assert_eq!(points, api_points(&p.api, &tokens[1], range).await);
     assert!(points.iter().all(|&(_, c, d, s)| (c, d, s) == (0, 0, 0)), "{points:?}");
@@ -379,16 +403,23 @@ async fn another_merchant_logged_in_after_the_first_sees_none_of_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_logs_out_when_its_token_expires_and_forgets_what_it_showed() {
-    let (p, _) = pipeline_with(&[("token_ttl_secs: 900", "token_ttl_secs: 3")]).await;
+    let (p, tokens) = pipeline_with(&[("token_ttl_secs: 900", "token_ttl_secs: 8")]).await;
+    let today = chrono::Utc::now().date_naive().to_string();
+    let entry = json!({"tipo": "credito", "valor": "10.00", "data": today, "descricao": "antes de expirar"});
+    assert_eq!(p.api.post_entry(&tokens[0], &entry, None).await.status(), 202);
+    let consolidated = format!("/v1/lancamentos?de={today}&ate={today}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while p.api.get(&tokens[0], &consolidated).await.json::<Value>().await.unwrap()["lancamentos"] == json!([]) {
+        assert!(std::time::Instant::now() < deadline, "the entry was not consolidated in 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let b = open_as(&p, MERCHANTS[0]).await;
-    let (_, ate) = period(&b).await;
-    post_through_form(&b, "credito", "10,00", ate, "antes de expirar", "").await;
     assert!(shown(&b, "#tabela-extrato tbody").await.contains("antes de expirar"));
 
     b.wait_until("the login form again", "return !document.getElementById('entrar').hidden").await;
     assert!(shown(&b, "#aviso").await.contains("expirou"), "{}", shown(&b, "#aviso").await);
-    let body = b.js("return document.body.textContent", vec![]).await;
-    assert!(!body.as_str().unwrap().contains("antes de expirar"), "{body}");
+    let html = b.js("return document.documentElement.outerHTML", vec![]).await;
+    assert!(!html.as_str().unwrap().contains("antes de expirar"), "{html}");
     assert_eq!(b.js("return document.getElementById('grafico-saldo').uplot", vec![]).await, Value::Null);
     assert_eq!(b.js("return document.activeElement.name", vec![]).await, "username");
 }
