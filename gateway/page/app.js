@@ -267,8 +267,9 @@
       scales: { x: { time: true, range: (u, min, max) => [min - DAY_SECS / 2, max + DAY_SECS / 2] } },
       series: [
         { label: 'Dia', value: (u, secs) => (secs == null ? '—' : dateBR(isoOfEpoch(secs))) },
-        { label: 'Créditos', stroke: '#1a7f37', fill: 'rgba(26,127,55,0.55)', paths: bars, points: { show: false }, value: reais },
-        { label: 'Débitos', stroke: '#b3261e', fill: 'rgba(179,38,30,0.55)', paths: bars, points: { show: false }, value: reais },
+        // Bars without an outline: a day without credits or debits draws nothing.
+        { label: 'Créditos', stroke: 'transparent', fill: 'rgba(26,127,55,0.7)', paths: bars, points: { show: false }, value: reais },
+        { label: 'Débitos', stroke: 'transparent', fill: 'rgba(179,38,30,0.7)', paths: bars, points: { show: false }, value: reais },
         { label: 'Saldo final', stroke: '#0b3d91', width: 2, value: reais },
       ],
       axes: [
