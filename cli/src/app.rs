@@ -30,9 +30,19 @@ pub fn keys_dir(config: &PipelineConfig, common: &Common) -> std::path::PathBuf 
     common.data_dir.join(&config.services.auth.keys_dir)
 }
 
+/// Loads every SmartModule `config` declares (consolidation loads them again for each session):
+/// a module that cannot load stops the start, naming its YAML path.
+pub fn check_smartmodules(config: &PipelineConfig) -> Result<()> {
+    cashflow_dataflow::smartmodule::load_all(config).map(drop).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("{}", lines.join("\n"))
+    })
+}
+
 /// The whole pipeline in one process.
 pub async fn up(config: PipelineConfig, common: &Common) -> Result<()> {
     announce(&config);
+    check_smartmodules(&config)?;
     let broker = start_broker(&config, common).await?;
     let result = async {
         let config = Arc::new(config);
@@ -103,6 +113,7 @@ pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Resul
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned());
             let ops = tokio::spawn(ops.into_future());
             if consolidate {
+                check_smartmodules(&config)?;
                 cashflow_dataflow::run(Arc::clone(&config), store.clone(), shutdown.clone()).await;
             } else {
                 cashflow_retry::run(Arc::clone(&config), store.clone(), shutdown.clone()).await;

@@ -187,12 +187,18 @@ fn load(common: &Common) -> Result<PipelineConfig> {
 }
 
 fn validate(file: &std::path::Path) -> ExitCode {
-    match PipelineConfig::load(file) {
+    // Every SmartModule is read, compiled and started too.
+    let loaded = PipelineConfig::load(file).and_then(|c| match cashflow_dataflow::smartmodule::load_all(&c) {
+        Ok(_) => Ok(c),
+        Err(problems) => Err(cashflow_core::config::ConfigError { file: file.display().to_string(), problems }),
+    });
+    match loaded {
         Ok(c) => {
             println!(
-                "{}: ok ({} topics, broker {}, store {})",
+                "{}: ok ({} topics, {} smartmodule(s), broker {}, store {})",
                 file.display(),
                 c.topics.len(),
+                c.smartmodules().len(),
                 c.kafka.brokers,
                 c.store.url.scheme()
             );

@@ -225,6 +225,9 @@ fn print_report(r: &Report, took_ms: u64) {
         "{} stored, {} duplicate(s) of a stored id, {} retried then consolidated, {} held for retry, {} parked",
         r.stored, r.duplicates, r.consolidated_later, r.held, r.parked
     );
+    if r.filtered > 0 {
+        println!("{} dropped by the SmartModules (run again, they drop them again)", r.filtered);
+    }
     for u in &r.unaccounted {
         println!(
             "unaccounted: {}/{}@{} merchant {} id {}",

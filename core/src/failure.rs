@@ -40,6 +40,10 @@ pub enum Code {
     /// The store refused the one record for its data (a constraint, a value out of range), while
     /// the records around it were consolidated.
     StoreRejected,
+    /// A SmartModule trapped, ran out of fuel or memory, or returned an error for the entry.
+    SmartmoduleError,
+    /// A SmartModule's output is not a valid entry of the same merchant with the id it must carry.
+    SmartmoduleOutput,
 }
 
 /// What becomes of a record that failed with a code.
@@ -59,7 +63,7 @@ pub trait Transient: std::error::Error + Send + Sync + 'static {
 }
 
 impl Code {
-    pub const ALL: [Code; 10] = [
+    pub const ALL: [Code; 12] = [
         Code::Malformed,
         Code::UnknownVersion,
         Code::InvalidField,
@@ -70,6 +74,8 @@ impl Code {
         Code::InvalidHeaders,
         Code::AmountOverflow,
         Code::StoreRejected,
+        Code::SmartmoduleError,
+        Code::SmartmoduleOutput,
     ];
 
     /// The stable, low-cardinality text of the header and the metric label.
@@ -85,19 +91,24 @@ impl Code {
             Code::InvalidHeaders => "invalid_headers",
             Code::AmountOverflow => "amount_overflow",
             Code::StoreRejected => "store_rejected",
+            Code::SmartmoduleError => "smartmodule_error",
+            Code::SmartmoduleOutput => "smartmodule_output",
         }
     }
 
     /// Whether a record that failed with this code is retried or parked at once. A malformed
     /// record or an out-of-window date is retried: a newer build or a widened window may read
-    /// it, and it is parked once its retries run out.
+    /// it, and it is parked once its retries run out; so is a record a SmartModule failed, which
+    /// a corrected module may take.
     pub fn disposition(self) -> Disposition {
         match self {
             Code::Malformed
             | Code::UnknownVersion
             | Code::InvalidField
             | Code::OriginalNotFound
-            | Code::StoreRejected => Disposition::Retry,
+            | Code::StoreRejected
+            | Code::SmartmoduleError
+            | Code::SmartmoduleOutput => Disposition::Retry,
             Code::ConflictingDuplicate
             | Code::AlreadyReversed
             | Code::InvalidReversal
@@ -221,7 +232,18 @@ mod tests {
     fn only_what_time_can_fix_is_retried() {
         let retried: Vec<&str> =
             Code::ALL.into_iter().filter(|c| c.disposition() == Disposition::Retry).map(Code::as_str).collect();
-        assert_eq!(retried, ["malformed", "unknown_version", "invalid_field", "original_not_found", "store_rejected"]);
+        assert_eq!(
+            retried,
+            [
+                "malformed",
+                "unknown_version",
+                "invalid_field",
+                "original_not_found",
+                "store_rejected",
+                "smartmodule_error",
+                "smartmodule_output"
+            ]
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub const WIRE_VERSION: u32 = 1;
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6a1c_2f0e_9b1d_4c55_8d3e_1f5a_c0ff_ee01);
 /// Namespace for the ids of reversals, derived from (merchant, original id).
 const REVERSAL_NAMESPACE: Uuid = Uuid::from_u128(0x3e57_0a90_5c1b_4f7e_a2d4_7b0e_5e57_0a90);
+const DERIVED_NAMESPACE: Uuid = Uuid::from_u128(0x5a17_d3e1_77c4_4b2a_9e0f_1d6c_5a17_d3e1);
 
 /// A merchant (*comerciante*) id: 1 to 64 characters of `[A-Za-z0-9_.-]`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -70,6 +71,12 @@ impl EntryId {
     pub fn reversal_of(merchant: &MerchantId, original: EntryId) -> Self {
         let name = format!("{}\n{}", merchant.as_str(), original);
         EntryId(Uuid::new_v5(&REVERSAL_NAMESPACE, name.as_bytes()))
+    }
+
+    /// The id of the `n`th entry (from 1) a SmartModule made of `source` besides `source`
+    /// itself: the same entry always gives the same ids, so a redelivery is counted once.
+    pub fn derived(source: EntryId, n: usize) -> Self {
+        EntryId(Uuid::new_v5(&DERIVED_NAMESPACE, format!("{source}\n{n}").as_bytes()))
     }
 }
 

@@ -3,7 +3,9 @@
 //! - the origin of a stored entry;
 //! - a duplicate of a stored entry's id (a client's retry, a redelivery);
 //! - a failure, found on the retry or the dead-letter topic by its origin, with its fate: parked,
-//!   consolidated later (its id is stored), or still held by the retry path.
+//!   consolidated later (its id is stored), or still held by the retry path;
+//! - an entry a SmartModule drops (a filter): the audit runs the declared modules on a record
+//!   it cannot otherwise account for, and they must drop it again (modules are pure).
 //!
 //! The store's progress and its entries are read in one snapshot, and the failure topics after
 //! it: an epoch sends its failures before it commits their offsets, so every failure below the
@@ -34,6 +36,8 @@ pub enum AuditError {
     Kafka(#[from] KafkaError),
     #[error("no record of {topic}/{partition} arrived for {secs} s at offset {offset}; is the broker up?")]
     Stalled { topic: String, partition: i32, offset: i64, secs: u64 },
+    #[error("a SmartModule did not load: {0}")]
+    SmartModule(String),
 }
 
 /// What the audit found.
@@ -46,6 +50,8 @@ pub struct Report {
     pub consolidated_later: u64,
     pub held: u64,
     pub parked: u64,
+    /// Entries the SmartModules drop.
+    pub filtered: u64,
     pub unaccounted: Vec<Unaccounted>,
 }
 
@@ -95,11 +101,16 @@ struct Pending {
     unaccounted: Unaccounted,
     /// Where it first failed, if it is a retry; else where it stands.
     origin: Position,
+    /// The record, when SmartModules may account for it.
+    payload: Option<Vec<u8>>,
 }
 
 /// Audits the consolidation sources against the store. Reads every record below the progress
 /// once, and the failure topics whole.
 pub async fn audit(config: &PipelineConfig, store: &Store) -> Result<Report, AuditError> {
+    let mut modules = crate::smartmodule::load_all(config).map_err(|problems| {
+        AuditError::SmartModule(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    })?;
     let mut snapshot = store.snapshot().await?;
     let progress = snapshot.progress(&config.services.consolidate.group).await?;
     let consumer: BaseConsumer = cashflow_kafka::with_properties(config, |c| {
@@ -148,8 +159,10 @@ pub async fn audit(config: &PipelineConfig, store: &Store) -> Result<Report, Aud
                 log_end,
                 progress: next,
             });
+            let keep_payloads = !modules.is_empty();
             report.stored +=
-                audit_partition(&mut snapshot, &consumer, (&topic, partition), (from, to), &mut pending).await?;
+                audit_partition(&mut snapshot, &consumer, (&topic, partition), (from, to), keep_payloads, &mut pending)
+                    .await?;
         }
     }
     let ids: Vec<String> = pending.iter().filter_map(|p: &Pending| p.unaccounted.id.clone()).collect();
@@ -163,19 +176,27 @@ pub async fn audit(config: &PipelineConfig, store: &Store) -> Result<Report, Aud
             (Some(Fate::Retrying), true) => report.consolidated_later += 1,
             (Some(Fate::Retrying), false) => report.held += 1,
             (None, true) => report.duplicates += 1,
+            (None, false) if dropped_by(&mut modules, p.payload.as_deref()) => report.filtered += 1,
             (None, false) => report.unaccounted.push(p.unaccounted),
         }
     }
     Ok(report)
 }
 
+/// Whether the SmartModules drop this entry (a filter), as they did when it was consolidated.
+fn dropped_by(modules: &mut [crate::smartmodule::SmartModule], payload: Option<&[u8]>) -> bool {
+    let entry = payload.and_then(|p| cashflow_core::Lancamento::decode(p).ok());
+    entry.is_some_and(|e| crate::smartmodule::apply_all(modules, e).is_ok_and(|made| made.is_empty()))
+}
+
 /// Reads `[from, to)` of one partition: counts the records stored entries came from, and adds
-/// the others to `pending`.
+/// the others to `pending` (with their payload if `keep_payloads`).
 async fn audit_partition(
     snapshot: &mut Snapshot,
     consumer: &BaseConsumer,
     (topic, partition): (&str, i32),
     (from, to): (i64, i64),
+    keep_payloads: bool,
     pending: &mut Vec<Pending>,
 ) -> Result<u64, AuditError> {
     if from >= to {
@@ -201,7 +222,7 @@ async fn audit_partition(
                 merchant: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                 id: Incoming::decode(payload).ok().map(|e| e.id().to_string()),
             };
-            pending.push(Pending { unaccounted, origin });
+            pending.push(Pending { unaccounted, origin, payload: keep_payloads.then(|| payload.to_vec()) });
         })
     })?;
     Ok(stored)

@@ -1,6 +1,6 @@
 //! Consolidation: Kafka → timely + differential dataflow → store, in epochs.
 //!
-//! timely and differential types stay inside this crate.
+//! timely and differential types stay inside this crate, and so do the SmartModule engine's.
 
 mod audit;
 mod build;
@@ -9,6 +9,7 @@ mod events;
 mod lag;
 mod operator;
 mod reconcile;
+pub mod smartmodule;
 mod stage;
 
 pub use audit::{AuditError, Covered, Report, Unaccounted, audit};

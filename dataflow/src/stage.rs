@@ -43,6 +43,8 @@ pub enum ConsolidateError {
         "the store keeps other states than pipeline.yaml declares ({0}): is a consolidator with another pipeline.yaml running?"
     )]
     StatesDiffer(String),
+    #[error("a SmartModule did not load: {0}")]
+    SmartModule(String),
 }
 
 /// Runs until `shutdown`. Failures restart the session with backoff; they never lose or
@@ -69,6 +71,10 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     let states = crate::build::declared(config);
     crate::build::build(store, &states).await?;
     let dataflow = Consolidator::start(states.iter().map(|s| s.key.clone()).collect())?;
+    let modules = crate::smartmodule::load_all(config).map_err(|problems| {
+        ConsolidateError::SmartModule(problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+    })?;
+    let modules = std::sync::Mutex::new(modules);
     let mut resume = store.load_progress(&cons.group).await?;
 
     let consumer: GroupConsumer = kafka::with_properties(config, |c| {
@@ -116,7 +122,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             continue;
         }
         let timer = Instant::now();
-        let epoch = Epoch { config, states: &states, store, dataflow: &dataflow, producer: &errors };
+        let epoch = Epoch { config, states: &states, store, dataflow: &dataflow, producer: &errors, modules: &modules };
         // Each lane commits its partitions and their progress in its own transaction: a lane
         // that fails leaves the others' commits standing, and the session restarts from the store.
         let commits = futures::future::join_all(split_lanes(batch, lanes).iter().map(|lane| epoch.commit(lane))).await;

@@ -59,6 +59,11 @@ pub struct Metrics {
     pub reconcile_merchants: IntGauge,
     pub reconcile_last_run: IntGauge,
     pub reconcile_runs: IntCounterVec,
+    pub smartmodule_records_in: IntCounterVec,
+    pub smartmodule_records_out: IntCounterVec,
+    pub smartmodule_records_failed: IntCounterVec,
+    pub smartmodule_fuel: IntCounterVec,
+    pub smartmodule_seconds: prometheus::CounterVec,
     names: Vec<String>,
 }
 
@@ -264,6 +269,38 @@ impl Metrics {
                 "Scheduled reconciliations, by outcome: clean, mismatch (a difference found) or error (not run to the end).",
                 &["outcome"],
                 &[&["clean"], &["mismatch"], &["error"]],
+            ),
+            smartmodule_records_in: d.counter_vec(
+                "cashflow_smartmodule_records_in_total",
+                "Entries given to a SmartModule, by module.",
+                &["smartmodule"],
+                &[],
+            ),
+            smartmodule_records_out: d.counter_vec(
+                "cashflow_smartmodule_records_out_total",
+                "Entries a SmartModule gave back (none for a dropped entry, several for an array-map), by module.",
+                &["smartmodule"],
+                &[],
+            ),
+            smartmodule_records_failed: d.counter_vec(
+                "cashflow_smartmodule_records_failed_total",
+                "Entries a SmartModule failed (smartmodule_error, smartmodule_output), by module and code.",
+                &["smartmodule", "code"],
+                &[],
+            ),
+            smartmodule_fuel: d.counter_vec(
+                "cashflow_smartmodule_fuel_used_total",
+                "Fuel (wasmtime's unit of work) SmartModules spent, by module.",
+                &["smartmodule"],
+                &[],
+            ),
+            smartmodule_seconds: d.register(
+                "cashflow_smartmodule_duration_seconds_total",
+                prometheus::CounterVec::new(
+                    Opts::new("cashflow_smartmodule_duration_seconds_total", "Time spent in SmartModules, by module."),
+                    &["smartmodule"],
+                )
+                .expect(DECLARED),
             ),
             gateway_upstream_replicas_ready: d.gauge_vec(
                 "cashflow_gateway_upstream_replicas_ready",

@@ -285,16 +285,19 @@ fn check_states(out: &mut Vec<Problem>, cons: &ConsolidateConfig) {
     }
 
     let names: Vec<&str> = cons.transforms.iter().map(Transform::name).collect();
-    if names != ["validate", "dedupe", "aggregate"] {
+    let builtins: Vec<&str> = names.iter().copied().filter(|n| *n != "smartmodule").collect();
+    let modules_in_place = names.iter().skip(2).take(names.len().saturating_sub(3)).all(|n| *n == "smartmodule");
+    if builtins != ["validate", "dedupe", "aggregate"] || !modules_in_place {
         problem_at(
             out,
             &at("transforms"),
             format!(
-                "must be validate, dedupe, aggregate, in that order (found [{}]): entries are counted once, after they are checked",
+                "must be validate, dedupe, any smartmodules, aggregate, in that order (found [{}]): entries are counted once, after they are checked",
                 names.join(", ")
             ),
         );
     }
+    let mut modules = BTreeSet::new();
     let mut kept = BTreeSet::new();
     for (i, t) in cons.transforms.iter().enumerate() {
         match t {
@@ -327,6 +330,20 @@ fn check_states(out: &mut Vec<Problem>, cons: &ConsolidateConfig) {
                 }
             }
             Transform::Dedupe => {}
+            Transform::Smartmodule(m) => {
+                let at_field = |field: &str| at(&format!("transforms[{i}].{field}"));
+                if m.name.is_empty() || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                    problem_at(out, &at_field("name"), "must be letters, digits, - and _ (it labels metrics)");
+                } else if !modules.insert(m.name.as_str()) {
+                    problem_at(out, &at_field("name"), format!("smartmodule {:?} is named twice", m.name));
+                }
+                if !(1_000..=1_000_000_000_000).contains(&m.fuel) {
+                    problem_at(out, &at_field("fuel"), "must be between 1000 and 1000000000000");
+                }
+                if !((1 << 20)..=(4 << 30)).contains(&m.max_memory_bytes) {
+                    problem_at(out, &at_field("max_memory_bytes"), "must be between 1 MiB (1048576) and 4 GiB");
+                }
+            }
         }
     }
     for name in cons.states.keys().filter(|n| !kept.contains(n.as_str())) {

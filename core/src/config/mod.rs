@@ -70,6 +70,10 @@ pub struct PipelineConfig {
     /// Every topic the pipeline uses, created at start with these partition counts.
     pub topics: BTreeMap<String, TopicConfig>,
     pub services: Services,
+    /// The directory of the file this came from: paths in it (a SmartModule's) are relative to
+    /// it. The working directory for text parsed without a file.
+    #[serde(skip)]
+    pub dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -424,7 +428,8 @@ pub struct ConsolidateConfig {
     /// The states the dataflow keeps, by name (the name in
     /// `GET /v1/consolidado/estados/{nome}`), each in its own table.
     pub states: BTreeMap<String, StateConfig>,
-    /// The operators each record goes through, in order: `validate`, `dedupe`, then `aggregate`.
+    /// The operators each record goes through, in order: `validate`, `dedupe`, any
+    /// `smartmodule`s, then `aggregate`.
     pub transforms: Vec<Transform>,
     pub on_error: TopicRef,
     /// Consumer group; progress is stored per group, topic and partition.
@@ -594,6 +599,8 @@ pub enum Transform {
     },
     /// Count each entry id once: the store's primary key on `lancamentos` decides.
     Dedupe,
+    /// A user's WebAssembly filter or map (a Fluvio SmartModule) over each entry.
+    Smartmodule(SmartModuleConfig),
     /// Add each new entry to these states.
     Aggregate { into: Vec<String> },
 }
@@ -603,9 +610,56 @@ impl Transform {
         match self {
             Transform::Validate { .. } => "validate",
             Transform::Dedupe => "dedupe",
+            Transform::Smartmodule(_) => "smartmodule",
             Transform::Aggregate { .. } => "aggregate",
         }
     }
+}
+
+/// A SmartModule: a WebAssembly module built with `fluvio-smartmodule`, run on each entry as its
+/// wire JSON (`v: 1`). See the README, "Writing a SmartModule".
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmartModuleConfig {
+    /// Its name: in metrics, logs and failure details.
+    pub name: String,
+    /// The `.wasm` file, relative to this file.
+    pub path: PathBuf,
+    pub kind: SmartModuleKind,
+    /// Given to the module's `init` (`SmartModuleExtraParams`).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Fuel (wasmtime's unit of work) each entry may spend; an entry that needs more fails with
+    /// `smartmodule_error`, and the stream goes on.
+    #[serde(default = "SmartModuleConfig::default_fuel")]
+    pub fuel: u64,
+    /// Most linear memory the module may grow to.
+    #[serde(default = "SmartModuleConfig::default_max_memory_bytes")]
+    pub max_memory_bytes: usize,
+}
+
+impl SmartModuleConfig {
+    const fn default_fuel() -> u64 {
+        10_000_000
+    }
+    const fn default_max_memory_bytes() -> usize {
+        16 << 20
+    }
+}
+
+/// What a SmartModule does with an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmartModuleKind {
+    /// Keeps the entry or drops it.
+    Filter,
+    /// Changes the entry (not its id or merchant).
+    Map,
+    /// Drops the entry, or changes it.
+    FilterMap,
+    /// Turns the entry into any number of entries of its merchant; the first keeps its id, and
+    /// each other's id is derived from it and its place.
+    ArrayMap,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -651,7 +705,25 @@ impl PipelineConfig {
             file: file.clone(),
             problems: vec![Problem { path: String::new(), message: format!("cannot read: {e}") }],
         })?;
-        Self::parse(&file, &text, |name| std::env::var(name).ok())
+        let mut config = Self::parse(&file, &text, |name| std::env::var(name).ok())?;
+        config.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
+    }
+
+    /// `path` from the file, relative to its directory unless absolute.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.dir.join(path)
+    }
+
+    /// The `smartmodule` operators, in order, each with its YAML path.
+    pub fn smartmodules(&self) -> Vec<(String, &SmartModuleConfig)> {
+        let transforms = self.services.consolidate.transforms.iter().enumerate();
+        transforms
+            .filter_map(|(i, t)| match t {
+                Transform::Smartmodule(m) => Some((format!("services.consolidate.transforms[{i}]"), m)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Parses YAML text; `env` resolves `${NAME}`.

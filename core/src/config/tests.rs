@@ -76,10 +76,55 @@ fn operators_out_of_order_are_rejected() {
     );
     let p = problems(&yaml);
     assert!(
-        p.iter().any(|p| p.starts_with("services.consolidate.transforms: must be validate, dedupe, aggregate")),
+        p.iter()
+            .any(|p| p
+                .starts_with("services.consolidate.transforms: must be validate, dedupe, any smartmodules, aggregate")),
         "{p:?}"
     );
     assert!(p.iter().any(|p| p.starts_with("services.consolidate.transforms[3].into[2]: state \"saldo-mensal\" is named twice")), "{p:?}");
+}
+
+const MODULE: &str = "      - operator: smartmodule\n        name: categorias\n        path: smartmodules/categorias/categorias.wasm\n        kind: map\n        params: { regra: \"aluguel=moradia\" }\n";
+
+#[test]
+fn smartmodules_go_between_dedupe_and_aggregate() {
+    let yaml = edit("      - operator: aggregate ", &format!("{MODULE}      - operator: aggregate "));
+    let c = PipelineConfig::parse("test.yaml", &yaml, no_env).unwrap();
+    let modules = c.smartmodules();
+    assert_eq!(modules.len(), 1);
+    let (at, m) = &modules[0];
+    assert_eq!(at, "services.consolidate.transforms[2]");
+    assert_eq!(
+        (m.name.as_str(), m.kind, m.params["regra"].as_str()),
+        ("categorias", SmartModuleKind::Map, "aluguel=moradia")
+    );
+    assert_eq!((m.fuel, m.max_memory_bytes), (10_000_000, 16 << 20), "the defaults");
+
+    let before_validate = edit("      - operator: validate ", &format!("{MODULE}      - operator: validate "));
+    let p = problems(&before_validate);
+    assert!(
+        p.iter()
+            .any(|p| p
+                .starts_with("services.consolidate.transforms: must be validate, dedupe, any smartmodules, aggregate")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_smartmodule_with_bad_keys_is_refused_at_their_paths() {
+    let twice = format!("{MODULE}{MODULE}");
+    let bad = twice.replacen("kind: map", "kind: map\n        fuel: 10\n        max_memory_bytes: 1024", 1);
+    let p = problems(&edit("      - operator: aggregate ", &format!("{bad}      - operator: aggregate ")));
+    for expected in [
+        "services.consolidate.transforms[3].name: smartmodule \"categorias\" is named twice",
+        "services.consolidate.transforms[2].fuel: must be between",
+        "services.consolidate.transforms[2].max_memory_bytes: must be between",
+    ] {
+        assert!(p.iter().any(|p| p.starts_with(expected)), "{expected}: {p:?}");
+    }
+    let unknown = MODULE.replace("kind: map", "kind: reduce");
+    let p = problems(&edit("      - operator: aggregate ", &format!("{unknown}      - operator: aggregate ")));
+    assert!(p.iter().any(|p| p.starts_with("services.consolidate.transforms[2]")), "{p:?}");
 }
 
 #[test]

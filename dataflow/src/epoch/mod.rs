@@ -2,8 +2,10 @@
 //! in one store transaction. Records that will never count go to the error topics first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cashflow_core::Lancamento;
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::failure::{Code, Disposition, Failure, retry_delay};
 use cashflow_kafka::{read_failure, send_failed};
@@ -16,6 +18,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::ConsolidateError;
 use crate::events::{EpochCommitted, RecordRejected};
 use crate::operator::{Consolidator, Fact};
+use crate::smartmodule::SmartModule;
 
 mod steps;
 
@@ -75,6 +78,8 @@ pub(crate) struct Epoch<'a> {
     pub store: &'a Store,
     pub dataflow: &'a Consolidator,
     pub producer: &'a FutureProducer,
+    /// The `smartmodule` operators, in order; the lanes take turns.
+    pub modules: &'a Mutex<Vec<SmartModule>>,
 }
 
 impl Epoch<'_> {
@@ -149,6 +154,10 @@ impl Epoch<'_> {
         let (entries, unresolved) = steps::resolve(incoming, originals);
         rejected.extend(unresolved);
 
+        // the users' SmartModules, on new entries (a reversal's facts are its original's)
+        let (entries, failed) = self.transform(entries);
+        rejected.extend(failed);
+
         // dedupe: the store's primary key decides which ids are new
         let candidates = steps::candidates(entries);
         let inserted = tx.insert_entries(&candidates.first).await?;
@@ -185,6 +194,30 @@ impl Epoch<'_> {
         let rows = self.states.iter().zip(&changed).map(|(s, c)| (s.table.as_str(), c.len())).collect();
         EpochCommitted { opened: tx_opened, fresh: &fresh, duplicates, rows }.emit();
         Ok(next)
+    }
+
+    /// Each new entry through the SmartModules: what they give, each with the record it came
+    /// from; and the records a module failed.
+    fn transform<'r>(
+        &self,
+        entries: Vec<(Lancamento, &'r Record)>,
+    ) -> (Vec<(Lancamento, &'r Record)>, Vec<Rejected<'r>>) {
+        let mut modules = self.modules.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if modules.is_empty() {
+            return (entries, Vec::new());
+        }
+        let (mut out, mut rejected) = (Vec::with_capacity(entries.len()), Vec::new());
+        for (entry, record) in entries {
+            if entry.estorno_de.is_some() {
+                out.push((entry, record));
+                continue;
+            }
+            match crate::smartmodule::apply_all(&mut modules, entry) {
+                Ok(made) => out.extend(made.into_iter().map(|e| (e, record))),
+                Err(f) => rejected.push(Rejected::new(record, f.code, f.detail)),
+            }
+        }
+        (out, rejected)
     }
 
     /// Fails the epoch unless the store keeps exactly the states this consolidator computes: a
