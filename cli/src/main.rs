@@ -6,6 +6,7 @@ mod broker;
 mod dlq;
 mod loadgen;
 mod ops;
+mod smartmodule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +89,11 @@ enum Command {
     /// Rebuild states from the stored entries, each in one transaction: readers see the old rows
     /// until it commits. Consolidation waits while it runs; ingest goes on.
     Rebuild(ops::RebuildArgs),
+    /// SmartModules, for their authors: run one over entries.
+    Smartmodule {
+        #[command(subcommand)]
+        command: smartmodule::SmartmoduleCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -128,9 +134,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cashflow_observability::init_tracing();
     raise_open_files_limit();
-    if let Command::Validate { file } = &cli.command {
-        return validate(file.as_ref().unwrap_or(&cli.common.config));
-    }
+    let cli = match cli.command {
+        Command::Validate { file } => return validate(file.as_ref().unwrap_or(&cli.common.config)),
+        Command::Smartmodule { command } => return smartmodule::run(command),
+        command => Cli { command, ..cli },
+    };
     // The load generator runs on one thread: at thousands of requests a second, waking tasks
     // across worker threads cost it more CPU (kernel task switches) than the requests, on the
     // cores it shares with the system it measures.
@@ -158,7 +166,7 @@ fn main() -> ExitCode {
             Command::Reconcile(args) => ops::reconcile(args, config, &cli.common).await,
             Command::Audit(args) => ops::audit(args, config, &cli.common).await,
             Command::Rebuild(args) => ops::rebuild(args, config, &cli.common).await,
-            Command::Validate { .. } => Ok(()),
+            Command::Validate { .. } | Command::Smartmodule { .. } => Ok(()),
         }
     });
     match result {

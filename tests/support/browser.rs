@@ -92,7 +92,9 @@ impl Browser {
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = loop {
-            match ClientBuilder::rustls().unwrap().capabilities(capabilities.clone()).connect(&url).await {
+            let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+            builder.capabilities(capabilities.clone());
+            match builder.connect(&url).await {
                 Ok(client) => break client,
                 Err(e) if Instant::now() > deadline => panic!("no WebDriver session from chromedriver at {url}: {e}"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -286,7 +286,7 @@ fn validate_refuses_bad_state_and_transform_declarations() {
                 .replacen("- operator: validate ", "- operator: TMP ", 1)
                 .replacen("- operator: dedupe ", "- operator: validate ", 1)
                 .replacen("- operator: TMP ", "- operator: dedupe ", 1),
-            "services.consolidate.transforms: must be validate, dedupe, aggregate",
+            "services.consolidate.transforms: must be validate, dedupe, any smartmodules, aggregate",
         ),
         (
             "an aggregate into an unknown state",
