@@ -25,6 +25,7 @@ use fluvio_smartengine::{
 };
 use fluvio_smartmodule::Record;
 use fluvio_smartmodule::dataplane::smartmodule::SmartModuleInput;
+use prometheus::{Counter, IntCounter};
 
 /// One loaded module, ready to run entries.
 pub struct SmartModule {
@@ -32,10 +33,33 @@ pub struct SmartModule {
     pub kind: SmartModuleKind,
     chain: SmartModuleChainInstance,
     window: DateWindow,
-    /// What it was made from: a module that trapped is made again, since a trap can leave its
-    /// memory (its allocator, its stack) in any state.
+    /// What it was made from: a module that failed is made again. Memory only grows, and each
+    /// call leaves its output buffer behind (the guest forgets it, the engine never frees it), so
+    /// a module that hit `max_memory_bytes` would fail every entry after; a trap, too, can leave
+    /// its allocator or stack in any state.
     config: SmartModuleConfig,
     bytes: Vec<u8>,
+    counters: Counters,
+}
+
+/// The module's own series, looked up once: `apply` runs for every entry.
+struct Counters {
+    records_in: IntCounter,
+    records_out: IntCounter,
+    seconds: Counter,
+    fuel: IntCounter,
+}
+
+impl Counters {
+    fn of(name: &str) -> Self {
+        let m = cashflow_observability::metrics();
+        Counters {
+            records_in: m.smartmodule_records_in.with_label_values(&[name]),
+            records_out: m.smartmodule_records_out.with_label_values(&[name]),
+            seconds: m.smartmodule_seconds.with_label_values(&[name]),
+            fuel: m.smartmodule_fuel.with_label_values(&[name]),
+        }
+    }
 }
 
 /// Why an entry did not come out of a module: its code and what happened.
@@ -79,28 +103,38 @@ impl SmartModule {
             ));
         }
         let chain = instantiate(config, &bytes).map_err(|e| format!("{} did not start: {e}", path.display()))?;
-        Ok(SmartModule { name: config.name.clone(), kind: config.kind, chain, window, config: config.clone(), bytes })
+        Ok(SmartModule {
+            name: config.name.clone(),
+            kind: config.kind,
+            chain,
+            window,
+            config: config.clone(),
+            bytes,
+            counters: Counters::of(&config.name),
+        })
     }
 
     /// Runs `entry` through the module: what comes out (none for a dropped entry), checked.
     pub fn apply(&mut self, entry: &Lancamento) -> Result<Vec<Lancamento>, Failed> {
-        let metrics = cashflow_observability::metrics();
-        let name = self.name.clone();
-        let label = [name.as_str()];
-        metrics.smartmodule_records_in.with_label_values(&label).inc();
+        self.counters.records_in.inc();
         let started = Instant::now();
         let out = self.run(entry);
-        metrics.smartmodule_seconds.with_label_values(&label).inc_by(started.elapsed().as_secs_f64());
-        for (module, used) in self.chain.metrics_export() {
-            if module == label[0] {
-                metrics.smartmodule_fuel.with_label_values(&label).inc_by(used.fuel_used());
+        self.counters.seconds.inc_by(started.elapsed().as_secs_f64());
+        match &out {
+            Ok(entries) => self.counters.records_out.inc_by(entries.len() as u64),
+            Err(f) => {
+                let failed = &cashflow_observability::metrics().smartmodule_records_failed;
+                failed.with_label_values(&[self.name.as_str(), f.code.as_str()]).inc();
             }
         }
-        match &out {
-            Ok(entries) => metrics.smartmodule_records_out.with_label_values(&label).inc_by(entries.len() as u64),
-            Err(f) => metrics.smartmodule_records_failed.with_label_values(&[label[0], f.code.as_str()]).inc(),
-        }
         out
+    }
+
+    /// Adds the fuel spent since the last call to the module's metric (the engine keeps the sum,
+    /// and its export allocates: called once per epoch, not per entry).
+    pub fn export_fuel(&mut self) {
+        let used: u64 = self.chain.metrics_export().values().map(|m| m.fuel_used()).sum();
+        self.counters.fuel.inc_by(used);
     }
 
     fn run(&mut self, entry: &Lancamento) -> Result<Vec<Lancamento>, Failed> {

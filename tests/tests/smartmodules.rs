@@ -243,17 +243,11 @@ fn validate_refuses_a_missing_or_invalid_module_at_its_yaml_path() {
 
 #[test]
 fn smartmodule_test_runs_a_module_over_entries_for_its_author() {
-    use std::io::Write as _;
     let sale = r#"{"v":1,"id":"0b4c7f2e-3d1a-5e6f-8a9b-1c2d3e4f5a6b","merchant_id":"loja-1","tipo":"credito","valor_cents":10000,"data":"2026-12-01","descricao":"venda","categoria":"cartao","criado_em":"2026-12-01T10:00:00.000Z"}"#;
-    let mut child = std::process::Command::new(cashflow_tests::binary("cashflow"))
-        .args(["smartmodule", "test", "--path", &wasm("taxa-cartao"), "--kind", "array-map", "--param", "taxa_bps=250"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{sale}\nnot json\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let p = Pipeline::configure(Store::Sqlite, &[]);
+    let args =
+        ["smartmodule", "test", "--path", &wasm("taxa-cartao"), "--kind", "array-map", "--param", "taxa_bps=250"];
+    let out = p.cli(&args, &format!("{sale}\nnot json\n"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let made: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(made.len(), 2, "{stdout}");

@@ -217,6 +217,7 @@ impl Epoch<'_> {
                 Err(f) => rejected.push(Rejected::new(record, f.code, f.detail)),
             }
         }
+        modules.iter_mut().for_each(SmartModule::export_fuel);
         (out, rejected)
     }
 

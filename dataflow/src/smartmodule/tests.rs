@@ -121,3 +121,18 @@ fn modules_chain_and_a_wrong_kind_or_file_is_refused_at_load() {
     let e = SmartModule::load(&c, &c.path, DateWindow::default()).err().unwrap();
     assert!(e.contains("did not start") && e.contains("regra"), "the module's init refuses: {e}");
 }
+
+#[test]
+fn a_module_that_runs_out_of_memory_is_started_again_and_takes_the_next_entry() {
+    // Each call leaves its output buffer behind (the guest forgets it and the engine never frees
+    // it), so a small memory fills up after some thousands of entries.
+    let mut c = config("sem-teste", SmartModuleKind::Filter, &[]);
+    c.max_memory_bytes = 2 << 20;
+    let mut m = SmartModule::load(&c, &c.path, DateWindow::default()).unwrap();
+    let full = (0..50_000).find_map(|i| m.apply(&entry(Tipo::Credito, 100, &format!("venda {i}"), None)).err());
+    let full = full.expect("2 MiB fills up within 50,000 entries");
+    assert_eq!(full.code, Code::SmartmoduleError, "{full:?}");
+    assert!(full.detail.contains("memory"), "{full:?}");
+    let next = entry(Tipo::Credito, 100, "a seguinte", None);
+    assert_eq!(m.apply(&next).unwrap(), vec![next], "the module starts again with its memory empty");
+}
