@@ -3,7 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use axum::Extension;
 use axum::body::Bytes;
@@ -16,6 +17,7 @@ use base64::engine::general_purpose::STANDARD;
 use cashflow_core::config::{AuthConfig, LoginLimit};
 use cashflow_core::failure::Transient;
 use cashflow_http::Cause;
+use cashflow_observability::LogLimit;
 use cashflow_sinks::Store;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -189,7 +191,8 @@ struct Credentials {
 
 /// What a verified subject may get.
 struct Grant {
-    merchant_id: String,
+    /// `None` for an operator.
+    merchant_id: Option<String>,
     scopes: Vec<String>,
 }
 
@@ -233,7 +236,11 @@ async fn token(
     let limit_key = if client { format!("client:{}", credentials.subject) } else { credentials.subject.clone() };
     let address = state.client_address(address.map(|Extension(ConnectInfo(a))| a.ip()), &headers);
     if let Err(secs) = state.limits.check(&limit_key, address) {
-        tracing::warn!("token requests over the login limit");
+        // Anyone can send these: one line per 10 s, counting the rest.
+        static OVER_LIMIT: LazyLock<LogLimit> = LazyLock::new(|| LogLimit::every(Duration::from_secs(10)));
+        if let Some(held_back) = OVER_LIMIT.admit() {
+            tracing::warn!(held_back, "token requests over the login limit");
+        }
         let slow_down = "too many token requests; retry later";
         return Err(OAuthError {
             retry_after_secs: Some(secs),
@@ -257,7 +264,7 @@ async fn token(
     }
     let grant = grant.ok_or(rejected)?;
     let scopes = narrow(grant.scopes, request.scope.as_deref())?;
-    let token = state.issuer.issue(&credentials.subject, &grant.merchant_id, &scopes).map_err(|e| {
+    let token = state.issuer.issue(&credentials.subject, grant.merchant_id.as_deref(), &scopes).map_err(|e| {
         let status = StatusCode::INTERNAL_SERVER_ERROR;
         OAuthError { cause: Some(Cause::new(e, status)), ..oauth(status, "server_error", "cannot issue a token") }
     })?;
@@ -279,10 +286,16 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuth
     if form {
         serde_urlencoded::from_bytes(body)
             .map_err(|_| oauth(StatusCode::BAD_REQUEST, "invalid_request", "the body is not a valid form"))
-    } else {
+    } else if cashflow_http::is_json(headers) {
+        if cashflow_http::duplicate_key(body).is_some() {
+            return Err(oauth(StatusCode::BAD_REQUEST, "invalid_request", "the body gives a key twice"));
+        }
         serde_json::from_slice(body).map_err(|_| {
             oauth(StatusCode::BAD_REQUEST, "invalid_request", "the body must be JSON or a form with grant_type")
         })
+    } else {
+        let why = "the body must be a form (application/x-www-form-urlencoded) or JSON (application/json)";
+        Err(oauth(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request", why))
     }
 }
 

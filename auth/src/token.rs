@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cashflow_core::MerchantId;
-use cashflow_http::Principal;
+use cashflow_http::{Bearer, Operator, Principal};
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, decode, decode_header, encode};
 use moka::Expiry;
 use moka::sync::Cache;
@@ -25,7 +25,9 @@ const VERIFIED_BYTES: u64 = 64 << 20;
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     pub sub: String,
-    pub merchant_id: String,
+    /// The merchant the token acts for; absent on an operator's token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_id: Option<String>,
     /// Space-separated scopes.
     pub scope: String,
     pub iss: String,
@@ -86,12 +88,12 @@ impl Issuer {
         self.keys.current()
     }
 
-    /// A signed token for `subject` acting for `merchant` with `scopes`.
-    pub fn issue(&self, subject: &str, merchant: &str, scopes: &[String]) -> Result<String, AuthError> {
+    /// A signed token for `subject` acting for `merchant` (none: an operator) with `scopes`.
+    pub fn issue(&self, subject: &str, merchant: Option<&str>, scopes: &[String]) -> Result<String, AuthError> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: subject.to_owned(),
-            merchant_id: merchant.to_owned(),
+            merchant_id: merchant.map(str::to_owned),
             scope: scopes.join(" "),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
@@ -126,7 +128,7 @@ pub struct Validator {
 /// A token that passed every check, and until when it passes.
 #[derive(Clone)]
 struct Verified {
-    principal: Principal,
+    bearer: Bearer,
     kid: Arc<str>,
     /// `exp` plus the leeway, in Unix seconds.
     valid_until: i64,
@@ -154,20 +156,24 @@ impl Validator {
         let verified = Cache::builder()
             .max_capacity(VERIFIED_BYTES)
             .weigher(|token: &Arc<str>, v: &Verified| {
-                let principal = v.principal.subject.len() + v.principal.scopes.iter().map(String::len).sum::<usize>();
-                u32::try_from(token.len() + principal + 256).unwrap_or(u32::MAX)
+                let (subject, scopes) = match &v.bearer {
+                    Bearer::Merchant(p) => (&p.subject, &p.scopes),
+                    Bearer::Operator(o) => (&o.subject, &o.scopes),
+                };
+                let bearer = subject.len() + scopes.iter().map(String::len).sum::<usize>();
+                u32::try_from(token.len() + bearer + 256).unwrap_or(u32::MAX)
             })
             .expire_after(UntilExpiry)
             .build();
         Validator { source, validation, verified }
     }
 
-    pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
+    pub async fn validate(&self, token: &str) -> Result<Bearer, AuthError> {
         if let Some(v) = self.verified.get(token)
             && chrono::Utc::now().timestamp() <= v.valid_until
             && self.key(&v.kid).await.is_some()
         {
-            return Ok(v.principal);
+            return Ok(v.bearer);
         }
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
@@ -177,13 +183,18 @@ impl Validator {
         let key = self.key(&kid).await.ok_or(AuthError::UnknownKey)?;
         let data = decode::<Claims>(token, &key, &self.validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
-        let merchant_id =
-            MerchantId::parse(&c.merchant_id).map_err(|e| AuthError::Invalid(format!("merchant_id {e}")))?;
-        let principal =
-            Principal { subject: c.sub, merchant_id, scopes: c.scope.split_whitespace().map(str::to_owned).collect() };
+        let scopes = c.scope.split_whitespace().map(str::to_owned).collect();
+        let bearer = match c.merchant_id {
+            Some(merchant) => {
+                let merchant_id =
+                    MerchantId::parse(&merchant).map_err(|e| AuthError::Invalid(format!("merchant_id {e}")))?;
+                Bearer::Merchant(Principal { subject: c.sub, merchant_id, scopes })
+            }
+            None => Bearer::Operator(Operator { subject: c.sub, scopes }),
+        };
         let valid_until = c.exp.saturating_add(LEEWAY_SECS as i64);
-        self.verified.insert(token.into(), Verified { principal: principal.clone(), kid: kid.into(), valid_until });
-        Ok(principal)
+        self.verified.insert(token.into(), Verified { bearer: bearer.clone(), kid: kid.into(), valid_until });
+        Ok(bearer)
     }
 
     async fn key(&self, kid: &str) -> Option<DecodingKey> {
@@ -214,16 +225,24 @@ mod tests {
     #[tokio::test]
     async fn a_fresh_token_validates_and_carries_the_merchant() {
         let (_d, issuer, validator) = setup();
-        let token = issuer.issue("ana", "loja-1", &["lancamentos:write".into()]).unwrap();
-        let p = validator.validate(&token).await.unwrap();
+        let token = issuer.issue("ana", Some("loja-1"), &["lancamentos:write".into()]).unwrap();
+        let Bearer::Merchant(p) = validator.validate(&token).await.unwrap() else { panic!("a merchant's token") };
         assert_eq!(p.merchant_id.as_str(), "loja-1");
         assert_eq!(p.scopes, vec!["lancamentos:write"]);
     }
 
     #[tokio::test]
+    async fn a_token_of_no_merchant_is_an_operators() {
+        let (_d, issuer, validator) = setup();
+        let token = issuer.issue("ops", None, &["admin".into()]).unwrap();
+        let bearer = validator.validate(&token).await.unwrap();
+        assert_eq!(bearer, Bearer::Operator(Operator { subject: "ops".into(), scopes: vec!["admin".into()] }));
+    }
+
+    #[tokio::test]
     async fn tampered_and_foreign_tokens_are_rejected() {
         let (_d, issuer, validator) = setup();
-        let token = issuer.issue("ana", "loja-1", &[]).unwrap();
+        let token = issuer.issue("ana", Some("loja-1"), &[]).unwrap();
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         use base64::Engine as _;
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -232,7 +251,7 @@ mod tests {
         assert!(matches!(validator.validate(&parts.join(".")).await, Err(AuthError::Invalid(_))));
 
         let (_d2, other_issuer, _) = setup();
-        let foreign = other_issuer.issue("ana", "loja-1", &[]).unwrap();
+        let foreign = other_issuer.issue("ana", Some("loja-1"), &[]).unwrap();
         assert!(validator.validate(&foreign).await.is_err());
 
         let none = format!("{}.{}.", e.encode(r#"{"alg":"none","typ":"JWT"}"#), parts[1]);
@@ -243,21 +262,21 @@ mod tests {
     #[tokio::test]
     async fn a_verified_token_is_remembered_only_until_it_would_expire() {
         let (_d, issuer, validator) = setup();
-        let token = issuer.issue("ana", "loja-1", &[]).unwrap();
-        let principal = validator.validate(&token).await.unwrap();
+        let token = issuer.issue("ana", Some("loja-1"), &[]).unwrap();
+        let bearer = validator.validate(&token).await.unwrap();
         let remembered = validator.verified.get(token.as_str()).unwrap();
         let exp = decode::<Claims>(&token, &validator.key(&remembered.kid).await.unwrap(), &validator.validation)
             .unwrap()
             .claims
             .exp;
         assert_eq!(remembered.valid_until, exp + LEEWAY_SECS as i64);
-        assert_eq!(remembered.principal, principal);
+        assert_eq!(remembered.bearer, bearer);
 
         // A hit answers without reading the token again: a remembered entry is trusted as such…
         let now = chrono::Utc::now().timestamp();
         let forged = Verified { valid_until: now + 60, ..remembered.clone() };
         validator.verified.insert("not.a.token".into(), forged.clone());
-        assert_eq!(validator.validate("not.a.token").await.unwrap(), principal);
+        assert_eq!(validator.validate("not.a.token").await.unwrap(), bearer);
         // …only while it would still validate…
         validator.verified.insert("not.a.token".into(), Verified { valid_until: now - 1, ..forged.clone() });
         assert!(matches!(validator.validate("not.a.token").await, Err(AuthError::Malformed)));
@@ -272,7 +291,7 @@ mod tests {
         let keys = KeyStore::open(dir.path(), key_overlap(Duration::from_secs(60))).unwrap();
         let issuer = Issuer::new(Arc::clone(&keys), "cashflow", "cashflow-api", Duration::from_secs(60));
         let validator = Validator::new(KeySource::Local(Arc::clone(&keys)), "cashflow", "cashflow-api");
-        let token = issuer.issue("ana", "loja-1", &[]).unwrap();
+        let token = issuer.issue("ana", Some("loja-1"), &[]).unwrap();
         validator.validate(&token).await.unwrap();
 
         for entry in std::fs::read_dir(dir.path()).unwrap() {
@@ -288,7 +307,7 @@ mod tests {
         let (d, issuer, _) = setup();
         let keys = KeyStore::open(d.path(), key_overlap(Duration::from_secs(60))).unwrap();
         let strict = Validator::new(KeySource::Local(keys), "cashflow", "another-api");
-        let token = issuer.issue("ana", "loja-1", &[]).unwrap();
+        let token = issuer.issue("ana", Some("loja-1"), &[]).unwrap();
         assert!(matches!(strict.validate(&token).await, Err(AuthError::Invalid(_))));
     }
 }

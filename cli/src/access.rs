@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cashflow_auth::{KeyRing, KeyStatus, key_overlap};
 use cashflow_core::MerchantId;
 use cashflow_core::config::PipelineConfig;
-use cashflow_http::{SCOPE_READ, SCOPE_WRITE};
+use cashflow_http::{SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE};
 use clap::Subcommand;
 
 use crate::Common;
@@ -18,13 +18,14 @@ use crate::app::{connect_store, keys_dir};
 pub enum UsersCommand {
     /// Create or replace a login; the password is read from standard input.
     Add {
-        #[arg(long)]
-        merchant: String,
+        #[command(flatten)]
+        of: Of,
         #[arg(long)]
         username: String,
-        /// Scopes granted (space-separated).
-        #[arg(long, default_value_t = format!("{SCOPE_WRITE} {SCOPE_READ}"))]
-        scopes: String,
+        /// Scopes granted (space-separated). Default: lancamentos:write consolidado:read for a
+        /// merchant's login, admin for an operator's.
+        #[arg(long)]
+        scopes: Option<String>,
     },
 }
 
@@ -32,14 +33,45 @@ pub enum UsersCommand {
 pub enum ClientsCommand {
     /// Create or replace a service client (OAuth2 client_credentials). Prints its secret once.
     Add {
-        #[arg(long)]
-        merchant: String,
+        #[command(flatten)]
+        of: Of,
         #[arg(long)]
         client_id: String,
-        /// Scopes granted (space-separated).
-        #[arg(long, default_value_t = format!("{SCOPE_WRITE} {SCOPE_READ}"))]
-        scopes: String,
+        /// Scopes granted (space-separated). Default: lancamentos:write consolidado:read for a
+        /// merchant's client, admin for an operator's.
+        #[arg(long)]
+        scopes: Option<String>,
     },
+}
+
+/// Whom a login or client acts for: one merchant, or none (an operator: the admin routes, and no
+/// merchant's data, whatever its scopes).
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Of {
+    /// The merchant it acts for.
+    #[arg(long)]
+    merchant: Option<String>,
+    /// An operator: it acts for no merchant.
+    #[arg(long)]
+    operator: bool,
+}
+
+impl Of {
+    /// The merchant (none for an operator) and the scopes: those given, or the default for it.
+    fn resolve(&self, scopes: Option<String>) -> Result<(Option<MerchantId>, Vec<String>)> {
+        let merchant = self.merchant.as_deref().map(parse_merchant).transpose()?;
+        let default = match merchant {
+            Some(_) => format!("{SCOPE_WRITE} {SCOPE_READ}"),
+            None => SCOPE_ADMIN.to_owned(),
+        };
+        Ok((merchant, scope_list(&scopes.unwrap_or(default))))
+    }
+}
+
+/// "merchant loja-1", or "no merchant (an operator)".
+fn acting_for(merchant: Option<&MerchantId>) -> String {
+    merchant.map_or_else(|| "no merchant (an operator)".to_owned(), |m| format!("merchant {m}"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,8 +84,8 @@ pub enum KeysCommand {
 }
 
 pub async fn users(command: UsersCommand, config: PipelineConfig, common: &Common) -> Result<()> {
-    let UsersCommand::Add { merchant, username, scopes } = command;
-    let merchant = parse_merchant(&merchant)?;
+    let UsersCommand::Add { of, username, scopes } = command;
+    let (merchant, scopes) = of.resolve(scopes)?;
     check_name("--username", &username)?;
     let mut password = String::new();
     std::io::stdin().read_to_string(&mut password).context("cannot read the password from standard input")?;
@@ -64,29 +96,31 @@ pub async fn users(command: UsersCommand, config: PipelineConfig, common: &Commo
     let store = connect_store(&config, common).await?;
     let user = cashflow_sinks::User {
         username: username.clone(),
-        merchant_id: merchant.to_string(),
+        merchant_id: merchant.as_ref().map(ToString::to_string),
         password_hash: hash(password).await?,
-        scopes: scope_list(&scopes),
+        scopes,
     };
     store.upsert_user(&user).await?;
-    println!("user {username:?} can now act for merchant {merchant} with scopes: {}", user.scopes.join(" "));
+    let of = acting_for(merchant.as_ref());
+    println!("user {username:?} can now act for {of} with scopes: {}", user.scopes.join(" "));
     Ok(())
 }
 
 pub async fn clients(command: ClientsCommand, config: PipelineConfig, common: &Common) -> Result<()> {
-    let ClientsCommand::Add { merchant, client_id, scopes } = command;
-    let merchant = parse_merchant(&merchant)?;
+    let ClientsCommand::Add { of, client_id, scopes } = command;
+    let (merchant, scopes) = of.resolve(scopes)?;
     check_name("--client-id", &client_id)?;
     let secret = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
     let store = connect_store(&config, common).await?;
     let client = cashflow_sinks::Client {
         client_id: client_id.clone(),
-        merchant_id: merchant.to_string(),
+        merchant_id: merchant.as_ref().map(ToString::to_string),
         secret_hash: hash(secret.clone()).await?,
-        scopes: scope_list(&scopes),
+        scopes,
     };
     store.upsert_client(&client).await?;
-    eprintln!("client {client_id:?} can now act for merchant {merchant} with scopes: {}", client.scopes.join(" "));
+    let of = acting_for(merchant.as_ref());
+    eprintln!("client {client_id:?} can now act for {of} with scopes: {}", client.scopes.join(" "));
     eprintln!("its secret is shown only now; store it safely:");
     println!("{secret}");
     Ok(())

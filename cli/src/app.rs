@@ -7,12 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use cashflow_auth::{AuthState, JwksCache, KeySource, KeyStore, Validator, key_overlap};
 use cashflow_core::config::{BrokerStorage, Brokers, PipelineConfig};
+use cashflow_core::seal::Sealer;
 use cashflow_gateway::{Apis, GatewayState, QueryState, Upstreams};
 use cashflow_ingest::IngestState;
 use cashflow_kafka as kafka;
 use cashflow_retry::Dlq;
 use cashflow_sinks::Store;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Supervisor;
@@ -104,14 +104,15 @@ pub async fn run(stage: Stage, config: PipelineConfig, common: &Common) -> Resul
             let services = &config.services;
             let listen = if consolidate { services.consolidate.listen } else { services.retry.listen };
             let listen = common.listen.clone().unwrap_or_else(|| listen.to_string());
-            let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let listener =
+                cashflow_http::serve::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(listen = %listener.local_addr()?, stage = ?stage, "metrics listening");
             create_topics(&config).await?;
             let store = connect_store(&config, common).await?;
             let shutdown = shutdown_signal();
-            let ops = axum::serve(listener, cashflow_observability::ops_router())
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            let ops = tokio::spawn(ops.into_future());
+            let ops = cashflow_observability::ops_router();
+            let ops = cashflow_http::serve::serve(listener, ops, config.http.clone(), gate(&config), shutdown.clone());
+            let ops = tokio::spawn(ops);
             if consolidate {
                 check_smartmodules(&config)?;
                 cashflow_dataflow::run(Arc::clone(&config), store.clone(), shutdown.clone()).await;
@@ -233,17 +234,18 @@ async fn serve_http(
         )?;
         Ok(KeySource::Jwks(JwksCache::new(upstreams.jwks_urls())))
     };
-    let query = |store: Store| {
+    let query = |store: Store, sealer: Sealer| {
         let names = services.consolidate.aggregated().into_iter().map(|(name, _)| name.to_owned());
-        QueryState::build(config, store, names.zip(cashflow_dataflow::declared(config)))
+        QueryState::build(config, store, sealer, names.zip(cashflow_dataflow::declared(config)))
     };
     let (keys, apis, listen) = match role {
         Role::Everything => {
             let (keys, store) = (local_keys()?, store()?);
+            let sealer = sealer(&store).await?;
             let apis = Apis {
                 auth: Some(Arc::new(AuthState::build(&services.auth, Arc::clone(&keys), store.clone()))),
-                ingest: Some(IngestState::build(config, store.clone())?),
-                query: Some(query(store.clone())),
+                ingest: Some(IngestState::build(config, store.clone(), sealer.clone())?),
+                query: Some(query(store.clone(), sealer)),
                 dlq: Some(Dlq::new(Arc::clone(config), store)),
                 upstreams: None,
             };
@@ -255,13 +257,14 @@ async fn serve_http(
             (KeySource::Local(keys), Apis { auth: Some(Arc::new(auth)), ..Apis::default() }, services.auth.listen)
         }
         Role::Ingest => {
-            let ingest = IngestState::build(config, store()?)?;
+            let store = store()?;
+            let ingest = IngestState::build(config, store.clone(), sealer(&store).await?)?;
             (remote_keys()?, Apis { ingest: Some(ingest), ..Apis::default() }, services.ingest.listen)
         }
         Role::Query => {
             let store = store()?;
             let apis = Apis {
-                query: Some(query(store.clone())),
+                query: Some(query(store.clone(), sealer(&store).await?)),
                 dlq: Some(Dlq::new(Arc::clone(config), store)),
                 ..Apis::default()
             };
@@ -281,15 +284,40 @@ async fn serve_http(
     let validator = Validator::new(keys, &auth.issuer, &auth.audience);
     let state = GatewayState::build(&services.gateway, validator, apis);
     let listen = common.listen.clone().unwrap_or_else(|| listen.to_string());
-    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = cashflow_http::serve::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, stage = ?stage, ?role, "HTTP API listening");
     cashflow_observability::metrics().stage_up(stage.name(), true);
-    let app = cashflow_gateway::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
+    let app = cashflow_gateway::router(state);
+    cashflow_http::serve::serve(listener, app, config.http.clone(), gate(config), shutdown).await?;
     if let Some(p) = publisher {
         p.flush(Duration::from_secs(5));
     }
     Ok(())
+}
+
+/// What seals `posicao` and cursors: a key shared through the store by ingest and query, so a
+/// token one replica gave opens on every other.
+async fn sealer(store: &Store) -> Result<Sealer> {
+    let key = store.sealing_key().await.context("cannot read or make the sealing key in the store")?;
+    Ok(Sealer::new(&key))
+}
+
+/// The process's connection caps, shared by its listeners; logged once with the file limit.
+fn gate(config: &PipelineConfig) -> Arc<cashflow_http::serve::Gate> {
+    static GATE: std::sync::OnceLock<Arc<cashflow_http::serve::Gate>> = std::sync::OnceLock::new();
+    let gate = GATE.get_or_init(|| {
+        let gate = cashflow_http::serve::Gate::new(&config.http);
+        let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap_or((0, 0));
+        tracing::info!(
+            open_files_soft = soft,
+            open_files_hard = hard,
+            max_connections = gate.max_total(),
+            max_connections_per_address = config.http.max_connections_per_address.min(gate.max_total()),
+            "HTTP connection caps"
+        );
+        gate
+    });
+    Arc::clone(gate)
 }
 
 /// Cancelled on Ctrl-C or SIGTERM.

@@ -38,8 +38,9 @@ pub struct LoadgenArgs {
     #[arg(long)]
     rate: Option<u32>,
     /// Closed loop: this many connections, each sending its next request when its last is
-    /// answered (the default, with 16). With --rate: the most requests in flight (default 512);
-    /// beyond it, requests wait, and their wait counts in their latency.
+    /// answered (the default, with 16). With --rate: the most requests in flight (default 512,
+    /// or a third of the target's `http.max_connections_per_address` if less); beyond it,
+    /// requests wait, and their wait counts in their latency.
     #[arg(long)]
     connections: Option<u32>,
     /// Stop after this many seconds (at most 3600).
@@ -159,7 +160,7 @@ struct Load {
 }
 
 impl Load {
-    /// Sends one request; returns its status ("transport" when there is no answer) and the
+    /// Sends one request; returns its status ("connect", "timeout" or "transport" when there is no answer) and the
     /// entries it got accepted.
     async fn send(&self, op: Op) -> (String, u64) {
         let (token, request) = {
@@ -179,14 +180,28 @@ impl Load {
             };
             (token, request)
         };
-        match request.bearer_auth(token).send().await {
-            Err(_) => ("transport".to_owned(), 0),
+        // A failure without an answer is counted by what failed: the connection ("connect":
+        // refused), the wait ("timeout"), or anything else ("transport": e.g. closed before the
+        // whole answer came). The whole answer is read, as a client reads it: its time counts,
+        // and the connection goes back to the pool instead of being closed with a body unread.
+        let answer = match request.bearer_auth(token).send().await {
             Ok(r) => {
                 let status = r.status();
+                r.bytes().await.map(|body| (status, body))
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Err(e) if e.is_connect() => ("connect".to_owned(), 0),
+            Err(e) if e.is_timeout() => ("timeout".to_owned(), 0),
+            Err(_) => ("transport".to_owned(), 0),
+            Ok((status, body)) => {
                 let accepted = match op {
                     Op::Ingest => u64::from(status == reqwest::StatusCode::ACCEPTED),
-                    Op::Batch if status.is_success() => r.json::<Aceitos>().await.map_or(0, |a| a.aceitos),
-                    _ => 0,
+                    Op::Batch if status.is_success() => {
+                        serde_json::from_slice::<Aceitos>(&body).map_or(0, |a| a.aceitos)
+                    }
+                    Op::Batch | Op::Query => 0,
                 };
                 (status.as_u16().to_string(), accepted)
             }
@@ -243,7 +258,12 @@ pub async fn run(args: LoadgenArgs, config: PipelineConfig, common: &Common) -> 
     }
     let base = args.target.clone().unwrap_or_else(|| format!("http://{}", config.services.gateway.listen));
     check_loopback(&base)?;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    // This one address may hold at most `http.max_connections_per_address` connections of the
+    // target, and the client opens one more whenever none is idle: with requests in flight and
+    // idle connections each under a third of the cap, connections still closing have the rest.
+    let per_address = u32::try_from(config.http.max_connections_per_address).unwrap_or(u32::MAX);
+    let idle = args.connections.unwrap_or(512).min(per_address / 3).max(1);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(idle as usize).build()?;
     let tokens = logins(&http, &base, args.merchants, &config, common).await?;
     let load = Arc::new(Load {
         http,
@@ -273,7 +293,7 @@ pub async fn run(args: LoadgenArgs, config: PipelineConfig, common: &Common) -> 
     };
     let mode = match args.rate {
         Some(rate) => {
-            let in_flight = args.connections.unwrap_or(512);
+            let in_flight = args.connections.unwrap_or_else(|| 512.min(per_address / 3).max(1));
             open_loop(&load, &stats, rate, in_flight, args.requests, deadline).await;
             format!("open loop, {rate} requests/s, at most {in_flight} in flight")
         }
@@ -330,7 +350,7 @@ async fn logins(
     for name in &names {
         let user = cashflow_sinks::User {
             username: name.clone(),
-            merchant_id: name.clone(),
+            merchant_id: Some(name.clone()),
             password_hash: hash.clone(),
             scopes: vec![SCOPE_WRITE.to_owned(), SCOPE_READ.to_owned()],
         };

@@ -133,7 +133,7 @@ impl Stage {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cashflow_observability::init_tracing();
-    raise_open_files_limit();
+    cashflow_http::serve::raise_open_file_limit();
     let cli = match cli.command {
         Command::Validate { file } => return validate(file.as_ref().unwrap_or(&cli.common.config)),
         Command::Smartmodule { command } => return smartmodule::run(command),
@@ -154,6 +154,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        private_files(&cli.common.data_dir);
         let config = load(&cli.common)?;
         match cli.command {
             Command::Up => app::up(config, &cli.common).await,
@@ -180,13 +181,36 @@ fn main() -> ExitCode {
 
 /// A server holds a descriptor per connection: take the hard limit on open files, not the
 /// default soft limit (often 1024).
-fn raise_open_files_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+/// Everything this process creates is its user's alone (umask 077: directories 0700, files 0600,
+/// the embedded broker's too, which inherits it): the store holds every entry and the password
+/// hashes. What is already in the data dir and open to others is named in a warning.
+fn private_files(data_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let mut open_to_others = Vec::new();
+    let mut dirs = vec![data_dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.permissions().mode() & 0o077 != 0 {
+                open_to_others.push(format!("{} ({:o})", entry.path().display(), meta.permissions().mode() & 0o777));
+            }
+            if meta.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    if let Ok(meta) = std::fs::metadata(data_dir)
+        && meta.permissions().mode() & 0o077 != 0
     {
-        tracing::warn!(error = %e, soft, hard, "cannot raise the open files limit");
+        open_to_others.insert(0, format!("{} ({:o})", data_dir.display(), meta.permissions().mode() & 0o777));
+    }
+    if !open_to_others.is_empty() {
+        tracing::warn!(
+            files = %open_to_others.join(", "),
+            "files in the data dir are open to other users (chmod -R go-rwx the data dir): the store holds every entry and the password hashes"
+        );
     }
 }
 

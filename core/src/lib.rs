@@ -12,6 +12,7 @@ mod posicao;
 mod saldo;
 #[cfg(feature = "openapi")]
 mod schema;
+pub mod seal;
 
 pub use lancamento::{
     BusinessDate, DecodeError, EntryId, Incoming, Lancamento, LancamentoRecord, MAX_CATEGORIA_CHARS,

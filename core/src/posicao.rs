@@ -1,10 +1,8 @@
-//! `posicao`: the opaque position of an accepted entry in the log (partition and offset).
+//! `posicao`: where an accepted entry is in the log (partition and offset), handed to the client
+//! sealed (see [`crate::seal`]): it waits on it with `aguardar`, and learns nothing else from it.
 
-use std::fmt;
-use std::str::FromStr;
-
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use crate::MerchantId;
+use crate::seal::{Purpose, Sealer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Posicao {
@@ -12,22 +10,22 @@ pub struct Posicao {
     pub offset: i64,
 }
 
-impl fmt::Display for Posicao {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let raw = format!("{}:{}", self.partition, self.offset);
-        f.write_str(&URL_SAFE_NO_PAD.encode(raw))
+impl Posicao {
+    /// The token `merchant` is given for this position.
+    pub fn seal(self, sealer: &Sealer, merchant: &MerchantId) -> String {
+        let mut plain = [0; 12];
+        plain[..4].copy_from_slice(&self.partition.to_be_bytes());
+        plain[4..].copy_from_slice(&self.offset.to_be_bytes());
+        sealer.seal(Purpose::Posicao, merchant, &plain)
     }
-}
 
-impl FromStr for Posicao {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || "is not a position returned by this API".to_string();
-        let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad())?;
-        let raw = String::from_utf8(raw).map_err(|_| bad())?;
-        let (p, o) = raw.split_once(':').ok_or_else(bad)?;
-        let partition = p.parse().map_err(|_| bad())?;
-        let offset = o.parse().map_err(|_| bad())?;
+    /// The position in a token sealed for `merchant`; an altered, forged or foreign one is refused.
+    pub fn open(sealer: &Sealer, merchant: &MerchantId, token: &str) -> Result<Posicao, String> {
+        let bad = || "is not a position this API gave this merchant".to_owned();
+        let plain = sealer.open(Purpose::Posicao, merchant, token).filter(|p| p.len() == 12).ok_or_else(bad)?;
+        let (partition, offset) = plain.split_at(4);
+        let partition = i32::from_be_bytes(partition.try_into().expect("4 bytes of 12"));
+        let offset = i64::from_be_bytes(offset.try_into().expect("the 8 bytes after them"));
         if partition < 0 || offset < 0 {
             return Err(bad());
         }
@@ -40,9 +38,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_and_rejects_garbage() {
+    fn round_trips_for_its_merchant_only() {
+        let sealer = Sealer::new(&Sealer::generate_key());
+        let (a, b) = (MerchantId::parse("loja-1").unwrap(), MerchantId::parse("loja-2").unwrap());
         let p = Posicao { partition: 3, offset: 12345 };
-        assert_eq!(p.to_string().parse(), Ok(p));
-        assert!("not-a-position".parse::<Posicao>().is_err());
+        let token = p.seal(&sealer, &a);
+        assert_eq!(Posicao::open(&sealer, &a, &token), Ok(p));
+        assert!(Posicao::open(&sealer, &b, &token).is_err());
+        assert!(Posicao::open(&sealer, &a, "not-a-position").is_err());
     }
 }

@@ -26,8 +26,14 @@ impl RecordRejected<'_> {
         if self.parked {
             m.retry_parked.with_label_values(&code).inc();
         }
+        // One line per record, where its fate is decided: parked here, or by the retry stage when
+        // its retries run out (a record retried until its original arrives writes none).
         let (topic, partition, offset) = self.position;
-        tracing::warn!(code = %self.code, topic, partition, offset, to = self.to, "record rejected");
+        if self.parked {
+            tracing::warn!(code = %self.code, topic, partition, offset, to = self.to, "record parked");
+        } else {
+            tracing::debug!(code = %self.code, topic, partition, offset, to = self.to, "record to be retried");
+        }
     }
 }
 

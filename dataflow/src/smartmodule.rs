@@ -33,10 +33,11 @@ pub struct SmartModule {
     pub kind: SmartModuleKind,
     chain: SmartModuleChainInstance,
     window: DateWindow,
-    /// What it was made from: a module that failed is made again. Memory only grows, and each
-    /// call leaves its output buffer behind (the guest forgets it, the engine never frees it), so
-    /// a module that hit `max_memory_bytes` would fail every entry after; a trap, too, can leave
-    /// its allocator or stack in any state.
+    /// What it was made from, to make it again: after a failure (a trap can leave its allocator
+    /// or stack in any state, and a module out of memory stays out of it), and before its memory
+    /// fills up. Memory only grows, and each call leaves its output buffer behind (the guest
+    /// forgets it and the engine never frees it: about 400 bytes an entry), so a module kept
+    /// running would fail an entry every few tens of thousands.
     config: SmartModuleConfig,
     bytes: Vec<u8>,
     counters: Counters,
@@ -48,6 +49,8 @@ struct Counters {
     records_out: IntCounter,
     seconds: Counter,
     fuel: IntCounter,
+    restarts_failed: IntCounter,
+    restarts_memory: IntCounter,
 }
 
 impl Counters {
@@ -58,6 +61,8 @@ impl Counters {
             records_out: m.smartmodule_records_out.with_label_values(&[name]),
             seconds: m.smartmodule_seconds.with_label_values(&[name]),
             fuel: m.smartmodule_fuel.with_label_values(&[name]),
+            restarts_failed: m.smartmodule_restarts.with_label_values(&[name, "failed"]),
+            restarts_memory: m.smartmodule_restarts.with_label_values(&[name, "memory"]),
         }
     }
 }
@@ -98,7 +103,7 @@ impl SmartModule {
             return Err(format!(
                 "{} has no `{wanted}` export, so it is not a {} SmartModule (it exports: {})",
                 path.display(),
-                kind_name(config.kind),
+                config.kind.as_str(),
                 exports.join(", ")
             ));
         }
@@ -149,14 +154,16 @@ impl SmartModule {
                     Some(trap) => format!("trapped: {trap}"),
                     None => format!("failed: {e:#}"),
                 };
-                // It started once with this configuration and these bytes, so it starts again.
-                match instantiate(&self.config, &self.bytes) {
-                    Ok(chain) => self.chain = chain,
-                    Err(e) => tracing::error!(smartmodule = %self.name, error = %e, "cannot start the module again"),
-                }
+                self.counters.restarts_failed.inc();
+                self.restart();
                 return Err(Failed::new(Code::SmartmoduleError, format!("smartmodule {} {why}", self.name)));
             }
         };
+        // A quarter of its memory kept free for the next call's own needs.
+        if self.chain.memory_bytes() > self.config.max_memory_bytes / 4 * 3 {
+            self.counters.restarts_memory.inc();
+            self.restart();
+        }
         if let Some(error) = output.error {
             let detail = format!("smartmodule {} returned an error: {}", self.name, error.hint);
             return Err(Failed::new(Code::SmartmoduleError, detail));
@@ -168,7 +175,7 @@ impl SmartModule {
             SmartModuleKind::ArrayMap => true,
         };
         if !allowed {
-            let kind = kind_name(self.kind);
+            let kind = self.kind.as_str();
             return Err(self.bad_output(format!("a {kind} gave {produced} entries for one")));
         }
         let mut out = Vec::with_capacity(produced);
@@ -195,6 +202,16 @@ impl SmartModule {
         Ok(out)
     }
 
+    /// A fresh instance in place of this one. It started once with this configuration and these
+    /// bytes, so it starts again; if it somehow does not, the old one stays, and fails or not on
+    /// its own.
+    fn restart(&mut self) {
+        match instantiate(&self.config, &self.bytes) {
+            Ok(chain) => self.chain = chain,
+            Err(e) => tracing::error!(smartmodule = %self.name, error = %e, "cannot start the module again"),
+        }
+    }
+
     fn bad_output(&self, why: String) -> Failed {
         Failed::new(Code::SmartmoduleOutput, format!("smartmodule {}: {why}", self.name))
     }
@@ -213,15 +230,6 @@ fn instantiate(config: &SmartModuleConfig, bytes: &[u8]) -> Result<SmartModuleCh
     chain.set_fuel_limit(config.fuel);
     chain.add_smart_module(engine_config, bytes.to_vec());
     chain.initialize(&SmartEngine::new()).map_err(|e| format!("{e:#}"))
-}
-
-fn kind_name(kind: SmartModuleKind) -> &'static str {
-    match kind {
-        SmartModuleKind::Filter => "filter",
-        SmartModuleKind::Map => "map",
-        SmartModuleKind::FilterMap => "filter-map",
-        SmartModuleKind::ArrayMap => "array-map",
-    }
 }
 
 /// Every module `config` declares, loaded in order; or each one's problem at its YAML path.

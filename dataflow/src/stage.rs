@@ -164,10 +164,10 @@ async fn partitions(consumer: &GroupConsumer, topic: &str) -> Result<Vec<i32>, C
 
 /// Waits for a first record, then gathers more until `max` records or `max_wait` has passed.
 async fn next_epoch(consumer: &GroupConsumer, max: usize, max_wait: Duration) -> Result<Vec<Record>, KafkaError> {
-    let mut batch = vec![Record::from_message(&consumer.recv().await?)];
+    let mut batch = vec![Record::from_message(&kafka::recv(consumer).await?)];
     let deadline = tokio::time::Instant::now() + max_wait;
     while batch.len() < max {
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+        match tokio::time::timeout_at(deadline, kafka::recv(consumer)).await {
             Ok(message) => batch.push(Record::from_message(&message?)),
             Err(_) => break,
         }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use cashflow_auth::{AuthState, Validator};
 use cashflow_core::config::{GatewayConfig, RateLimit};
-use cashflow_http::{MERCHANT_NAMES, Principal, Problem, log_failures};
+use cashflow_http::{Bearer, MERCHANT_NAMES, Principal, Problem, log_failures};
 use cashflow_ingest::IngestState;
 use cashflow_observability::track_http;
 use cashflow_retry::Dlq;
@@ -206,23 +206,30 @@ async fn authenticate(State(guard): State<Arc<Guard>>, mut req: Request, next: N
         cashflow_observability::metrics().gateway_tokens_rejected.with_label_values(&["missing"]).inc();
         return Problem::unauthorized("a bearer token is required").into_response();
     };
-    let principal = match guard.validator.validate(token.trim()).await {
-        Ok(principal) => principal,
+    let bearer = match guard.validator.validate(token.trim()).await {
+        Ok(bearer) => bearer,
         Err(e) => {
             tracing::debug!(error = %e, "token rejected");
             cashflow_observability::metrics().gateway_tokens_rejected.with_label_values(&[e.reason()]).inc();
             return Problem::unauthorized("the token is invalid or expired").into_response();
         }
     };
-    if let Err(problem) = refuse_named_merchant(&req, &principal) {
-        return problem.into_response();
-    }
+    // An operator is limited as a merchant is, under its own name (no merchant id has a space).
+    let limited = match &bearer {
+        Bearer::Merchant(principal) => {
+            if let Err(problem) = refuse_named_merchant(&req, principal) {
+                return problem.into_response();
+            }
+            principal.merchant_id.to_string()
+        }
+        Bearer::Operator(operator) => format!("operator {}", operator.subject),
+    };
     if let Some(limiter) = &guard.per_merchant
-        && let Err(not_until) = limiter.check_key(&principal.merchant_id.to_string())
+        && let Err(not_until) = limiter.check_key(&limited)
     {
         return too_many(not_until, "the merchant's request rate is over its limit");
     }
-    req.extensions_mut().insert(principal);
+    req.extensions_mut().insert(bearer);
     next.run(req).await
 }
 

@@ -50,7 +50,7 @@ async fn every_token_attack_gets_401() {
         "cashflow-api",
         Duration::from_secs(900),
     )
-    .issue("ana", "loja-1", &["consolidado:read".into()])
+    .issue("ana", Some("loja-1"), &["consolidado:read".into()])
     .unwrap();
 
     let attacks: Vec<(&str, Option<String>)> = vec![
@@ -106,9 +106,9 @@ async fn a_rotated_out_key_verifies_during_its_overlap_and_not_after() {
 #[tokio::test]
 async fn a_token_without_the_route_scope_gets_403() {
     let g = gateway().await;
-    let writer = g.issuer.issue("ana", "loja-1", &["lancamentos:write".into()]).unwrap();
+    let writer = g.issuer.issue("ana", Some("loja-1"), &["lancamentos:write".into()]).unwrap();
     assert_eq!(g.status(Some(format!("Bearer {writer}"))).await.0, StatusCode::FORBIDDEN);
-    let reader = g.issuer.issue("ana", "loja-1", &["consolidado:read".into()]).unwrap();
+    let reader = g.issuer.issue("ana", Some("loja-1"), &["consolidado:read".into()]).unwrap();
     assert_eq!(g.status(Some(format!("Bearer {reader}"))).await.0, StatusCode::OK);
     let admin_list = Request::get("/v1/admin/dlq").header("authorization", format!("Bearer {reader}"));
     let res = g.app.clone().oneshot(admin_list.body(Body::empty()).unwrap()).await.unwrap();
@@ -133,7 +133,7 @@ async fn guessing_passwords_gets_429_and_an_unknown_user_looks_the_same() {
     // Per username (5 here): the sixth guess is refused, whether the user exists or not.
     let store_user = cashflow_sinks::User {
         username: "ana".into(),
-        merchant_id: "loja-1".into(),
+        merchant_id: Some("loja-1".into()),
         password_hash: cashflow_auth::hash_password("the right one".into()).await.unwrap(),
         scopes: vec!["consolidado:read".into()],
     };
@@ -198,7 +198,7 @@ async fn service_clients_get_tokens_by_client_credentials_and_a_wrong_secret_loo
     let g = gateway().await;
     let client = cashflow_sinks::Client {
         client_id: "pdv-7".into(),
-        merchant_id: "loja-7".into(),
+        merchant_id: Some("loja-7".into()),
         secret_hash: cashflow_auth::hash_password("s3cr3t-value".into()).await.unwrap(),
         scopes: vec!["lancamentos:write".into(), "consolidado:read".into()],
     };
@@ -211,7 +211,8 @@ async fn service_clients_get_tokens_by_client_credentials_and_a_wrong_secret_loo
     let (status, body) = token_request(&g, json, None, by_body.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["scope"], "lancamentos:write consolidado:read");
-    let principal = g.validator().validate(body["access_token"].as_str().unwrap()).await.unwrap();
+    let bearer = g.validator().validate(body["access_token"].as_str().unwrap()).await.unwrap();
+    let cashflow_http::Bearer::Merchant(principal) = bearer else { panic!("a merchant's client: {bearer:?}") };
     assert_eq!((principal.subject.as_str(), principal.merchant_id.as_str()), ("pdv-7", "loja-7"));
 
     let (status, body) = token_request(
@@ -275,7 +276,7 @@ async fn merchant_a_cannot_read_or_write_merchant_b_by_any_means() {
     let g = gateway().await;
     let b_entry = store_entry_of(&g.store, "loja-b", "2026-01-10").await;
     let scopes = ["lancamentos:write".to_owned(), "consolidado:read".to_owned()];
-    let a = format!("Bearer {}", g.issuer.issue("ana", "loja-a", &scopes).unwrap());
+    let a = format!("Bearer {}", g.issuer.issue("ana", Some("loja-a"), &scopes).unwrap());
     let send = |req: axum::http::request::Builder, body: Option<Value>| {
         let app = g.app.clone();
         let a = a.clone();
@@ -325,7 +326,6 @@ async fn merchant_a_cannot_read_or_write_merchant_b_by_any_means() {
         ("write, body comerciante", Request::post("/v1/lancamentos"), with("comerciante")),
         ("write, header", Request::post("/v1/lancamentos").header("x-merchant-id", "loja-b"), Some(entry.clone())),
         ("write, query", Request::post("/v1/lancamentos?merchant_id=loja-b"), Some(entry.clone())),
-        ("reverse B's entry", Request::post(format!("/v1/lancamentos/{b_entry}/estorno")), None),
         (
             "reverse B's entry, body merchant",
             Request::post(format!("/v1/lancamentos/{b_entry}/estorno")),
@@ -337,6 +337,11 @@ async fn merchant_a_cannot_read_or_write_merchant_b_by_any_means() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{name}: {problem}");
         assert_eq!(problem["status"], 403, "{name}: problem+json");
     }
+    // Reversing B's entry is answered exactly as reversing an id nobody has: no existence oracle.
+    let (status, foreign) = send(Request::post(format!("/v1/lancamentos/{b_entry}/estorno")), None).await;
+    let unknown = cashflow_core::EntryId::random();
+    let (unknown_status, nobodys) = send(Request::post(format!("/v1/lancamentos/{unknown}/estorno")), None).await;
+    assert_eq!((status, &foreign["type"], &foreign["title"]), (unknown_status, &nobodys["type"], &nobodys["title"]));
     // B's data is untouched.
     let b_day = g
         .store
@@ -358,7 +363,7 @@ async fn request_rates_are_limited_per_client_address_and_per_merchant() {
         s.rate_limit_per_address = Some((1, 3));
         s.rate_limit = Some((1, 2));
     });
-    let reader = format!("Bearer {}", g.issuer.issue("ana", "loja-1", &["consolidado:read".into()]).unwrap());
+    let reader = format!("Bearer {}", g.issuer.issue("ana", Some("loja-1"), &["consolidado:read".into()]).unwrap());
     let from = |address: [u8; 4], token: Option<&str>| {
         let mut req = Request::get(BALANCES);
         if let Some(t) = token {
@@ -394,7 +399,7 @@ async fn an_unknown_user_costs_the_same_password_check_as_a_wrong_password() {
     let g = gateway().await;
     let user = cashflow_sinks::User {
         username: "ana".into(),
-        merchant_id: "loja-1".into(),
+        merchant_id: Some("loja-1".into()),
         password_hash: cashflow_auth::hash_password("the right one".into()).await.unwrap(),
         scopes: vec![],
     };

@@ -4,11 +4,13 @@
 //! publishes a reversal the same way.
 
 mod lote;
+mod pending;
 mod publisher;
 mod service;
 mod validate;
 
 pub use lote::MAX_LOTE;
+pub use pending::PendingReversals;
 pub use publisher::{IngestError, Publisher};
 pub use service::{IngestState, api, router};
 pub use validate::{NovoEstorno, NovoLancamento, parse_estorno, parse_novo};

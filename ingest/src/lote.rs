@@ -85,9 +85,13 @@ struct ResultadoItem {
 pub(crate) async fn create_lote(
     State(state): State<IngestState>,
     principal: Principal,
-    Json(lote): Json<Lote>,
+    Json(body): Json<Value>,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_WRITE)?;
+    // The batch may not name another merchant either, at its top level as in its items.
+    principal.refuse_foreign(&body)?;
+    let lote: Lote = serde_json::from_value(body)
+        .map_err(|e| Problem::validation(vec![FieldError::new("lancamentos", e.to_string())]))?;
     if lote.lancamentos.is_empty() || lote.lancamentos.len() > MAX_LOTE {
         let why = format!("must hold 1 to {MAX_LOTE} entries; found {}", lote.lancamentos.len());
         return Err(Problem::validation(vec![FieldError::new("lancamentos", why)]));
@@ -110,7 +114,7 @@ pub(crate) async fn create_lote(
                 status: 202,
                 id: Some(id),
                 idempotency_key: Some(key),
-                posicao: Some(posicao.to_string()),
+                posicao: Some(posicao.seal(&state.sealer, &principal.merchant_id)),
                 problema: None,
             },
             Err(problem) => ResultadoItem {

@@ -8,6 +8,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cashflow_core::config::{DateWindow, PipelineConfig};
+use cashflow_core::seal::Sealer;
 use cashflow_core::{BusinessDate, EntryId, Lancamento, Reversal};
 use cashflow_http::{FieldError, Json, Principal, Problem, Problems, RETRY_AFTER_SECS, SCOPE_WRITE, Unacknowledged};
 use cashflow_sinks::Store;
@@ -18,7 +19,7 @@ use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{IngestError, NovoEstorno, NovoLancamento, Publisher, parse_estorno, parse_novo};
+use crate::{IngestError, NovoEstorno, NovoLancamento, PendingReversals, Publisher, parse_estorno, parse_novo};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -31,16 +32,23 @@ pub struct IngestState {
     pub date_window: DateWindow,
     /// Body limit of `POST /v1/lancamentos/lote`.
     pub max_batch_body_bytes: usize,
+    /// Seals each `posicao` for its merchant.
+    pub sealer: Sealer,
+    /// The reversals accepted here that consolidation may still be retrying.
+    pub pending: PendingReversals,
 }
 
 impl IngestState {
-    /// The ingest API `config` declares: its producer, and the store that checks reversals.
-    pub fn build(config: &PipelineConfig, store: Store) -> Result<Self, KafkaError> {
+    /// The ingest API `config` declares: its producer, the store that checks reversals, and the
+    /// key `posicao` is sealed with.
+    pub fn build(config: &PipelineConfig, store: Store, sealer: Sealer) -> Result<Self, KafkaError> {
         Ok(IngestState {
             publisher: Arc::new(Publisher::new(config)?),
             store,
             date_window: config.services.consolidate.date_window(),
             max_batch_body_bytes: config.services.gateway.max_batch_body_bytes,
+            sealer,
+            pending: PendingReversals::new(config.services.retry.longest_hold()),
         })
     }
 }
@@ -163,16 +171,18 @@ async fn create(
         id: entry.id,
         idempotency_key: Some(key),
         status: "aceito",
-        posicao: posicao.to_string(),
+        posicao: posicao.seal(&state.sealer, &entry.merchant_id),
         estorno_de: None,
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// Reverses an entry. The reversal's id is derived from the original, so repeating the call is
-/// safe. What the store already knows is checked here (already reversed: 409; a reversal: 422);
-/// an original not consolidated yet is accepted, and consolidation retries the reversal with
-/// backoff while the original may still arrive, then parks it (replayable).
+/// safe. What the store already knows is checked here (already reversed: 409; a reversal: 422),
+/// and so is a reversal of the same entry this ingest accepted with other facts (409). An
+/// original not consolidated yet is accepted, and consolidation retries the reversal with backoff
+/// while the original may still arrive, then parks it (replayable). Another merchant's entry is
+/// answered exactly as an unknown one: nothing tells which ids exist.
 #[utoipa::path(
     post,
     path = "/v1/lancamentos/{id}/estorno",
@@ -186,6 +196,7 @@ async fn reverse(
     State(state): State<IngestState>,
     principal: Principal,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_WRITE)?;
@@ -193,6 +204,8 @@ async fn reverse(
     let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
+        cashflow_http::require_json(&headers)?;
+        cashflow_http::refuse_duplicate_keys(&body)?;
         serde_json::from_slice(&body).map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))?
     };
     principal.refuse_foreign(&body)?;
@@ -201,10 +214,7 @@ async fn reverse(
     check_window(&state.date_window, data)?;
     let merchant = principal.merchant_id;
     let reversal_id = EntryId::reversal_of(&merchant, of);
-    let original = state.store.find_entry(of).await?;
-    if original.as_ref().is_some_and(|o| o.merchant_id != merchant.as_str()) {
-        return Err(Problem::foreign_merchant());
-    }
+    let original = state.store.find_entry(of).await?.filter(|o| o.merchant_id == merchant.as_str());
     if original.as_ref().is_some_and(|o| o.estorno_de.is_some()) {
         return Err(Problem::validation(vec![FieldError::new("id", "is itself a reversal and cannot be reversed")]));
     }
@@ -214,22 +224,32 @@ async fn reverse(
         return Err(Problem::new(StatusCode::CONFLICT, "already-reversed", "Entry already reversed")
             .detail(format!("entry {of} was already reversed by {by}")));
     }
+    let facts = (data, novo.descricao.unwrap_or_else(|| format!("estorno de {of}")));
+    if let Some((first, _)) = state.pending.conflict(reversal_id, &facts) {
+        return Err(Problem::new(StatusCode::CONFLICT, "already-reversed", "Entry already reversed").detail(format!(
+            "entry {of} has a reversal {reversal_id} of {first} waiting for it: a reversal with other facts would be parked"
+        )));
+    }
     let reversal = Reversal {
         id: reversal_id,
         merchant_id: merchant,
         of,
         data,
-        descricao: novo.descricao.unwrap_or_else(|| format!("estorno de {of}")),
+        descricao: facts.1.clone(),
         criado_em: chrono::Utc::now(),
         stated: original.map(|o| (o.tipo.inverse(), o.valor_cents)),
     };
-    let posicao =
-        state.publisher.publish_reversal(&reversal).await.map_err(|e| not_acknowledged(e, reversal_id, None))?;
+    let posicao = state.publisher.publish_reversal(&reversal).await.map_err(|e| {
+        if matches!(e, IngestError::NotSent(_)) {
+            state.pending.forget(reversal_id, &facts);
+        }
+        not_acknowledged(e, reversal_id, None)
+    })?;
     let body = Aceito {
         id: reversal_id,
         idempotency_key: None,
         status: "aceito",
-        posicao: posicao.to_string(),
+        posicao: posicao.seal(&state.sealer, &reversal.merchant_id),
         estorno_de: Some(of),
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())

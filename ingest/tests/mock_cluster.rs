@@ -40,8 +40,10 @@ async fn app(bootstrap: &str, dir: &tempfile::TempDir) -> Router {
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let store = cashflow_sinks::Store::connect(&url, 2).await.unwrap();
     let date_window = config.services.consolidate.date_window();
-    let state = IngestState { publisher, store, date_window, max_batch_body_bytes: 1 << 20 };
-    cashflow_ingest::router(state).layer(axum::Extension(principal))
+    let pending = cashflow_ingest::PendingReversals::new(std::time::Duration::from_secs(600));
+    let sealer = cashflow_core::seal::Sealer::new(&store.sealing_key().await.unwrap());
+    let state = IngestState { publisher, store, date_window, max_batch_body_bytes: 1 << 20, sealer, pending };
+    cashflow_ingest::router(state).layer(axum::Extension(cashflow_http::Bearer::Merchant(principal)))
 }
 
 /// Posts one entry; returns the status, the Retry-After header and the body.

@@ -2,8 +2,10 @@
 //! `cashflow_<component>_<what>_<unit>[_total]`. Labels have few values; never a merchant id.
 //! And a stage's life: [`restarting`] runs its sessions, down while it waits to start again.
 
+mod log_limit;
 mod restart;
 
+pub use log_limit::LogLimit;
 pub use restart::{Backoff, restarting};
 
 use std::sync::OnceLock;
@@ -25,6 +27,9 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub http_connections_open: IntGauge,
+    pub http_connections_refused: IntCounterVec,
+    pub http_connections_timed_out: IntCounterVec,
     pub ingest_produced: IntCounterVec,
     pub ingest_produce_duration: HistogramVec,
     pub consolidate_consumed: IntCounter,
@@ -64,6 +69,7 @@ pub struct Metrics {
     pub smartmodule_records_failed: IntCounterVec,
     pub smartmodule_fuel: IntCounterVec,
     pub smartmodule_seconds: prometheus::CounterVec,
+    pub smartmodule_restarts: IntCounterVec,
     names: Vec<String>,
 }
 
@@ -132,6 +138,22 @@ impl Metrics {
                 "HTTP requests by route, method and status.",
                 &["route", "method", "status"],
                 &[],
+            ),
+            http_connections_open: d.gauge(
+                "cashflow_http_connections_open",
+                "HTTP connections open on this process's listeners.",
+            ),
+            http_connections_refused: d.counter_vec(
+                "cashflow_http_connections_refused_total",
+                "HTTP connections closed at accept: over the process's cap (total) or the client address's (address).",
+                &["cap"],
+                &[&["total"], &["address"]],
+            ),
+            http_connections_timed_out: d.counter_vec(
+                "cashflow_http_connections_timed_out_total",
+                "HTTP connections closed by the server: idle (no request), header (headers too slow), body (a body too slow).",
+                &["phase"],
+                &[&["idle"], &["header"], &["body"]],
             ),
             http_duration: d.histogram(
                 "cashflow_http_request_duration_seconds",
@@ -301,6 +323,12 @@ impl Metrics {
                     &["smartmodule"],
                 )
                 .expect(DECLARED),
+            ),
+            smartmodule_restarts: d.counter_vec(
+                "cashflow_smartmodule_restarts_total",
+                "SmartModules started again, by module and reason: failed (after a trap, no fuel or no memory) or memory (its memory near max_memory_bytes).",
+                &["smartmodule", "reason"],
+                &[],
             ),
             gateway_upstream_replicas_ready: d.gauge_vec(
                 "cashflow_gateway_upstream_replicas_ready",

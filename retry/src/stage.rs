@@ -193,7 +193,7 @@ async fn session(config: &PipelineConfig, dlq: &Dlq, shutdown: &CancellationToke
         });
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            message = consumer.recv(), if holding.schedule.len() < retry.max_held => {
+            message = kafka::recv(&consumer), if holding.schedule.len() < retry.max_held => {
                 let message = message?;
                 // Partitions moved: what is held of a partition this member lost now belongs to
                 // another, which reads it again from the committed offsets. What it keeps stays

@@ -265,6 +265,22 @@ impl Store {
         Ok(())
     }
 
+    /// The key that seals the API's tokens, shared by every stage on this store: made by the first
+    /// that asks (of two at once, one insert wins and both read it).
+    pub async fn sealing_key(&self) -> Result<[u8; cashflow_core::seal::KEY_BYTES], StoreError> {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let fresh = engine.encode(cashflow_core::seal::Sealer::generate_key());
+        sqlx::query("INSERT INTO secrets (name, value) VALUES ('seal', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(fresh)
+            .execute(&self.writer)
+            .await?;
+        let value: String =
+            sqlx::query_scalar("SELECT value FROM secrets WHERE name = 'seal'").fetch_one(&self.writer).await?;
+        let corrupt = || StoreError::Corrupt("the sealing key in table secrets is not 32 bytes of base64".to_owned());
+        engine.decode(value).map_err(|_| corrupt())?.try_into().map_err(|_| corrupt())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;

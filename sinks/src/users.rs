@@ -9,7 +9,8 @@ use crate::{Store, StoreError};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     pub username: String,
-    pub merchant_id: String,
+    /// `None` for an operator: a login of no merchant.
+    pub merchant_id: Option<String>,
     pub password_hash: String,
     pub scopes: Vec<String>,
 }
@@ -18,7 +19,8 @@ pub struct User {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Client {
     pub client_id: String,
-    pub merchant_id: String,
+    /// `None` for an operator's client.
+    pub merchant_id: Option<String>,
     pub secret_hash: String,
     pub scopes: Vec<String>,
 }

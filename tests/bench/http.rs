@@ -5,6 +5,9 @@ use super::*;
 /// Requests of `op` that failed, by any status, in a loadgen summary (NaN if it has no such op).
 pub(crate) fn errors(summary: &Value, op: &str) -> f64 {
     let errors = summary["operations"][op]["errors"].as_object();
+    if errors.is_some_and(|e| !e.is_empty()) {
+        eprintln!("loadgen {op} errors by status: {}", summary["operations"][op]["errors"]);
+    }
     errors.map_or(f64::NAN, |e| e.values().filter_map(Value::as_f64).fold(0.0, |a, b| a + b))
 }
 
@@ -63,6 +66,10 @@ pub(crate) async fn queries(
     report.add(&format!("{name} p50"), op(&query, "p50_ms"), "ms");
     report.add(&format!("{name} p99"), op(&query, "p99_ms"), "ms");
     report.add(&format!("{name} errors"), errors(&query, "query"), "requests");
+    let refused = |m: &cashflow_tests::Metrics| m.series("cashflow_http_connections_refused_total").join(", ");
+    if refused(&before) != refused(&after) {
+        eprintln!("the gateway refused connections: {} before, {} after", refused(&before), refused(&after));
+    }
     let hits = lookups(&after, "hit") - lookups(&before, "hit");
     let misses = lookups(&after, "miss") - lookups(&before, "miss");
     report.add(&format!("{name}: answered from memory"), 100.0 * hits / (hits + misses).max(1.0), "%");

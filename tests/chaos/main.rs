@@ -20,9 +20,7 @@ async fn main() -> std::process::ExitCode {
     let per_round = args.get(1).copied().unwrap_or(500) as usize;
     let budget = Duration::from_secs(args.get(2).copied().unwrap_or(600));
     let started = Instant::now();
-    let unlimited =
-        ("rate_limit: { per_second: 200, burst: 400 }", "rate_limit: { per_second: 1000000, burst: 1000000 }");
-    let mut p = Pipeline::start_stages(Store::Sqlite, &[unlimited]).await;
+    let mut p = Pipeline::start_stages(Store::Sqlite, &[cashflow_tests::UNLIMITED]).await;
     let tokens = login_all(&p).await;
     let (first, de, ate) = (d("2026-01-01"), d("2025-12-31"), d("2026-02-01"));
     let mut oracle = Oracle::default();

@@ -60,7 +60,18 @@ pub async fn assert_matches_oracle(
     de: BusinessDate,
     ate: BusinessDate,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    assert_matches_oracle_within(p, tokens, oracle, (de, ate), Duration::from_secs(120)).await;
+}
+
+/// [`assert_matches_oracle`], waiting at most `wait` for the counts to match.
+pub async fn assert_matches_oracle_within(
+    p: &Pipeline,
+    tokens: &HashMap<&'static str, String>,
+    oracle: &Oracle,
+    (de, ate): (BusinessDate, BusinessDate),
+    wait: Duration,
+) {
+    let deadline = Instant::now() + wait;
     for m in MERCHANTS {
         let answer = loop {
             let answer = p.api.daily(&tokens[m], &de.to_string(), &ate.to_string()).await;

@@ -9,6 +9,7 @@
 mod admin;
 mod browser;
 mod flows;
+pub mod grafana;
 mod kafka;
 mod oracle;
 mod pipeline;
@@ -18,12 +19,13 @@ mod store_copy;
 pub use admin::{Group, Member, describe_group};
 pub use browser::{Browser, artifacts_dir};
 pub use flows::{
-    MERCHANTS, PASSWORD, assert_matches_oracle, d, login_all, post_all, post_entries, post_until_accepted,
+    MERCHANTS, PASSWORD, assert_matches_oracle, assert_matches_oracle_within, d, login_all, post_all, post_entries,
+    post_until_accepted,
 };
 pub use kafka::Read;
 pub use oracle::{Oracle, Posted, random_entries};
-pub use pipeline::{Api, Metrics, Pipeline, Role, Store};
-pub use postgres::PgCluster;
+pub use pipeline::{Api, Metrics, Pipeline, Role, Store, UNLIMITED};
+pub use postgres::{PgCluster, pg_bin};
 pub use store_copy::StoreCopy;
 
 use std::path::PathBuf;

@@ -68,6 +68,11 @@ impl Role {
     }
 }
 
+/// A pipeline.yaml edit for load tests: thousands of entries a second for three merchants, beyond
+/// the shipped per-merchant rate limit.
+pub const UNLIMITED: (&str, &str) =
+    ("rate_limit: { per_second: 200, burst: 400 }", "rate_limit: { per_second: 1000000, burst: 1000000 }");
+
 pub struct Pipeline {
     pub(crate) dir: tempfile::TempDir,
     config: PathBuf,

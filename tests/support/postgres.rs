@@ -13,7 +13,7 @@ pub struct PgCluster {
 }
 
 /// `PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`. Panics when there is none.
-pub(crate) fn pg_bin() -> PathBuf {
+pub fn pg_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("PG_BIN") {
         return PathBuf::from(p);
     }

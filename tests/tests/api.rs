@@ -49,22 +49,31 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_the_spec() {
     for valor in ["10.00", "25.50"] {
         assert_eq!(p.api.post_entry(&token, &entry(valor), None).await.status(), 202);
     }
-    let out = schemathesis()
-        .args(["run", &format!("{}/openapi.json", p.api.base)])
-        .args(["--header", &format!("Authorization: Bearer {token}")])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance"])
-        .args(["--checks", "response_schema_conformance,response_headers_conformance"])
-        .args(["--max-examples", "40", "--generation-deterministic", "--request-timeout", "15"])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    let summary: Vec<&str> = report.lines().filter(|l| l.contains("generated,") || l.contains("Operations:")).collect();
-    println!("schemathesis: {}", summary.join(" | "));
-    assert!(out.status.success(), "schemathesis found problems:\n{report}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(summary.iter().any(|l| l.contains("passed")), "no test cases ran:\n{report}");
-    assert!(!report.contains("failed"), "{report}");
-    assert_no_secret_in_logs(&p, &[PASSWORD, &token]);
+    // The merchant's routes with a merchant's token, the admin routes with an operator's.
+    let out = p.cli(&["users", "add", "--operator", "--username", "ops"], &format!("{PASSWORD}\n"));
+    assert!(out.status.success(), "users add --operator: {}", String::from_utf8_lossy(&out.stderr));
+    let operator = p.api.token("ops", PASSWORD).await;
+    for (bearer, paths) in [(&token, "--exclude-path-regex"), (&operator, "--include-path-regex")] {
+        let out = schemathesis()
+            .args(["run", &format!("{}/openapi.json", p.api.base)])
+            .args(["--header", &format!("Authorization: Bearer {bearer}")])
+            .args([paths, "^/v1/admin/"])
+            .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance"])
+            .args(["--checks", "response_schema_conformance,response_headers_conformance"])
+            .args(["--max-examples", "40", "--generation-deterministic", "--request-timeout", "15"])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        let summary: Vec<&str> =
+            report.lines().filter(|l| l.contains("generated,") || l.contains("Operations:")).collect();
+        println!("schemathesis {paths} ^/v1/admin/: {}", summary.join(" | "));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "schemathesis found problems:\n{report}\n{stderr}");
+        assert!(summary.iter().any(|l| l.contains("passed")), "no test cases ran:\n{report}");
+        assert!(!report.contains("failed"), "{report}");
+    }
+    assert_no_secret_in_logs(&p, &[PASSWORD, &token, &operator]);
 
     // The run shows in the metrics: tokens, freshness of the two entries, the process itself.
     let anonymous = p.api.client.get(format!("{}/v1/consolidado/diario/2026-01-01", p.api.base)).send().await.unwrap();

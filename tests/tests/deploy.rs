@@ -125,7 +125,8 @@ fn compose_config() -> Value {
         .arg(empty.path())
         .args(["-f", "deploy/compose.yaml", "config"])
         .env("POSTGRES_PASSWORD", "0123abcd")
-        .env("GRAFANA_ADMIN_PASSWORD", "4567ef"));
+        .env("GRAFANA_ADMIN_PASSWORD", "4567ef")
+        .env("CASHFLOW_RELATORIOS_PASSWORD", "89ab01"));
     assert!(ran.ok, "docker-compose config refused deploy/compose.yaml:\n{}", ran.text);
     documents(&ran.stdout, "docker-compose config").remove(0)
 }
@@ -183,7 +184,8 @@ fn compose_config_refuses_to_run_without_the_store_password() {
         .arg(empty.path())
         .args(["-f", "deploy/compose.yaml", "config", "-q"])
         .env_remove("POSTGRES_PASSWORD")
-        .env("GRAFANA_ADMIN_PASSWORD", "4567ef"));
+        .env("GRAFANA_ADMIN_PASSWORD", "4567ef")
+        .env("CASHFLOW_RELATORIOS_PASSWORD", "89ab01"));
     assert!(!ran.ok && ran.text.contains("POSTGRES_PASSWORD"), "{}", ran.text);
 }
 

@@ -6,13 +6,10 @@
 use std::time::{Duration, Instant};
 
 use cashflow_tests::{
-    MERCHANTS, Oracle, Pipeline, Role, Store, assert_matches_oracle, d, login_all, post_entries, random_entries,
+    MERCHANTS, Oracle, Pipeline, Role, Store, UNLIMITED, assert_matches_oracle, d, login_all, post_entries,
+    random_entries,
 };
 use rand::Rng;
-
-/// Load tests post far above the shipped per-merchant rate limit.
-const UNLIMITED: (&str, &str) =
-    ("rate_limit: { per_second: 200, burst: 400 }", "rate_limit: { per_second: 1000000, burst: 1000000 }");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consolidator_killed_five_times_mid_load_loses_and_doubles_nothing() {
@@ -65,32 +62,11 @@ async fn ingest_stays_up_while_consolidation_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_and_restarted_mid_load_loses_and_doubles_nothing() {
-    use futures::StreamExt as _;
     let mut p = Pipeline::start_stages(Store::Sqlite, &[UNLIMITED]).await;
     let tokens = login_all(&p).await;
     let (first, de, ate) = (d("2026-09-01"), d("2026-08-31"), d("2026-09-30"));
     let entries = random_entries(&MERCHANTS, 6_000, first, 30);
-    let (api, toks) = (p.api.clone(), tokens.clone());
-    let load = tokio::spawn(async move {
-        futures::stream::iter(entries.into_iter().enumerate())
-            .map(|(i, e)| {
-                let (api, token) = (api.clone(), toks[e.merchant.as_str()].clone());
-                async move {
-                    let attempts = cashflow_tests::post_until_accepted(&api, &token, &e, &format!("chaos-{i}")).await;
-                    (e, attempts)
-                }
-            })
-            .buffer_unordered(32)
-            .collect::<Vec<_>>()
-            .await
-    });
-
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    p.kill(Role::Broker);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    p.launch(Role::Broker).await;
-
-    let posted = load.await.unwrap();
+    let posted = post_through_a_broker_restart(&mut p, &tokens, entries, "chaos", Duration::from_secs(3)).await;
     let retried = posted.iter().filter(|(_, a)| *a > 1).count();
     let mut oracle = Oracle::default();
     for (e, _) in posted {
@@ -98,6 +74,107 @@ async fn broker_killed_and_restarted_mid_load_loses_and_doubles_nothing() {
     }
     eprintln!("broker down ~3 s mid-load: {retried} of 6000 entries needed a client retry");
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
+}
+
+/// The broker restarted under load, again and again: after each restart the consolidator owns
+/// its partitions again and has counted every accepted entry within seconds, not at a client
+/// library's next spurious wakeup (which comes every `max.poll.interval.ms / 2`, 150 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consolidator_catches_up_within_seconds_of_every_broker_restart() {
+    let mut p = Pipeline::start_stages(Store::Sqlite, &[UNLIMITED]).await;
+    let tokens = login_all(&p).await;
+    let (first, de, ate) = (d("2026-06-01"), d("2026-05-31"), d("2026-06-30"));
+    let mut oracle = Oracle::default();
+    for restart in 0..8 {
+        let down = Duration::from_millis(rand::thread_rng().gen_range(500..2_500));
+        let entries = random_entries(&MERCHANTS, 1_500, first, 30);
+        let posted = post_through_a_broker_restart(&mut p, &tokens, entries, &format!("r{restart}"), down).await;
+        let accepted = Instant::now();
+        for (e, _) in posted {
+            oracle.add(e);
+        }
+        cashflow_tests::assert_matches_oracle_within(&p, &tokens, &oracle, (de, ate), Duration::from_secs(30)).await;
+        eprintln!("restart {restart}: broker down {down:?}, caught up {:?} after the last accept", accepted.elapsed());
+    }
+}
+
+/// rdkafka's `StreamConsumer` wakes a waiting `recv` only on its queue's empty-to-non-empty edge,
+/// and an edge can be lost (fede1024/rust-rdkafka#665); its own fallback wake comes every
+/// `max.poll.interval.ms / 2`, 150 s. Here every edge is lost: the queue's callback is switched
+/// off. A consumer waiting through `cashflow_kafka::recv` still gets the next record in seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_consumer_gets_its_record_even_when_the_queue_wakeup_is_lost() {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    let mut p = Pipeline::configure(Store::Sqlite, &[]);
+    p.launch(Role::Broker).await;
+    let consumer: StreamConsumer<cashflow_kafka::RebalanceWatch> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &p.kafka)
+        .set("broker.address.family", "v4")
+        .set("group.id", "wakeup-lost")
+        .create_with_context(cashflow_kafka::RebalanceWatch::default())
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("lancamentos", 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: the client outlives this block; the queue handle taken here is released here, and
+    // a null callback with a null opaque is librdkafka's documented way to switch it off.
+    unsafe {
+        use rdkafka::bindings as rd;
+        let queue = rd::rd_kafka_queue_get_consumer(consumer.client().native_ptr());
+        rd::rd_kafka_queue_cb_event_enable(queue, None, std::ptr::null_mut());
+        rd::rd_kafka_queue_destroy(queue);
+    }
+    // The wait runs in a task of its own: nothing else wakes it.
+    let consumer = std::sync::Arc::new(consumer);
+    let waiting = tokio::spawn({
+        let consumer = std::sync::Arc::clone(&consumer);
+        async move {
+            let next = async { cashflow_kafka::recv(&consumer).await.map(|m| m.payload().map(<[u8]>::to_vec)) };
+            tokio::time::timeout(Duration::from_secs(10), next).await
+        }
+    });
+    // Produced once the consumer waits on an empty queue.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    p.produce("lancamentos", &[(Some(0), "loja-a", b"first".to_vec())]).await;
+    let produced = Instant::now();
+    // (A timeout polls what it wraps once more when it fires: only the time taken tells.)
+    let payload = waiting.await.unwrap().expect("no record within 10 s of a lost wakeup").unwrap();
+    let waited = produced.elapsed();
+    assert!(waited < Duration::from_secs(3), "the record was read {waited:?} after its ack");
+    assert_eq!(payload.as_deref(), Some(&b"first"[..]));
+}
+
+/// Posts `entries` 32 at a time, as a well-behaved client (503s retried with the same key), while
+/// the broker is killed once and started again after `down`; returns each entry with its attempts.
+async fn post_through_a_broker_restart(
+    p: &mut Pipeline,
+    tokens: &std::collections::HashMap<&'static str, String>,
+    entries: Vec<cashflow_tests::Posted>,
+    keys: &str,
+    down: Duration,
+) -> Vec<(cashflow_tests::Posted, u32)> {
+    use futures::StreamExt as _;
+    let (api, toks, keys) = (p.api.clone(), tokens.clone(), keys.to_owned());
+    let load = tokio::spawn(async move {
+        futures::stream::iter(entries.into_iter().enumerate())
+            .map(|(i, e)| {
+                let (api, token, key) = (api.clone(), toks[e.merchant.as_str()].clone(), format!("{keys}-{i}"));
+                async move {
+                    let attempts = cashflow_tests::post_until_accepted(&api, &token, &e, &key).await;
+                    (e, attempts)
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.kill(Role::Broker);
+    tokio::time::sleep(down).await;
+    p.launch(Role::Broker).await;
+    load.await.unwrap()
 }
 
 /// PostgreSQL stopped for ~10 s mid-load: consolidation pauses and resumes by itself, nothing is

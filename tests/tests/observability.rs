@@ -142,14 +142,17 @@ impl Drop for Prometheus {
     }
 }
 
-/// Every panel's title and query expressions, with Grafana's `$__rate_interval` as 1m.
+/// Every Prometheus panel's title and query expressions, with Grafana's `$__rate_interval` as
+/// 1m and `$__range` as 5m. (The reports' SQL panels are tests/tests/relatorios.rs's.)
 fn dashboard_queries() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for file in std::fs::read_dir(observability().join("grafana/dashboards")).unwrap() {
         let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(file.unwrap().path()).unwrap()).unwrap();
         for panel in dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row") {
-            for target in panel["targets"].as_array().unwrap() {
-                let expr = target["expr"].as_str().unwrap().replace("$__rate_interval", "1m");
+            let prometheus =
+                panel["targets"].as_array().unwrap().iter().filter(|t| t["datasource"]["type"] == "prometheus");
+            for target in prometheus {
+                let expr = target["expr"].as_str().unwrap().replace("$__rate_interval", "1m").replace("$__range", "5m");
                 out.push((panel["title"].as_str().unwrap().to_owned(), expr));
             }
         }

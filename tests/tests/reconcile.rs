@@ -11,19 +11,15 @@ use std::time::{Duration, Instant};
 
 use cashflow_core::{EntryId, MerchantId};
 use cashflow_tests::{
-    MERCHANTS, Oracle, Pipeline, Posted, Store, assert_matches_oracle, d, fresh_postgres_database, login_all, post_all,
-    random_entries,
+    MERCHANTS, Oracle, Pipeline, Posted, Store, UNLIMITED, assert_matches_oracle, d, fresh_postgres_database,
+    login_all, post_all, random_entries,
 };
 use serde_json::{Value, json};
-
-/// `cashflow <args> --json`: whether it exited 0 (it must exit 0 or 1), and its document.
-/// Thousands of entries a second for three merchants: beyond the shipped per-merchant limit.
-const NO_LIMIT: (&str, &str) =
-    ("rate_limit: { per_second: 200, burst: 400 }", "rate_limit: { per_second: 1000000, burst: 1000000 }");
 
 const INTO: &str = "into: [saldo-diario, saldo-categoria, saldo-mensal, saldo-comerciante]";
 const WEEKLY: &str = "semanal-tipo: { key: [merchant_id, semana, tipo], values: [debitos, lancamentos], table: consolidado_semanal_tipo }";
 
+/// `cashflow <args> --json`: whether it exited 0 (it must exit 0 or 1), and its document.
 fn json_of(p: &Pipeline, args: &[&str]) -> (bool, Value) {
     let out = p.cli(&[args, &["--json"]].concat(), "");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -60,7 +56,7 @@ async fn a_healthy_run_reconciles_and_audits_clean_and_hand_made_damage_is_named
         ("backoff_ms: [1000, 10000, 60000]", "backoff_ms: [1000]".into()),
         ("max_attempts: 5", "max_attempts: 2".into()),
         ("reconcile: { every_secs: 3600, merchants: 100 }", "reconcile: { every_secs: 1, merchants: all }".into()),
-        (NO_LIMIT.0, NO_LIMIT.1.into()),
+        (UNLIMITED.0, UNLIMITED.1.into()),
         // a declared state of weeks and types, beside the four shipped
         ("      saldo-comerciante: {", format!("      {WEEKLY}\n      saldo-comerciante: {{")),
         (INTO, "into: [saldo-diario, saldo-categoria, saldo-mensal, saldo-comerciante, semanal-tipo]".into()),
@@ -185,7 +181,7 @@ async fn a_healthy_run_reconciles_and_audits_clean_and_hand_made_damage_is_named
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_reconcile_and_rebuild_run_during_a_load_with_no_false_difference_and_no_partial_view() {
     let store = Store::Postgres(fresh_postgres_database().await);
-    let p = Pipeline::start_with(store.clone(), &[NO_LIMIT]).await;
+    let p = Pipeline::start_with(store.clone(), &[UNLIMITED]).await;
     let tokens = login_all(&p).await;
     let mut oracle = Oracle::default();
     post_all(&p, &tokens, random_entries(&MERCHANTS, 1_500, d("2026-06-01"), 120), &mut oracle).await;

@@ -197,14 +197,44 @@ async fn a_record_parked_by_the_date_window_is_replayed_after_the_fix_and_counte
     eprintln!("{table}");
     assert!(table.contains(&position) && table.contains("invalid_field") && table.contains(m), "{table}");
 
-    // The admin API lists it, for the admin scope only.
-    let out = p.cli(&["users", "add", "--merchant", "ops", "--username", "ops", "--scopes", "admin"], PASSWORD);
-    assert!(out.status.success());
-    let admin = p.api.token("ops", PASSWORD).await;
+    // A merchant's token, whatever its scopes, neither lists nor replays another merchant's
+    // parked record.
+    let other = MERCHANTS[0];
+    assert_ne!(other, m);
+    let scopes = ["--scopes", "lancamentos:write consolidado:read admin"];
+    let out =
+        p.cli(&[&["users", "add", "--merchant", other, "--username", "dona-de-tudo"][..], &scopes].concat(), PASSWORD);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let every_scope = p.api.token("dona-de-tudo", PASSWORD).await;
     let get = |token: String| p.api.client.get(format!("{}/v1/admin/dlq", p.api.base)).bearer_auth(token).send();
+    let replay_all = |token: String| {
+        let url = format!("{}/v1/admin/dlq/replay", p.api.base);
+        p.api.client.post(url).bearer_auth(token).json(&json!({"all": true})).send()
+    };
+    for token in [every_scope.clone(), tokens[m].clone()] {
+        let listed = get(token.clone()).await.unwrap();
+        assert_eq!(listed.status(), 403, "{}", listed.text().await.unwrap());
+        assert_eq!(replay_all(token).await.unwrap().status(), 403);
+    }
+    assert_eq!(p.dlq_list().len(), 1, "still parked");
+
+    // An operator (a login of no merchant) lists it.
+    let out = p.cli(&["users", "add", "--operator", "--username", "ops", "--scopes", "admin"], PASSWORD);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = p.api.token("ops", PASSWORD).await;
     let listed: Value = get(admin.clone()).await.unwrap().json().await.unwrap();
     assert_eq!(listed["parked"][0]["position"], position.as_str());
-    assert_eq!(get(tokens[m].clone()).await.unwrap().status(), 403);
+    // An operator's token acts for no merchant.
+    let balances = p.api.get(&admin, "/v1/consolidado/diario?de=2026-01-01&ate=2026-01-31").await;
+    assert_eq!(balances.status(), 403);
+
+    // Each merchant sees its own parked entries, and only those.
+    let own: Value = p.api.get(&tokens[m], "/v1/lancamentos/retidos").await.json().await.unwrap();
+    assert_eq!(own["retidos"].as_array().map(Vec::len), Some(1), "{own}");
+    assert_eq!(own["retidos"][0]["codigo"], "invalid_field", "{own}");
+    assert_eq!(own["retidos"][0]["lancamento"]["valor"], "777.77", "{own}");
+    let theirs: Value = p.api.get(&every_scope, "/v1/lancamentos/retidos").await.json().await.unwrap();
+    assert_eq!(theirs["retidos"], json!([]), "{theirs}");
 
     // Fix the window, restart consolidation, replay: counted once.
     p.interrupt(Role::Consolidate).await;
@@ -429,4 +459,81 @@ async fn ten_thousand_malformed_and_mutated_records_are_consolidated_or_parked_a
     assert_eq!(codes, expected.into_iter().collect::<BTreeMap<_, _>>());
     assert_matches_oracle(&p, &tokens, &oracle, d("2026-06-01"), d("2026-06-30")).await;
     assert!(p.log_matching("panicked").is_empty(), "{}", p.log_tail());
+}
+
+/// The merchant's own parked records, as `GET /v1/lancamentos/retidos` lists them.
+async fn retidos(p: &Pipeline, token: &str) -> Vec<Value> {
+    let listed: Value = p.api.get(token, "/v1/lancamentos/retidos").await.json().await.unwrap();
+    listed["retidos"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversals_say_nothing_of_other_merchants_and_a_second_one_with_other_facts_is_refused_or_parked_visibly() {
+    let mut p = Pipeline::start_with(
+        Store::Sqlite,
+        // A reversal waits up to about 25 s for its original: through a restart.
+        &[(SHIPPED_BACKOFF, "backoff_ms: [1000, 2000]"), (SHIPPED_ATTEMPTS, "max_attempts: 12")],
+    )
+    .await;
+    let tokens = login_all(&p).await;
+    let (a, b) = (MERCHANTS[0], MERCHANTS[1]);
+    let theirs = Posted { merchant: a.into(), credit: true, cents: 5_000, date: d("2026-04-05") };
+    let r: Value = p.api.post_entry(&tokens[a], &theirs.body("de a"), None).await.json().await.unwrap();
+    let theirs_id = r["id"].as_str().unwrap().to_owned();
+    let mut oracle = Oracle::default();
+    oracle.add(theirs);
+    assert_matches_oracle(&p, &tokens, &oracle, d("2026-04-01"), d("2026-04-30")).await;
+
+    // Another merchant's entry is answered as an unknown one, and both end the same way.
+    let foreign = p.api.reverse(&tokens[b], &theirs_id, &json!({"data": "2026-04-06"})).await;
+    let unknown = p.api.reverse(&tokens[b], &EntryId::random().to_string(), &json!({"data": "2026-04-06"})).await;
+    assert_eq!((foreign.status(), unknown.status()), (unknown.status(), reqwest::StatusCode::ACCEPTED));
+
+    // A second reversal of one entry with other facts: 409 while ingest knows the first...
+    let later = EntryId::from_idempotency_key(&MerchantId::parse(a).unwrap(), "venda-tardia").to_string();
+    let first = json!({"data": "2026-04-10", "descricao": "devolução"});
+    assert_eq!(p.api.reverse(&tokens[a], &later, &first).await.status(), 202);
+    assert_eq!(p.api.reverse(&tokens[a], &later, &first).await.status(), 202, "the same reversal again");
+    let other = json!({"data": "2026-04-11", "descricao": "devolução"});
+    let refused = p.api.reverse(&tokens[a], &later, &other).await;
+    assert_eq!(refused.status(), 409);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(problem["type"].as_str().is_some_and(|t| t.ends_with("already-reversed")), "{problem}");
+
+    // ...and, once it forgot (a restart), parked as already_reversed where the merchant sees it.
+    p.restart().await;
+    assert_eq!(p.api.reverse(&tokens[a], &later, &other).await.status(), 202);
+    let original = Posted { merchant: a.into(), credit: true, cents: 700, date: d("2026-04-09") };
+    assert_eq!(p.api.post_entry(&tokens[a], &original.body("tardia"), Some("venda-tardia")).await.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let parked = loop {
+        let own = retidos(&p, &tokens[a]).await;
+        if !own.is_empty() || Instant::now() > deadline {
+            break own;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // Each record of the reversal that lost is parked (the first was sent twice: two records),
+    // all with the same facts, while the other reversal counts.
+    assert!(!parked.is_empty(), "nothing parked");
+    let lost = &parked[0]["lancamento"]["data"];
+    assert!(parked.iter().all(|r| r["codigo"] == "already_reversed" && &r["lancamento"]["data"] == lost), "{parked:?}");
+    let kept = if lost == "2026-04-11" { "2026-04-10" } else { "2026-04-11" };
+    oracle.add(original);
+    oracle.add(Posted { merchant: a.into(), credit: false, cents: 700, date: d(kept) });
+    assert_matches_oracle(&p, &tokens, &oracle, d("2026-04-01"), d("2026-04-30")).await;
+
+    // Merchant b's two reversals are parked alike, each on one log line, not one per attempt.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while retidos(&p, &tokens[b]).await.len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let own = retidos(&p, &tokens[b]).await;
+    let codes: Vec<&Value> = own.iter().map(|r| &r["codigo"]).collect();
+    assert_eq!(codes, [&json!("original_not_found"), &json!("original_not_found")], "{own:?}");
+    let warnings = p.log_matching(" WARN ");
+    let parked_lines = warnings.iter().filter(|l| l.contains("record parked")).count();
+    let parked_records = own.len() + retidos(&p, &tokens[a]).await.len();
+    assert_eq!(parked_lines, parked_records, "one line per parked record:\n{}", warnings.join("\n"));
+    assert!(!warnings.iter().any(|l| l.contains("record rejected")), "{}", warnings.join("\n"));
 }

@@ -11,13 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cashflow_tests::{
-    Group, MERCHANTS, Oracle, Pipeline, Posted, Role, Store, assert_matches_oracle, d, describe_group,
+    Group, MERCHANTS, Oracle, Pipeline, Posted, Role, Store, UNLIMITED, assert_matches_oracle, d, describe_group,
     fresh_postgres_database, login_all, post_entries, random_entries,
 };
 
 const GROUP: &str = "cashflow-consolidate";
-const NO_LIMIT: (&str, &str) =
-    ("rate_limit: { per_second: 200, burst: 400 }", "rate_limit: { per_second: 1000000, burst: 1000000 }");
 
 /// Waits until the group has `members` members owning the 6 partitions as evenly as they can
 /// (⌊6/N⌋ or ⌈6/N⌉ each), each partition once; returns what the admin API showed.
@@ -65,7 +63,7 @@ async fn owned_by_metrics(p: &Pipeline, roles: &[Role], want: &[usize]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consolidators_split_the_partitions_through_a_kill_and_a_join_under_load() {
     let store = Store::Postgres(fresh_postgres_database().await);
-    let mut p = Pipeline::configure(store, &[NO_LIMIT]);
+    let mut p = Pipeline::configure(store, &[UNLIMITED]);
     let members = [Role::Consolidate, Role::SecondConsolidator, Role::ExtraConsolidator(3)];
     for role in [Role::Broker, Role::Gateway].into_iter().chain(members) {
         p.launch(role).await;
@@ -124,6 +122,8 @@ struct Seen {
     statuses: BTreeMap<u16, usize>,
     slowest: Duration,
     accepted_at: Vec<Instant>,
+    /// The last answers' statuses (post, read), newest last.
+    last: std::collections::VecDeque<[u16; 2]>,
 }
 
 impl Load {
@@ -159,14 +159,20 @@ impl Load {
         Load { stop, seen, clients }
     }
 
-    /// Stops the clients; what they saw, and the oracle of every entry accepted.
-    async fn finish(self) -> (Seen, Oracle) {
+    /// Stops the clients; what they saw, and the oracle of every entry accepted. A client stops
+    /// once its entry in hand is accepted: if that takes over a minute, the test fails with the
+    /// statuses seen and the pipeline's log, instead of waiting for the runner's timeout.
+    async fn finish(self, p: &Pipeline) -> (Seen, Oracle) {
         self.stop.store(true, Ordering::Relaxed);
+        let Ok(clients) = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(self.clients)).await
+        else {
+            let seen = self.seen.lock().unwrap();
+            let (statuses, last) = (&seen.statuses, &seen.last);
+            panic!("a client's entry was not accepted in 60 s: {statuses:?}, last {last:?}\n{}", p.log_tail());
+        };
         let mut oracle = Oracle::default();
-        for client in self.clients {
-            for e in client.await.unwrap() {
-                oracle.add(e);
-            }
+        for e in clients.into_iter().flat_map(Result::unwrap) {
+            oracle.add(e);
         }
         let seen = std::mem::take(&mut *self.seen.lock().unwrap());
         (seen, oracle)
@@ -179,6 +185,10 @@ impl Seen {
         for status in statuses {
             *self.statuses.entry(status).or_default() += 1;
         }
+        if self.last.len() == 10 {
+            self.last.pop_front();
+        }
+        self.last.push_back(statuses);
         if statuses[0] == 202 {
             self.accepted_at.push(Instant::now());
         }
@@ -197,7 +207,7 @@ impl Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_spreads_over_replicas_and_a_replica_killed_under_load_costs_only_clear_503s() {
     let store = Store::Postgres(fresh_postgres_database().await);
-    let mut p = Pipeline::start_distributed_with(store, true, &[NO_LIMIT]).await;
+    let mut p = Pipeline::start_distributed_with(store, true, &[UNLIMITED]).await;
     let tokens = login_all(&p).await;
     let load = Load::start(&p, &tokens, "2026-03-01");
 
@@ -219,7 +229,7 @@ async fn the_gateway_spreads_over_replicas_and_a_replica_killed_under_load_costs
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (seen, oracle) = load.finish().await;
+    let (seen, oracle) = load.finish(&p).await;
 
     println!("statuses seen: {:?}, slowest answer {:?}", seen.statuses, seen.slowest);
     assert!(seen.statuses.keys().all(|s| [200, 202, 503].contains(s)), "only 200, 202 and clear 503s: {seen:?}");
@@ -232,7 +242,7 @@ async fn the_gateway_spreads_over_replicas_and_a_replica_killed_under_load_costs
 async fn two_brokers_on_shared_storage_each_killed_under_load_lose_and_double_count_nothing() {
     let store = Store::Postgres(fresh_postgres_database().await);
     let broker_storage = fresh_postgres_database().await;
-    let mut p = Pipeline::configure_broker_cluster(store, &broker_storage, &[NO_LIMIT]);
+    let mut p = Pipeline::configure_broker_cluster(store, &broker_storage, &[UNLIMITED]);
     let roles = [Role::Broker, Role::SecondBroker, Role::Gateway, Role::Consolidate, Role::SecondConsolidator];
     for role in roles.into_iter().chain([Role::Retry]) {
         p.launch(role).await;
@@ -265,7 +275,7 @@ async fn two_brokers_on_shared_storage_each_killed_under_load_lose_and_double_co
         outages.push((victim, killed_at, restarted_at));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (seen, oracle) = load.finish().await;
+    let (seen, oracle) = load.finish(&p).await;
 
     println!("statuses seen: {:?}; slowest answer: {:?}", seen.statuses, seen.slowest);
     let statuses = &seen.statuses;
@@ -316,7 +326,7 @@ async fn a_broker_is_refused_a_log_it_cannot_share_and_an_address_clients_are_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_whose_members_all_left_takes_the_next_member_in() {
     let store = Store::Postgres(fresh_postgres_database().await);
-    let mut p = Pipeline::configure(store, &[NO_LIMIT]);
+    let mut p = Pipeline::configure(store, &[UNLIMITED]);
     let members = [Role::Consolidate, Role::SecondConsolidator, Role::ExtraConsolidator(3)];
     for role in [Role::Broker].into_iter().chain(members) {
         p.launch(role).await;

@@ -7,7 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use cashflow_core::{BusinessDate, Money};
-use cashflow_tests::{MERCHANTS, Pipeline, Store, d, fresh_postgres_database, login_all};
+use cashflow_tests::{
+    MERCHANTS, Oracle, Pipeline, Posted, Role, Store, UNLIMITED, assert_matches_oracle, d, fresh_postgres_database,
+    login_all, random_entries,
+};
+use futures::StreamExt as _;
+use rand::Rng as _;
 use serde_json::{Value, json};
 
 fn wasm(name: &str) -> String {
@@ -163,6 +168,65 @@ async fn the_example_modules_on_postgres_give_the_oracles_balances() {
     examples_match_the_oracle(Store::Postgres(fresh_postgres_database().await)).await;
 }
 
+/// The card-fee split across `kill -9`: the consolidator is killed while card sales flow, and each
+/// sale's gross credit and fee debit count once each (the fee's id derives from the sale's, so a
+/// sale consolidated again after a kill makes the same two entries, and the store's dedupe holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_card_fee_split_counts_gross_and_fee_once_each_across_consolidator_kills() {
+    let module = format!(
+        "      - operator: smartmodule\n        name: taxa-cartao\n        path: {}\n        kind: array-map\n        params: {{ taxa_bps: \"250\" }}\n",
+        wasm("taxa-cartao")
+    );
+    let (from, to) = with_modules(&module);
+    let mut p = Pipeline::start_stages(Store::Sqlite, &[(&from, &to), UNLIMITED]).await;
+    let tokens = login_all(&p).await;
+    let (first, de, ate) = (d("2026-04-01"), d("2026-03-31"), d("2026-04-30"));
+    let entries = random_entries(&MERCHANTS, 8_000, first, 30);
+    let (api, toks) = (p.api.clone(), tokens.clone());
+    let load = tokio::spawn(async move {
+        futures::stream::iter(entries)
+            .map(|e| {
+                let (api, token) = (api.clone(), toks[e.merchant.as_str()].clone());
+                async move {
+                    // Every credit is a card sale.
+                    let mut body = e.body("venda");
+                    body["categoria"] = json!(if e.credit { "cartao" } else { "insumos" });
+                    let status = api.post_entry(&token, &body, None).await.status().as_u16();
+                    (e, status)
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+    });
+    let mut during_load = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(150..500))).await;
+        during_load += usize::from(!load.is_finished());
+        p.kill(Role::Consolidate);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        p.launch(Role::Consolidate).await;
+    }
+    let mut oracle = Oracle::default();
+    let mut fees = 0;
+    for (e, status) in load.await.unwrap() {
+        assert_eq!(status, 202, "{e:?}");
+        let fee = (i128::from(e.cents) * 250 + 5_000) / 10_000;
+        if e.credit && fee > 0 {
+            let fee = Posted { credit: false, cents: i64::try_from(fee).unwrap(), ..e.clone() };
+            oracle.add(fee);
+            fees += 1;
+        }
+        oracle.add(e);
+    }
+    assert!(fees > 3_000, "most credits pay a fee: {fees}");
+    assert!(during_load > 0, "the consolidator was killed while sales were posted");
+    assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
+    eprintln!(
+        "{fees} fees over 8000 entries; the consolidator was killed 3 times, {during_load} of them while posting"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_that_traps_loops_or_lies_parks_that_entry_and_the_stream_goes_on() {
     let module = format!(
@@ -215,6 +279,23 @@ async fn a_module_that_traps_loops_or_lies_parks_that_entry_and_the_stream_goes_
     let failed =
         metrics.must("cashflow_smartmodule_records_failed_total{code=\"smartmodule_error\",smartmodule=\"falhas\"}");
     assert!(failed >= 9.0, "trap, loop and erro, three each, at least once: {failed}");
+
+    // A module that is not pure, found out by a redelivery: the same record twice on the topic
+    // (in two epochs) gives different facts the second time, which is parked; the first counts.
+    let record = serde_json::to_vec(&json!({
+        "v": 1, "id": "6f1d2c3b-4a5e-4f60-8172-93a4b5c6d7e8", "merchant_id": m, "tipo": "credito",
+        "valor_cents": 700, "data": "2026-03-02", "descricao": "falha:impura", "criado_em": chrono::Utc::now().to_rfc3339(),
+    }))
+    .unwrap();
+    for _ in 0..2 {
+        p.produce("lancamentos", &[(None, m, record.clone())]).await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+    }
+    let parked = p.await_parked(ids.len() + 1, Duration::from_secs(60)).await;
+    let last = parked.last().unwrap();
+    assert_eq!(last["failure"]["code"], "conflicting_duplicate", "{last}");
+    let day = p.api.daily(&tokens[m], "2026-03-02", "2026-03-02").await;
+    assert_eq!((&day["dias"][0]["creditos"], &day["dias"][0]["lancamentos"]), (&json!("57.00"), &json!(6)), "{day}");
 }
 
 #[test]

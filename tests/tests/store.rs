@@ -112,3 +112,44 @@ async fn sqlite_stores_any_text_once_and_adds_totals() {
 async fn postgres_stores_any_text_once_and_adds_totals() {
     writes_come_back_as_written(&fresh_postgres_database().await).await;
 }
+
+/// On PostgreSQL a state keyed by `data`, built from a declaration (not a migration), keeps the
+/// day as a date too, `dia`, indexed, as the reports read it (observability/README.md).
+#[tokio::test]
+async fn a_state_keyed_by_day_is_built_with_its_day_index_on_postgres() {
+    use sqlx::Row as _;
+    let url = fresh_postgres_database().await;
+    let store = Store::connect(&url, 2).await.unwrap();
+    let state = DeclaredState {
+        table: "por_dia_e_tipo".into(),
+        key: Key::new(vec![Field::MerchantId, Field::Data, Field::Tipo]).unwrap(),
+        values: Values::default(),
+    };
+    let mut build = store.begin_build(&state).await.unwrap().expect("not kept yet");
+    let mut rows = Rows::new(3);
+    for day in ["2026-01-31", "2026-02-01", "2028-02-29"] {
+        rows.push(["loja-1", day, "credito"], DayTotals { creditos_cents: 5, debitos_cents: 0, quantidade: 1 })
+            .unwrap();
+    }
+    build.add(&rows).await.unwrap();
+    build.finish().await.unwrap();
+
+    let pg = sqlx::PgPool::connect(&url).await.unwrap();
+    let days: Vec<(String, String)> = sqlx::query("SELECT data, dia::text FROM por_dia_e_tipo ORDER BY data")
+        .fetch_all(&pg)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(days.iter().all(|(data, dia)| data == dia), "{days:?}");
+    assert_eq!(days.len(), 3);
+    let indexes: Vec<String> = sqlx::query("SELECT indexdef FROM pg_indexes WHERE tablename = 'por_dia_e_tipo'")
+        .fetch_all(&pg)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(indexes.iter().any(|i| i.ends_with("USING btree (dia)")), "{indexes:?}");
+}

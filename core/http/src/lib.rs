@@ -5,6 +5,13 @@
 //! [`Transient`] becomes a 503 with `Retry-After`, any other a 500. The error itself never reaches
 //! the client; it rides on the response as a [`Cause`], and [`log_failures`] logs it once.
 
+mod negotiate;
+pub mod serve;
+mod strict;
+
+pub use negotiate::negotiate;
+pub use strict::duplicate_key;
+
 use axum::extract::rejection::JsonRejection;
 use std::sync::Arc;
 
@@ -168,6 +175,13 @@ impl Problem {
         }
     }
 
+    /// A problem named after `status` alone (`405 Method Not Allowed`: `/problems/method-not-allowed`),
+    /// for answers the HTTP layer chose.
+    pub fn of_status(status: StatusCode) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error");
+        Problem::new(status, &title.to_ascii_lowercase().replace(' ', "-"), title)
+    }
+
     /// `error` is why this answer is a failure: logged once by [`log_failures`].
     pub fn caused_by(mut self, error: impl std::error::Error + Send + Sync + 'static) -> Self {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -256,7 +270,8 @@ impl IntoResponse for Problem {
 #[derive(utoipa::IntoResponses)]
 pub enum Problems {
     /// Bad input (400, 413, 415, 422), no or bad token (401), missing scope or another merchant's
-    /// data (403), unknown (404), conflict (409), or over a rate limit (429, with `Retry-After`).
+    /// data (403), unknown (404), no representation `Accept` takes (406), conflict (409), or over
+    /// a rate limit (429, with `Retry-After`).
     #[response(status = "4XX", content_type = "application/problem+json")]
     Client(Problem),
     /// A fault of the server that retrying will not fix; logged, never detailed here.
@@ -267,7 +282,15 @@ pub enum Problems {
     Unavailable(Problem),
 }
 
-/// Who is calling, from a validated token. The merchant always comes from here.
+/// Whom a validated token speaks for: a merchant, or an operator (a login or client of no
+/// merchant, for the admin routes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bearer {
+    Merchant(Principal),
+    Operator(Operator),
+}
+
+/// A merchant's caller, from a validated token. The merchant always comes from here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     pub subject: String,
@@ -275,14 +298,34 @@ pub struct Principal {
     pub scopes: Vec<String>,
 }
 
+/// An operator, from a validated token that names no merchant: the admin routes take this, and
+/// no merchant's route does. A merchant's token never becomes one, whatever its scopes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operator {
+    pub subject: String,
+    pub scopes: Vec<String>,
+}
+
+/// 403 unless `scopes` hold `scope`.
+fn require(scopes: &[String], scope: &str) -> Result<(), Problem> {
+    if scopes.iter().any(|s| s == scope) {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(format!("the token lacks the scope {scope}")))
+    }
+}
+
 impl Principal {
     /// 403 unless the token carries `scope`.
     pub fn require(&self, scope: &str) -> Result<(), Problem> {
-        if self.scopes.iter().any(|s| s == scope) {
-            Ok(())
-        } else {
-            Err(Problem::forbidden(format!("the token lacks the scope {scope}")))
-        }
+        require(&self.scopes, scope)
+    }
+}
+
+impl Operator {
+    /// 403 unless the token carries `scope`.
+    pub fn require(&self, scope: &str) -> Result<(), Problem> {
+        require(&self.scopes, scope)
     }
 }
 
@@ -313,7 +356,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Principal>().cloned().ok_or_else(|| Problem::unauthorized("a bearer token is required"))
+        match parts.extensions.get::<Bearer>() {
+            Some(Bearer::Merchant(principal)) => Ok(principal.clone()),
+            Some(Bearer::Operator(_)) => Err(Problem::forbidden("an operator's token acts for no merchant")),
+            None => Err(Problem::unauthorized("a bearer token is required")),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Operator {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Bearer>() {
+            Some(Bearer::Operator(operator)) => Ok(operator.clone()),
+            Some(Bearer::Merchant(_)) => Err(Problem::forbidden(
+                "the admin routes are for operators: a merchant's token cannot use them, whatever its scopes",
+            )),
+            None => Err(Problem::unauthorized("a bearer token is required")),
+        }
     }
 }
 
@@ -338,11 +399,44 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => Err(json_problem(rejection)),
-        }
+        require_json(req.headers())?;
+        let bytes =
+            axum::body::Bytes::from_request(req, state).await.map_err(|rejection| match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large")
+                        .detail("the body is larger than the limit")
+                }
+                _ => Problem::bad_request(rejection.body_text()),
+            })?;
+        refuse_duplicate_keys(&bytes)?;
+        axum::Json::<T>::from_bytes(&bytes).map(|axum::Json(v)| Json(v)).map_err(json_problem)
     }
+}
+
+/// 422 naming the first key the JSON body names twice in one object.
+pub fn refuse_duplicate_keys(body: &[u8]) -> Result<(), Problem> {
+    match duplicate_key(body) {
+        Some(path) => Err(Problem::validation(vec![FieldError::new(path, "is given twice")])),
+        None => Ok(()),
+    }
+}
+
+/// 415 unless the request says its body is JSON.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), Problem> {
+    if is_json(headers) {
+        Ok(())
+    } else {
+        let detail = "the body must be JSON (Content-Type: application/json)";
+        Err(Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
+            .detail(detail))
+    }
+}
+
+/// A JSON media type: `application/json`, or `application/<anything>+json`, any case.
+pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(essence) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = essence.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn json_problem(rejection: JsonRejection) -> Problem {

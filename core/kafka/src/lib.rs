@@ -7,12 +7,13 @@ pub use failed::{failure_headers, header, read_failure, send_failed};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
@@ -29,6 +30,40 @@ pub fn watermarks(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Re
             Ok((p, low, high))
         })
         .collect()
+}
+
+/// How long a waiting [`recv`] trusts the queue's wakeup before it polls again.
+const POLL_AGAIN: Duration = Duration::from_millis(250);
+
+/// How long a consumer whose partitions were all revoked waits for the group to assign it again
+/// (however few) before [`recv`] gives it up.
+const REJOIN_LIMIT: Duration = Duration::from_secs(15);
+
+/// The next record (or error) of `consumer`, by `StreamConsumer::recv`, polled again every
+/// 250 ms while it waits; an error once the consumer has waited [`REJOIN_LIMIT`] for the group to
+/// assign it anything after a revocation, so that its stage starts again with a new consumer.
+///
+/// Two ways a consumer was seen to stop for good after the embedded broker restarted, owning
+/// nothing, while a new consumer of the same group was assigned within seconds:
+/// - rdkafka wakes a waiting `recv` only on its queue's empty-to-non-empty edge, and an edge can
+///   be lost (fede1024/rust-rdkafka#665); its own fallback wake comes every
+///   `max.poll.interval.ms / 2` (150 s). Polling again bounds that.
+/// - librdkafka, connected again, never rejoined the group: no assignment, and no error, for as
+///   long as it was watched (34 s). Only a new consumer ends that.
+///
+/// Dropping a waiting `recv` loses nothing.
+pub async fn recv(consumer: &StreamConsumer<RebalanceWatch>) -> KafkaResult<BorrowedMessage<'_>> {
+    loop {
+        if let Some(since) = consumer.context().unassigned_since()
+            && since.elapsed() > REJOIN_LIMIT
+        {
+            let waited = format!("no partitions assigned in the {} s since all were revoked", REJOIN_LIMIT.as_secs());
+            return Err(KafkaError::Subscription(waited));
+        }
+        if let Ok(next) = tokio::time::timeout(POLL_AGAIN, consumer.recv()).await {
+            return next;
+        }
+    }
 }
 
 /// A client config with the bootstrap list and the passthrough properties.
@@ -110,6 +145,8 @@ pub struct RebalanceWatch {
     positions: Option<Mutex<Positions>>,
     /// Told how many partitions the consumer owns after each change.
     owned: Option<Box<dyn Fn(usize) + Send + Sync>>,
+    /// When the consumer was left owning nothing by a revocation, until the next assignment.
+    unassigned: Mutex<Option<Instant>>,
 }
 
 impl RebalanceWatch {
@@ -121,6 +158,12 @@ impl RebalanceWatch {
     /// Calls `owned` with the number of partitions the consumer owns after each change.
     pub fn reporting(self, owned: impl Fn(usize) + Send + Sync + 'static) -> Self {
         RebalanceWatch { owned: Some(Box::new(owned)), ..self }
+    }
+
+    /// Since when a revocation has left the consumer owning nothing, with no assignment since
+    /// (an empty one counts: the group has answered).
+    pub fn unassigned_since(&self) -> Option<Instant> {
+        *self.unassigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the assignment changed since the last call.
@@ -180,6 +223,14 @@ impl ConsumerContext for RebalanceWatch {
         if let Err(e) = result {
             tracing::warn!(error = %e, "assignment not applied");
         }
+        let owns_nothing = consumer.assignment().map_or(true, |a| a.count() == 0);
+        let assigned = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let mut unassigned = self.unassigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *unassigned = match (assigned, owns_nothing) {
+            (false, true) => Some(unassigned.unwrap_or_else(Instant::now)),
+            _ => None,
+        };
+        drop(unassigned);
         if let Some(owned) = &self.owned {
             owned(consumer.assignment().map_or(0, |a| a.count()));
         }

@@ -117,6 +117,22 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
             problem_at(&mut out, "services.gateway.upstreams.health_check_secs", "must be at least 1");
         }
     }
+    let h = &c.http;
+    for (key, timeout) in [
+        ("header_read_timeout_ms", h.header_read_timeout),
+        ("idle_timeout_ms", h.idle_timeout),
+        ("body_read_timeout_ms", h.body_read_timeout),
+    ] {
+        if !(Duration::from_millis(100)..=Duration::from_secs(3_600)).contains(&timeout) {
+            problem_at(&mut out, &format!("http.{key}"), "must be between 100 and 3600000");
+        }
+    }
+    if !(16..=1_000_000).contains(&h.max_connections) {
+        problem_at(&mut out, "http.max_connections", "must be between 16 and 1000000");
+    }
+    if h.max_connections_per_address == 0 || h.max_connections_per_address > h.max_connections {
+        problem_at(&mut out, "http.max_connections_per_address", "must be at least 1 and at most http.max_connections");
+    }
     if s.gateway.max_body_bytes < 1024 {
         problem_at(&mut out, "services.gateway.max_body_bytes", "must be at least 1024");
     }

@@ -70,10 +70,65 @@ pub struct PipelineConfig {
     /// Every topic the pipeline uses, created at start with these partition counts.
     pub topics: BTreeMap<String, TopicConfig>,
     pub services: Services,
+    /// Every HTTP listener of every stage (the APIs, and `/metrics` and `/healthz`): how long a
+    /// client may take and how many connections it may hold.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// The directory of the file this came from: paths in it (a SmartModule's) are relative to
     /// it. The working directory for text parsed without a file.
     #[serde(skip)]
     pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// From a request's first byte to the end of its headers.
+    #[serde(rename = "header_read_timeout_ms", default = "HttpConfig::default_header_read", with = "millis")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no byte of the next one: closed after this.
+    #[serde(rename = "idle_timeout_ms", default = "HttpConfig::default_idle", with = "millis")]
+    pub idle_timeout: Duration,
+    /// The longest wait for the next bytes of a request body.
+    #[serde(rename = "body_read_timeout_ms", default = "HttpConfig::default_body_read", with = "millis")]
+    pub body_read_timeout: Duration,
+    /// Open connections per process, over all its listeners; lowered at start to fit the open-file
+    /// limit with room for the broker and store clients. Connections over a cap are closed at once.
+    #[serde(default = "HttpConfig::default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections per client address.
+    #[serde(default = "HttpConfig::default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout: HttpConfig::default_header_read(),
+            idle_timeout: HttpConfig::default_idle(),
+            body_read_timeout: HttpConfig::default_body_read(),
+            max_connections: HttpConfig::default_max_connections(),
+            max_connections_per_address: HttpConfig::default_max_connections_per_address(),
+        }
+    }
+}
+
+impl HttpConfig {
+    const fn default_header_read() -> Duration {
+        Duration::from_millis(10_000)
+    }
+    const fn default_idle() -> Duration {
+        Duration::from_millis(60_000)
+    }
+    const fn default_body_read() -> Duration {
+        Duration::from_millis(10_000)
+    }
+    const fn default_max_connections() -> usize {
+        16_384
+    }
+    const fn default_max_connections_per_address() -> usize {
+        512
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -662,6 +717,18 @@ pub enum SmartModuleKind {
     ArrayMap,
 }
 
+impl SmartModuleKind {
+    /// Its name in `pipeline.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmartModuleKind::Filter => "filter",
+            SmartModuleKind::Map => "map",
+            SmartModuleKind::FilterMap => "filter-map",
+            SmartModuleKind::ArrayMap => "array-map",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
@@ -686,6 +753,17 @@ pub struct RetryConfig {
 }
 
 impl RetryConfig {
+    /// The longest a failed record is retried before it is parked: every delay of the schedule
+    /// (the last repeating) at its longest, a quarter over. Saturates rather than overflows.
+    pub fn longest_hold(&self) -> Duration {
+        let attempts = self.max_attempts as usize;
+        let listed = self.backoff.iter().take(attempts).fold(Duration::ZERO, |sum, d| sum.saturating_add(*d));
+        let repeats = u32::try_from(attempts.saturating_sub(self.backoff.len())).unwrap_or(u32::MAX);
+        let last = self.backoff.last().copied().unwrap_or_default();
+        let total = listed.saturating_add(last.saturating_mul(repeats));
+        total.saturating_add(total / 4)
+    }
+
     fn default_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8085))
     }

@@ -564,3 +564,19 @@ fn an_upstream_is_one_url_or_a_list_of_replicas_each_checked_at_its_index() {
         ]
     );
 }
+
+#[test]
+fn the_longest_hold_is_every_delay_at_its_longest_and_any_schedule_has_one_at_once() {
+    let mut retry = PipelineConfig::parse("pipeline.yaml", DEFAULT, no_env).unwrap().services.retry;
+    // 1 + 10 + 60, then 60 twice more (the last delay repeats), a quarter over
+    assert_eq!(retry.longest_hold(), Duration::from_millis(238_750));
+    retry.max_attempts = 2;
+    assert_eq!(retry.longest_hold(), Duration::from_millis(13_750));
+    // the largest schedule validation lets through: a week, four billion times, computed at once
+    retry.backoff = vec![Duration::from_secs(7 * 24 * 3600)];
+    retry.max_attempts = u32::MAX;
+    let started = std::time::Instant::now();
+    let hold = retry.longest_hold();
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}: one step per attempt", started.elapsed());
+    assert_eq!(hold, Duration::from_secs(7 * 24 * 3600) * u32::MAX / 4 * 5);
+}

@@ -186,10 +186,18 @@ pub(super) fn judge<'e, 'r>(
     for (entry, record) in repeats.into_iter().chain(c.later.iter().map(|(e, r)| (e, *r))) {
         match stored.get(&entry.id) {
             Some(counted) if counted.same_facts(&entry.to_record()) => judged.duplicates += 1,
-            _ => {
-                let detail = format!("entry id {} was already used for different facts", entry.id);
-                judged.rejected.push(Rejected::new(record, Code::ConflictingDuplicate, detail));
-            }
+            // A reversal's id comes from its original: the same id with other facts is a second
+            // reversal of that entry, under the code that says so to the merchant.
+            _ => match entry.estorno_de {
+                Some(of) => {
+                    let detail = format!("entry {of} was already reversed by {}, with other facts", entry.id);
+                    judged.rejected.push(Rejected::new(record, Code::AlreadyReversed, detail));
+                }
+                None => {
+                    let detail = format!("entry id {} was already used for different facts", entry.id);
+                    judged.rejected.push(Rejected::new(record, Code::ConflictingDuplicate, detail));
+                }
+            },
         }
     }
     judged

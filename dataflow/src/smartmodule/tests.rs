@@ -123,16 +123,27 @@ fn modules_chain_and_a_wrong_kind_or_file_is_refused_at_load() {
 }
 
 #[test]
-fn a_module_that_runs_out_of_memory_is_started_again_and_takes_the_next_entry() {
+fn a_module_that_leaves_its_output_buffers_behind_never_fails_an_entry_for_it() {
     // Each call leaves its output buffer behind (the guest forgets it and the engine never frees
-    // it), so a small memory fills up after some thousands of entries.
+    // it), so a small memory would fill up after some thousands of entries: the module is started
+    // again before it does.
     let mut c = config("sem-teste", SmartModuleKind::Filter, &[]);
     c.max_memory_bytes = 2 << 20;
     let mut m = SmartModule::load(&c, &c.path, DateWindow::default()).unwrap();
-    let full = (0..50_000).find_map(|i| m.apply(&entry(Tipo::Credito, 100, &format!("venda {i}"), None)).err());
-    let full = full.expect("2 MiB fills up within 50,000 entries");
+    for i in 0..50_000 {
+        let e = entry(Tipo::Credito, 100, &format!("venda {i}"), None);
+        assert_eq!(m.apply(&e).unwrap(), vec![e], "entry {i}");
+    }
+    let restarts = cashflow_observability::metrics().smartmodule_restarts.with_label_values(&["sem-teste", "memory"]);
+    assert!(restarts.get() > 0, "started again before its memory filled up");
+}
+
+#[test]
+fn a_module_that_runs_out_of_memory_is_started_again_and_takes_the_next_entry() {
+    let mut m = load("falhas", SmartModuleKind::Map, &[]);
+    let full = m.apply(&entry(Tipo::Credito, 100, "falha:memoria", None)).unwrap_err();
     assert_eq!(full.code, Code::SmartmoduleError, "{full:?}");
-    assert!(full.detail.contains("memory"), "{full:?}");
+    assert!(full.detail.contains("exceeded max allowed"), "{full:?}");
     let next = entry(Tipo::Credito, 100, "a seguinte", None);
     assert_eq!(m.apply(&next).unwrap(), vec![next], "the module starts again with its memory empty");
 }

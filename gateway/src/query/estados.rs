@@ -86,7 +86,7 @@ pub(crate) async fn declared_state(
     };
     let key = &declared.key;
     let bounds = bounds(key, q.de.as_deref(), q.ate.as_deref())?;
-    let fresh = state.await_position(q.aguardar.as_deref()).await?;
+    let fresh = state.await_position(&principal.merchant_id, q.aguardar.as_deref()).await?;
     let merchant = principal.merchant_id;
     let rows =
         state.store.state_rows(declared, merchant.as_str(), &bounds, &state.consolidate_group).await?.ok_or_else(

@@ -8,12 +8,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cashflow_core::seal::{Purpose, Sealer};
 use cashflow_core::{BusinessDate, EntryId, MerchantId, Money, Tipo};
 use cashflow_http::{FieldError, Json, Principal, Problem, Problems, Query, SCOPE_READ};
 use cashflow_sinks::{ExtratoKey, ExtratoLine, ExtratoQuery, Store};
 use futures::StreamExt as _;
+use mediatype::MediaType;
+use mediatype::names::{APPLICATION, CHARSET, CSV as CSV_NAME, JSON as JSON_NAME, TEXT};
+use mediatype::values::UTF_8;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -25,6 +27,9 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 /// Rows per store read while streaming CSV.
 const CSV_PAGE: u32 = 1000;
+/// The statement's two media types; JSON unless `Accept` prefers CSV.
+const JSON: MediaType<'static> = MediaType::new(APPLICATION, JSON_NAME);
+const CSV: MediaType<'static> = MediaType::from_parts(TEXT, CSV_NAME, None, &[(CHARSET, UTF_8)]);
 
 pub(crate) fn api() -> OpenApiRouter<Arc<QueryState>> {
     OpenApiRouter::new().routes(routes!(extrato))
@@ -97,8 +102,9 @@ struct Extrato {
 }
 
 /// The merchant's entries in a date range, ordered by (`data`, `criado_em`, `id`); reversals
-/// point at their originals (`estorno_de`) and back (`estornado_por`). With `Accept: text/csv`
-/// the whole range comes as one CSV file (`cursor` and `limite` are ignored).
+/// point at their originals (`estorno_de`) and back (`estornado_por`). When `Accept` prefers
+/// `text/csv` (RFC 9110: quality values, any case) the whole range comes as one CSV file
+/// (`cursor` and `limite` are ignored); 406 when it accepts neither.
 #[utoipa::path(
     get,
     path = "/v1/lancamentos",
@@ -120,12 +126,8 @@ async fn extrato(
     Query(params): Query<ExtratoParams>,
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
-    let mut query = parse(params, principal.merchant_id)?;
-    let wants_csv = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().starts_with("text/csv")));
-    if wants_csv {
+    let mut query = parse(params, principal.merchant_id, &state.sealer)?;
+    if *cashflow_http::negotiate(&headers, &[JSON, CSV])? == CSV {
         query.after = None;
         query.limit = CSV_PAGE;
         return Ok(csv(state.store.clone(), query));
@@ -136,7 +138,7 @@ async fn extrato(
     let mut lines = state.store.extrato(&query).await?;
     let more = lines.len() > limit as usize;
     lines.truncate(limit as usize);
-    let proximo_cursor = lines.last().filter(|_| more).map(|l| encode_cursor(&l.key()));
+    let proximo_cursor = lines.last().filter(|_| more).map(|l| seal_cursor(&state.sealer, &query.merchant, &l.key()));
     let body = Extrato {
         comerciante: query.merchant,
         de: query.de,
@@ -147,13 +149,13 @@ async fn extrato(
     Ok(Json(body).into_response())
 }
 
-fn parse(p: ExtratoParams, merchant: MerchantId) -> Result<ExtratoQuery, Problem> {
+fn parse(p: ExtratoParams, merchant: MerchantId, sealer: &Sealer) -> Result<ExtratoQuery, Problem> {
     let mut errors = Vec::new();
     let range = date_range(p.de.as_deref(), p.ate.as_deref(), &mut errors);
     let tipo =
         p.tipo.as_deref().and_then(|t| t.parse::<Tipo>().map_err(|e| errors.push(FieldError::new("tipo", e))).ok());
     let after = p.cursor.as_deref().and_then(|c| {
-        decode_cursor(c)
+        open_cursor(sealer, &merchant, c)
             .ok_or(())
             .map_err(|()| errors.push(FieldError::new("cursor", "is not a cursor returned by this API")))
             .ok()
@@ -174,12 +176,13 @@ fn parse(p: ExtratoParams, merchant: MerchantId) -> Result<ExtratoQuery, Problem
     }
 }
 
-fn encode_cursor(k: &ExtratoKey) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{}|{}", k.data, k.criado_em, k.id))
+/// The next page's cursor, sealed for `merchant`: it says nothing of the entry it points after.
+fn seal_cursor(sealer: &Sealer, merchant: &MerchantId, k: &ExtratoKey) -> String {
+    sealer.seal(Purpose::Cursor, merchant, format!("{}|{}|{}", k.data, k.criado_em, k.id).as_bytes())
 }
 
-fn decode_cursor(c: &str) -> Option<ExtratoKey> {
-    let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(c).ok()?).ok()?;
+fn open_cursor(sealer: &Sealer, merchant: &MerchantId, c: &str) -> Option<ExtratoKey> {
+    let raw = String::from_utf8(sealer.open(Purpose::Cursor, merchant, c)?).ok()?;
     let mut parts = raw.splitn(3, '|');
     let (data, criado_em, id) = (parts.next()?, parts.next()?, parts.next()?);
     data.parse::<BusinessDate>().ok()?;
@@ -280,8 +283,11 @@ mod tests {
             criado_em: "2026-01-02T10:00:00.123Z".into(),
             id: "0b7e5a4e-8f7b-4c55-9a55-2d7f0c1f4d3e".into(),
         };
-        assert_eq!(decode_cursor(&encode_cursor(&k)), Some(k));
-        assert_eq!(decode_cursor("bm90IGEgY3Vyc29y"), None);
-        assert_eq!(decode_cursor("***"), None);
+        let sealer = Sealer::new(&Sealer::generate_key());
+        let (a, b) = (MerchantId::parse("loja-1").unwrap(), MerchantId::parse("loja-2").unwrap());
+        assert_eq!(open_cursor(&sealer, &a, &seal_cursor(&sealer, &a, &k)), Some(k.clone()));
+        assert_eq!(open_cursor(&sealer, &b, &seal_cursor(&sealer, &a, &k)), None);
+        assert_eq!(open_cursor(&sealer, &a, "bm90IGEgY3Vyc29y"), None);
+        assert_eq!(open_cursor(&sealer, &a, "***"), None);
     }
 }

@@ -21,6 +21,7 @@ use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::estado::Key;
+use cashflow_core::seal::Sealer;
 use cashflow_core::{
     BusinessDate, DailyBalance, MerchantId, Money, MonthlyBalance, Posicao, daily_series, monthly_series,
 };
@@ -43,6 +44,8 @@ pub struct QueryState {
     pub progress: ProgressWatch,
     /// The longest an `aguardar` read waits before answering with the data as it stands.
     pub aguardar_timeout: Duration,
+    /// Opens `aguardar` positions and seals and opens statement cursors.
+    pub sealer: Sealer,
     /// Daily balances, from memory while they are current.
     balances: Balances,
     /// The states `pipeline.yaml` declares, by name.
@@ -54,21 +57,29 @@ impl QueryState {
     pub fn build(
         config: &PipelineConfig,
         store: Store,
+        sealer: Sealer,
         states: impl IntoIterator<Item = (String, DeclaredState)>,
     ) -> Self {
         let s = &config.services;
         let topic = config.ingest_topic();
-        QueryState::new(store, &s.consolidate.group, topic, s.query.aguardar_timeout, s.query.cache_days)
+        QueryState::new(store, sealer, &s.consolidate.group, topic, s.query.aguardar_timeout, s.query.cache_days)
             .with_states(states)
     }
 
     /// Starts watching `group`'s progress on `topic` (the ingest topic); up to `cache_days` day
     /// rows of balances are held in memory (0: none).
-    pub fn new(store: Store, group: &str, topic: &str, aguardar_timeout: Duration, cache_days: u64) -> Self {
+    pub fn new(
+        store: Store,
+        sealer: Sealer,
+        group: &str,
+        topic: &str,
+        aguardar_timeout: Duration,
+        cache_days: u64,
+    ) -> Self {
         let progress = ProgressWatch::start(store.clone(), group.to_owned(), topic.to_owned());
         let balances = Balances::new(store.clone(), group.to_owned(), progress.clone(), cache_days);
         let states = Arc::default();
-        QueryState { store, consolidate_group: group.to_owned(), progress, aguardar_timeout, balances, states }
+        QueryState { store, consolidate_group: group.to_owned(), progress, aguardar_timeout, sealer, balances, states }
     }
 
     /// Serves these declared states, by name, at `/v1/consolidado/estados/{nome}`.
@@ -82,11 +93,12 @@ impl QueryState {
         self.states.iter().map(|(name, s)| (name.clone(), s.key.clone())).collect()
     }
 
-    /// With `aguardar`, waits (bounded) for consolidation to pass it: `Ok(false)` on timeout.
-    pub(crate) async fn await_position(&self, aguardar: Option<&str>) -> Result<bool, Problem> {
+    /// With `aguardar` (a `posicao` given to `merchant`), waits (bounded) for consolidation to
+    /// pass it: `Ok(false)` on timeout.
+    pub(crate) async fn await_position(&self, merchant: &MerchantId, aguardar: Option<&str>) -> Result<bool, Problem> {
         let Some(token) = aguardar else { return Ok(true) };
-        let posicao: Posicao =
-            token.parse().map_err(|e: String| Problem::validation(vec![FieldError::new("aguardar", e)]))?;
+        let posicao = Posicao::open(&self.sealer, merchant, token)
+            .map_err(|e| Problem::validation(vec![FieldError::new("aguardar", e)]))?;
         Ok(self.progress.wait_past(posicao, self.aguardar_timeout).await)
     }
 }
@@ -158,7 +170,7 @@ async fn by_category(
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
     let (de, ate) = range_params(&q)?;
-    let fresh = state.await_position(q.aguardar.as_deref()).await?;
+    let fresh = state.await_position(&principal.merchant_id, q.aguardar.as_deref()).await?;
     let (rows, atualizado_ate) =
         state.store.categories(&principal.merchant_id, de, ate, &state.consolidate_group).await?;
     let categorias = rows
@@ -243,7 +255,7 @@ async fn monthly(
     let Some(year) = year else {
         return Err(Problem::validation(vec![FieldError::new("ano", "is required: a year from 1900 to 9999")]));
     };
-    let fresh = state.await_position(q.aguardar.as_deref()).await?;
+    let fresh = state.await_position(&principal.merchant_id, q.aguardar.as_deref()).await?;
     let rows = state.store.monthly(&principal.merchant_id, year, &state.consolidate_group).await?;
     let meses = monthly_series(year, rows.opening_cents, &rows.months)?;
     Ok(answer(
@@ -312,7 +324,7 @@ async fn range(
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
     let (de, ate) = range_params(&q)?;
-    let fresh = state.await_position(q.aguardar.as_deref()).await?;
+    let fresh = state.await_position(&principal.merchant_id, q.aguardar.as_deref()).await?;
     let body = consolidado(&state, principal.merchant_id, de, ate).await?;
     Ok(answer(body, fresh))
 }
@@ -337,7 +349,7 @@ async fn one_day(
 ) -> Result<Response, Problem> {
     principal.require(SCOPE_READ)?;
     let day: BusinessDate = data.parse().map_err(|e: String| Problem::validation(vec![FieldError::new("data", e)]))?;
-    let fresh = state.await_position(q.aguardar.as_deref()).await?;
+    let fresh = state.await_position(&principal.merchant_id, q.aguardar.as_deref()).await?;
     let body = consolidado(&state, principal.merchant_id, day, day).await?;
     let dia = body.dias.into_iter().next().ok_or_else(Problem::internal)?;
     Ok(answer(UmDia { comerciante: body.comerciante, atualizado_ate: body.atualizado_ate, dia }, fresh))

@@ -65,11 +65,14 @@ pub async fn gateway_with_keys_from(created: &[DateTime<Utc>]) -> Gateway {
         limits: LoginLimits::new(LoginLimit { per_minute: 5, burst: 5 }, LoginLimit { per_minute: 20, burst: 8 }),
         trusted_proxies: vec![],
     };
+    let sealer = cashflow_core::seal::Sealer::new(&store.sealing_key().await.unwrap());
     let ingest = IngestState {
         publisher: Arc::new(Publisher::new(&config).unwrap()),
         store: store.clone(),
         date_window: config.services.consolidate.date_window(),
         max_batch_body_bytes: 1 << 20,
+        sealer: sealer.clone(),
+        pending: cashflow_ingest::PendingReversals::new(Duration::from_secs(600)),
     };
     let state = GatewayState {
         validator: Arc::new(Validator::new(KeySource::Local(Arc::clone(&keys)), "cashflow", "cashflow-api")),
@@ -78,6 +81,7 @@ pub async fn gateway_with_keys_from(created: &[DateTime<Utc>]) -> Gateway {
             ingest: Some(ingest),
             query: Some(QueryState::new(
                 store.clone(),
+                sealer,
                 "cashflow-consolidate",
                 "lancamentos",
                 Duration::from_secs(1),
@@ -111,7 +115,7 @@ impl Gateway {
         let now = chrono::Utc::now().timestamp();
         Claims {
             sub: "ana".into(),
-            merchant_id: "loja-1".into(),
+            merchant_id: Some("loja-1".into()),
             scope: "consolidado:read".into(),
             iss: "cashflow".into(),
             aud: "cashflow-api".into(),

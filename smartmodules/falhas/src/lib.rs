@@ -1,10 +1,15 @@
 //! For cashflow's tests: a map that misbehaves on the entries whose `descricao` names a failure,
 //! and passes every other entry as it is. `falha:trap` traps, `falha:loop` never ends (it runs out
 //! of fuel), `falha:lixo` returns bytes that are not JSON, `falha:comerciante` moves the entry to
-//! another merchant, `falha:erro` returns an error.
+//! another merchant, `falha:erro` returns an error, `falha:memoria` asks for 64 MiB (more than its
+//! limit), `falha:impura` is not pure (it numbers the calls in `descricao`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fluvio_smartmodule::{RecordData, Result, SmartModuleRecord, eyre, smartmodule};
 use serde_json::Value;
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
 
 #[smartmodule(map)]
 pub fn map(record: &SmartModuleRecord) -> Result<(Option<RecordData>, RecordData)> {
@@ -21,6 +26,11 @@ pub fn map(record: &SmartModuleRecord) -> Result<(Option<RecordData>, RecordData
         Some("lixo") => return Ok((record.key.clone(), b"\xff not json".to_vec().into())),
         Some("comerciante") => entry["merchant_id"] = "outra-loja".into(),
         Some("erro") => return Err(eyre!("the module refused this entry")),
+        Some("impura") => entry["descricao"] = format!("chamada {}", CALLS.fetch_add(1, Ordering::Relaxed)).into(),
+        Some("memoria") => {
+            let big = core::hint::black_box(vec![1u8; 64 << 20]);
+            entry["descricao"] = big.len().into();
+        }
         _ => {}
     }
     Ok((record.key.clone(), serde_json::to_vec(&entry)?.into()))

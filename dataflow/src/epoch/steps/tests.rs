@@ -151,6 +151,21 @@ fn an_id_counts_once_and_a_different_use_of_it_is_a_conflict() {
 }
 
 #[test]
+fn a_second_reversal_of_one_entry_with_other_facts_is_parked_as_already_reversed() {
+    let original = entry("loja-1", Tipo::Credito, 500);
+    let first = reversal("loja-1", original.id);
+    let later = Reversal { data: "2026-03-12".parse().unwrap(), ..first.clone() };
+    let batch = [record(0, original.encode()), record(1, first.encode()), record(2, later.encode())];
+    let (incoming, _) = decode(batch.iter().collect(), &DateWindow::default());
+    let (entries, rejected) = resolve(incoming, Originals::default());
+    assert!(rejected.is_empty(), "both reverse an entry of the batch");
+    let c = candidates(entries);
+    let judged = judge(&c, &HashSet::from([original.id, first.id]), HashMap::new());
+    assert_eq!(judged.fresh.iter().map(|(_, r)| r.offset).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(codes(&judged.rejected), [(2, Code::AlreadyReversed)]);
+}
+
+#[test]
 fn an_entry_that_would_overflow_its_merchants_totals_is_refused_and_the_rest_kept() {
     let near = DayTotals { creditos_cents: i64::MAX - 100, debitos_cents: 0, quantidade: 1 };
     let fits = entry("loja-1", Tipo::Credito, 100);

@@ -176,6 +176,16 @@ impl SmartModuleChainInstance {
         out
     }
 
+    /// Bytes of linear memory the chain's modules hold now. It only grows, and a module that
+    /// never frees (each call of `fluvio-smartmodule` 0.50's transforms leaves its output buffer
+    /// behind) is best started again before it reaches its limit.
+    pub fn memory_bytes(&mut self) -> usize {
+        self.instances
+            .iter()
+            .map(|instance| instance.memory_bytes(&mut self.store))
+            .sum()
+    }
+
     pub fn metrics_reset(&self) {
         for instance in self.instances.iter() {
             instance.metrics().reset();

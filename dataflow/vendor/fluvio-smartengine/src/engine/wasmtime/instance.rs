@@ -83,6 +83,14 @@ impl SmartModuleInstance {
         out
     }
 
+    /// Bytes of linear memory the module holds (`memory` only grows).
+    pub(crate) fn memory_bytes(&self, store: &mut impl AsContextMut) -> usize {
+        self.ctx
+            .instance
+            .get_memory(&mut *store, "memory")
+            .map_or(0, |memory| memory.data_size(&*store))
+    }
+
     // TODO: Move this to SPU
 
     pub(crate) fn call_init(&mut self, store: &mut impl AsContextMut) -> Result<(), Error> {
