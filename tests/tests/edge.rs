@@ -205,6 +205,20 @@ fn open_to_others(dir: &std::path::Path) -> Vec<String> {
     open
 }
 
+#[test]
+fn a_data_dir_that_cashflow_makes_is_its_users_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = Pipeline::configure(Store::Sqlite, &[]);
+    let dir = p.data_dir();
+    assert!(!dir.exists(), "{} is made by cashflow here", dir.display());
+    let out = p.cli(&["users", "add", "--operator", "--username", "ops"], &format!("{}\n", cashflow_tests::PASSWORD));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("cashflow.db").exists(), "the store is made in the data dir");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the data dir's mode");
+    assert_eq!(open_to_others(&dir), Vec::<String>::new(), "files open to others");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_dir_is_private_and_a_file_open_to_others_is_named_at_start() {
     use std::os::unix::fs::PermissionsExt as _;
