@@ -4,7 +4,7 @@ mod failed;
 
 pub use failed::{failure_headers, header, read_failure, send_failed};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -43,13 +43,12 @@ const REJOIN_LIMIT: Duration = Duration::from_secs(15);
 /// 250 ms while it waits; an error once the consumer has waited [`REJOIN_LIMIT`] for the group to
 /// assign it anything after a revocation, so that its stage starts again with a new consumer.
 ///
-/// Two ways a consumer was seen to stop for good after the embedded broker restarted, owning
-/// nothing, while a new consumer of the same group was assigned within seconds:
-/// - rdkafka wakes a waiting `recv` only on its queue's empty-to-non-empty edge, and an edge can
-///   be lost (fede1024/rust-rdkafka#665); its own fallback wake comes every
-///   `max.poll.interval.ms / 2` (150 s). Polling again bounds that.
-/// - librdkafka, connected again, never rejoined the group: no assignment, and no error, for as
-///   long as it was watched (34 s). Only a new consumer ends that.
+/// rdkafka wakes a waiting `recv` only on its queue's empty-to-non-empty edge, and an edge can be
+/// lost (fede1024/rust-rdkafka#665); its own fallback wake comes every `max.poll.interval.ms / 2`
+/// (150 s). Polling again bounds that. The rejoin limit is a safety net: a consolidator was once
+/// seen silent for 34 s after a broker restart, owning nothing, which was then read as a consumer
+/// that never rejoined its group; the same silence was later caught in a debugger as a consumer
+/// stuck in its own drop (its rebalance callback asked librdkafka for the assignment).
 ///
 /// Dropping a waiting `recv` loses nothing.
 pub async fn recv(consumer: &StreamConsumer<RebalanceWatch>) -> KafkaResult<BorrowedMessage<'_>> {
@@ -147,6 +146,10 @@ pub struct RebalanceWatch {
     owned: Option<Box<dyn Fn(usize) + Send + Sync>>,
     /// When the consumer was left owning nothing by a revocation, until the next assignment.
     unassigned: Mutex<Option<Instant>>,
+    /// The partitions the consumer owns, as the rebalances said. Never asked of librdkafka inside
+    /// the callback: `rd_kafka_assignment` waits for the group's thread, and a consumer dropped
+    /// after a broker restart, whose close revoked its partitions, waited there for good.
+    owns: Mutex<HashSet<(String, i32)>>,
 }
 
 impl RebalanceWatch {
@@ -223,16 +226,30 @@ impl ConsumerContext for RebalanceWatch {
         if let Err(e) = result {
             tracing::warn!(error = %e, "assignment not applied");
         }
-        let owns_nothing = consumer.assignment().map_or(true, |a| a.count() == 0);
         let assigned = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let owns = {
+            let mut owns = self.owns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let elements = tpl.elements();
+            let changed = elements.iter().map(|e| (e.topic().to_owned(), e.partition()));
+            match (assigned, cooperative) {
+                (true, true) => owns.extend(changed),
+                (true, false) => *owns = changed.collect(),
+                (false, true) => {
+                    let revoked: HashSet<_> = changed.collect();
+                    owns.retain(|p| !revoked.contains(p));
+                }
+                (false, false) => owns.clear(),
+            }
+            owns.len()
+        };
         let mut unassigned = self.unassigned.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        *unassigned = match (assigned, owns_nothing) {
-            (false, true) => Some(unassigned.unwrap_or_else(Instant::now)),
+        *unassigned = match (assigned, owns) {
+            (false, 0) => Some(unassigned.unwrap_or_else(Instant::now)),
             _ => None,
         };
         drop(unassigned);
         if let Some(owned) = &self.owned {
-            owned(consumer.assignment().map_or(0, |a| a.count()));
+            owned(owns);
         }
         self.changed.store(true, Ordering::SeqCst);
     }
@@ -262,5 +279,41 @@ mod tests {
         let config = PipelineConfig::parse("pipeline.yaml", &text, |_| None).unwrap();
         assert_eq!(with_properties(&config, |_| {}).get("client.id"), Some("cashflow/2.3.4"));
         assert_eq!(producer_config(&config, Duration::from_secs(1)).get("client.id"), Some("cashflow/2.3.4"));
+    }
+
+    #[test]
+    fn the_watch_counts_what_the_rebalances_assign_and_revoke() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        let reported = Arc::new(AtomicUsize::new(usize::MAX));
+        let seen = Arc::clone(&reported);
+        let watch = RebalanceWatch::default().reporting(move |n| seen.store(n, Ordering::SeqCst));
+        // No broker: assigning and revoking are local to the client.
+        let consumer: BaseConsumer<RebalanceWatch> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "watch")
+            .create_with_context(watch)
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for partition in 0..3 {
+            tpl.add_partition("lancamentos", partition);
+        }
+        let watch = consumer.context();
+        watch.rebalance(&consumer, RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS, &mut tpl.clone());
+        assert_eq!((reported.load(Ordering::SeqCst), watch.unassigned_since()), (3, None));
+        assert!(watch.take_changed());
+        watch.rebalance(&consumer, RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS, &mut tpl.clone());
+        assert_eq!(reported.load(Ordering::SeqCst), 0);
+        assert!(watch.unassigned_since().is_some(), "a revocation that leaves nothing is timed");
+        watch.rebalance(
+            &consumer,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS,
+            &mut TopicPartitionList::new(),
+        );
+        assert_eq!(
+            (reported.load(Ordering::SeqCst), watch.unassigned_since()),
+            (0, None),
+            "an empty assignment answers"
+        );
     }
 }
