@@ -262,7 +262,8 @@ pub async fn run(args: LoadgenArgs, config: PipelineConfig, common: &Common) -> 
     // target, and the client opens one more whenever none is idle: with requests in flight and
     // idle connections each under a third of the cap, connections still closing have the rest.
     let per_address = u32::try_from(config.http.max_connections_per_address).unwrap_or(u32::MAX);
-    let idle = args.connections.unwrap_or(512).min(per_address / 3).max(1);
+    let capped = |connections: u32| connections.min(per_address / 3).max(1);
+    let idle = capped(args.connections.unwrap_or(512));
     let http = reqwest::Client::builder().pool_max_idle_per_host(idle as usize).build()?;
     let tokens = logins(&http, &base, args.merchants, &config, common).await?;
     let load = Arc::new(Load {
@@ -293,7 +294,7 @@ pub async fn run(args: LoadgenArgs, config: PipelineConfig, common: &Common) -> 
     };
     let mode = match args.rate {
         Some(rate) => {
-            let in_flight = args.connections.unwrap_or_else(|| 512.min(per_address / 3).max(1));
+            let in_flight = args.connections.unwrap_or_else(|| capped(512));
             open_loop(&load, &stats, rate, in_flight, args.requests, deadline).await;
             format!("open loop, {rate} requests/s, at most {in_flight} in flight")
         }

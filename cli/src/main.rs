@@ -179,8 +179,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// A server holds a descriptor per connection: take the hard limit on open files, not the
-/// default soft limit (often 1024).
 /// Everything this process creates is its user's alone (umask 077: directories 0700, files 0600,
 /// the embedded broker's too, which inherits it): the store holds every entry and the password
 /// hashes. What is already in the data dir and open to others is named in a warning.
