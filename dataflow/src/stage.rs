@@ -1,12 +1,17 @@
 //! The consolidate stage: read an epoch of records, validate, dedupe against the store, update
 //! the dataflow, and commit entries, every declared state's changes and offsets in one
-//! transaction. A session first builds any declared state the store does not keep yet.
+//! transaction. A session first builds any declared state the store does not keep yet. The next
+//! epoch's records are gathered while one commits, so reading from the broker and writing to the
+//! store overlap.
 //!
 //! Progress lives only in the store. The consumer joins the group; every partition it is assigned
-//! (on start, after any failure, after every rebalance) is positioned at the store's progress, or
-//! at the log's start when the store has none, never at Kafka's committed offset: those commits
-//! are hints for lag tools, and a store restored from an older copy is behind them. After a
-//! rebalance the session re-reads the store's progress and skips whatever it already holds. The
+//! (on start, after any failure, after every rebalance) is positioned at the store's progress as
+//! this session last saw it (during a commit, before that epoch), or at the log's start when the
+//! store has none, never at Kafka's committed offset: those commits are hints for lag tools, and a
+//! store restored from an older copy is behind them. After a rebalance the session re-reads the
+//! store's progress and skips whatever it already holds (a rebalance served while an epoch
+//! commits can make another consolidator commit the same offsets: the store counts each entry
+//! once, and a partition's progress only moves forward). The
 //! dataflow holds no history (every state is additive: the store adds each epoch's changes), so a
 //! session starts it empty, in the same time however long the history, and an epoch that does not
 //! commit leaves nothing behind in it. Consolidators of one group split the partitions between them.
@@ -18,6 +23,7 @@ use cashflow_core::config::PipelineConfig;
 use cashflow_kafka::{self as kafka, RebalanceWatch};
 use cashflow_observability::metrics;
 use cashflow_sinks::{Store, StoreError};
+use futures::FutureExt;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -99,11 +105,16 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     let max_wait = cons.max_epoch_wait;
     let lanes = cons.lanes(&config.store.url);
     tracing::info!(lanes, "epochs split into sink lanes");
-    loop {
-        let mut batch = tokio::select! {
-            batch = next_epoch(&consumer, cons.max_epoch_records, max_wait) => batch?,
-            _ = shutdown.cancelled() => return Ok(()),
-        };
+    // The next epoch's records are gathered while this one commits; `None` is the shutdown.
+    let gather = || async {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Ok(None),
+            batch = next_epoch(&consumer, cons.max_epoch_records, max_wait) => batch.map(Some),
+        }
+    };
+    let mut gathered = gather().await?;
+    while let Some(mut batch) = gathered {
         // Partitions are positioned at the progress this session knew; another consolidator may
         // have moved a partition on since: re-read the store's, and skip what it already holds.
         if consumer.context().take_changed() {
@@ -119,29 +130,39 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             offset >= resume.get(&(topic.to_owned(), partition)).copied().unwrap_or(0)
         });
         if batch.is_empty() {
+            gathered = gather().await?;
             continue;
         }
         let timer = Instant::now();
         let epoch = Epoch { config, states: &states, store, dataflow: &dataflow, producer: &errors, modules: &modules };
         // Each lane commits its partitions and their progress in its own transaction: a lane
         // that fails leaves the others' commits standing, and the session restarts from the store.
-        let commits = futures::future::join_all(split_lanes(batch, lanes).iter().map(|lane| epoch.commit(lane))).await;
-        let mut next = TopicPartitionList::new();
-        for committed in commits {
-            for e in committed?.elements() {
-                if let Offset::Offset(o) = e.offset() {
-                    resume.insert((e.topic().to_owned(), e.partition()), o);
-                    next.add_partition_offset(e.topic(), e.partition(), e.offset())?;
+        let commit = async {
+            let parts = split_lanes(batch, lanes);
+            let commits = futures::future::join_all(parts.iter().map(|lane| epoch.commit(lane))).await;
+            let mut next = TopicPartitionList::new();
+            for committed in commits {
+                for e in committed?.elements() {
+                    if let Offset::Offset(o) = e.offset() {
+                        resume.insert((e.topic().to_owned(), e.partition()), o);
+                        next.add_partition_offset(e.topic(), e.partition(), e.offset())?;
+                    }
                 }
             }
-        }
-        consumer.context().advance(resume.iter().map(|(k, v)| (k.clone(), *v)));
-        // Kafka's committed offsets are only a hint for lag metrics; the store is the truth.
-        if let Err(e) = consumer.commit(&next, CommitMode::Async) {
-            tracing::debug!(error = %e, "offset hint not committed");
-        }
-        metrics().consolidate_epoch_duration.observe(timer.elapsed().as_secs_f64());
+            consumer.context().advance(resume.iter().map(|(k, v)| (k.clone(), *v)));
+            // Kafka's committed offsets are only a hint for lag metrics; the store is the truth.
+            if let Err(e) = consumer.commit(&next, CommitMode::Async) {
+                tracing::debug!(error = %e, "offset hint not committed");
+            }
+            metrics().consolidate_epoch_duration.observe(timer.elapsed().as_secs_f64());
+            Ok::<_, ConsolidateError>(())
+        };
+        // A failed commit stops the gathering (dropping it loses nothing) and the session
+        // restarts from the store; a failed gathering lets the commit finish first.
+        let (_, next) = tokio::try_join!(commit, async { Ok(gather().await) })?;
+        gathered = next?;
     }
+    Ok(())
 }
 
 type GroupConsumer = StreamConsumer<RebalanceWatch>;
@@ -163,14 +184,21 @@ async fn partitions(consumer: &GroupConsumer, topic: &str) -> Result<Vec<i32>, C
 }
 
 /// Waits for a first record, then gathers more until `max` records or `max_wait` has passed.
+/// Records already fetched are taken without a timer each, yielding now and then to the commit
+/// that runs beside this in the same task.
 async fn next_epoch(consumer: &GroupConsumer, max: usize, max_wait: Duration) -> Result<Vec<Record>, KafkaError> {
     let mut batch = vec![Record::from_message(&kafka::recv(consumer).await?)];
     let deadline = tokio::time::Instant::now() + max_wait;
     while batch.len() < max {
-        match tokio::time::timeout_at(deadline, kafka::recv(consumer)).await {
-            Ok(message) => batch.push(Record::from_message(&message?)),
-            Err(_) => break,
-        }
+        tokio::task::consume_budget().await;
+        let message = match consumer.recv().now_or_never() {
+            Some(ready) => ready,
+            None => match tokio::time::timeout_at(deadline, kafka::recv(consumer)).await {
+                Ok(message) => message,
+                Err(_) => break,
+            },
+        };
+        batch.push(Record::from_message(&message?));
     }
     Ok(batch)
 }

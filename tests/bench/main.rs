@@ -2,7 +2,7 @@
 //! one data set, on this machine. Prints a table (or `--json`); asserts nothing about time.
 //!
 //! ```text
-//! cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--scale] [--smartmodules] [--json]
+//! cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--scale] [--smartmodules] [--embedded] [--json]
 //! ```
 //!
 //! It starts its own PostgreSQL cluster (durable, configured for writes: see
@@ -40,7 +40,8 @@
 //!     space filled in the first minute), the RSS of the consolidator and of the gateway sampled
 //!     every 10 s (first and last minute, and the trend after the first minute).
 //!
-//! With `--scale`, only phases 1, 2 and 4c run; with `--smartmodules`, only phases 1 to 4 and 4d
+//! With `--scale`, only phases 1, 2 and 4c run; with `--smartmodules`, only phases 1 to 4 and 4d;
+//! with `--embedded`, only phase 11
 //! (the other figures print as NaN).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -70,6 +71,7 @@ mod http;
 mod lanes;
 mod scale;
 mod smartmodules;
+mod statements;
 
 use copy::{raw_copy, raw_copy_written, raw_pipeline};
 use cpu::CpuMeter;
@@ -102,9 +104,11 @@ struct Args {
     /// Only what phase 4d needs: the topic filled (phase 2), consolidated without and with the
     /// SmartModules (phases 4 and 4d).
     smartmodules: bool,
+    /// Only phase 11, the embedded default (no PostgreSQL).
+    embedded: bool,
 }
 
-const USAGE: &str = "usage: cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--scale] [--smartmodules] [--json]";
+const USAGE: &str = "usage: cashflow-bench [--quick] [--entries N] [--merchants N] [--days N] [--seconds S] [--soak S] [--scale] [--smartmodules] [--embedded] [--json]";
 
 impl Args {
     /// The flags, or what is wrong with them.
@@ -118,6 +122,7 @@ impl Args {
             json: false,
             scale: false,
             smartmodules: false,
+            embedded: false,
         };
         while let Some(flag) = flags.next() {
             let mut value = || flags.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -131,6 +136,7 @@ impl Args {
                 "--json" => a.json = true,
                 "--scale" => a.scale = true,
                 "--smartmodules" => a.smartmodules = true,
+                "--embedded" => a.embedded = true,
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown flag {other}")),
             }
@@ -265,6 +271,11 @@ async fn run(args: &Args) -> Report {
     let today = BusinessDate::today();
     eprintln!("generating {} entries", args.entries);
     let entries: Vec<Lancamento> = (0..args.entries).map(|i| entry(i, args, today)).collect();
+    if args.embedded {
+        eprintln!("11. the embedded default: its own broker and an SQLite store");
+        embedded::embedded(&entries, &mut report).await;
+        return report;
+    }
 
     eprintln!("1. the dataflow core, in memory");
     dataflow_core(&entries, &mut report).await;
@@ -324,9 +335,12 @@ async fn run(args: &Args) -> Report {
     let cpu = CpuMeter::start(&[("broker", broker), ("PostgreSQL", postgres), ("client", bench)]);
     raw_pipeline(kafka, &mut db, args.entries, &mut report).await;
     cpu.report("raw consume + COPY at once", entries_n, &mut report);
+    statements::reset(&mut db).await;
     let cpu = CpuMeter::start(&[("PostgreSQL", postgres), ("client", bench)]);
     raw_copy_written(&mut db, &entries, &mut report).await;
-    cpu.report("raw COPY of every row consolidation writes", entries_n, &mut report);
+    let phase = "raw COPY of every row consolidation writes";
+    cpu.report(phase, entries_n, &mut report);
+    statements::report(&mut db, phase, entries_n, &mut report).await;
 
     // Untimed: what phases 4 to 6 wrote is vacuumed and analyzed now, so that PostgreSQL's
     // autovacuum does not take the cores during the latency phases that follow.
@@ -568,6 +582,7 @@ async fn consolidation(
 ) {
     let want = entries.len() as i64;
     let group = "cashflow-consolidate";
+    statements::reset(db).await;
     p.launch(Role::Consolidate).await;
     cpu.add("consolidator", p.pid(Role::Consolidate));
     let mut timer = Consolidating::new(want);
@@ -579,6 +594,7 @@ async fn consolidation(
     let rss = p.api.metrics(&p.stages[&Role::Consolidate]).await.must("process_resident_memory_bytes");
     report.add(&format!("{label}: consolidator RSS after the load"), rss / 1e6, "MB");
     p.interrupt(Role::Consolidate).await;
+    statements::report(db, label, want as f64, report).await;
     counted_once(db, entries).await;
     let index: i64 =
         sqlx::query("SELECT pg_relation_size('lancamentos_pkey')::BIGINT").fetch_one(&mut *db).await.unwrap().get(0);

@@ -74,7 +74,9 @@ impl PgCluster {
 
     pub fn start_server(&self) {
         let settings = if self.durable {
-            "-c fsync=on -c shared_buffers=1GB -c max_wal_size=8GB -c checkpoint_timeout=30min"
+            // pg_stat_statements: the bench's profile of each phase (`tests/bench/statements.rs`)
+            "-c fsync=on -c shared_buffers=1GB -c max_wal_size=8GB -c checkpoint_timeout=30min \
+             -c shared_preload_libraries=pg_stat_statements"
         } else {
             "-c fsync=off"
         };

@@ -25,6 +25,32 @@ fn entry(estorno_de: Option<EntryId>) -> StoredEntry {
     StoredEntry { entry, origin: Origin { topic: "lancamentos".into(), partition: 0, offset: 0 } }
 }
 
+/// The insert answers exactly the ids it stored: all of them when every id is new, and only the
+/// new ones when some were stored before or repeat within the call, across statements.
+#[tokio::test]
+async fn the_insert_answers_the_ids_it_stored_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir).await;
+    let ids = |entries: &[StoredEntry]| entries.iter().map(|e| e.entry.id).collect::<HashSet<_>>();
+    let before: Vec<StoredEntry> = (0..3).map(|_| entry(None)).collect();
+    let mut tx = store.begin_epoch().await.unwrap();
+    assert_eq!(tx.insert_entries(&before).await.unwrap(), ids(&before), "every id new");
+    tx.commit().await.unwrap();
+
+    let new: Vec<StoredEntry> = (0..ENTRY_CHUNK + 500).map(|_| entry(None)).collect();
+    let mut mixed = vec![before[0].clone()];
+    mixed.extend(new[..ENTRY_CHUNK].iter().cloned());
+    mixed.extend([before[2].clone(), new[0].clone()]);
+    mixed.extend(new[ENTRY_CHUNK..].iter().cloned());
+    let mut tx = store.begin_epoch().await.unwrap();
+    let answered = tx.insert_entries(&mixed).await.unwrap();
+    let (of_new, of_before) = (answered.intersection(&ids(&new)).count(), answered.intersection(&ids(&before)).count());
+    assert_eq!((answered.len(), of_new, of_before), (new.len(), new.len(), 0), "stored and repeated ids are not new");
+    tx.commit().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lancamentos").fetch_one(&store.pool).await.unwrap();
+    assert_eq!(stored, (before.len() + new.len()) as i64);
+}
+
 /// A commit that does not move a partition's offset leaves its time, and so the consolidation
 /// mark, as it was: a mark changes exactly when consolidation moved on.
 #[tokio::test]
