@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use cashflow_auth::{AuthState, Validator};
 use cashflow_core::config::{GatewayConfig, RateLimit};
-use cashflow_http::{Bearer, MERCHANT_NAMES, Principal, Problem, log_failures};
+use cashflow_http::{Bearer, MERCHANT_NAMES, Principal, Problem, RETRY_AFTER_SECS, log_failures};
 use cashflow_ingest::IngestState;
 use cashflow_observability::track_http;
 use cashflow_retry::Dlq;
@@ -23,7 +23,6 @@ use governor::{Quota, RateLimiter};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::proxy::{Upstream, Upstreams};
 use crate::query::QueryState;
@@ -128,12 +127,27 @@ pub fn router(state: GatewayState) -> Router {
         .merge(crate::page::router())
         .merge(Router::from(crate::openapi::ops().with_state(state.apis.clone())))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.request_timeout, time_limit))
         .layer(middleware::from_fn(log_failures))
         .layer(middleware::from_fn(track_http))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, state.request_timeout))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid));
     with_security_headers(router).layer(cors(&state.cors_allowed_origins))
+}
+
+/// 503 with `Retry-After` when no answer is ready within `limit` (`request_timeout_secs`): a
+/// problem like every answer that time can fix, inside the layers that log and count answers.
+async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(answer) => answer,
+        Err(elapsed) => {
+            let detail = format!(
+                "no answer within {} ms; retry shortly (an entry with the same Idempotency-Key counts once)",
+                limit.as_millis()
+            );
+            Problem::unavailable(detail, RETRY_AFTER_SECS).caused_by(elapsed).into_response()
+        }
+    }
 }
 
 /// Entries are written by ingest (`POST`); everything else under `/v1` (balances, the statement,

@@ -93,3 +93,34 @@ async fn a_store_out_of_reach_is_503_with_retry_after_logged_once_as_a_warning()
     assert_eq!(failed.len(), 1, "logged once: {:?}", log.lines());
     assert!(failed[0].contains("WARN") && failed[0].contains("status=503"), "{}", failed[0]);
 }
+
+/// An answer that takes longer than the gateway's request timeout (here: an entry the broker,
+/// out of reach, cannot acknowledge within the 200 ms allowed) is a 503 problem with
+/// `Retry-After`, like every other answer that time can fix, and it is logged and counted.
+#[tokio::test]
+async fn an_answer_later_than_the_request_timeout_is_a_503_problem_logged_once() {
+    let g = gateway().await.with(|s| s.request_timeout = std::time::Duration::from_millis(200));
+    let (log, _guard) = capture();
+    let token = g.issuer.issue("ana", Some("loja-1"), &["lancamentos:write".into()]).unwrap();
+    let entry = serde_json::json!({"tipo": "credito", "valor": "10.00", "data": "2026-01-10", "descricao": "x"});
+    let req = Request::post("/v1/lancamentos")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(entry.to_string()))
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let res = g.app.clone().oneshot(req).await.unwrap();
+    let (status, headers) = (res.status(), res.headers().clone());
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "answered at the timeout, not the broker's");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers.get("content-type").map(|v| v.to_str().unwrap()), Some("application/problem+json"));
+    assert_eq!(headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("5"));
+    assert_eq!((&body["type"], &body["status"]), (&Value::from("/problems/unavailable"), &Value::from(503)), "{body}");
+    let failed: Vec<_> = log.lines().into_iter().filter(|l| l.contains("request failed")).collect();
+    assert_eq!(failed.len(), 1, "logged once: {:?}", log.lines());
+    assert!(failed[0].contains("route=/v1/lancamentos") && failed[0].contains("status=503"), "{}", failed[0]);
+}

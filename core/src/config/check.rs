@@ -144,6 +144,14 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
             "must be at least 1 and at most half of services.gateway.request_timeout_secs",
         );
     }
+    // The entry's own 503 (naming the key that retries it) must come before the gateway's.
+    if s.ingest.ack_timeout.is_zero() || s.ingest.ack_timeout >= s.gateway.request_timeout {
+        problem_at(
+            &mut out,
+            "services.ingest.ack_timeout_ms",
+            "must be at least 1 and below services.gateway.request_timeout_secs",
+        );
+    }
     if s.gateway.max_batch_body_bytes < s.gateway.max_body_bytes {
         problem_at(&mut out, "services.gateway.max_batch_body_bytes", "must be at least max_body_bytes");
     }

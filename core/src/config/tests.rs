@@ -467,6 +467,12 @@ fn extreme_or_mixed_mistakes_are_all_reported_without_a_panic_or_a_secret() {
     let p = problems(&edit("aguardar_timeout_ms: 5000", "aguardar_timeout_ms: 18446744073709551615"));
     assert_eq!(p.len(), 1);
     assert!(p[0].starts_with("services.query.aguardar_timeout_ms: must be at least 1"), "{p:?}");
+    // A broker ack allowed to outlast the gateway's request timeout would lose the entry's key.
+    let p = problems(&edit("ack_timeout_ms: 5000", "ack_timeout_ms: 30s"));
+    assert_eq!(
+        p,
+        ["services.ingest.ack_timeout_ms: must be at least 1 and below services.gateway.request_timeout_secs"]
+    );
     // A wrong apiVersion and a value that stops deserializing are both named.
     let yaml = edit("apiVersion: cashflow/v1", "apiVersion: cashflow/v9")
         .replace("token_ttl_secs: 900", "token_ttl_secs: soon");
