@@ -279,10 +279,7 @@ async fn token(
 }
 
 fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let form = cashflow_http::content_type(headers).is_some_and(|t| t == "application/x-www-form-urlencoded");
     if form {
         serde_urlencoded::from_bytes(body)
             .map_err(|_| oauth(StatusCode::BAD_REQUEST, "invalid_request", "the body is not a valid form"))

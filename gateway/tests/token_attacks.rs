@@ -224,6 +224,14 @@ async fn service_clients_get_tokens_by_client_credentials_and_a_wrong_secret_loo
     .await;
     assert_eq!(status, StatusCode::OK, "HTTP Basic, narrowed scope: {body}");
     assert_eq!(body["scope"], "consolidado:read");
+    // A media type's name is case-insensitive and may carry parameters (RFC 9110 §8.3.1); a
+    // longer name is another type.
+    let basic = Some("pdv-7:s3cr3t-value");
+    let grant = || "grant_type=client_credentials".to_owned();
+    let (status, body) = token_request(&g, "Application/X-WWW-Form-Urlencoded; charset=UTF-8", basic, grant()).await;
+    assert_eq!(status, StatusCode::OK, "a form in other case, with a charset: {body}");
+    let (status, body) = token_request(&g, "application/x-www-form-urlencodedx", basic, grant()).await;
+    assert_eq!((status, body["error"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("invalid_request")));
 
     let (status, body) =
         token_request(&g, form, Some("pdv-7:s3cr3t-value"), "grant_type=client_credentials&scope=admin".into()).await;

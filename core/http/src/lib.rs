@@ -434,9 +434,15 @@ pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), Problem> {
 
 /// A JSON media type: `application/json`, or `application/<anything>+json`, any case.
 pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
-    let Some(essence) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
-    let essence = essence.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let Some(essence) = content_type(headers) else { return false };
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The body's media type, `type/subtype` in lower case without its parameters (names are
+/// case-insensitive: RFC 9110 §8.3.1); `None` without a readable `Content-Type`.
+pub fn content_type(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
 }
 
 fn json_problem(rejection: JsonRejection) -> Problem {
