@@ -350,6 +350,11 @@ async fn merchant_a_cannot_read_or_write_merchant_b_by_any_means() {
     let unknown = cashflow_core::EntryId::random();
     let (unknown_status, nobodys) = send(Request::post(format!("/v1/lancamentos/{unknown}/estorno")), None).await;
     assert_eq!((status, &foreign["type"], &foreign["title"]), (unknown_status, &nobodys["type"], &nobodys["title"]));
+    // No broker here: both wait out the ack or the request timeout, each answered as a 503 problem.
+    assert_eq!(
+        (status, &foreign["type"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!("/problems/unavailable"))
+    );
     // B's data is untouched.
     let b_day = g
         .store

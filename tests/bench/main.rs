@@ -527,13 +527,11 @@ fn drain(consumer: &BaseConsumer, want: u64, mut each: impl FnMut(&[u8])) -> Opt
 }
 
 /// Sum of the stored next offsets of a group.
+/// The bench's own poll of a consolidation's progress (left out of the phase's profile).
+const PROGRESS: &str = "SELECT COALESCE(SUM(next_offset), 0)::BIGINT FROM consumer_progress WHERE consumer_group = $1";
+
 async fn progress(db: &mut PgConnection, group: &str) -> i64 {
-    sqlx::query("SELECT COALESCE(SUM(next_offset), 0)::BIGINT FROM consumer_progress WHERE consumer_group = $1")
-        .bind(group)
-        .fetch_one(&mut *db)
-        .await
-        .unwrap()
-        .get(0)
+    sqlx::query(PROGRESS).bind(group).fetch_one(&mut *db).await.unwrap().get(0)
 }
 
 /// A consolidation timed by its stored progress: from the first commit seen to the last offset.
