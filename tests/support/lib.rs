@@ -70,6 +70,27 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Makes `command`, which ends with `cashflow-broker`'s path, serve 127.0.0.1:`port` from a
+/// SQLite log in `dir`, its output discarded; returns the address clients bootstrap from.
+pub fn lone_broker(command: &mut std::process::Command, dir: &std::path::Path, port: u16) -> String {
+    let url = format!("tcp://127.0.0.1:{port}");
+    command
+        .args(["--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://broker.db"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    format!("127.0.0.1:{port}")
+}
+
+/// Waits until `address` takes connections; panics after 60 s.
+pub async fn until_listening(address: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listened on {address} in 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The PostgreSQL server the suite uses. Panics when it is not configured: never a silent skip.
 pub fn postgres_admin_url() -> String {
     std::env::var("CASHFLOW_TEST_DATABASE_URL").unwrap_or_else(|_| {

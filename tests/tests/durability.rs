@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use cashflow_tests::{binary, free_port};
+use cashflow_tests::{binary, free_port, lone_broker, until_listening};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -38,9 +38,8 @@ async fn the_broker_writes_a_record_to_disk_before_it_acknowledges_it() {
     let strace = strace();
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("broker.trace");
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut broker = Command::new(strace)
+    let mut command = Command::new(strace);
+    command
         .args(["-f", "-y", "-yy", "-x", "-s", "65536", "-o"])
         .arg(&trace)
         .args([
@@ -48,19 +47,10 @@ async fn the_broker_writes_a_record_to_disk_before_it_acknowledges_it() {
             "trace=read,recvfrom,recvmsg,readv,write,writev,sendto,sendmsg,pwrite64,pwritev,fsync,fdatasync",
             "--",
         ])
-        .arg(binary("cashflow-broker"))
-        .args(["--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://broker.db"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let bootstrap = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(&bootstrap).is_err() {
-        assert!(Instant::now() < deadline, "the broker did not listen in 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .arg(binary("cashflow-broker"));
+    let bootstrap = lone_broker(&mut command, dir.path(), free_port());
+    let mut broker = command.spawn().unwrap();
+    until_listening(&bootstrap).await;
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &bootstrap).set("broker.address.family", "v4");
     let admin: AdminClient<DefaultClientContext> = client.create().unwrap();

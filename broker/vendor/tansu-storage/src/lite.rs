@@ -2435,6 +2435,13 @@ impl Storage for Delegate {
             max_bytes
         );
 
+        // cashflow patch: the query sizes every record from the offset to its upper bound before
+        // it keeps those within max_bytes, so each fetch of a backlog scanned all of it. The
+        // bound is now at most one record per 128 bytes of max_bytes past the offset (and at
+        // least one record): smaller records come in more fetches.
+        let scan_end =
+            high_watermark.min(offset.saturating_add(i64::from(max_bytes / 128).max(1)));
+
         let c = self.connection().await?;
 
         let mut records = c
@@ -2446,7 +2453,7 @@ impl Storage for Delegate {
                     topition.partition(),
                     offset,
                     (max_bytes as i64),
-                    high_watermark,
+                    scan_end,
                 ),
             )
             .await

@@ -154,8 +154,16 @@ impl FetchService {
 
         let mut offset = fetch_partition.fetch_offset;
 
+        // cashflow patch: as in Kafka, a partition's share of the response is at most its
+        // partition_max_bytes, so a backlog on one partition leaves the partitions after it their
+        // share. The response's max_bytes was the only limit: its first partition filled it.
+        let share = u32::try_from(fetch_partition.partition_max_bytes)
+            .unwrap_or(0)
+            .min(*max_bytes);
+        let mut remaining = share;
+
         loop {
-            if *max_bytes == 0 {
+            if remaining == 0 {
                 break;
             }
 
@@ -163,13 +171,13 @@ impl FetchService {
 
             let mut fetched = ctx
                 .state()
-                .fetch(&tp, offset, min_bytes, *max_bytes, isolation)
+                .fetch(&tp, offset, min_bytes, remaining, isolation)
                 .await
                 .inspect(|r| debug!(?tp, ?offset, ?r))
                 .inspect_err(|error| error!(?tp, ?error))?;
 
-            *max_bytes =
-                u32::try_from(fetched.byte_size()).map(|bytes| max_bytes.saturating_sub(bytes))?;
+            remaining =
+                u32::try_from(fetched.byte_size()).map(|bytes| remaining.saturating_sub(bytes))?;
 
             offset += fetched
                 .iter()
@@ -184,6 +192,8 @@ impl FetchService {
                 batches.append(&mut fetched);
             }
         }
+
+        *max_bytes -= share - remaining;
 
         let offset_stage = ctx
             .state()
@@ -308,18 +318,17 @@ impl FetchService {
             Ok(vec![])
         } else {
             let start = Instant::now();
-            let mut responses = vec![];
+            let budget = *max_bytes;
             let mut iteration = 0;
-            let mut elapsed = Duration::from_millis(0);
-            let mut bytes = 0;
 
-            while elapsed <= max_wait && bytes <= min_bytes {
-                debug!(?elapsed, ?max_wait, ?bytes, ?min_bytes);
+            // cashflow patch: answered once the records found reach min_bytes, or when max_wait
+            // has passed; until then, fetched again after a sleep. Every fetch slept before its
+            // answer, records found or not: half of max_wait, or all of it below 250 ms.
+            loop {
+                *max_bytes = budget;
+                let mut responses = Vec::with_capacity(topics.len());
 
-                let enumerate = topics.iter().enumerate();
-                responses.clear();
-
-                for (i, fetch) in enumerate {
+                for (i, fetch) in topics.iter().enumerate() {
                     let fetch_response = self
                         .fetch_topic(
                             ctx.clone(),
@@ -335,10 +344,8 @@ impl FetchService {
                     responses.push(fetch_response);
                 }
 
-                bytes += u32::try_from(responses.byte_size())?;
-
-                let now = Instant::now();
-                elapsed = now.duration_since(start);
+                let found = budget - *max_bytes;
+                let elapsed = start.elapsed();
                 let remaining = max_wait.saturating_sub(elapsed);
 
                 debug!(
@@ -346,9 +353,13 @@ impl FetchService {
                     ?max_wait,
                     ?elapsed,
                     ?remaining,
-                    ?bytes,
+                    ?found,
                     ?min_bytes
                 );
+
+                if found >= min_bytes || remaining.is_zero() {
+                    return Ok(responses);
+                }
 
                 sleep(if remaining.as_millis() >= 250 {
                     remaining / 2
@@ -359,8 +370,6 @@ impl FetchService {
 
                 iteration += 1;
             }
-
-            Ok(responses)
         }
     }
 }
