@@ -82,6 +82,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     })?;
     let modules = std::sync::Mutex::new(modules);
     let mut resume = store.load_progress(&cons.group).await?;
+    let lanes = cons.lanes(&config.store.url);
 
     let consumer: GroupConsumer = kafka::with_properties(config, |c| {
         c.set("group.id", &cons.group)
@@ -89,7 +90,8 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
-            .set("fetch.wait.max.ms", "50");
+            .set("fetch.wait.max.ms", "50")
+            .set("max.partition.fetch.bytes", partition_share(cons.max_epoch_records, lanes).to_string());
     })
     .create_with_context(RebalanceWatch::positioned(resume.clone()).reporting(owned))?;
     let sources = config.consolidate_sources();
@@ -103,7 +105,6 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     metrics().stage_up(STAGE, true);
 
     let max_wait = cons.max_epoch_wait;
-    let lanes = cons.lanes(&config.store.url);
     tracing::info!(lanes, "epochs split into sink lanes");
     // The next epoch's records are gathered while this one commits; `None` is the shutdown.
     let gather = || async {
@@ -167,6 +168,18 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
 
 type GroupConsumer = StreamConsumer<RebalanceWatch>;
 
+/// How much of one partition a fetch answer may hold: about an epoch's bytes over its lanes, so
+/// an epoch holds runs of about one partition per lane. Each transaction then writes the rows of
+/// one partition's merchants rather than of every merchant (epochs that mixed all partitions
+/// cost the embedded store a fifth of its rate on 10,000 merchants, and PostgreSQL a sixth more
+/// CPU per entry: BENCHMARKS.md), and every lane still gets records. `kafka.properties` may set
+/// it.
+fn partition_share(max_epoch_records: usize, lanes: usize) -> usize {
+    /// About the size of an entry on the topic.
+    const ENTRY_BYTES: usize = 256;
+    (max_epoch_records.saturating_mul(ENTRY_BYTES) / lanes.max(1)).clamp(64 << 10, 64 << 20)
+}
+
 /// Exports how many partitions this consolidator owns.
 fn owned(partitions: usize) {
     metrics().pipeline_partitions_owned.with_label_values(&[STAGE]).set(i64::try_from(partitions).unwrap_or(i64::MAX));
@@ -201,4 +214,18 @@ async fn next_epoch(consumer: &GroupConsumer, max: usize, max_wait: Duration) ->
         batch.push(Record::from_message(&message?));
     }
     Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_share;
+
+    #[test]
+    fn a_partition_share_is_an_epoch_over_its_lanes_within_bounds() {
+        assert_eq!(partition_share(20_000, 1), 5_120_000);
+        assert_eq!(partition_share(20_000, 2), 2_560_000);
+        assert_eq!(partition_share(1, 4), 64 << 10);
+        assert_eq!(partition_share(usize::MAX, 1), 64 << 20);
+        assert_eq!(partition_share(20_000, 0), 5_120_000);
+    }
 }
