@@ -159,3 +159,16 @@ async fn records_of_every_size_are_delivered_once_and_in_order() {
     let expected: Vec<(i32, i64, usize)> = (0..4_000).map(|n| (0, i64::try_from(n).unwrap(), size(n))).collect();
     assert!(read == expected, "the first wrong record: {:?}", read.iter().zip(&expected).find(|(r, e)| r != e));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_a_partitions_share_is_still_delivered() {
+    let broker = Broker::start().await;
+    // As in Kafka, a share bounds what follows a partition's first record, never that record:
+    // one larger than the share must not hold its partition back for ever.
+    let sizes = [200_000, 10, 300_000, 10];
+    broker.topic_with_backlog("large", 1, sizes.len(), |n| sizes[n]).await;
+    let consumer = broker.reader("large", 1, &[("max.partition.fetch.bytes", "65536")]);
+    let read = first_records(&consumer, sizes.len());
+    let expected: Vec<(i32, i64, usize)> = (0..sizes.len()).map(|n| (0, i64::try_from(n).unwrap(), sizes[n])).collect();
+    assert_eq!(read, expected);
+}

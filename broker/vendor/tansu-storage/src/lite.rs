@@ -2438,30 +2438,42 @@ impl Storage for Delegate {
         // cashflow patch: the query sizes every record from the offset to its upper bound before
         // it keeps those within max_bytes, so each fetch of a backlog scanned all of it. The
         // bound is now at most one record per 128 bytes of max_bytes past the offset (and at
-        // least one record): smaller records come in more fetches.
+        // least one record): smaller records come in more fetches. A run with no record (its
+        // offsets deleted or compacted away) is followed by a scan to the high watermark.
         let scan_end =
             high_watermark.min(offset.saturating_add(i64::from(max_bytes / 128).max(1)));
 
         let c = self.connection().await?;
 
-        let mut records = c
-            .query(
-                "record_fetch.sql",
-                (
-                    self.cluster.as_str(),
-                    topition.topic(),
-                    topition.partition(),
-                    offset,
-                    (max_bytes as i64),
-                    scan_end,
-                ),
-            )
-            .await
-            .inspect_err(|err| error!(?err))?;
+        let mut first = None;
+        let mut records = None;
+        for end in [scan_end, high_watermark] {
+            drop(records.take());
+            let mut rows = c
+                .query(
+                    "record_fetch.sql",
+                    (
+                        self.cluster.as_str(),
+                        topition.topic(),
+                        topition.partition(),
+                        offset,
+                        (max_bytes as i64),
+                        end,
+                    ),
+                )
+                .await
+                .inspect_err(|err| error!(?err))?;
+            first = rows.next().await?;
+            records = Some(rows);
+            if first.is_some() || end == high_watermark {
+                break;
+            }
+        }
+        let mut records = records.expect("the run to the high watermark is always queried");
 
         let mut batches = vec![];
 
-        if let Some(row) = records.next().await? {
+        if let Some(row) = first {
             let offset_delta = 0;
             let timestamp_delta = 0;
 
