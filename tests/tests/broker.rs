@@ -147,7 +147,7 @@ async fn a_fetch_that_finds_records_is_answered_without_waiting_out_max_wait() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_of_every_size_are_delivered_once_and_in_order() {
+async fn records_of_every_size_are_delivered_whole_and_in_order() {
     let broker = Broker::start().await;
     // Empty records, small ones and ones of a quarter share, mixed: a fetch reads a bounded run of a
     // backlog at a time, and must neither skip nor reorder a record at the bounds (librdkafka
