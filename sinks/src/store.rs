@@ -31,6 +31,10 @@ pub enum StoreError {
     /// Rows given for a state with another number of key fields: a caller's mistake.
     #[error("rows of {got} key values for {table}, whose key has {expected}")]
     RowWidth { table: String, expected: usize, got: usize },
+    /// A constraint refused rows of a write that skips them rather than fail (SQLite's `INSERT OR
+    /// IGNORE`): a data error, as the statement's own failure would have been.
+    #[error("the store refused {refused} of the rows written to {table} (a check or unique constraint)")]
+    Refused { table: &'static str, refused: u64 },
     /// One error, answered to every reader that waited for the same read.
     #[error(transparent)]
     Shared(std::sync::Arc<StoreError>),
@@ -51,6 +55,9 @@ impl StoreError {
     /// unique constraint (PostgreSQL classes 22 and 23; SQLite's constraint, mismatch, range and
     /// too-big codes). One record's data caused it; the others can go on without it.
     pub fn is_data_error(&self) -> bool {
+        if let StoreError::Refused { .. } = self {
+            return true;
+        }
         let StoreError::Query(sqlx::Error::Database(db)) = self else { return false };
         let code = db.code();
         let code = code.as_deref().unwrap_or_default();
