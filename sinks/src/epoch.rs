@@ -37,7 +37,7 @@ pub struct StoredEntry {
 
 const ENTRY_COLUMNS: usize = 13;
 /// Rows per statement on SQLite (within its 32,766 parameters); PostgreSQL takes an epoch's
-/// rows in one. Fewer, larger statements: each is a statement journal opened and closed.
+/// rows in one.
 const ENTRY_CHUNK: usize = 2_000;
 /// Bind parameters per statement when upserting totals on SQLite.
 const TOTALS_PARAMS: usize = 30_000;
