@@ -126,7 +126,9 @@ impl EpochTx {
         inserted.extend(ids.into_iter().filter(|id| !stored.contains(id)));
         // `OR IGNORE` cannot abort, so SQLite opens no statement journal for it (a quarter of the
         // insert's CPU, BENCHMARKS.md); but it skips a row that a constraint refuses where `ON
-        // CONFLICT (id)` failed the statement. Every new id must have made its row.
+        // CONFLICT (id)` failed the statement, so every new id must have made its row. A rule of
+        // the store's own (a trigger) still fails it with `RAISE(ABORT)`; its inserts into other
+        // tables take the `IGNORE` policy too.
         let mut kept = 0;
         for chunk in parts(entries, ENTRY_CHUNK) {
             let sql = format!(
@@ -155,9 +157,10 @@ impl EpochTx {
             }
             kept += q.execute(&mut *self.tx).await?.rows_affected();
         }
-        match (inserted.len() as u64).abs_diff(kept) {
-            0 => Ok(inserted),
-            refused => Err(StoreError::Refused { table: "lancamentos", refused }),
+        match (inserted.len() as u64).checked_sub(kept) {
+            Some(0) => Ok(inserted),
+            Some(refused) => Err(StoreError::Refused { table: "lancamentos", refused }),
+            None => Err(StoreError::Corrupt(format!("{kept} rows stored for {} new ids", inserted.len()))),
         }
     }
 

@@ -33,7 +33,7 @@ pub enum StoreError {
     RowWidth { table: String, expected: usize, got: usize },
     /// A constraint refused rows of a write that skips them rather than fail (SQLite's `INSERT OR
     /// IGNORE`): a data error, as the statement's own failure would have been.
-    #[error("the store refused {refused} of the rows written to {table} (a check or unique constraint)")]
+    #[error("the store skipped {refused} of the rows written to {table} (a constraint or a trigger refused them)")]
     Refused { table: &'static str, refused: u64 },
     /// One error, answered to every reader that waited for the same read.
     #[error(transparent)]
