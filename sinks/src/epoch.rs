@@ -117,6 +117,18 @@ impl EpochTx {
             for row in q.bind(self.now.clone()).fetch_all(&mut *self.tx).await? {
                 inserted.insert(entry_id(&row, 0)?);
             }
+            // An id the insert did not return is stored already, or a rule of the store (a
+            // trigger that returns NULL) skipped its row. Only redeliveries make such ids, so the
+            // lookup seldom runs.
+            let missing: Vec<EntryId> =
+                entries.iter().map(|e| e.entry.id).filter(|id| !inserted.contains(id)).collect();
+            if !missing.is_empty() {
+                let stored = self.stored_ids(&missing).await?;
+                let skipped: HashSet<&EntryId> = missing.iter().filter(|id| !stored.contains(id)).collect();
+                if !skipped.is_empty() {
+                    return Err(StoreError::Refused { table: "lancamentos", refused: skipped.len() as u64 });
+                }
+            }
             return Ok(inserted);
         }
         // SQLite: the epoch holds the write lock from its start (`BEGIN IMMEDIATE`), so the ids

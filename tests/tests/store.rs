@@ -10,6 +10,7 @@ use cashflow_core::estado::{Field, Key, Rows, Values};
 use cashflow_core::{BusinessDate, DayTotals, EntryId, Lancamento, MerchantId, Money, Tipo};
 use cashflow_sinks::{DeclaredState, Origin, Store, StoredEntry};
 use cashflow_tests::fresh_postgres_database;
+use sqlx::Connection as _;
 
 /// Texts an array literal, a `VALUES` list or a COPY could get wrong.
 const TEXTS: [&str; 9] = [
@@ -152,4 +153,54 @@ async fn a_state_keyed_by_day_is_built_with_its_day_index_on_postgres() {
         .map(|r| r.get(0))
         .collect();
     assert!(indexes.iter().any(|i| i.ends_with("USING btree (dia)")), "{indexes:?}");
+}
+
+/// A row the store skips without an error, by a rule of its own, is not an entry stored: the
+/// insert is a data error, which consolidation routes as that record's, rather than an entry
+/// counted that the ledger does not hold. An entry stored before is no such error: it is a
+/// redelivery, counted once.
+async fn a_row_the_store_skips_is_a_data_error_and_a_stored_one_is_not(url: &str, rule: impl AsyncFnOnce()) {
+    let store = Store::connect(url, 2).await.unwrap();
+    rule().await;
+    let stored = entry(1, "antes", None, None);
+    let mut tx = store.begin_epoch().await.unwrap();
+    tx.insert_entries(std::slice::from_ref(&stored)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (again, new) = (stored.clone(), entry(2, "novo", None, None));
+    let mut tx = store.begin_epoch().await.unwrap();
+    let inserted = tx.insert_entries(&[again, new.clone()]).await.unwrap();
+    assert_eq!(inserted, HashSet::from([new.entry.id]), "the redelivery is stored already");
+    drop(tx);
+
+    let (new, skipped) = (entry(3, "novo", None, None), entry(4, "pula", None, None));
+    let mut tx = store.begin_epoch().await.unwrap();
+    let e = tx.insert_entries(&[new, skipped, stored]).await.unwrap_err();
+    assert!(e.is_data_error(), "{e}");
+}
+
+#[tokio::test]
+async fn sqlite_reports_a_row_it_skips() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/store.db", dir.path().display());
+    let rule = async || {
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let skip = "CREATE TRIGGER pula BEFORE INSERT ON lancamentos WHEN NEW.descricao = 'pula' \
+                    BEGIN SELECT RAISE(IGNORE); END";
+        sqlx::raw_sql(skip).execute(&mut db).await.unwrap();
+    };
+    a_row_the_store_skips_is_a_data_error_and_a_stored_one_is_not(&url, rule).await;
+}
+
+#[tokio::test]
+async fn postgres_reports_a_row_it_skips() {
+    let url = fresh_postgres_database().await;
+    let rule = async || {
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        let skip = "CREATE FUNCTION pula() RETURNS trigger LANGUAGE plpgsql AS \
+                    $$ BEGIN IF NEW.descricao = 'pula' THEN RETURN NULL; END IF; RETURN NEW; END $$; \
+                    CREATE TRIGGER pula BEFORE INSERT ON lancamentos FOR EACH ROW EXECUTE FUNCTION pula()";
+        sqlx::raw_sql(skip).execute(&mut db).await.unwrap();
+    };
+    a_row_the_store_skips_is_a_data_error_and_a_stored_one_is_not(&url, rule).await;
 }

@@ -94,23 +94,6 @@ async fn an_entry_is_reversed_at_most_once() {
     assert!(e.is_data_error(), "{e}");
 }
 
-/// A row the store skips without failing the statement (here a rule of the store's own answering
-/// `RAISE(IGNORE)`) is not an entry stored: the insert is a data error, which consolidation routes
-/// as that record's, rather than an entry counted that the ledger does not hold.
-#[tokio::test]
-async fn an_entry_the_store_skips_is_a_data_error_and_not_an_entry_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite(&dir).await;
-    let rule = "CREATE TRIGGER pula BEFORE INSERT ON lancamentos WHEN NEW.descricao = 'pula' \
-                BEGIN SELECT RAISE(IGNORE); END";
-    sqlx::query(rule).execute(&store.pool).await.unwrap();
-    let (kept, mut skipped) = (entry(None), entry(None));
-    skipped.entry.descricao = "pula".into();
-    let mut tx = store.begin_epoch().await.unwrap();
-    let e = tx.insert_entries(&[kept, skipped]).await.unwrap_err();
-    assert!(e.is_data_error(), "{e}");
-}
-
 /// Two consolidators on one SQLite file: one reads in its epoch while the other commits. With
 /// deferred transactions the first then failed to write (SQLITE_BUSY_SNAPSHOT); an epoch takes
 /// the write lock at its start, so the second waits its turn and both commit.
