@@ -2444,32 +2444,30 @@ impl Storage for Delegate {
             high_watermark.min(offset.saturating_add(i64::from(max_bytes / 128).max(1)));
 
         let c = self.connection().await?;
+        let query = async |end: i64| {
+            c.query(
+                "record_fetch.sql",
+                (
+                    self.cluster.as_str(),
+                    topition.topic(),
+                    topition.partition(),
+                    offset,
+                    (max_bytes as i64),
+                    end,
+                ),
+            )
+            .await
+            .inspect_err(|err| error!(?err))
+        };
 
-        let mut first = None;
-        let mut records = None;
-        for end in [scan_end, high_watermark] {
-            drop(records.take());
-            let mut rows = c
-                .query(
-                    "record_fetch.sql",
-                    (
-                        self.cluster.as_str(),
-                        topition.topic(),
-                        topition.partition(),
-                        offset,
-                        (max_bytes as i64),
-                        end,
-                    ),
-                )
-                .await
-                .inspect_err(|err| error!(?err))?;
-            first = rows.next().await?;
-            records = Some(rows);
-            if first.is_some() || end == high_watermark {
-                break;
-            }
+        let mut records = query(scan_end).await?;
+        let mut first = records.next().await?;
+        if first.is_none() && scan_end < high_watermark {
+            // its cached statement is reset (dropped) before it runs again
+            drop(records);
+            records = query(high_watermark).await?;
+            first = records.next().await?;
         }
-        let mut records = records.expect("the run to the high watermark is always queried");
 
         let mut batches = vec![];
 
