@@ -31,8 +31,9 @@ pub enum StoreError {
     /// Rows given for a state with another number of key fields: a caller's mistake.
     #[error("rows of {got} key values for {table}, whose key has {expected}")]
     RowWidth { table: String, expected: usize, got: usize },
-    /// A constraint refused rows of a write that skips them rather than fail (SQLite's `INSERT OR
-    /// IGNORE`): a data error, as the statement's own failure would have been.
+    /// Rows of a write that the store skipped rather than fail the statement: a constraint under
+    /// SQLite's `INSERT OR IGNORE`, or a rule of the store's own (a trigger) on either store. A
+    /// data error, as the statement's own failure would have been.
     #[error("the store skipped {refused} of the rows written to {table} (a constraint or a trigger refused them)")]
     Refused { table: &'static str, refused: u64 },
     /// One error, answered to every reader that waited for the same read.
@@ -53,7 +54,8 @@ impl Transient for StoreError {
 impl StoreError {
     /// The store refused the data written, not the request: a value out of range, a check or
     /// unique constraint (PostgreSQL classes 22 and 23; SQLite's constraint, mismatch, range and
-    /// too-big codes). One record's data caused it; the others can go on without it.
+    /// too-big codes), or a row skipped ([`StoreError::Refused`]). One record's data caused it; the
+    /// others can go on without it.
     pub fn is_data_error(&self) -> bool {
         if let StoreError::Refused { .. } = self {
             return true;
