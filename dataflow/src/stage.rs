@@ -1,8 +1,8 @@
 //! The consolidate stage: read an epoch of records, validate, dedupe against the store, update
 //! the dataflow, and commit entries, every declared state's changes and offsets in one
 //! transaction. A session first builds any declared state the store does not keep yet. The next
-//! epoch's records are gathered while one commits, so reading from the broker and writing to the
-//! store overlap.
+//! epoch's records are gathered and decoded while one commits, so reading from the broker and
+//! writing to the store overlap.
 //!
 //! Progress lives only in the store. The consumer joins the group; every partition it is assigned
 //! (on start, after any failure, after every rebalance) is positioned at the store's progress as

@@ -111,36 +111,41 @@ impl EpochTx {
     /// Inserts the entries whose id is not stored yet and returns those ids. An id that is
     /// already stored is left untouched, so a redelivered entry is counted once.
     pub async fn insert_entries(&mut self, entries: &[StoredEntry]) -> Result<HashSet<EntryId>, StoreError> {
-        let mut inserted = HashSet::with_capacity(entries.len());
-        if self.backend == Backend::Postgres {
-            let q = pg_entry_columns(entries).into_iter().fold(sqlx::query(PG_INSERT_ENTRIES), |q, c| q.bind(c));
-            for row in q.bind(self.now.clone()).fetch_all(&mut *self.tx).await? {
-                inserted.insert(entry_id(&row, 0)?);
+        let inserted = match self.backend {
+            Backend::Postgres => {
+                let q = pg_entry_columns(entries).into_iter().fold(sqlx::query(PG_INSERT_ENTRIES), |q, c| q.bind(c));
+                let rows = q.bind(self.now.clone()).fetch_all(&mut *self.tx).await?;
+                rows.iter().map(|row| entry_id(row, 0)).collect::<Result<HashSet<_>, _>>()?
             }
-            // An id the insert did not return is stored already, or a rule of the store (a
-            // trigger that returns NULL) skipped its row. Only redeliveries make such ids, so the
-            // lookup seldom runs.
-            let missing: Vec<EntryId> =
-                entries.iter().map(|e| e.entry.id).filter(|id| !inserted.contains(id)).collect();
-            if !missing.is_empty() {
-                let stored = self.stored_ids(&missing).await?;
-                let skipped: HashSet<&EntryId> = missing.iter().filter(|id| !stored.contains(id)).collect();
-                if !skipped.is_empty() {
-                    return Err(StoreError::Refused { table: "lancamentos", refused: skipped.len() as u64 });
-                }
+            Backend::Sqlite => self.insert_sqlite(entries).await?,
+        };
+        // An id the insert made no row for is stored already, or a rule of the store skipped its
+        // row (a trigger that returns NULL or answers `RAISE(IGNORE)`, or a constraint under
+        // SQLite's `OR IGNORE`). Only redeliveries and such rules make these ids, so the lookup
+        // seldom runs.
+        let missing: Vec<EntryId> = entries.iter().map(|e| e.entry.id).filter(|id| !inserted.contains(id)).collect();
+        if !missing.is_empty() {
+            let stored = self.stored_ids(&missing).await?;
+            let skipped: HashSet<&EntryId> = missing.iter().filter(|id| !stored.contains(id)).collect();
+            if !skipped.is_empty() {
+                return Err(StoreError::Refused { table: "lancamentos", refused: skipped.len() as u64 });
             }
-            return Ok(inserted);
         }
-        // SQLite: the epoch holds the write lock from its start (`BEGIN IMMEDIATE`), so the ids
-        // stored before it are those it finds now, and no row has to come back from the insert
+        Ok(inserted)
+    }
+
+    /// SQLite's insert, which answers the ids whose rows it made. `OR IGNORE` cannot abort, so
+    /// SQLite opens no statement journal for it (a quarter of the insert's CPU, BENCHMARKS.md).
+    /// Which ids are new needs no lookup when every row was made, the usual case; otherwise the
+    /// rows above the largest rowid before the insert are its own, as SQLite gives a new row the
+    /// rowid after the largest and the epoch holds the write lock from its start (`BEGIN
+    /// IMMEDIATE`). Past the largest integer SQLite picks rowids at random: then the stored ids
+    /// are read before the insert.
+    async fn insert_sqlite(&mut self, entries: &[StoredEntry]) -> Result<HashSet<EntryId>, StoreError> {
         let ids: Vec<EntryId> = entries.iter().map(|e| e.entry.id).collect();
-        let stored: HashSet<EntryId> = self.stored_ids(&ids).await?;
-        inserted.extend(ids.into_iter().filter(|id| !stored.contains(id)));
-        // `OR IGNORE` cannot abort, so SQLite opens no statement journal for it (a quarter of the
-        // insert's CPU, BENCHMARKS.md); but it skips a row that a constraint refuses where `ON
-        // CONFLICT (id)` failed the statement, so every new id must have made its row. A rule of
-        // the store's own (a trigger) still fails it with `RAISE(ABORT)`; its inserts into other
-        // tables take the `IGNORE` policy too.
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(rowid) FROM lancamentos").fetch_one(&mut *self.tx).await?;
+        let stored_before = if last == Some(i64::MAX) { Some(self.stored_ids(&ids).await?) } else { None };
         let mut kept = 0;
         for chunk in parts(entries, ENTRY_CHUNK) {
             let sql = format!(
@@ -169,6 +174,18 @@ impl EpochTx {
             }
             kept += q.execute(&mut *self.tx).await?.rows_affected();
         }
+        let inserted: HashSet<EntryId> = match stored_before {
+            Some(stored) => ids.into_iter().filter(|id| !stored.contains(id)).collect(),
+            None if kept == ids.len() as u64 => ids.into_iter().collect(),
+            None => {
+                let rows = sqlx::query("SELECT id FROM lancamentos WHERE rowid > ?")
+                    .bind(last.unwrap_or(0))
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                rows.iter().map(|row| entry_id(row, 0)).collect::<Result<_, _>>()?
+            }
+        };
+        // Read before the insert, an id skipped by a rule of the store is among `inserted`.
         match (inserted.len() as u64).checked_sub(kept) {
             Some(0) => Ok(inserted),
             Some(refused) => Err(StoreError::Refused { table: "lancamentos", refused }),

@@ -49,6 +49,14 @@ fn decode_classifies_bad_records() {
     v["v"] = 2.into();
     let e = Lancamento::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
     assert_eq!(e, DecodeError::UnknownVersion(2));
+    // Another version is told by its `v` whatever its shape; a record without `v` is malformed.
+    let other_shape = br#"{"v":2,"lancamento":{"valor":"1.00"}}"#;
+    assert_eq!(Lancamento::decode(other_shape).unwrap_err(), DecodeError::UnknownVersion(2));
+    let mut unversioned = v.clone();
+    unversioned.as_object_mut().unwrap().remove("v");
+    let e = Lancamento::decode(&serde_json::to_vec(&unversioned).unwrap()).unwrap_err();
+    assert_eq!(e, DecodeError::Malformed("missing field `v`".into()));
+    assert_eq!(Lancamento::decode(br#"{"v":1}"#).unwrap_err().code(), Code::Malformed);
     v["v"] = 1.into();
     v["valor_cents"] = 0.into();
     let e = Lancamento::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();

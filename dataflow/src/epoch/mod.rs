@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cashflow_core::Lancamento;
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::failure::{Code, Disposition, Failure, retry_delay};
+use cashflow_core::{DecodeError, Incoming, Lancamento};
 use cashflow_kafka::{read_failure, send_failed};
 use cashflow_observability::metrics;
 use cashflow_sinks::{DeclaredState, Delivery, EpochTx, Origin, Store};
@@ -37,6 +37,8 @@ pub(crate) struct Record {
     payload: Vec<u8>,
     /// Set when this is a retry: where the record first failed, and how often.
     failure: Option<Failure>,
+    /// The payload decoded as it was read, while the epoch before this one committed.
+    decoded: Result<Incoming, DecodeError>,
 }
 
 impl Record {
@@ -45,12 +47,14 @@ impl Record {
     }
 
     pub(crate) fn from_message(m: &BorrowedMessage<'_>) -> Record {
+        let payload = m.payload().map(<[u8]>::to_vec).unwrap_or_default();
         Record {
             topic: m.topic().to_owned(),
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
-            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            decoded: Incoming::decode(&payload),
+            payload,
             failure: m.headers().and_then(read_failure),
         }
     }

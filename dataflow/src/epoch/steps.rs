@@ -43,9 +43,9 @@ pub(super) fn decode<'r>(
 ) -> (Vec<(Incoming, &'r Record)>, Vec<Rejected<'r>>) {
     let (mut incoming, mut rejected) = (Vec::with_capacity(records.len()), Vec::new());
     for record in records {
-        match Incoming::decode(&record.payload) {
-            Ok(i) => match outside_window(window, &i) {
-                None => incoming.push((i, record)),
+        match &record.decoded {
+            Ok(i) => match outside_window(window, i) {
+                None => incoming.push((i.clone(), record)),
                 Some(why) => rejected.push(Rejected::new(record, Code::InvalidField, why)),
             },
             Err(e) => rejected.push(Rejected::new(record, e.code(), e.to_string())),
@@ -91,9 +91,14 @@ pub(super) fn resolve<'r>(
     originals: Originals,
 ) -> (Vec<(Lancamento, &'r Record)>, Vec<Rejected<'r>>) {
     let Originals { stored, mut reversed_by } = originals;
+    // The entries of this batch that its reversals name, each as read first.
+    let named: HashSet<EntryId> =
+        incoming.iter().filter_map(|(i, _)| if let Incoming::Reversal(r) = i { Some(r.of) } else { None }).collect();
     let mut in_batch: HashMap<EntryId, LancamentoRecord> = HashMap::new();
     for (i, _) in &incoming {
-        if let Incoming::Entry(e) = i {
+        if let Incoming::Entry(e) = i
+            && named.contains(&e.id)
+        {
             in_batch.entry(e.id).or_insert_with(|| e.to_record());
         }
     }
@@ -175,9 +180,13 @@ pub(super) fn judge<'e, 'r>(
 ) -> Judged<'e, 'r> {
     let mut judged = Judged { fresh: Vec::with_capacity(inserted.len()), duplicates: 0, rejected: Vec::new() };
     let mut repeats: Vec<(&Lancamento, &Record)> = Vec::new();
+    // What counts for an id is kept only for the ids that later records of the batch repeat.
+    let repeated: HashSet<EntryId> = c.later.iter().map(|(e, _)| e.id).collect();
     for (s, record) in c.first.iter().zip(&c.sources) {
         if inserted.contains(&s.entry.id) {
-            stored.insert(s.entry.id, s.entry.to_record());
+            if repeated.contains(&s.entry.id) {
+                stored.insert(s.entry.id, s.entry.to_record());
+            }
             judged.fresh.push((&s.entry, *record));
         } else {
             repeats.push((&s.entry, *record));

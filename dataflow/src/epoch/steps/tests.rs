@@ -39,7 +39,8 @@ fn reversal(m: &str, of: EntryId) -> Reversal {
 }
 
 fn record(offset: i64, payload: Vec<u8>) -> Record {
-    Record { topic: "lancamentos".into(), partition: 0, offset, key: None, payload, failure: None }
+    let decoded = Incoming::decode(&payload);
+    Record { topic: "lancamentos".into(), partition: 0, offset, key: None, payload, failure: None, decoded }
 }
 
 /// A retried delivery of the record first read at `origin`.
