@@ -463,6 +463,10 @@ struct Wire {
 impl Incoming {
     /// Decodes and validates a record from the topic.
     pub fn decode(bytes: &[u8]) -> Result<Incoming, DecodeError> {
+        // A record is a JSON object (serde would also read a struct from an array, by position).
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(DecodeError::Malformed("a record is a JSON object".into()));
+        }
         // One pass over a record of this version. Only a record that does not read as one is
         // read again, for its version alone: another version is not a malformed record.
         let w = match serde_json::from_slice::<Wire>(bytes) {

@@ -57,6 +57,12 @@ fn decode_classifies_bad_records() {
     let e = Lancamento::decode(&serde_json::to_vec(&unversioned).unwrap()).unwrap_err();
     assert_eq!(e, DecodeError::Malformed("missing field `v`".into()));
     assert_eq!(Lancamento::decode(br#"{"v":1}"#).unwrap_err().code(), Code::Malformed);
+    // A record is a JSON object: its fields as an array, in order, are malformed.
+    let object = serde_json::to_value(sample().to_record()).unwrap();
+    let fields = ["v", "id", "merchant_id", "tipo", "valor_cents", "data", "descricao", "categoria", "criado_em"];
+    let array: Vec<serde_json::Value> = fields.iter().map(|f| object[*f].clone()).collect();
+    let e = Lancamento::decode(&serde_json::to_vec(&array).unwrap()).unwrap_err();
+    assert_eq!(e.code(), Code::Malformed, "{e}");
     v["v"] = 1.into();
     v["valor_cents"] = 0.into();
     let e = Lancamento::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
