@@ -139,13 +139,14 @@ impl EpochTx {
     /// Which ids are new needs no lookup when every row was made, the usual case; otherwise the
     /// rows above the largest rowid before the insert are its own, as SQLite gives a new row the
     /// rowid after the largest and the epoch holds the write lock from its start (`BEGIN
-    /// IMMEDIATE`). Past the largest integer SQLite picks rowids at random: then the stored ids
-    /// are read before the insert.
+    /// IMMEDIATE`). Past the largest integer SQLite picks rowids at random: when the insert may
+    /// reach it, the stored ids are read before the insert instead.
     async fn insert_sqlite(&mut self, entries: &[StoredEntry]) -> Result<HashSet<EntryId>, StoreError> {
         let ids: Vec<EntryId> = entries.iter().map(|e| e.entry.id).collect();
         let last: Option<i64> =
             sqlx::query_scalar("SELECT MAX(rowid) FROM lancamentos").fetch_one(&mut *self.tx).await?;
-        let stored_before = if last == Some(i64::MAX) { Some(self.stored_ids(&ids).await?) } else { None };
+        let room = i64::MAX.saturating_sub(i64::try_from(ids.len()).unwrap_or(i64::MAX));
+        let stored_before = if last.is_some_and(|l| l > room) { Some(self.stored_ids(&ids).await?) } else { None };
         let mut kept = 0;
         for chunk in parts(entries, ENTRY_CHUNK) {
             let sql = format!(
@@ -185,7 +186,8 @@ impl EpochTx {
                 rows.iter().map(|row| entry_id(row, 0)).collect::<Result<_, _>>()?
             }
         };
-        // Read before the insert, an id skipped by a rule of the store is among `inserted`.
+        // Where the stored ids were read first, an id whose row a rule of the store skipped is
+        // among `inserted`, a row short; elsewhere it is not, and the caller's lookup finds it.
         match (inserted.len() as u64).checked_sub(kept) {
             Some(0) => Ok(inserted),
             Some(refused) => Err(StoreError::Refused { table: "lancamentos", refused }),

@@ -51,23 +51,25 @@ async fn the_insert_answers_the_ids_it_stored_and_no_other() {
     assert_eq!(stored, (before.len() + new.len()) as i64);
 }
 
-/// Past the largest rowid (a row written by hand), SQLite gives new rows rowids at random: the
-/// insert still answers exactly the ids it stored.
+/// Past the largest rowid (a row written by hand at it, or near it), SQLite gives new rows rowids
+/// at random: the insert still answers exactly the ids it stored.
 #[tokio::test]
 async fn the_insert_answers_its_ids_when_the_largest_rowid_is_taken() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite(&dir).await;
-    let stored = entry(None);
-    let mut tx = store.begin_epoch().await.unwrap();
-    tx.insert_entries(std::slice::from_ref(&stored)).await.unwrap();
-    tx.commit().await.unwrap();
-    sqlx::query("UPDATE lancamentos SET rowid = 9223372036854775807").execute(&store.pool).await.unwrap();
+    for last in [i64::MAX, i64::MAX - 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(&dir).await;
+        let stored = entry(None);
+        let mut tx = store.begin_epoch().await.unwrap();
+        tx.insert_entries(std::slice::from_ref(&stored)).await.unwrap();
+        tx.commit().await.unwrap();
+        sqlx::query("UPDATE lancamentos SET rowid = $1").bind(last).execute(&store.pool).await.unwrap();
 
-    let new: Vec<StoredEntry> = (0..3).map(|_| entry(None)).collect();
-    let mut tx = store.begin_epoch().await.unwrap();
-    let answered = tx.insert_entries(&[new[0].clone(), stored, new[1].clone(), new[2].clone()]).await.unwrap();
-    assert_eq!(answered, new.iter().map(|e| e.entry.id).collect::<HashSet<_>>());
-    tx.commit().await.unwrap();
+        let new: Vec<StoredEntry> = (0..3).map(|_| entry(None)).collect();
+        let mut tx = store.begin_epoch().await.unwrap();
+        let answered = tx.insert_entries(&[new[0].clone(), stored, new[1].clone(), new[2].clone()]).await.unwrap();
+        assert_eq!(answered, new.iter().map(|e| e.entry.id).collect::<HashSet<_>>(), "largest rowid {last}");
+        tx.commit().await.unwrap();
+    }
 }
 
 /// A commit that does not move a partition's offset leaves its time, and so the consolidation
