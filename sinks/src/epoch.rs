@@ -134,13 +134,14 @@ impl EpochTx {
         Ok(inserted)
     }
 
-    /// SQLite's insert, which answers the ids whose rows it made. `OR IGNORE` cannot abort, so
-    /// SQLite opens no statement journal for it (a quarter of the insert's CPU, BENCHMARKS.md).
-    /// Which ids are new needs no lookup when every row was made, the usual case; otherwise the
-    /// rows above the largest rowid before the insert are its own, as SQLite gives a new row the
-    /// rowid after the largest and the epoch holds the write lock from its start (`BEGIN
-    /// IMMEDIATE`). Past the largest integer SQLite picks rowids at random: when the insert may
-    /// reach it, the stored ids are read before the insert instead.
+    /// SQLite's insert, which answers exactly the ids whose rows it made, as PostgreSQL's
+    /// `RETURNING` does. `OR IGNORE` cannot abort, so SQLite opens no statement journal for it (a
+    /// quarter of the insert's CPU, BENCHMARKS.md). Which ids are new needs no lookup when every
+    /// row was made, the usual case; otherwise the rows above the largest rowid before the insert
+    /// are its own, as SQLite gives a new row the rowid after the largest and the epoch holds the
+    /// write lock from its start (`BEGIN IMMEDIATE`). Past the largest integer SQLite picks rowids
+    /// at random: when the insert may reach it, the new ids are those stored after it and not
+    /// before.
     async fn insert_sqlite(&mut self, entries: &[StoredEntry]) -> Result<HashSet<EntryId>, StoreError> {
         let ids: Vec<EntryId> = entries.iter().map(|e| e.entry.id).collect();
         let last: Option<i64> =
@@ -176,7 +177,10 @@ impl EpochTx {
             kept += q.execute(&mut *self.tx).await?.rows_affected();
         }
         let inserted: HashSet<EntryId> = match stored_before {
-            Some(stored) => ids.into_iter().filter(|id| !stored.contains(id)).collect(),
+            Some(before) => {
+                let fresh: Vec<EntryId> = ids.into_iter().filter(|id| !before.contains(id)).collect();
+                self.stored_ids(&fresh).await?
+            }
             None if kept == ids.len() as u64 => ids.into_iter().collect(),
             None => {
                 let rows = sqlx::query("SELECT id FROM lancamentos WHERE rowid > ?")
@@ -186,8 +190,8 @@ impl EpochTx {
                 rows.iter().map(|row| entry_id(row, 0)).collect::<Result<_, _>>()?
             }
         };
-        // Where the stored ids were read first, an id whose row a rule of the store skipped is
-        // among `inserted`, a row short; elsewhere it is not, and the caller's lookup finds it.
+        // A row a rule of the store skipped is not among `inserted`: the caller's lookup finds
+        // it. More new rows than the insert made are rows a rule of the store wrote itself.
         match (inserted.len() as u64).checked_sub(kept) {
             Some(0) => Ok(inserted),
             Some(refused) => Err(StoreError::Refused { table: "lancamentos", refused }),

@@ -92,12 +92,11 @@ pub(super) fn resolve<'r>(
 ) -> (Vec<(Lancamento, &'r Record)>, Vec<Rejected<'r>>) {
     let Originals { stored, mut reversed_by } = originals;
     // The entries of this batch that its reversals name, each as read first.
-    let named: HashSet<EntryId> =
-        incoming.iter().filter_map(|(i, _)| if let Incoming::Reversal(r) = i { Some(r.of) } else { None }).collect();
+    let named = reversal_targets(&incoming);
     let mut in_batch: HashMap<EntryId, LancamentoRecord> = HashMap::new();
     for (i, _) in &incoming {
         if let Incoming::Entry(e) = i
-            && named.contains(&e.id)
+            && named.binary_search(&e.id).is_ok()
         {
             in_batch.entry(e.id).or_insert_with(|| e.to_record());
         }

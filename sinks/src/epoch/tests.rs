@@ -69,6 +69,16 @@ async fn the_insert_answers_its_ids_when_the_largest_rowid_is_taken() {
         let answered = tx.insert_entries(&[new[0].clone(), stored, new[1].clone(), new[2].clone()]).await.unwrap();
         assert_eq!(answered, new.iter().map(|e| e.entry.id).collect::<HashSet<_>>(), "largest rowid {last}");
         tx.commit().await.unwrap();
+
+        // and a row that a rule of the store skips is still the store refusing its record
+        let skip = "CREATE TRIGGER pula BEFORE INSERT ON lancamentos WHEN NEW.descricao = 'pula' \
+                    BEGIN SELECT RAISE(IGNORE); END";
+        sqlx::raw_sql(skip).execute(&store.pool).await.unwrap();
+        let mut skipped = entry(None);
+        skipped.entry.descricao = "pula".into();
+        let mut tx = store.begin_epoch().await.unwrap();
+        let e = tx.insert_entries(&[entry(None), skipped]).await.unwrap_err();
+        assert!(e.is_data_error(), "largest rowid {last}: {e}");
     }
 }
 
