@@ -83,6 +83,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     let modules = std::sync::Mutex::new(modules);
     let mut resume = store.load_progress(&cons.group).await?;
     let lanes = cons.lanes(&config.store.url);
+    let max_epoch_records = cons.max_epoch_records(&config.store.url);
 
     let consumer: GroupConsumer = kafka::with_properties(config, |c| {
         c.set("group.id", &cons.group)
@@ -91,7 +92,7 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "6000")
             .set("fetch.wait.max.ms", "50")
-            .set("max.partition.fetch.bytes", partition_share(cons.max_epoch_records, lanes).to_string());
+            .set("max.partition.fetch.bytes", partition_share(max_epoch_records, lanes).to_string());
     })
     .create_with_context(RebalanceWatch::positioned(resume.clone()).reporting(owned))?;
     let sources = config.consolidate_sources();
@@ -105,13 +106,13 @@ async fn session(config: &PipelineConfig, store: &Store, shutdown: &Cancellation
     metrics().stage_up(STAGE, true);
 
     let max_wait = cons.max_epoch_wait;
-    tracing::info!(lanes, "epochs split into sink lanes");
+    tracing::info!(lanes, max_epoch_records, "epochs split into sink lanes");
     // The next epoch's records are gathered while this one commits; `None` is the shutdown.
     let gather = || async {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => Ok(None),
-            batch = next_epoch(&consumer, cons.max_epoch_records, max_wait) => batch.map(Some),
+            batch = next_epoch(&consumer, max_epoch_records, max_wait) => batch.map(Some),
         }
     };
     let mut gathered = gather().await?;

@@ -192,7 +192,7 @@ pub(super) fn check(c: &PipelineConfig) -> Vec<Problem> {
     }
 
     check_states(&mut out, cons);
-    if !(1..=100_000).contains(&cons.max_epoch_records) {
+    if cons.max_epoch_records.is_some_and(|n| !(1..=100_000).contains(&n)) {
         problem_at(&mut out, "services.consolidate.max_epoch_records", "must be between 1 and 100000");
     }
     if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&cons.reconcile.every) {

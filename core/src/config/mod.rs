@@ -490,9 +490,9 @@ pub struct ConsolidateConfig {
     /// Consumer group; progress is stored per group, topic and partition.
     #[serde(default = "ConsolidateConfig::default_group")]
     pub group: String,
-    /// Most records in one epoch.
-    #[serde(default = "ConsolidateConfig::default_max_epoch_records")]
-    pub max_epoch_records: usize,
+    /// Most records in one epoch. Unset: [`ConsolidateConfig::max_epoch_records`] picks by store.
+    #[serde(default)]
+    pub max_epoch_records: Option<usize>,
     /// Longest wait to fill an epoch once its first record arrived.
     #[serde(rename = "max_epoch_wait_ms", default = "ConsolidateConfig::default_max_epoch_wait", with = "millis")]
     pub max_epoch_wait: Duration,
@@ -581,6 +581,13 @@ impl DateWindow {
 /// (BENCHMARKS.md, "Sink lanes").
 pub const DEFAULT_POSTGRES_LANES: usize = 2;
 
+/// An epoch's records when `services.consolidate.max_epoch_records` is unset, from
+/// cashflow-bench (BENCHMARKS.md, "Epochs by store"). An SQLite epoch rewrites most of the pages
+/// of its B-trees once they outgrow its cache, however few records it holds, so larger epochs pay
+/// that less often; on PostgreSQL larger epochs gained nothing and would hold more in memory.
+pub const DEFAULT_SQLITE_EPOCH_RECORDS: usize = 100_000;
+pub const DEFAULT_POSTGRES_EPOCH_RECORDS: usize = 20_000;
+
 impl ConsolidateConfig {
     fn default_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8084))
@@ -588,11 +595,17 @@ impl ConsolidateConfig {
     fn default_group() -> String {
         "cashflow-consolidate".into()
     }
-    const fn default_max_epoch_records() -> usize {
-        20_000
-    }
     const fn default_max_epoch_wait() -> Duration {
         Duration::from_millis(50)
+    }
+
+    /// The most records an epoch holds on `store`: as set, or else
+    /// [`DEFAULT_SQLITE_EPOCH_RECORDS`] or [`DEFAULT_POSTGRES_EPOCH_RECORDS`].
+    pub fn max_epoch_records(&self, store: &StoreUrl) -> usize {
+        self.max_epoch_records.unwrap_or(match store {
+            StoreUrl::Sqlite(_) => DEFAULT_SQLITE_EPOCH_RECORDS,
+            StoreUrl::Postgres(_) => DEFAULT_POSTGRES_EPOCH_RECORDS,
+        })
     }
 
     /// The lanes an epoch is split into on `store`: as set, or else 1 on SQLite (one writer at

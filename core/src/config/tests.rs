@@ -484,18 +484,31 @@ fn extreme_or_mixed_mistakes_are_all_reported_without_a_panic_or_a_secret() {
     assert_eq!(p, ["kafka.properties.sasl.password: must be a text or a number"]);
 }
 
+/// The shipped file with its store on PostgreSQL.
+fn on_postgres() -> String {
+    edit("url: sqlite://cashflow.db", "url: \"${DATABASE_URL}\"")
+}
+
+/// What `pick` reads from `yaml`'s consolidate service and store (`DATABASE_URL` set).
+fn by_store<T>(yaml: &str, pick: impl Fn(&ConsolidateConfig, &StoreUrl) -> T) -> T {
+    let c = PipelineConfig::parse("p.yaml", yaml, |_| Some("postgres://db/x".into())).unwrap();
+    pick(&c.services.consolidate, &c.store.url)
+}
+
+/// `yaml` with `key: value` set in `services.consolidate`.
+fn set_consolidate(yaml: &str, key: &str, value: &str) -> String {
+    let anchor = "max_epoch_wait_ms: 50";
+    assert!(yaml.contains(anchor), "pipeline.yaml lacks {anchor:?}");
+    yaml.replacen(anchor, &format!("{anchor}\n    {key}: {value}"), 1)
+}
+
 #[test]
 fn sink_lanes_default_by_store_and_are_refused_where_they_cannot_run() {
-    let lanes = |yaml: &str| {
-        let c = PipelineConfig::parse("p.yaml", yaml, |_| Some("postgres://db/x".into())).unwrap();
-        c.services.consolidate.lanes(&c.store.url)
-    };
-    let postgres = edit("url: sqlite://cashflow.db", "url: \"${DATABASE_URL}\"");
+    let lanes = |yaml: &str| by_store(yaml, ConsolidateConfig::lanes);
+    let postgres = on_postgres();
     assert_eq!(lanes(DEFAULT), 1, "SQLite takes one writer");
     assert_eq!(lanes(&postgres), DEFAULT_POSTGRES_LANES);
-    let set = |yaml: &str, n: &str| {
-        yaml.replacen("max_epoch_wait_ms: 50", &format!("max_epoch_wait_ms: 50\n    lanes: {n}"), 1)
-    };
+    let set = |yaml: &str, n: &str| set_consolidate(yaml, "lanes", n);
     assert_eq!(lanes(&set(&postgres, "4")), 4);
     assert_eq!(lanes(&set(DEFAULT, "1")), 1);
 
@@ -514,6 +527,24 @@ fn sink_lanes_default_by_store_and_are_refused_where_they_cannot_run() {
         lanes_problems(&one_connection),
         ["services.consolidate.lanes: 2 lanes need as many store connections; store.max_connections is 1"]
     );
+}
+
+#[test]
+fn epoch_sizes_default_by_store_and_a_set_one_is_kept_in_range() {
+    let records = |yaml: &str| by_store(yaml, ConsolidateConfig::max_epoch_records);
+    let postgres = on_postgres();
+    assert_eq!(records(DEFAULT), DEFAULT_SQLITE_EPOCH_RECORDS);
+    assert_eq!(records(&postgres), DEFAULT_POSTGRES_EPOCH_RECORDS);
+    assert_ne!(DEFAULT_SQLITE_EPOCH_RECORDS, DEFAULT_POSTGRES_EPOCH_RECORDS);
+    let set = |yaml: &str, n: &str| set_consolidate(yaml, "max_epoch_records", n);
+    assert_eq!(records(&set(DEFAULT, "5000")), 5_000);
+    assert_eq!(records(&set(&postgres, "100000")), 100_000);
+    for n in ["0", "100001"] {
+        assert_eq!(
+            problems(&set(DEFAULT, n)),
+            ["services.consolidate.max_epoch_records: must be between 1 and 100000"]
+        );
+    }
 }
 
 #[test]
