@@ -2,9 +2,11 @@
 //! `cashflow_<component>_<what>_<unit>[_total]`. Labels have few values; never a merchant id.
 //! And a stage's life: [`restarting`] runs its sessions, down while it waits to start again.
 
+mod epoch_step;
 mod log_limit;
 mod restart;
 
+pub use epoch_step::EpochStep;
 pub use log_limit::LogLimit;
 pub use restart::{Backoff, restarting};
 
@@ -38,6 +40,7 @@ pub struct Metrics {
     pub consolidate_failed: IntCounterVec,
     pub consolidate_epochs: IntCounter,
     pub consolidate_epoch_duration: Histogram,
+    pub consolidate_epoch_steps: prometheus::CounterVec,
     pub consolidate_store_errors: IntCounter,
     pub retry_retried: IntCounterVec,
     pub retry_parked: IntCounterVec,
@@ -193,6 +196,24 @@ impl Metrics {
             consolidate_epoch_duration: d
                 .histogram("cashflow_consolidate_epoch_duration_seconds", "Time to process and commit one epoch.", &[])
                 .with_label_values(no_labels),
+            consolidate_epoch_steps: d.register(
+                "cashflow_consolidate_epoch_step_seconds_total",
+                {
+                    let c = prometheus::CounterVec::new(
+                        Opts::new(
+                            "cashflow_consolidate_epoch_step_seconds_total",
+                            "Time epochs spent in each step, in order: validate (the transaction's begin, retried \
+                             deliveries' claims, the date window, reversals' originals), smartmodule, dedupe (the \
+                             entries' insert), limit (the amount limit), aggregate (the dataflow), states (their \
+                             upserts), route (rejected records to their topics), commit (progress and the commit).",
+                        ),
+                        &["step"],
+                    )
+                    .expect(DECLARED);
+                    EpochStep::ALL.iter().for_each(|step| drop(c.with_label_values(&[step.label()])));
+                    c
+                },
+            ),
             consolidate_store_errors: d
                 .counter("cashflow_consolidate_store_errors_total", "Transient store failures, retried in place."),
             consolidate_freshness: d

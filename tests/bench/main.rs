@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use cashflow_core::{BusinessDate, EntryId, Lancamento, MerchantId, Money, Tipo};
-use cashflow_tests::{PgCluster, Pipeline, Role, Store};
+use cashflow_tests::{Metrics, PgCluster, Pipeline, Role, Store};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -537,6 +537,18 @@ async fn progress(db: &mut PgConnection, group: &str) -> i64 {
 /// A consolidation timed by its stored progress: from the first commit seen to the last offset.
 /// When that first commit holds every entry (a data set within one epoch, as `--quick`'s 20,000
 /// can be), from its start instead: there is no second commit to time.
+/// Where a consolidator's epochs spent their time, per entry: each step of
+/// `cashflow_consolidate_epoch_step_seconds_total` in its scrape.
+fn epoch_steps(metrics: &Metrics, label: &str, entries: f64, report: &mut Report) {
+    let steps = metrics.series("cashflow_consolidate_epoch_step_seconds_total");
+    assert!(!steps.is_empty(), "the consolidator exports no epoch steps");
+    for line in steps {
+        let step = line.split('"').nth(1).expect("a step label");
+        let seconds: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a value");
+        report.add(&format!("{label}: epoch step {step}, time per entry"), seconds / entries * 1e6, "µs");
+    }
+}
+
 struct Consolidating {
     want: i64,
     started: Instant,
@@ -589,8 +601,10 @@ async fn consolidation(
     }
     report.add(&format!("{label} entries/s"), timer.rate(), "entries/s");
     cpu.report(label, want as f64, report);
-    let rss = p.api.metrics(&p.stages[&Role::Consolidate]).await.must("process_resident_memory_bytes");
+    let metrics = p.api.metrics(&p.stages[&Role::Consolidate]).await;
+    let rss = metrics.must("process_resident_memory_bytes");
     report.add(&format!("{label}: consolidator RSS after the load"), rss / 1e6, "MB");
+    epoch_steps(&metrics, label, want as f64, report);
     p.interrupt(Role::Consolidate).await;
     statements::report(db, label, want as f64, report).await;
     counted_once(db, entries).await;

@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use cashflow_core::config::PipelineConfig;
 use cashflow_core::failure::{Code, Disposition, Failure, retry_delay};
 use cashflow_core::{DecodeError, Incoming, Lancamento};
 use cashflow_kafka::{read_failure, send_failed};
-use cashflow_observability::metrics;
+use cashflow_observability::{EpochStep, metrics};
 use cashflow_sinks::{DeclaredState, Delivery, EpochTx, Origin, Store};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
@@ -135,9 +135,10 @@ impl Epoch<'_> {
     /// Commits one part of a batch in one transaction: each step of [`steps`] in turn, with what
     /// the store says in between.
     async fn commit_part(&self, batch: &[Record]) -> Result<BTreeMap<(String, i32), i64>, ConsolidateError> {
+        let mut laps = Laps::start();
         let next = steps::next_offsets(batch);
         let mut tx = self.store.begin_epoch().await?;
-        let tx_opened = std::time::Instant::now();
+        let tx_opened = Instant::now();
 
         // a retried delivery counts once, however often the retry stage sent it
         let deliveries: Vec<Delivery> = batch.iter().filter_map(Record::delivery).collect();
@@ -157,10 +158,12 @@ impl Epoch<'_> {
         };
         let (entries, unresolved) = steps::resolve(incoming, originals);
         rejected.extend(unresolved);
+        laps.end(EpochStep::Validate);
 
         // the users' SmartModules, on new entries (a reversal's facts are its original's)
         let (entries, failed) = self.transform(entries);
         rejected.extend(failed);
+        laps.end(EpochStep::SmartModule);
 
         // dedupe: the store's primary key decides which ids are new
         let candidates = steps::candidates(entries);
@@ -172,6 +175,7 @@ impl Epoch<'_> {
         let judged = steps::judge(&candidates, &inserted, stored);
         duplicates += judged.duplicates;
         rejected.extend(judged.rejected);
+        laps.end(EpochStep::Dedupe);
 
         // the amount limit, against each merchant's totals of all time
         let merchants = steps::merchants(&judged.fresh);
@@ -182,18 +186,23 @@ impl Epoch<'_> {
         }
         rejected.extend(limited.rejected);
         let fresh = limited.kept;
+        laps.end(EpochStep::Limit);
 
         // aggregate: the dataflow holds no history, so an epoch that does not commit leaves
         // nothing behind in it
         let changed = self.dataflow.apply(fresh.iter().map(|e| Fact::from(*e))).await?;
         let changed = changed.rows()?;
+        laps.end(EpochStep::Aggregate);
         for (state, changes) in self.states.iter().zip(&changed) {
             tx.add_state(state, changes).await?;
         }
+        laps.end(EpochStep::States);
         // rejected records are durable on their topics before their offsets are committed
         self.send_rejected(&rejected).await?;
+        laps.end(EpochStep::Route);
         tx.save_progress(&self.config.services.consolidate.group, &steps::progress(&next)).await?;
         tx.commit().await?;
+        laps.end(EpochStep::Commit);
 
         let rows = self.states.iter().zip(&changed).map(|(s, c)| (s.table.as_str(), c.len())).collect();
         EpochCommitted { opened: tx_opened, fresh: &fresh, duplicates, rows }.emit();
@@ -279,6 +288,23 @@ impl Epoch<'_> {
         let delay = retry_delay(&services.retry.backoff, failure.attempt).as_millis();
         let delay = i64::try_from(delay).expect("a retry delay is at most a week and a quarter");
         (topic, Failure { not_before_ms: now.saturating_add(delay), ..failure }, r.record)
+    }
+}
+
+/// Adds each step of an epoch to `cashflow_consolidate_epoch_step_seconds_total`: where an
+/// epoch's time goes, from any running consolidator.
+struct Laps(Instant);
+
+impl Laps {
+    fn start() -> Self {
+        Laps(Instant::now())
+    }
+
+    /// Ends `step`: the time since the last.
+    fn end(&mut self, step: EpochStep) {
+        let now = Instant::now();
+        metrics().consolidate_epoch_steps.with_label_values(&[step.label()]).inc_by((now - self.0).as_secs_f64());
+        self.0 = now;
     }
 }
 
