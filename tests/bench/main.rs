@@ -534,9 +534,6 @@ async fn progress(db: &mut PgConnection, group: &str) -> i64 {
     sqlx::query(PROGRESS).bind(group).fetch_one(&mut *db).await.unwrap().get(0)
 }
 
-/// A consolidation timed by its stored progress: from the first commit seen to the last offset.
-/// When that first commit holds every entry (a data set within one epoch, as `--quick`'s 20,000
-/// can be), from its start instead: there is no second commit to time.
 /// Where a consolidator's epochs spent their time, per entry: each step of
 /// `cashflow_consolidate_epoch_step_seconds_total` in its scrape.
 fn epoch_steps(metrics: &Metrics, label: &str, entries: f64, report: &mut Report) {
@@ -549,6 +546,9 @@ fn epoch_steps(metrics: &Metrics, label: &str, entries: f64, report: &mut Report
     }
 }
 
+/// A consolidation timed by its stored progress: from the first commit seen to the last offset.
+/// When that first commit holds every entry (a data set within one epoch, as `--quick`'s 20,000
+/// can be), from its start instead: there is no second commit to time.
 struct Consolidating {
     want: i64,
     started: Instant,
