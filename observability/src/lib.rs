@@ -110,6 +110,15 @@ impl Declare {
         self.register(name, c)
     }
 
+    /// Seconds per label set, as [`Declare::counter_vec`] counts.
+    fn seconds_vec(&mut self, name: &str, help: &str, labels: &[&str], known: &[&[&str]]) -> prometheus::CounterVec {
+        let c = prometheus::CounterVec::new(Opts::new(name, help), labels).expect(DECLARED);
+        for values in known {
+            c.with_label_values(values);
+        }
+        self.register(name, c)
+    }
+
     fn gauge(&mut self, name: &str, help: &str) -> IntGauge {
         let g = IntGauge::new(name, help).expect(DECLARED);
         self.register(name, g)
@@ -135,6 +144,8 @@ impl Metrics {
     fn new() -> Self {
         let mut d = Declare { registry: Registry::new(), names: Vec::new() };
         let no_labels: &[&str] = &[];
+        let steps = EpochStep::ALL.map(|step| [step.label()]);
+        let steps: Vec<&[&str]> = steps.iter().map(|step| step.as_slice()).collect();
         let mut metrics = Metrics {
             http_requests: d.counter_vec(
                 "cashflow_http_requests_total",
@@ -196,23 +207,15 @@ impl Metrics {
             consolidate_epoch_duration: d
                 .histogram("cashflow_consolidate_epoch_duration_seconds", "Time to process and commit one epoch.", &[])
                 .with_label_values(no_labels),
-            consolidate_epoch_steps: d.register(
+            consolidate_epoch_steps: d.seconds_vec(
                 "cashflow_consolidate_epoch_step_seconds_total",
-                {
-                    let c = prometheus::CounterVec::new(
-                        Opts::new(
-                            "cashflow_consolidate_epoch_step_seconds_total",
-                            "Time epochs spent in each step, in order: validate (the transaction's begin, retried \
-                             deliveries' claims, the date window, reversals' originals), smartmodule, dedupe (the \
-                             entries' insert), limit (the amount limit), aggregate (the dataflow), states (their \
-                             upserts), route (rejected records to their topics), commit (progress and the commit).",
-                        ),
-                        &["step"],
-                    )
-                    .expect(DECLARED);
-                    EpochStep::ALL.iter().for_each(|step| drop(c.with_label_values(&[step.label()])));
-                    c
-                },
+                "Wall time epochs spent in each step, in order, summed over lanes: validate (from the \
+                 transaction's begin: retried deliveries' claims, the date window, reversals' originals), \
+                 smartmodule, dedupe (the entries' insert), limit (the amount limit), aggregate (the \
+                 dataflow), states (their upserts), route (rejected records to their topics), commit \
+                 (progress and the commit).",
+                &["step"],
+                &steps,
             ),
             consolidate_store_errors: d
                 .counter("cashflow_consolidate_store_errors_total", "Transient store failures, retried in place."),
@@ -337,13 +340,11 @@ impl Metrics {
                 &["smartmodule"],
                 &[],
             ),
-            smartmodule_seconds: d.register(
+            smartmodule_seconds: d.seconds_vec(
                 "cashflow_smartmodule_duration_seconds_total",
-                prometheus::CounterVec::new(
-                    Opts::new("cashflow_smartmodule_duration_seconds_total", "Time spent in SmartModules, by module."),
-                    &["smartmodule"],
-                )
-                .expect(DECLARED),
+                "Time spent in SmartModules, by module.",
+                &["smartmodule"],
+                &[],
             ),
             smartmodule_restarts: d.counter_vec(
                 "cashflow_smartmodule_restarts_total",

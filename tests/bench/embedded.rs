@@ -36,10 +36,7 @@ pub(crate) async fn embedded(entries: &[Lancamento], report: &mut Report) {
     }
     report.add("embedded: consolidation entries/s", timer.rate(), "entries/s");
     cpu.report("embedded: consolidation", n, report);
-    let metrics = p.api.metrics(&p.stages[&Role::Consolidate]).await;
-    let rss = metrics.must("process_resident_memory_bytes");
-    report.add("embedded: consolidator RSS after the load", rss / 1e6, "MB");
-    epoch_steps(&metrics, "embedded: consolidation", n, report);
+    after_the_load(&p, "embedded", n, report).await;
     p.interrupt(Role::Consolidate).await;
 
     let (count, credits, debits): (i64, i64, i64) =

@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use cashflow_core::{BusinessDate, EntryId, Lancamento, MerchantId, Money, Tipo};
-use cashflow_tests::{Metrics, PgCluster, Pipeline, Role, Store};
+use cashflow_tests::{PgCluster, Pipeline, Role, Store};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -534,9 +534,12 @@ async fn progress(db: &mut PgConnection, group: &str) -> i64 {
     sqlx::query(PROGRESS).bind(group).fetch_one(&mut *db).await.unwrap().get(0)
 }
 
-/// Where a consolidator's epochs spent their time, per entry: each step of
-/// `cashflow_consolidate_epoch_step_seconds_total` in its scrape.
-fn epoch_steps(metrics: &Metrics, label: &str, entries: f64, report: &mut Report) {
+/// What the consolidator's `/metrics` say after a load: its RSS, and where its epochs spent
+/// their time, per entry (each step of `cashflow_consolidate_epoch_step_seconds_total`).
+async fn after_the_load(p: &Pipeline, label: &str, entries: f64, report: &mut Report) {
+    let metrics = p.api.metrics(&p.stages[&Role::Consolidate]).await;
+    let rss = metrics.must("process_resident_memory_bytes");
+    report.add(&format!("{label}: consolidator RSS after the load"), rss / 1e6, "MB");
     let steps = metrics.series("cashflow_consolidate_epoch_step_seconds_total");
     assert!(!steps.is_empty(), "the consolidator exports no epoch steps");
     for line in steps {
@@ -601,10 +604,7 @@ async fn consolidation(
     }
     report.add(&format!("{label} entries/s"), timer.rate(), "entries/s");
     cpu.report(label, want as f64, report);
-    let metrics = p.api.metrics(&p.stages[&Role::Consolidate]).await;
-    let rss = metrics.must("process_resident_memory_bytes");
-    report.add(&format!("{label}: consolidator RSS after the load"), rss / 1e6, "MB");
-    epoch_steps(&metrics, label, want as f64, report);
+    after_the_load(p, label, want as f64, report).await;
     p.interrupt(Role::Consolidate).await;
     statements::report(db, label, want as f64, report).await;
     counted_once(db, entries).await;

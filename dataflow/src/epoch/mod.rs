@@ -123,11 +123,14 @@ impl Epoch<'_> {
 
     /// Commits one record that will not count, alone: to its topic, and past it.
     async fn commit_rejected(&self, rejected: Rejected<'_>) -> Result<BTreeMap<(String, i32), i64>, ConsolidateError> {
+        let mut laps = Laps::start();
         let next = steps::next_offsets(std::slice::from_ref(rejected.record));
         let mut tx = self.store.begin_epoch().await?;
         self.send_rejected(&[rejected]).await?;
+        laps.end(EpochStep::Route);
         tx.save_progress(&self.config.services.consolidate.group, &steps::progress(&next)).await?;
         tx.commit().await?;
+        laps.end(EpochStep::Commit);
         metrics().consolidate_epochs.inc();
         Ok(next)
     }
