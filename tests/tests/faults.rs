@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use cashflow_tests::{
-    MERCHANTS, Oracle, Pipeline, Role, Store, UNLIMITED, assert_matches_oracle, d, login_all, post_entries,
+    MERCHANTS, Oracle, Pipeline, Role, Store, UNLIMITED, assert_matches_oracle, d, login_all, post_all, post_entries,
     random_entries,
 };
 use rand::Rng;
@@ -58,6 +58,30 @@ async fn ingest_stays_up_while_consolidation_is_down() {
     p.launch(Role::Consolidate).await;
     assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
     eprintln!("caught up with 5000 waiting entries in {:?}", started.elapsed());
+}
+
+/// `max_epoch_records` bounds what one store transaction holds: a backlog of 3,000 entries is
+/// consolidated in epochs of at most 256 (a bucket bound of `cashflow_sink_batch_rows`), where
+/// the store's default (100,000 on SQLite) would take it in a few.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_consolidated_in_epochs_of_at_most_max_epoch_records() {
+    let epochs = ("max_epoch_wait_ms: 50", "max_epoch_wait_ms: 50\n    max_epoch_records: 256");
+    let mut p = Pipeline::start_stages(Store::Sqlite, &[UNLIMITED, epochs]).await;
+    assert_eq!(p.pipeline_config().services.consolidate.max_epoch_records, Some(256));
+    let tokens = login_all(&p).await;
+    p.interrupt(Role::Consolidate).await;
+    let (first, de, ate) = (d("2026-10-01"), d("2026-09-30"), d("2026-10-31"));
+    let mut oracle = Oracle::default();
+    post_all(&p, &tokens, random_entries(&MERCHANTS, 3_000, first, 30), &mut oracle).await;
+
+    p.launch(Role::Consolidate).await;
+    assert_matches_oracle(&p, &tokens, &oracle, de, ate).await;
+    let metrics = p.api.metrics(&p.stages[&Role::Consolidate]).await;
+    let rows = "cashflow_sink_batch_rows";
+    let epochs = metrics.must(&format!("{rows}_count{{table=\"lancamentos\"}}"));
+    let within = metrics.must(&format!("{rows}_bucket{{table=\"lancamentos\",le=\"256\"}}"));
+    assert_eq!(within, epochs, "every epoch wrote at most 256 entries");
+    assert!(epochs >= (3_000_f64 / 256.0).ceil(), "3,000 entries in {epochs} epochs of at most 256");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
